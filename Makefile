@@ -1,0 +1,38 @@
+# openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
+.PHONY: install build typecheck lint test test-unit demo bench drill clean
+
+NODE_MODULES_STAMP := node_modules/.package-lock.json
+
+install: $(NODE_MODULES_STAMP)
+
+$(NODE_MODULES_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+build: install
+	npm run --silent build
+
+typecheck: install
+	npx tsc --noEmit -p tsconfig.json
+
+lint: install
+	npx eslint --max-warnings 0 .
+
+# typecheck + lint + every test; writes vitest's JSON report for .ci/run's summary line.
+test: typecheck lint build
+	npx vitest run --reporter=default --reporter=json --outputFile.json=.vitest-report.json
+
+test-unit: install
+	npx vitest run test/unit
+
+# A real local cluster: gateway emulators + sidecars + supervisors. Ctrl-C to stop.
+demo: build
+	node dist/main.js dev-cluster --replicas 3 --sandboxes 5
+
+bench: build
+	node --import tsx bench/run.ts
+
+drill: build
+	node --import tsx bench/drill.ts
+
+clean:
+	rm -rf dist coverage .vitest-report.json

@@ -1,0 +1,3 @@
+// Placeholder entry until the CLI lands.
+console.error('openshell-ha-sidecar: not yet implemented');
+process.exitCode = 1;
