@@ -1,0 +1,161 @@
+// Cluster launcher for tests, benches and the demo: N gateway replicas as separate OS
+// processes (optionally each behind its sidecar process) and a round-robin balancer standing in
+// for the Kubernetes Service in front of them.
+import { startBalancer, type Backend, type Balancer } from './balancer.ts';
+import { startProcess, tsEntry, type ManagedProcess } from './process.ts';
+
+export interface SidecarOptions {
+  /** Command prefix that starts the sidecar CLI (default: src/main.ts through tsx). */
+  command?: string[];
+  redisUrl?: string;
+  redisKeyPrefix?: string;
+  peerSecret?: string;
+  /** Extra CLI flags for every sidecar. */
+  extraArgs?: string[];
+  /** Run sidecars in embedded mode (no database/redis flags). */
+  embedded?: boolean;
+}
+
+export interface ClusterOptions {
+  replicas: number;
+  databaseUrl: string;
+  sidecars?: SidecarOptions;
+  gatewayHeartbeatSecs?: number;
+  echo?: boolean;
+  logLevel?: string;
+}
+
+export interface Replica {
+  index: number;
+  name: string;
+  gateway: ManagedProcess;
+  gatewayPort: number;
+  gatewayHealthPort: number;
+  sidecar?: ManagedProcess;
+  sidecarPorts?: { public: number; peer: number; admin: number };
+  /** Where clients of this replica connect: the sidecar's public port, or the gateway itself. */
+  publicPort: number;
+}
+
+export class Cluster {
+  readonly replicas: Replica[] = [];
+
+  private constructor(
+    readonly opts: ClusterOptions,
+    readonly balancer: Balancer,
+  ) {}
+
+  static async start(opts: ClusterOptions): Promise<Cluster> {
+    const balancer = await startBalancer([]);
+    const cluster = new Cluster(opts, balancer);
+    try {
+      const started = await Promise.all(Array.from({ length: opts.replicas }, (_, i) => cluster.launch(i)));
+      cluster.replicas.push(...started);
+      cluster.refreshBalancer();
+    } catch (err) {
+      await cluster.close();
+      throw err;
+    }
+    return cluster;
+  }
+
+  get endpoint(): string {
+    return `127.0.0.1:${this.balancer.port}`;
+  }
+
+  replica(i: number): Replica {
+    const r = this.replicas[i];
+    if (!r) throw new Error(`no replica ${i}`);
+    return r;
+  }
+
+  private async launch(index: number): Promise<Replica> {
+    const name = `r${index}`;
+    const gateway = await startProcess(
+      `gateway-${name}`,
+      [
+        ...tsEntry('test/harness/gateway/main.ts'),
+        '--database-url',
+        this.opts.databaseUrl,
+        '--replica',
+        `gateway-${name}`,
+        '--heartbeat-interval-secs',
+        String(this.opts.gatewayHeartbeatSecs ?? 15),
+        '--log-level',
+        this.opts.logLevel ?? 'warn',
+      ],
+      { echo: this.opts.echo ?? false },
+    );
+    const gatewayPort = gateway.ready.port as number;
+    const gatewayHealthPort = gateway.ready.healthPort as number;
+    const replica: Replica = { index, name, gateway, gatewayPort, gatewayHealthPort, publicPort: gatewayPort };
+    const sc = this.opts.sidecars;
+    if (sc) {
+      const args = [
+        '--replica-id',
+        name,
+        '--listen',
+        '127.0.0.1:0',
+        '--peer-listen',
+        '127.0.0.1:0',
+        '--admin-listen',
+        '127.0.0.1:0',
+        '--gateway',
+        `http://127.0.0.1:${gatewayPort}`,
+        '--log-level',
+        this.opts.logLevel ?? 'warn',
+      ];
+      if (!sc.embedded) {
+        args.push('--database-url', this.opts.databaseUrl, '--peer-secret', sc.peerSecret ?? 'test-peer-secret-0123456789');
+        if (sc.redisUrl) args.push('--redis-url', sc.redisUrl);
+        if (sc.redisKeyPrefix) args.push('--redis-key-prefix', sc.redisKeyPrefix);
+      }
+      args.push(...(sc.extraArgs ?? []));
+      try {
+        const sidecar = await startProcess(`sidecar-${name}`, [...(sc.command ?? tsEntry('src/main.ts')), ...args], {
+          echo: this.opts.echo ?? false,
+        });
+        const ports = {
+          public: sidecar.ready.listenPort as number,
+          peer: sidecar.ready.peerPort as number,
+          admin: sidecar.ready.adminPort as number,
+        };
+        replica.sidecar = sidecar;
+        replica.sidecarPorts = ports;
+        replica.publicPort = ports.public;
+      } catch (err) {
+        await gateway.kill('SIGKILL');
+        throw err;
+      }
+    }
+    return replica;
+  }
+
+  private refreshBalancer(): void {
+    const backends: Backend[] = this.replicas.map((r) => ({ host: '127.0.0.1', port: r.publicPort }));
+    this.balancer.setBackends(backends);
+  }
+
+  /** kill -9 (or another signal) the replica's processes: `which` picks gateway, sidecar or both. */
+  async kill(i: number, signal: NodeJS.Signals = 'SIGKILL', which: 'both' | 'gateway' | 'sidecar' = 'both'): Promise<void> {
+    const r = this.replica(i);
+    const jobs: Array<Promise<void>> = [];
+    if (which !== 'gateway' && r.sidecar) jobs.push(r.sidecar.kill(signal));
+    if (which !== 'sidecar') jobs.push(r.gateway.kill(signal));
+    await Promise.all(jobs);
+  }
+
+  /** Starts the replica again (new processes, new ports) and points the balancer at it. */
+  async restart(i: number): Promise<Replica> {
+    await this.kill(i, 'SIGKILL');
+    const fresh = await this.launch(i);
+    this.replicas[i] = fresh;
+    this.refreshBalancer();
+    return fresh;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.replicas.map((_, i) => this.kill(i, 'SIGKILL').catch(() => undefined)));
+    await this.balancer.close();
+  }
+}

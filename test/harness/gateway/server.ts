@@ -1,0 +1,178 @@
+// One gateway replica: a single port serving h2c gRPC and HTTP/1.1, told apart by the
+// connection preface like hyper-util's auto::Builder (reference §1.1), optional TLS, and a
+// separate health listener (reference §1.3).
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import tls from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import pino, { type Logger } from 'pino';
+import { openShellService } from '../proto.ts';
+import { LogBus, WatchBus } from './buses.ts';
+import { SessionRegistry } from './registry.ts';
+import { gatewayServiceImplementation, type GatewayContext } from './service.ts';
+import { SshSlots, handleSshConnect, writeStatus } from './ssh-tunnel.ts';
+import { GatewayStore } from './store.ts';
+
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+/** tonic's MAX_GRPC_DECODE_SIZE (reference §1.1). */
+export const MAX_GRPC_MESSAGE_BYTES = 1024 * 1024;
+
+export interface GatewayOptions {
+  databaseUrl: string;
+  replica: string;
+  host?: string;
+  port?: number;
+  healthPort?: number;
+  tls?: { certFile: string; keyFile: string; clientCaFile?: string };
+  heartbeatIntervalSecs?: number;
+  logger?: Logger;
+  version?: string;
+}
+
+export interface Gateway {
+  port: number;
+  healthPort: number;
+  replica: string;
+  store: GatewayStore;
+  registry: SessionRegistry;
+  logs: LogBus;
+  slots: SshSlots;
+  close(): Promise<void>;
+}
+
+function listen(server: net.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
+  const logger = (opts.logger ?? pino({ level: 'silent' })).child({ replica: opts.replica });
+  const host = opts.host ?? '127.0.0.1';
+  const store = new GatewayStore(opts.databaseUrl);
+  await store.migrate();
+  const registry = new SessionRegistry();
+  const logs = new LogBus();
+  const watch = new WatchBus();
+  const slots = new SshSlots();
+  let boundPort = 0;
+  const ctx: GatewayContext = {
+    replica: opts.replica,
+    version: opts.version ?? '0.0.0-emulator',
+    store,
+    registry,
+    logs,
+    watch,
+    logger,
+    heartbeatIntervalSecs: opts.heartbeatIntervalSecs ?? 15,
+    advertised: () => ({ host, port: boundPort, scheme: opts.tls ? 'https' : 'http' }),
+  };
+
+  const grpcServer = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+  });
+  grpcServer.addService(openShellService(), gatewayServiceImplementation(ctx));
+  const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+
+  const httpServer = http.createServer((req, res) => {
+    // Plain HTTP routes of the seed gateway: /connect/ssh answers 405 to non-CONNECT methods.
+    const path = (req.url ?? '').split('?')[0];
+    if (path === '/connect/ssh') {
+      res.writeHead(405, { 'content-type': 'text/plain', allow: 'CONNECT' }).end('method not allowed\n');
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+    }
+  });
+  httpServer.on('connect', (req, socket, head) => handleSshConnect(ctx, slots, req, socket as net.Socket, head));
+  httpServer.on('clientError', (err, socket) => {
+    logger.debug({ err: err.message }, 'malformed HTTP/1.1 request');
+    if (socket.writable) writeStatus(socket, 400, 'bad request');
+    else socket.destroy();
+  });
+
+  const sockets = new Set<net.Socket>();
+  const dispatch = (socket: net.Socket): void => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', (err) => logger.debug({ err: err.message }, 'connection error'));
+    let buffered = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      buffered = Buffer.concat([buffered, chunk]);
+      const n = Math.min(buffered.length, H2_PREFACE.length);
+      const isPrefix = buffered.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isPrefix && buffered.length < H2_PREFACE.length) return; // need more bytes
+      socket.off('data', onData);
+      socket.pause();
+      socket.unshift(buffered);
+      if (isPrefix) injector.injectConnection(socket);
+      else httpServer.emit('connection', socket);
+      socket.resume();
+    };
+    socket.on('data', onData);
+  };
+
+  let server: net.Server;
+  if (opts.tls) {
+    const ca = opts.tls.clientCaFile ? readFileSync(opts.tls.clientCaFile) : undefined;
+    server = tls.createServer(
+      {
+        cert: readFileSync(opts.tls.certFile),
+        key: readFileSync(opts.tls.keyFile),
+        ALPNProtocols: ['h2', 'http/1.1'],
+        ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+      },
+      (s) => dispatch(s),
+    );
+    server.on('tlsClientError', (err) => logger.debug({ err: err.message }, 'tls handshake failed'));
+  } else {
+    server = net.createServer(dispatch);
+  }
+  boundPort = await listen(server, host, opts.port ?? 0);
+
+  const health = http.createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (path === '/healthz' || path === '/health') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (path === '/readyz') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'healthy', version: ctx.version }));
+    } else if (path === '/debug/sessions') {
+      // Emulator-only introspection for tests and the demo.
+      res.writeHead(200, { 'content-type': 'application/json' }).end(
+        JSON.stringify({ replica: opts.replica, sandboxes: registry.sandboxIds(), slots: slots.held() }),
+      );
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  const healthPort = await listen(health, host, opts.healthPort ?? 0);
+  logger.info({ port: boundPort, healthPort }, 'gateway emulator listening');
+
+  let closed = false;
+  return {
+    port: boundPort,
+    healthPort,
+    replica: opts.replica,
+    store,
+    registry,
+    logs,
+    slots,
+    async close() {
+      if (closed) return;
+      closed = true;
+      registry.close();
+      server.close();
+      health.close();
+      for (const s of sockets) s.destroy();
+      grpcServer.forceShutdown();
+      health.closeAllConnections();
+      await store.close().catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,98 @@
+// Starts harness and sidecar entry points as real OS processes (so kill -9 and SIGTERM are
+// real) and waits for their one-line JSON "ready" announcement on stdout.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export interface ReadyInfo {
+  event: 'ready';
+  pid: number;
+  [key: string]: unknown;
+}
+
+export interface ManagedProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly ready: ReadyInfo;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** stderr/stdout lines kept for diagnosis (bounded). */
+  readonly output: string[];
+  alive(): boolean;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** Repository root (works from test/harness and from a bundled dist/). */
+export const repoRoot = resolve(existsSync(join(here, '..', '..', 'package.json')) ? join(here, '..', '..') : join(here, '..'));
+
+/** Command prefix that runs a TypeScript entry from this repository with tsx. */
+export function tsEntry(relPath: string): string[] {
+  return [process.execPath, '--import', 'tsx', join(repoRoot, relPath)];
+}
+
+export async function startProcess(
+  name: string,
+  command: string[],
+  opts: { env?: Record<string, string>; readyTimeoutMs?: number; echo?: boolean } = {},
+): Promise<ManagedProcess> {
+  const [exe, ...args] = command;
+  if (!exe) throw new Error('empty command');
+  const child = spawn(exe, args, {
+    cwd: repoRoot,
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output: string[] = [];
+  const keep = (line: string): void => {
+    output.push(line);
+    if (output.length > 400) output.shift();
+    if (opts.echo) console.log(`[${name}] ${line}`);
+  };
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+    child.once('exit', (code, signal) => res({ code, signal })),
+  );
+  const ready = await new Promise<ReadyInfo>((resolveReady, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`${name} not ready within ${opts.readyTimeoutMs ?? 20_000} ms:\n${output.join('\n')}`)),
+      opts.readyTimeoutMs ?? 20_000,
+    );
+    timer.unref();
+    const rl = createInterface({ input: child.stdout! });
+    rl.on('line', (line) => {
+      keep(line);
+      if (!line.startsWith('{')) return;
+      try {
+        const msg = JSON.parse(line) as { event?: string };
+        if (msg.event === 'ready') {
+          clearTimeout(timer);
+          resolveReady(msg as ReadyInfo);
+        }
+      } catch {
+        // not JSON: ordinary output
+      }
+    });
+    createInterface({ input: child.stderr! }).on('line', keep);
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited before ready (code ${code}, signal ${signal}):\n${output.join('\n')}`));
+    });
+  });
+  return {
+    name,
+    child,
+    ready,
+    exited,
+    output,
+    alive: () => child.exitCode === null && child.signalCode === null,
+    async kill(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      timer.unref();
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
