@@ -1,3 +1,70 @@
-// Placeholder entry until the CLI lands.
-console.error('openshell-ha-sidecar: not yet implemented');
-process.exitCode = 1;
+// openshell-ha-sidecar CLI: runs the sidecar (default) or `dev-cluster`, a real local cluster.
+import { loadConfig, describeConfig } from './config/load.ts';
+import { isOhsError } from './errors.ts';
+import { createLogger } from './log/logger.ts';
+import { startSidecar } from './sidecar.ts';
+
+async function runSidecar(argv: string[]): Promise<void> {
+  let config;
+  try {
+    config = loadConfig({ argv, env: process.env });
+  } catch (err) {
+    console.error(`openshell-ha-sidecar: ${isOhsError(err) ? err.message : String(err)}`);
+    process.exit(2);
+  }
+  const logger = createLogger({ level: config.logLevel, base: { replica: config.replicaId } });
+  if (config.mode === 'embedded') {
+    logger.warn('no database configured: running in embedded single-replica mode with an in-memory ownership store and local limits');
+  }
+  logger.info({ config: describeConfig(config) }, 'starting');
+  const sidecar = await startSidecar(config, logger);
+  logger.info(
+    {
+      event: 'ready',
+      mode: config.mode,
+      listenPort: sidecar.ports.public,
+      peerPort: sidecar.ports.peer,
+      adminPort: sidecar.ports.admin,
+      peerUrl: sidecar.peerUrl,
+      gateway: config.gatewayUrl,
+    },
+    'sidecar ready',
+  );
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => process.exit(1), config.shutdownGraceMs);
+    force.unref();
+    void sidecar.close().then(() => {
+      logger.info('stopped');
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function main(): Promise<void> {
+  const [cmd, ...rest] = process.argv.slice(2);
+  if (cmd === 'dev-cluster') {
+    const { runDevCluster } = await import('./cli/dev-cluster.ts');
+    await runDevCluster(rest);
+    return;
+  }
+  if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
+    console.error(
+      'usage: openshell-ha-sidecar [--listen host:port] [--gateway url] [--peer-listen host:port] [--peer-url url]\n' +
+        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...\n' +
+        '       openshell-ha-sidecar dev-cluster --replicas N --sandboxes M [--json]',
+    );
+    return;
+  }
+  await runSidecar(process.argv.slice(2));
+}
+
+main().catch((err: unknown) => {
+  console.error('openshell-ha-sidecar: fatal:', err);
+  process.exit(1);
+});

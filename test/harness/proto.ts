@@ -69,7 +69,8 @@ export function openShellClient(): grpc.ServiceClientConstructor {
 }
 
 function root(): protobuf.Root {
-  cachedRoot ??= protobuf.loadSync(protoPath());
+  // keepCase: field names as in the .proto (sandbox_id), matching proto-loader and the gateway.
+  cachedRoot ??= new protobuf.Root().loadSync(protoPath(), { keepCase: true });
   return cachedRoot;
 }
 

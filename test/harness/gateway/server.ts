@@ -111,9 +111,13 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       socket.off('data', onData);
       socket.pause();
       socket.unshift(buffered);
+      // http2 reads the unshifted bytes itself (socket.read() on the next tick), so the socket
+      // must stay paused for it; the HTTP/1.1 parser gets them as 'data' once resumed.
       if (isPrefix) injector.injectConnection(socket);
-      else httpServer.emit('connection', socket);
-      socket.resume();
+      else {
+        httpServer.emit('connection', socket);
+        socket.resume();
+      }
     };
     socket.on('data', onData);
   };

@@ -1,0 +1,68 @@
+// Admin listener: liveness, readiness (local gateway and store reachable) and Prometheus metrics.
+import http from 'node:http';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { SidecarMetrics } from '../metrics/registry.ts';
+import type { OwnershipStore } from '../ownership/types.ts';
+import type { LocalSessions } from '../routing/router.ts';
+
+export interface AdminDeps {
+  logger: Logger;
+  metrics: SidecarMetrics;
+  store: OwnershipStore;
+  localSessions: LocalSessions;
+  gatewayHost: string;
+  gatewayPort: number;
+  replicaId: string;
+  mode: string;
+  draining: () => boolean;
+}
+
+function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    const done = (ok: boolean): void => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+export function createAdminServer(deps: AdminDeps): http.Server {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0];
+    void (async () => {
+      if (path === '/healthz') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      } else if (path === '/readyz') {
+        const [gateway, store] = await Promise.all([
+          probeTcp(deps.gatewayHost, deps.gatewayPort, 1000),
+          deps.store.health().catch(() => ({ postgres: false, redis: null })),
+        ]);
+        deps.metrics.storeUp.set({ store: 'postgres' }, store.postgres ? 1 : 0);
+        if (store.redis !== null) deps.metrics.storeUp.set({ store: 'redis' }, store.redis ? 1 : 0);
+        // Redis is a cache: its absence degrades, never blocks, readiness.
+        const ready = gateway && store.postgres && !deps.draining();
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(
+          JSON.stringify({ ready, draining: deps.draining(), checks: { gateway, postgres: store.postgres, redis: store.redis } }),
+        );
+      } else if (path === '/metrics') {
+        res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(await deps.metrics.registry.metrics());
+      } else if (path === '/debug/sessions') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(
+          JSON.stringify({ replicaId: deps.replicaId, mode: deps.mode, sessions: Object.fromEntries(deps.localSessions.entries()) }),
+        );
+      } else {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      }
+    })().catch((err: unknown) => {
+      deps.logger.warn({ err }, 'admin request failed');
+      if (!res.headersSent) res.writeHead(500).end();
+    });
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+  return server;
+}

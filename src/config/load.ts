@@ -1,0 +1,299 @@
+// Loads the configuration once at start: defaults < JSON config file < OHS_* env < flags,
+// validated against the strict schema and deep-frozen.
+
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { z } from 'zod';
+import { OhsError } from '../errors.ts';
+import { configFileSchema, sidecarConfigSchema } from './schema.ts';
+import type { SidecarConfig } from './schema.ts';
+
+export interface LoadConfigOptions {
+  /** Command-line flags only (no node binary, script or subcommand). */
+  argv: readonly string[];
+  env: Readonly<Record<string, string | undefined>>;
+  /** Reads the config file and secret files; defaults to fs.readFileSync(path, 'utf8'). */
+  readFile?: (path: string) => string;
+  /** Source of the random part of a default replica id; defaults to 4 random bytes as hex. */
+  randomHex?: () => string;
+}
+
+type ValueKind = 'string' | 'int';
+
+interface OptionSpec {
+  /** Key in the config object; two elements for the nested tls / gatewayTls settings. */
+  readonly path: readonly [string] | readonly [string, string];
+  readonly flag: `--${string}`;
+  readonly env: `OHS_${string}`;
+  readonly kind: ValueKind;
+}
+
+const opt = (
+  path: OptionSpec['path'],
+  flag: OptionSpec['flag'],
+  env: OptionSpec['env'],
+  kind: ValueKind = 'string',
+): OptionSpec => ({ path, flag, env, kind });
+
+/** Every setting that env or flags can carry. */
+export const CONFIG_OPTIONS: readonly OptionSpec[] = [
+  opt(['replicaId'], '--replica-id', 'OHS_REPLICA_ID'),
+  opt(['listen'], '--listen', 'OHS_LISTEN'),
+  opt(['peerListen'], '--peer-listen', 'OHS_PEER_LISTEN'),
+  opt(['adminListen'], '--admin-listen', 'OHS_ADMIN_LISTEN'),
+  opt(['peerUrl'], '--peer-url', 'OHS_PEER_URL'),
+  opt(['gatewayUrl'], '--gateway', 'OHS_GATEWAY_URL'),
+  opt(['gatewayTls', 'caFile'], '--gateway-ca', 'OHS_GATEWAY_CA_FILE'),
+  opt(['gatewayTls', 'certFile'], '--gateway-cert', 'OHS_GATEWAY_CERT_FILE'),
+  opt(['gatewayTls', 'keyFile'], '--gateway-key', 'OHS_GATEWAY_KEY_FILE'),
+  opt(['gatewayTls', 'serverName'], '--gateway-server-name', 'OHS_GATEWAY_SERVER_NAME'),
+  opt(['tls', 'certFile'], '--tls-cert', 'OHS_TLS_CERT_FILE'),
+  opt(['tls', 'keyFile'], '--tls-key', 'OHS_TLS_KEY_FILE'),
+  opt(['tls', 'clientCaFile'], '--tls-client-ca', 'OHS_TLS_CLIENT_CA_FILE'),
+  opt(['databaseUrl'], '--database-url', 'OHS_DATABASE_URL'),
+  opt(['redisUrl'], '--redis-url', 'OHS_REDIS_URL'),
+  opt(['redisKeyPrefix'], '--redis-key-prefix', 'OHS_REDIS_KEY_PREFIX'),
+  opt(['peerSecret'], '--peer-secret', 'OHS_PEER_SECRET'),
+  opt(['peerSecretFile'], '--peer-secret-file', 'OHS_PEER_SECRET_FILE'),
+  opt(['maxFirstMessageBytes'], '--max-first-message-bytes', 'OHS_MAX_FIRST_MESSAGE_BYTES', 'int'),
+  opt(['firstMessageTimeoutMs'], '--first-message-timeout-ms', 'OHS_FIRST_MESSAGE_TIMEOUT_MS', 'int'),
+  opt(['maxHeaderBytes'], '--max-header-bytes', 'OHS_MAX_HEADER_BYTES', 'int'),
+  opt(['hopLimit'], '--hop-limit', 'OHS_HOP_LIMIT', 'int'),
+  opt(['ownerCacheTtlMs'], '--owner-cache-ttl-ms', 'OHS_OWNER_CACHE_TTL_MS', 'int'),
+  opt(['replicaHeartbeatIntervalMs'], '--replica-heartbeat-interval-ms', 'OHS_REPLICA_HEARTBEAT_INTERVAL_MS', 'int'),
+  opt(['replicaLeaseTtlMs'], '--replica-lease-ttl-ms', 'OHS_REPLICA_LEASE_TTL_MS', 'int'),
+  opt(['ownerWaitMs'], '--owner-wait-ms', 'OHS_OWNER_WAIT_MS', 'int'),
+  opt(['peerConnectTimeoutMs'], '--peer-connect-timeout-ms', 'OHS_PEER_CONNECT_TIMEOUT_MS', 'int'),
+  opt(['upstreamConnectTimeoutMs'], '--upstream-connect-timeout-ms', 'OHS_UPSTREAM_CONNECT_TIMEOUT_MS', 'int'),
+  opt(['shutdownGraceMs'], '--shutdown-grace-ms', 'OHS_SHUTDOWN_GRACE_MS', 'int'),
+  opt(['logLevel'], '--log-level', 'OHS_LOG_LEVEL'),
+  opt(['h2InitialWindowBytes'], '--h2-initial-window-bytes', 'OHS_H2_INITIAL_WINDOW_BYTES', 'int'),
+];
+
+const CONFIG_FILE_FLAG = '--config';
+const CONFIG_FILE_ENV = 'OHS_CONFIG';
+
+export const CONFIG_DEFAULTS = {
+  listen: '0.0.0.0:8080',
+  peerListen: '0.0.0.0:8443',
+  adminListen: '0.0.0.0:9091',
+  gatewayUrl: 'http://127.0.0.1:18080',
+  redisKeyPrefix: 'ohs:',
+  maxFirstMessageBytes: 65_536,
+  firstMessageTimeoutMs: 10_000,
+  maxHeaderBytes: 16_384,
+  hopLimit: 2,
+  ownerCacheTtlMs: 5_000,
+  replicaHeartbeatIntervalMs: 2_000,
+  replicaLeaseTtlMs: 10_000,
+  ownerWaitMs: 20_000,
+  peerConnectTimeoutMs: 2_000,
+  upstreamConnectTimeoutMs: 5_000,
+  shutdownGraceMs: 25_000,
+  logLevel: 'info',
+  h2InitialWindowBytes: 1_048_576,
+} as const;
+
+type Layer = Record<string, unknown>;
+
+const FLAG_INDEX: ReadonlyMap<string, OptionSpec> = new Map(CONFIG_OPTIONS.map((o) => [o.flag, o]));
+
+export function loadConfig(options: LoadConfigOptions): SidecarConfig {
+  const readFile = options.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
+  const randomHex = options.randomHex ?? (() => randomBytes(4).toString('hex'));
+
+  const flags = parseFlags(options.argv);
+  const configPath = flags.configPath ?? nonEmpty(options.env[CONFIG_FILE_ENV]);
+
+  const defaults: Layer = { ...CONFIG_DEFAULTS, replicaId: defaultReplicaId(options.env, randomHex) };
+  const layers: Array<[string, Layer]> = [];
+  if (configPath !== undefined) layers.push([`config file ${configPath}`, fileLayer(configPath, readFile)]);
+  layers.push(['environment', envLayer(options.env)]);
+  layers.push(['flags', flags.layer]);
+
+  let merged = defaults;
+  for (const [source, layer] of layers) {
+    merged = mergeLayer(merged, resolvePeerSecretFile(layer, source, readFile));
+  }
+
+  const parsed = sidecarConfigSchema.safeParse(merged, { reportInput: true });
+  if (!parsed.success) throw configError('invalid configuration', parsed.error.issues);
+  return deepFreeze(parsed.data);
+}
+
+/** A loggable copy of the config: secrets replaced, passwords removed from URLs. */
+export function describeConfig(cfg: SidecarConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = structuredClone({ ...cfg });
+  if (cfg.peerSecret !== undefined) out['peerSecret'] = '[redacted]';
+  if (cfg.databaseUrl !== undefined) out['databaseUrl'] = redactUrl(cfg.databaseUrl);
+  if (cfg.redisUrl !== undefined) out['redisUrl'] = redactUrl(cfg.redisUrl);
+  return out;
+}
+
+function redactUrl(value: string): string {
+  try {
+    const url = new URL(value);
+    if (url.password !== '') url.password = '***';
+    for (const key of [...url.searchParams.keys()]) {
+      if (/pass|secret|token/i.test(key)) url.searchParams.set(key, '***');
+    }
+    return url.toString();
+  } catch {
+    return '[unparseable url]';
+  }
+}
+
+interface ParsedFlags {
+  configPath: string | undefined;
+  layer: Layer;
+}
+
+function parseFlags(argv: readonly string[]): ParsedFlags {
+  const layer: Layer = {};
+  let configPath: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (!arg.startsWith('--') || arg === '--') {
+      throw new OhsError('OHS_ERR_CONFIG', `unexpected argument '${arg}': settings are given as --flag value`);
+    }
+    const eq = arg.indexOf('=');
+    const name = eq < 0 ? arg : arg.slice(0, eq);
+    let value: string | undefined;
+    if (eq >= 0) {
+      value = arg.slice(eq + 1);
+    } else {
+      value = argv[i + 1];
+      if (value === undefined || value.startsWith('--')) {
+        throw new OhsError('OHS_ERR_CONFIG', `flag ${name} needs a value (write ${name}=VALUE if it starts with --)`);
+      }
+      i++;
+    }
+    if (name === CONFIG_FILE_FLAG) {
+      configPath = value;
+      continue;
+    }
+    const spec = FLAG_INDEX.get(name);
+    if (spec === undefined) {
+      throw new OhsError('OHS_ERR_CONFIG', `unknown flag ${name}`, { details: { flag: name } });
+    }
+    setPath(layer, spec.path, convert(spec, value, `flag ${spec.flag}`));
+  }
+  return { configPath, layer };
+}
+
+function envLayer(env: Readonly<Record<string, string | undefined>>): Layer {
+  const layer: Layer = {};
+  for (const spec of CONFIG_OPTIONS) {
+    // Empty means unset: Helm and compose render absent values as empty strings.
+    const value = nonEmpty(env[spec.env]);
+    if (value !== undefined) setPath(layer, spec.path, convert(spec, value, `env ${spec.env}`));
+  }
+  return layer;
+}
+
+function fileLayer(path: string, readFile: (p: string) => string): Layer {
+  const source = `config file ${path}`;
+  let text: string;
+  try {
+    text = readFile(path);
+  } catch (err) {
+    throw new OhsError('OHS_ERR_CONFIG', `cannot read ${source}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new OhsError('OHS_ERR_CONFIG', `${source} is not valid JSON`, { cause: err });
+  }
+  const parsed = configFileSchema.safeParse(json, { reportInput: true });
+  if (!parsed.success) throw configError(`invalid ${source}`, parsed.error.issues);
+  return parsed.data as Layer;
+}
+
+function resolvePeerSecretFile(layer: Layer, source: string, readFile: (p: string) => string): Layer {
+  const secretFile = layer['peerSecretFile'];
+  if (typeof secretFile !== 'string') return layer;
+  if (layer['peerSecret'] !== undefined) {
+    throw new OhsError('OHS_ERR_CONFIG', `${source}: set either peerSecret or peerSecretFile, not both`);
+  }
+  let secret: string;
+  try {
+    // Secret files usually end with a newline that is not part of the secret.
+    secret = readFile(secretFile).replace(/[\r\n]+$/, '');
+  } catch (err) {
+    throw new OhsError('OHS_ERR_CONFIG', `${source}: cannot read peer secret file ${secretFile}`, { cause: err });
+  }
+  const { peerSecretFile: _dropped, ...rest } = layer;
+  return { ...rest, peerSecret: secret };
+}
+
+function defaultReplicaId(env: Readonly<Record<string, string | undefined>>, randomHex: () => string): string {
+  // In Kubernetes HOSTNAME is the pod name: unique, stable for the pod's life, readable in logs.
+  const host = nonEmpty(env['HOSTNAME']);
+  if (host !== undefined && /^[A-Za-z0-9._-]{1,128}$/.test(host)) return host;
+  return `replica-${randomHex()}`;
+}
+
+function convert(spec: OptionSpec, value: string, source: string): string | number {
+  if (spec.kind === 'string') return value;
+  if (!/^\d+$/.test(value)) {
+    throw new OhsError('OHS_ERR_CONFIG', `${source}: expected a non-negative integer, got '${value}'`);
+  }
+  return Number(value);
+}
+
+function setPath(layer: Layer, path: OptionSpec['path'], value: unknown): void {
+  if (path.length === 1) {
+    layer[path[0]] = value;
+    return;
+  }
+  const [outer, inner] = path;
+  const existing = layer[outer];
+  const nested: Layer = isPlainObject(existing) ? existing : {};
+  nested[inner] = value;
+  layer[outer] = nested;
+}
+
+/** Later layer wins key by key; nested objects (tls, gatewayTls) merge instead of replacing. */
+function mergeLayer(base: Layer, over: Layer): Layer {
+  const out: Layer = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined) continue;
+    const prev = out[key];
+    out[key] = isPlainObject(prev) && isPlainObject(value) ? mergeLayer(prev, value) : value;
+  }
+  return out;
+}
+
+function isPlainObject(value: unknown): value is Layer {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}
+
+const SPEC_BY_PATH: ReadonlyMap<string, OptionSpec> = new Map(CONFIG_OPTIONS.map((o) => [o.path.join('.'), o]));
+
+// Issues carry their input (reportInput) only so a missing value reads "is required"; inputs are
+// never copied into the message or details, because they may be secrets.
+function configError(headline: string, issues: readonly z.core.$ZodIssue[]): OhsError {
+  const lines = issues.map((issue) => {
+    const path = issue.path.map(String).join('.');
+    const spec = SPEC_BY_PATH.get(path);
+    const where = spec === undefined ? path : `${path} (${spec.flag} / ${spec.env})`;
+    const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+    return where === '' ? message : `${where}: ${message}`;
+  });
+  return new OhsError('OHS_ERR_CONFIG', `${headline}: ${lines.join('; ')}`, {
+    details: { issues: issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })) },
+  });
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

@@ -1,0 +1,240 @@
+// The sidecar's configuration schema. Every object is strict, so a misspelt key in the config
+// file is an error at start instead of a silently ignored setting. Units live in the names.
+
+import { z } from 'zod';
+import { formatHostPort, isWildcardHost, parseHostPort } from './host-port.ts';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export type SidecarMode = 'embedded' | 'cluster';
+
+export const PEER_SECRET_MIN_LENGTH = 16;
+
+const hostPort = z.string().refine((value) => {
+  try {
+    parseHostPort(value);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'expected host:port or [ipv6]:port with a port 0..65535');
+
+function urlWithScheme(schemes: readonly string[]) {
+  const expected = schemes.map((s) => `${s}//`).join(' or ');
+  return z.string().refine((value) => {
+    try {
+      const url = new URL(value);
+      return schemes.includes(url.protocol) && url.hostname !== '';
+    } catch {
+      return false;
+    }
+  }, `expected a ${expected} URL`);
+}
+
+const httpUrl = urlWithScheme(['http:', 'https:']);
+const postgresUrl = urlWithScheme(['postgres:', 'postgresql:']);
+const redisUrl = urlWithScheme(['redis:', 'rediss:']);
+const filePath = z.string().min(1);
+const int = (min: number, max: number) => z.number().int().min(min).max(max);
+
+/** Replica ids end up in Postgres rows, Redis keys and metric labels. */
+export const replicaIdSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._-]+$/, 'replicaId may contain only letters, digits, dot, underscore and hyphen');
+
+const gatewayTlsShape = {
+  /** CA bundle that signs the gateway's server certificate. */
+  caFile: filePath.optional(),
+  /** Client certificate for the gateway hop when the gateway requires mTLS. */
+  certFile: filePath.optional(),
+  keyFile: filePath.optional(),
+  /** SNI / certificate name to expect when it differs from the URL host (e.g. 127.0.0.1). */
+  serverName: z.string().min(1).optional(),
+};
+
+const tlsShape = {
+  certFile: filePath,
+  keyFile: filePath,
+  /** When set, the public listener requires client certificates signed by this CA (mTLS). */
+  clientCaFile: filePath.optional(),
+};
+
+const scalarShape = {
+  replicaId: replicaIdSchema,
+  listen: hostPort,
+  peerListen: hostPort,
+  adminListen: hostPort,
+  peerUrl: httpUrl.optional(),
+  gatewayUrl: httpUrl,
+  databaseUrl: postgresUrl.optional(),
+  redisUrl: redisUrl.optional(),
+  redisKeyPrefix: z.string().min(1).max(64),
+  peerSecret: z.string().min(PEER_SECRET_MIN_LENGTH).optional(),
+  maxFirstMessageBytes: int(1024, 16 * 1024 * 1024),
+  firstMessageTimeoutMs: int(100, 600_000),
+  maxHeaderBytes: int(1024, 1024 * 1024),
+  hopLimit: int(1, 8),
+  ownerCacheTtlMs: int(0, 600_000),
+  replicaHeartbeatIntervalMs: int(100, 60_000),
+  replicaLeaseTtlMs: int(500, 600_000),
+  ownerWaitMs: int(0, 600_000),
+  peerConnectTimeoutMs: int(50, 60_000),
+  upstreamConnectTimeoutMs: int(50, 60_000),
+  shutdownGraceMs: int(0, 3_600_000),
+  logLevel: z.enum(LOG_LEVELS),
+  // HTTP/2 caps the initial window at 2^31-1 (RFC 9113 §6.9.2); 65535 is the protocol default.
+  h2InitialWindowBytes: int(65_535, 2 ** 31 - 1),
+};
+
+/**
+ * What a JSON config file may contain: any subset of the settings, plus `peerSecretFile`.
+ * Nested objects may be partial here because env and flags can complete them.
+ */
+export const configFileSchema = z
+  .strictObject(scalarShape)
+  .partial()
+  .extend({
+    gatewayTls: z.strictObject(gatewayTlsShape).partial().optional(),
+    tls: z.strictObject(tlsShape).partial().optional(),
+    peerSecretFile: filePath.optional(),
+  });
+
+export type ConfigFileInput = z.input<typeof configFileSchema>;
+
+export interface GatewayTlsConfig {
+  readonly caFile?: string;
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly serverName?: string;
+}
+
+export interface PublicTlsConfig {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly clientCaFile?: string;
+}
+
+export interface SidecarConfig {
+  readonly mode: SidecarMode;
+  readonly replicaId: string;
+  /** Public listener (clients and supervisors), `host:port`. */
+  readonly listen: string;
+  /** Peer listener (other replicas' sidecars only), `host:port`. */
+  readonly peerListen: string;
+  /** Health, readiness, metrics and admin API, `host:port`. */
+  readonly adminListen: string;
+  /**
+   * How other replicas reach this replica's peer listener. Always set in cluster mode unless
+   * peerListen uses port 0, in which case the runtime derives it from the bound address.
+   */
+  readonly peerUrl?: string;
+  readonly gatewayUrl: string;
+  readonly gatewayTls?: GatewayTlsConfig;
+  readonly tls?: PublicTlsConfig;
+  readonly databaseUrl?: string;
+  readonly redisUrl?: string;
+  readonly redisKeyPrefix: string;
+  readonly peerSecret?: string;
+  readonly maxFirstMessageBytes: number;
+  readonly firstMessageTimeoutMs: number;
+  readonly maxHeaderBytes: number;
+  readonly hopLimit: number;
+  readonly ownerCacheTtlMs: number;
+  readonly replicaHeartbeatIntervalMs: number;
+  readonly replicaLeaseTtlMs: number;
+  readonly ownerWaitMs: number;
+  readonly peerConnectTimeoutMs: number;
+  readonly upstreamConnectTimeoutMs: number;
+  readonly shutdownGraceMs: number;
+  readonly logLevel: LogLevel;
+  readonly h2InitialWindowBytes: number;
+}
+
+/** The merged settings (defaults < file < env < flags) before derived fields are added. */
+export const configInputSchema = z
+  .strictObject({
+    ...scalarShape,
+    gatewayTls: z.strictObject(gatewayTlsShape).optional(),
+    tls: z.strictObject(tlsShape).optional(),
+  })
+  .superRefine((cfg, ctx) => {
+    if (cfg.redisUrl !== undefined && cfg.databaseUrl === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['redisUrl'],
+        message:
+          'redisUrl is set but databaseUrl is not: Redis is only a cache and limit store in front of ' +
+          'Postgres ownership. Set databaseUrl for cluster mode, or remove redisUrl for embedded mode',
+      });
+    }
+    if (cfg.databaseUrl !== undefined && cfg.peerSecret === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerSecret'],
+        message:
+          'peerSecret is required in cluster mode (databaseUrl is set): replicas authenticate ' +
+          'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET)',
+      });
+    }
+    if (cfg.databaseUrl !== undefined && cfg.peerUrl === undefined && peerListenIsWildcard(cfg.peerListen)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerUrl'],
+        message:
+          `peerUrl is required in cluster mode when peerListen (${cfg.peerListen}) binds a wildcard ` +
+          'address: other replicas need an address they can dial, e.g. http://<pod-ip>:8443',
+      });
+    }
+    if (cfg.replicaHeartbeatIntervalMs >= cfg.replicaLeaseTtlMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['replicaHeartbeatIntervalMs'],
+        message: 'replicaHeartbeatIntervalMs must be less than replicaLeaseTtlMs, or every lease expires between beats',
+      });
+    }
+    if (cfg.gatewayTls !== undefined && !cfg.gatewayUrl.startsWith('https:')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['gatewayTls'],
+        message: 'gatewayTls is set but gatewayUrl is not https://',
+      });
+    }
+    if ((cfg.gatewayTls?.certFile === undefined) !== (cfg.gatewayTls?.keyFile === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['gatewayTls'],
+        message: 'gatewayTls.certFile and gatewayTls.keyFile must be set together',
+      });
+    }
+  });
+
+/** Full validation: merged input → config with derived `mode` and default `peerUrl`. */
+export const sidecarConfigSchema = configInputSchema.transform((cfg): SidecarConfig => {
+  const peerUrl = cfg.peerUrl ?? derivePeerUrl(cfg.peerListen);
+  return {
+    ...cfg,
+    mode: cfg.databaseUrl === undefined ? 'embedded' : 'cluster',
+    ...(peerUrl === undefined ? {} : { peerUrl }),
+  };
+});
+
+function peerListenIsWildcard(peerListen: string): boolean {
+  try {
+    return isWildcardHost(parseHostPort(peerListen).host);
+  } catch {
+    return false; // reported by the field's own check
+  }
+}
+
+/**
+ * `http://<host>:<port>` of the peer listener when that is dialable from elsewhere: not a wildcard
+ * address, and not port 0 (only known once bound).
+ */
+export function derivePeerUrl(peerListen: string): string | undefined {
+  const hp = parseHostPort(peerListen);
+  if (isWildcardHost(hp.host) || hp.port === 0) return undefined;
+  return `http://${formatHostPort(hp)}`;
+}

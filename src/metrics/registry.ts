@@ -1,0 +1,128 @@
+// Prometheus metrics, all named `ohs_*` with the unit in the name. Each call makes its own
+// Registry (never prom-client's global one), so several sidecars can share a test process.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** `local` for the gateway beside us, `peer` for another replica's sidecar. */
+export type ForwardTarget = 'local' | 'peer';
+export type OwnerLookupSource = 'memory' | 'redis' | 'postgres' | 'miss';
+/** `to_sandbox`: client → sandbox bytes; `from_sandbox`: sandbox → client bytes. */
+export type TunnelDirection = 'to_sandbox' | 'from_sandbox';
+export type StoreName = 'postgres' | 'redis';
+
+export interface SidecarMetrics {
+  readonly registry: Registry;
+  /** Requests and streams accepted on the public listener, by outcome (ok, error code…). */
+  readonly requestsTotal: Counter<'class' | 'target' | 'outcome'>;
+  /** Streams and tunnels sent to (or received from) a peer replica. */
+  readonly forwardsTotal: Counter<'class' | 'peer' | 'outcome'>;
+  readonly activeStreams: Gauge<'class' | 'target'>;
+  readonly activeTunnels: Gauge<'target'>;
+  readonly ownerLookupsTotal: Counter<'source'>;
+  readonly ownerClaimsTotal: Counter;
+  readonly ownershipChangesTotal: Counter;
+  /** First-message or header classification failures, by reason (an OHS error code). */
+  readonly classifyErrorsTotal: Counter<'reason'>;
+  readonly tunnelBytesTotal: Counter<'direction'>;
+  readonly requestDurationSeconds: Histogram<'class' | 'target'>;
+  /** 1 when the store answers, 0 when it does not. */
+  readonly storeUp: Gauge<'store'>;
+  /** Supervisor sessions whose ConnectSupervisor stream passes through this replica. */
+  readonly supervisorSessions: Gauge;
+  /** Pooled HTTP/2 sessions to other replicas' peer ports. */
+  readonly peerSessions: Gauge;
+}
+
+export interface CreateMetricsOptions {
+  /** Also collect prom-client's process and Node.js metrics (default true). */
+  defaultMetrics?: boolean;
+}
+
+// Streams range from a unary RPC (milliseconds) to an SSH session (hours).
+const DURATION_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14_400];
+
+export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+
+  return {
+    registry,
+    requestsTotal: new Counter({
+      name: 'ohs_requests_total',
+      help: 'Requests, streams and tunnels accepted on the public listener.',
+      labelNames: ['class', 'target', 'outcome'] as const,
+      registers,
+    }),
+    forwardsTotal: new Counter({
+      name: 'ohs_forwards_total',
+      help: 'Streams and tunnels forwarded to another replica.',
+      labelNames: ['class', 'peer', 'outcome'] as const,
+      registers,
+    }),
+    activeStreams: new Gauge({
+      name: 'ohs_active_streams',
+      help: 'HTTP/2 streams currently proxied.',
+      labelNames: ['class', 'target'] as const,
+      registers,
+    }),
+    activeTunnels: new Gauge({
+      name: 'ohs_active_tunnels',
+      help: 'SSH tunnels currently open.',
+      labelNames: ['target'] as const,
+      registers,
+    }),
+    ownerLookupsTotal: new Counter({
+      name: 'ohs_owner_lookups_total',
+      help: 'Sandbox owner lookups, by the layer that answered (miss: no owner known).',
+      labelNames: ['source'] as const,
+      registers,
+    }),
+    ownerClaimsTotal: new Counter({
+      name: 'ohs_owner_claims_total',
+      help: 'Sandbox ownership claims made by this replica.',
+      registers,
+    }),
+    ownershipChangesTotal: new Counter({
+      name: 'ohs_ownership_changes_total',
+      help: 'Ownership change events observed (claims, releases, takeovers).',
+      registers,
+    }),
+    classifyErrorsTotal: new Counter({
+      name: 'ohs_classify_errors_total',
+      help: 'Requests refused because they could not be classified or keyed.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    tunnelBytesTotal: new Counter({
+      name: 'ohs_tunnel_bytes_total',
+      help: 'Bytes carried by SSH tunnels.',
+      labelNames: ['direction'] as const,
+      registers,
+    }),
+    requestDurationSeconds: new Histogram({
+      name: 'ohs_request_duration_seconds',
+      help: 'Lifetime of proxied requests, streams and tunnels.',
+      labelNames: ['class', 'target'] as const,
+      buckets: DURATION_BUCKETS_SECONDS,
+      registers,
+    }),
+    storeUp: new Gauge({
+      name: 'ohs_store_up',
+      help: 'Whether the coordination store answers (1) or not (0).',
+      labelNames: ['store'] as const,
+      registers,
+    }),
+    supervisorSessions: new Gauge({
+      name: 'ohs_supervisor_sessions',
+      help: 'Supervisor sessions held by this replica.',
+      registers,
+    }),
+    peerSessions: new Gauge({
+      name: 'ohs_peer_sessions',
+      help: 'Open HTTP/2 sessions to peer replicas.',
+      registers,
+    }),
+  };
+}
+

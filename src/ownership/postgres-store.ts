@@ -1,0 +1,386 @@
+// The shared ownership store: Postgres is the truth, Redis and an in-process cache sit in front of
+// it, and invalidations travel over Redis pub/sub and Postgres NOTIFY (DESIGN §4).
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { TtlCache } from './cache.ts';
+import type { ReadToken } from './cache.ts';
+import { createListenerSet } from './listeners.ts';
+import { createPgNotifyListener } from './pg-notify-listener.ts';
+import type { PgNotifyListener } from './pg-notify-listener.ts';
+import { createRedisOwnerCache } from './redis-owner-cache.ts';
+import type { RedisOwnerCache } from './redis-owner-cache.ts';
+import * as sql from './sql.ts';
+import type {
+  ClaimResult,
+  LookupResult,
+  OwnerRecord,
+  OwnershipStore,
+  ReplicaRecord,
+  ReplicaState,
+  StoreHealth,
+} from './types.ts';
+
+export interface PostgresOwnershipStoreOptions {
+  databaseUrl: string;
+  /** Without it, lookups go memory → Postgres and invalidations ride on NOTIFY alone. */
+  redisUrl?: string;
+  redisKeyPrefix?: string;
+  replicaId: string;
+  peerUrl: string;
+  version: string;
+  heartbeatIntervalMs: number;
+  leaseTtlMs: number;
+  /** Upper bound for in-process cache entries (also capped by the owner's remaining lease). */
+  cacheTtlMs: number;
+  logger: Logger;
+  /** Upper bound for Redis owner entries (also capped by the owner's remaining lease). Default 30 s. */
+  redisCacheTtlMs?: number;
+  /** Cap of the Redis reconnect backoff. Default 1 s. */
+  redisReconnectMaxMs?: number;
+  /** Size of the pg pool. Default 5. */
+  poolSize?: number;
+  /** Connect timeout for Postgres connections. Default 2 s. */
+  pgConnectTimeoutMs?: number;
+}
+
+// "No owner" is cached only long enough to absorb a burst of lookups for the same sandbox; a claim
+// invalidates it anyway, but a replica whose lease lapsed and came back should not stay hidden.
+const NEGATIVE_CACHE_MAX_MS = 250;
+// A claim retries when a concurrent first claim slipped in between its lock and its upsert.
+const CLAIM_ATTEMPTS = 5;
+const HEALTH_TIMEOUT_MS = 1000;
+const DEFAULT_REDIS_CACHE_TTL_MS = 30_000;
+
+export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions): OwnershipStore {
+  const log = opts.logger.child({ component: 'ownership', replica: opts.replicaId });
+  const redisCacheTtlMs = opts.redisCacheTtlMs ?? DEFAULT_REDIS_CACHE_TTL_MS;
+  const connectTimeoutMs = opts.pgConnectTimeoutMs ?? 2000;
+  const memory = new TtlCache<OwnerRecord | null>({ now: () => performance.now() });
+  const listeners = createListenerSet((err, sandboxId) => log.error({ err, sandbox: sandboxId }, 'ownership change listener threw'));
+
+  let pool: pg.Pool | null = null;
+  let listener: PgNotifyListener | null = null;
+  let redis: RedisOwnerCache | null = null;
+  let heartbeatTimer: NodeJS.Timeout | null = null;
+  let heartbeatInFlight: Promise<void> | null = null;
+  let heartbeatFailing = false;
+  let state: ReplicaState = 'active';
+  let sessions = 0;
+  let running = false;
+
+  function requirePool(): pg.Pool {
+    if (pool === null || !running) throw new Error('ownership store is not running');
+    return pool;
+  }
+
+  function replicaParams(): unknown[] {
+    return [opts.replicaId, opts.peerUrl, state, sessions, opts.version];
+  }
+
+  function invalidated(sandboxId: string, via: 'redis' | 'postgres'): void {
+    if (!running) return;
+    memory.invalidate(sandboxId);
+    // A NOTIFY may be the only news of a change made while Redis was unreachable from its writer.
+    if (via === 'postgres' && redis !== null) void redis.invalidate(sandboxId, false);
+    listeners.emit(sandboxId);
+  }
+
+  function resync(): void {
+    memory.clear();
+  }
+
+  /** Runs `fn` inside a transaction on one pooled client; a broken client is discarded, not reused. */
+  async function transaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await requirePool().connect();
+    let broken: Error | undefined;
+    // A checked-out client has no pool error listener; an error between two queries would otherwise be unhandled.
+    const onError = (err: Error): void => {
+      broken = err;
+    };
+    client.on('error', onError);
+    try {
+      await client.query('BEGIN');
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      broken ??= await client.query('ROLLBACK').then(
+        () => undefined,
+        (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+      );
+      throw err;
+    } finally {
+      client.off('error', onError);
+      client.release(broken);
+    }
+  }
+
+  async function heartbeat(): Promise<void> {
+    if (heartbeatInFlight !== null || pool === null) return;
+    heartbeatInFlight = (async () => {
+      try {
+        await pool.query(sql.HEARTBEAT, replicaParams());
+        if (heartbeatFailing) {
+          heartbeatFailing = false;
+          log.info('heartbeat recovered');
+        }
+      } catch (err) {
+        if (!heartbeatFailing && running) {
+          heartbeatFailing = true;
+          log.warn({ err }, 'heartbeat failed; this replica will look dead once its lease expires');
+        }
+      } finally {
+        heartbeatInFlight = null;
+      }
+    })();
+    await heartbeatInFlight;
+  }
+
+  async function readPostgres(sandboxId: string, token: ReadToken, redisVersion: string | null): Promise<OwnerRecord | null> {
+    const res = await requirePool().query<sql.LookupOwnerRow>(sql.LOOKUP_OWNER, [sandboxId, opts.leaseTtlMs]);
+    const row = res.rows[0];
+    const leaseLeftMs = row?.lease_left_ms ?? null;
+    if (row === undefined || row.peer_url === null || leaseLeftMs === null || leaseLeftMs < 0) {
+      memory.set(sandboxId, null, Math.min(opts.cacheTtlMs, NEGATIVE_CACHE_MAX_MS), token);
+      return null;
+    }
+    const owner: OwnerRecord = {
+      sandboxId,
+      replicaId: row.replica_id,
+      peerUrl: row.peer_url,
+      epoch: row.epoch,
+      claimedAtMs: row.claimed_at_ms,
+    };
+    // Cached entries never outlive the lease as the database saw it, so a replica that stops
+    // heartbeating drops out of every cache within the lease TTL.
+    const stored = memory.set(sandboxId, owner, Math.min(opts.cacheTtlMs, leaseLeftMs), token);
+    if (stored && redis !== null && redisVersion !== null) {
+      await redis.write(owner, Math.min(redisCacheTtlMs, leaseLeftMs), redisVersion);
+    }
+    return owner;
+  }
+
+  return {
+    replicaId: opts.replicaId,
+
+    async start() {
+      if (running) throw new Error('ownership store already started');
+      const p = new pg.Pool({
+        connectionString: opts.databaseUrl,
+        max: opts.poolSize ?? 5,
+        connectionTimeoutMillis: connectTimeoutMs,
+        idleTimeoutMillis: 30_000,
+        allowExitOnIdle: true,
+        keepAlive: true,
+        application_name: 'openshell-ha-sidecar',
+      });
+      p.on('error', (err) => log.warn({ err }, 'idle postgres connection failed'));
+      pool = p;
+      running = true;
+      try {
+        await transaction(async (c) => {
+          await c.query(sql.LOCK_SCHEMA);
+          for (const stmt of sql.CREATE_SCHEMA) await c.query(stmt);
+        });
+        const dropped = await transaction(async (c) => {
+          const res = await c.query<{ sandbox_id: string }>(sql.DROP_OWN_OWNERS, [opts.replicaId]);
+          await c.query(sql.REGISTER_REPLICA, replicaParams());
+          return res.rows.map((r) => r.sandbox_id);
+        });
+        if (dropped.length > 0) log.info({ count: dropped.length }, 'dropped ownerships left by a previous run of this replica');
+
+        listener = createPgNotifyListener({
+          databaseUrl: opts.databaseUrl,
+          channel: sql.NOTIFY_CHANNEL,
+          logger: log,
+          connectTimeoutMs,
+          onNotification: (sandboxId) => invalidated(sandboxId, 'postgres'),
+          onResync: resync,
+        });
+        await listener.start();
+
+        if (opts.redisUrl !== undefined) {
+          redis = createRedisOwnerCache({
+            url: opts.redisUrl,
+            keyPrefix: opts.redisKeyPrefix ?? 'ohs:',
+            logger: log,
+            clientName: opts.replicaId,
+            reconnectMaxMs: opts.redisReconnectMaxMs,
+            onInvalidation: (sandboxId) => invalidated(sandboxId, 'redis'),
+            onResync: resync,
+          });
+          await redis.start();
+          for (const id of dropped) await redis.invalidate(id, true);
+        }
+
+        heartbeatTimer = setInterval(() => void heartbeat(), opts.heartbeatIntervalMs);
+        heartbeatTimer.unref();
+        log.info({ redis: redis !== null, leaseTtlMs: opts.leaseTtlMs }, 'ownership store started');
+      } catch (err) {
+        await this.close();
+        throw err;
+      }
+    },
+
+    async close() {
+      running = false;
+      if (heartbeatTimer !== null) {
+        clearInterval(heartbeatTimer);
+        heartbeatTimer = null;
+      }
+      await heartbeatInFlight;
+      const l = listener;
+      const r = redis;
+      const p = pool;
+      listener = null;
+      redis = null;
+      pool = null;
+      listeners.clear();
+      memory.clear();
+      await Promise.all([l?.close(), r?.close()]);
+      await p?.end();
+    },
+
+    async claim(sandboxId): Promise<ClaimResult> {
+      for (let attempt = 1; ; attempt++) {
+        const result = await transaction(async (c) => {
+          const prev = (await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNER, [sandboxId])).rows[0];
+          const up = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNER, [sandboxId, opts.replicaId])).rows[0];
+          if (up === undefined) throw new Error('claim upsert returned no row');
+          // No row to lock, yet the upsert updated one: a concurrent first claim won the insert.
+          // Our view of "previous" is wrong, so undo and try again (the row now exists and will be locked).
+          if (prev === undefined && up.epoch !== 1) throw new ClaimRace();
+          const owner: OwnerRecord = {
+            sandboxId,
+            replicaId: opts.replicaId,
+            peerUrl: opts.peerUrl,
+            epoch: up.epoch,
+            claimedAtMs: up.claimed_at_ms,
+          };
+          const previous: OwnerRecord | null =
+            prev === undefined
+              ? null
+              : {
+                  sandboxId,
+                  replicaId: prev.replica_id,
+                  peerUrl: prev.peer_url ?? '',
+                  epoch: prev.epoch,
+                  claimedAtMs: prev.claimed_at_ms,
+                };
+          return { owner, previous };
+        }).catch((err: unknown) => {
+          if (err instanceof ClaimRace && attempt < CLAIM_ATTEMPTS) return null;
+          throw err;
+        });
+        if (result === null) continue;
+        memory.invalidate(sandboxId);
+        if (redis !== null) await redis.invalidate(sandboxId, true);
+        return result;
+      }
+    },
+
+    async release(sandboxId, epoch) {
+      const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
+      const deleted = (res.rowCount ?? 0) > 0;
+      if (deleted) {
+        memory.invalidate(sandboxId);
+        if (redis !== null) await redis.invalidate(sandboxId, true);
+      }
+      return deleted;
+    },
+
+    async lookup(sandboxId, lookupOpts): Promise<LookupResult> {
+      requirePool();
+      const fresh = lookupOpts?.fresh === true;
+      const token = memory.beginRead();
+      if (!fresh) {
+        const hit = memory.get(sandboxId);
+        if (hit !== undefined) return hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' };
+      }
+      let redisVersion: string | null = null;
+      let redisOwner: OwnerRecord | null = null;
+      if (redis !== null) {
+        const read = await redis.read(sandboxId);
+        if (read.kind === 'hit') {
+          if (!fresh) {
+            memory.set(sandboxId, read.owner, Math.min(opts.cacheTtlMs, read.ttlMs), token);
+            return { owner: read.owner, source: 'redis' };
+          }
+          redisOwner = read.owner;
+        }
+        if (read.kind === 'miss') redisVersion = read.version;
+      }
+      const owner = await readPostgres(sandboxId, token, redisVersion);
+      // Fresh lookups follow a "not owner" answer, i.e. a cache that was wrong: correct it for everyone.
+      if (redisOwner !== null && redis !== null && !sameOwner(redisOwner, owner)) await redis.invalidate(sandboxId, true);
+      return owner === null ? { owner: null, source: 'miss' } : { owner, source: 'postgres' };
+    },
+
+    async ownerEpoch(sandboxId) {
+      const res = await requirePool().query<{ epoch: number }>(sql.OWNER_EPOCH, [sandboxId]);
+      return res.rows[0]?.epoch ?? null;
+    },
+
+    onChange(listener) {
+      return listeners.add(listener);
+    },
+
+    async liveReplicas(): Promise<ReplicaRecord[]> {
+      const res = await requirePool().query<sql.ReplicaRow>(sql.LIVE_REPLICAS, [opts.leaseTtlMs]);
+      return res.rows.map((r) => ({
+        replicaId: r.replica_id,
+        peerUrl: r.peer_url,
+        state: r.state === 'draining' ? 'draining' : 'active',
+        sessions: r.sessions,
+        startedAtMs: r.started_at_ms,
+        version: r.version,
+        live: true,
+      }));
+    },
+
+    async setState(next) {
+      state = next;
+      await requirePool().query(sql.SET_STATE, [opts.replicaId, next]);
+    },
+
+    setSessionCount(n) {
+      sessions = Math.max(0, Math.floor(n));
+    },
+
+    async health(): Promise<StoreHealth> {
+      const p = pool;
+      const r = redis;
+      const [postgres, redisOk] = await Promise.all([
+        p === null || !running ? Promise.resolve(false) : withTimeout(p.query('SELECT 1').then(() => true), HEALTH_TIMEOUT_MS),
+        r === null ? Promise.resolve(null) : withTimeout(r.ping(), HEALTH_TIMEOUT_MS),
+      ]);
+      return { postgres, redis: opts.redisUrl === undefined ? null : redisOk === true };
+    },
+  };
+}
+
+function sameOwner(a: OwnerRecord, b: OwnerRecord | null): boolean {
+  return b !== null && a.replicaId === b.replicaId && a.epoch === b.epoch;
+}
+
+/** Rolls a claim back so that it can be retried with a consistent view of the previous owner. */
+class ClaimRace extends Error {
+  constructor() {
+    super('claim raced with a concurrent first claim');
+  }
+}
+
+async function withTimeout(p: Promise<boolean>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p.catch(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), ms);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,314 @@
+// The Redis layer of owner lookups: a shared cache of owner records plus the pub/sub channel that
+// carries invalidations between replicas (DESIGN §4).
+//
+// Redis is an optimisation, never the truth. Every call fails fast while Redis is down (no offline
+// queue), the caller falls back to Postgres, and the outage is logged once. Reconnection goes on
+// forever with capped backoff.
+//
+// Stale entries: a replica may read the old owner from Postgres just before a claim commits and
+// write it to Redis just after the claimer deleted the key. To rule that out, each sandbox has a
+// version key that every invalidation increments; a reader notes the version before its Postgres
+// read and the write only happens if the version is unchanged (checked atomically in a script).
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { OwnerRecord } from './types.ts';
+
+export type RedisRead =
+  | { kind: 'hit'; owner: OwnerRecord; ttlMs: number }
+  | { kind: 'miss'; version: string }
+  | { kind: 'unavailable' };
+
+export interface RedisOwnerCache {
+  start(): Promise<void>;
+  close(): Promise<void>;
+  /** Both connections are up (commands would be attempted). */
+  isReady(): boolean;
+  read(sandboxId: string): Promise<RedisRead>;
+  /** Stores `owner` unless the sandbox was invalidated since `version` was read. */
+  write(owner: OwnerRecord, ttlMs: number, version: string): Promise<void>;
+  /** Drops the cached entry; with `publish`, also tells every replica. Failures are remembered and retried on recovery. */
+  invalidate(sandboxId: string, publish: boolean): Promise<void>;
+  ping(): Promise<boolean>;
+}
+
+export interface RedisOwnerCacheOptions {
+  url: string;
+  keyPrefix: string;
+  logger: Logger;
+  /** An invalidation published by any replica (this one included). */
+  onInvalidation: (sandboxId: string) => void;
+  /** Redis came back after an outage (or the subscription was re-established): invalidations may have been missed. */
+  onResync: () => void;
+  /** Shown in Redis CLIENT LIST (sanitised); typically the replica id. */
+  clientName?: string;
+  connectTimeoutMs?: number;
+  commandTimeoutMs?: number;
+  reconnectMaxMs?: number;
+  /** How many failed invalidations are remembered before recovery flushes every owner key instead. */
+  maxPendingInvalidations?: number;
+}
+
+// The version key outlives every owner entry (whose TTL is capped well below this).
+const VERSION_TTL_MS = 10 * 60_000;
+
+const WRITE_IF_UNCHANGED = `
+local v = redis.call('GET', KEYS[2])
+if (v == false and ARGV[3] == '') or v == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0`;
+
+export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerCache {
+  const log = opts.logger;
+  const ownerKey = (id: string): string => `${opts.keyPrefix}owner:${id}`;
+  const versionKey = (id: string): string => `${opts.keyPrefix}owner-ver:${id}`;
+  const channel = `${opts.keyPrefix}owners`;
+  const reconnectMaxMs = opts.reconnectMaxMs ?? 1000;
+  const maxPending = opts.maxPendingInvalidations ?? 10_000;
+
+  const common = {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: opts.connectTimeoutMs ?? 1000,
+    commandTimeout: opts.commandTimeoutMs ?? 1000,
+    retryStrategy: (times: number): number =>
+      Math.min(reconnectMaxMs, 50 * 2 ** Math.min(times, 10)) + Math.floor(Math.random() * 50),
+  };
+  // CLIENT SETNAME rejects spaces; an invalid name would make every connection attempt fail.
+  const name = `ohs-owners${opts.clientName === undefined ? '' : `-${opts.clientName.replace(/[^\w.:-]/g, '_')}`}`;
+  const cmd = new Redis(opts.url, { ...common, connectionName: name });
+  // Subscriptions are re-issued by us on every 'ready' (see below), so that we know when they are back.
+  const sub = new Redis(opts.url, { ...common, connectionName: `${name}-sub`, autoResubscribe: false });
+
+  let closing = false;
+  let inOutage = false;
+  let subscribedOnce = false;
+  let markSubscribed: () => void = () => {};
+  const firstSubscription = new Promise<void>((resolve) => {
+    markSubscribed = resolve;
+  });
+  const pending = new Set<string>();
+  let pendingOverflow = false;
+
+  function outage(err?: unknown): void {
+    if (closing || inOutage) return;
+    inOutage = true;
+    log.warn({ err }, 'redis unavailable; owner lookups fall back to postgres');
+  }
+
+  function isReady(): boolean {
+    return cmd.status === 'ready' && sub.status === 'ready';
+  }
+
+  function recoverIfBothReady(): void {
+    if (closing || !isReady() || !inOutage) return;
+    inOutage = false;
+    log.info('redis recovered');
+    void flushPending();
+    opts.onResync();
+  }
+
+  for (const client of [cmd, sub]) {
+    client.on('error', (err: unknown) => outage(err));
+    client.on('close', () => outage());
+  }
+  cmd.on('ready', () => recoverIfBothReady());
+  sub.on('ready', () => {
+    if (closing) return;
+    sub.subscribe(channel).then(
+      () => {
+        // A re-established subscription may have missed messages even if cmd never went down.
+        if (subscribedOnce) opts.onResync();
+        subscribedOnce = true;
+        markSubscribed();
+        recoverIfBothReady();
+      },
+      (err: unknown) => outage(err),
+    );
+  });
+  sub.on('message', (ch: string, message: string) => {
+    if (ch === channel && message.length > 0) opts.onInvalidation(message);
+  });
+
+  function remember(sandboxId: string): void {
+    if (pendingOverflow) return;
+    pending.add(sandboxId);
+    if (pending.size > maxPending) {
+      pending.clear();
+      pendingOverflow = true;
+    }
+  }
+
+  async function flushPending(): Promise<void> {
+    try {
+      if (pendingOverflow) {
+        pendingOverflow = false;
+        // Too many missed invalidations to track: drop every owner entry of this deployment.
+        let cursor = '0';
+        do {
+          const [next, keys] = await cmd.scan(cursor, 'MATCH', `${opts.keyPrefix}owner:*`, 'COUNT', 500);
+          cursor = next;
+          if (keys.length > 0) await cmd.del(...keys);
+        } while (cursor !== '0');
+      }
+      const ids = [...pending];
+      pending.clear();
+      for (const id of ids) await invalidate(id, false);
+    } catch (err) {
+      outage(err);
+    }
+  }
+
+  async function invalidate(sandboxId: string, publish: boolean): Promise<void> {
+    if (cmd.status !== 'ready') {
+      remember(sandboxId);
+      return;
+    }
+    try {
+      const tx = cmd.multi().incr(versionKey(sandboxId)).pexpire(versionKey(sandboxId), VERSION_TTL_MS).del(ownerKey(sandboxId));
+      if (publish) tx.publish(channel, sandboxId);
+      await tx.exec();
+    } catch (err) {
+      remember(sandboxId);
+      outage(err);
+    }
+  }
+
+  async function settle(client: Redis): Promise<void> {
+    // Resolves once the first connection attempt has either succeeded or failed.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        client.off('ready', done);
+        client.off('error', done);
+        client.off('end', done);
+        resolve();
+      };
+      client.on('ready', done);
+      client.on('error', done);
+      client.on('end', done);
+      client.connect().catch(() => {
+        /* reported through 'error'; reconnection continues */
+      });
+    });
+  }
+
+  async function shutdown(client: Redis): Promise<void> {
+    if (client.status === 'end') return;
+    if (client.status === 'reconnecting' || client.status === 'wait' || client.status === 'close') {
+      client.disconnect(); // no live socket: this only cancels the reconnect timer
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 1000);
+      timer.unref();
+      client.once('end', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      client.disconnect();
+    });
+  }
+
+  return {
+    async start() {
+      await Promise.all([settle(cmd), settle(sub)]);
+      if (sub.status === 'ready') {
+        // Invalidations published right after start() must not be missed.
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          firstSubscription,
+          new Promise<void>((resolve) => {
+            timer = setTimeout(resolve, common.commandTimeout);
+            timer.unref();
+          }),
+        ]);
+        clearTimeout(timer);
+      }
+      if (!isReady() || !subscribedOnce) outage();
+    },
+
+    async close() {
+      closing = true;
+      await Promise.all([shutdown(cmd), shutdown(sub)]);
+      cmd.removeAllListeners();
+      sub.removeAllListeners();
+      // ioredis may still report the teardown of a socket; keep a sink so it is never unhandled.
+      cmd.on('error', () => {});
+      sub.on('error', () => {});
+    },
+
+    isReady,
+
+    async read(sandboxId) {
+      if (cmd.status !== 'ready') return { kind: 'unavailable' };
+      try {
+        const results = await cmd.pipeline().get(ownerKey(sandboxId)).pttl(ownerKey(sandboxId)).get(versionKey(sandboxId)).exec();
+        if (results === null) return { kind: 'unavailable' };
+        for (const [err] of results) if (err) throw err;
+        const raw = results[0]?.[1];
+        const pttl = results[1]?.[1];
+        const version = results[2]?.[1];
+        const versionText = typeof version === 'string' ? version : '';
+        if (typeof raw === 'string' && typeof pttl === 'number' && pttl > 0) {
+          const owner = parseOwner(raw, sandboxId);
+          if (owner !== null) return { kind: 'hit', owner, ttlMs: pttl };
+        }
+        return { kind: 'miss', version: versionText };
+      } catch (err) {
+        outage(err);
+        return { kind: 'unavailable' };
+      }
+    },
+
+    async write(owner, ttlMs, version) {
+      if (cmd.status !== 'ready' || !(ttlMs >= 1)) return;
+      try {
+        await cmd.eval(
+          WRITE_IF_UNCHANGED,
+          2,
+          ownerKey(owner.sandboxId),
+          versionKey(owner.sandboxId),
+          JSON.stringify(owner),
+          String(Math.floor(ttlMs)),
+          version,
+        );
+      } catch (err) {
+        outage(err);
+      }
+    },
+
+    invalidate,
+
+    async ping() {
+      if (!isReady()) return false;
+      try {
+        return (await cmd.ping()) === 'PONG';
+      } catch (err) {
+        outage(err);
+        return false;
+      }
+    },
+  };
+}
+
+function parseOwner(raw: string, sandboxId: string): OwnerRecord | null {
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v !== 'object' || v === null) return null;
+    const o = v as Record<string, unknown>;
+    if (
+      o.sandboxId !== sandboxId ||
+      typeof o.replicaId !== 'string' ||
+      typeof o.peerUrl !== 'string' ||
+      typeof o.epoch !== 'number' ||
+      typeof o.claimedAtMs !== 'number'
+    ) {
+      return null;
+    }
+    return { sandboxId, replicaId: o.replicaId, peerUrl: o.peerUrl, epoch: o.epoch, claimedAtMs: o.claimedAtMs };
+  } catch {
+    return null;
+  }
+}

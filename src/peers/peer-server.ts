@@ -1,0 +1,121 @@
+// The peer listener: other replicas' sidecars forward streams and tunnels here. Every stream is
+// authenticated, hop-limited and checked against the sessions this replica really holds; a
+// "not owner" answer goes out before anything reaches the gateway, so the sender may retry.
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
+import type { ProxyContext } from '../proxy/context.ts';
+import { splice } from '../proxy/tunnel.ts';
+import {
+  NOT_OWNER_STATUS,
+  PEER_AUTH,
+  PEER_CLASS,
+  PEER_EPOCH,
+  PEER_ERROR,
+  PEER_HOP,
+  PEER_NOT_OWNER,
+  PEER_ORIGIN,
+  PEER_OWNER_HINT,
+  PEER_SANDBOX,
+  peerSecretMatches,
+} from './protocol.ts';
+
+function refuse(stream: http2.ServerHttp2Stream, status: number, error: string, extra: http2.OutgoingHttpHeaders = {}): void {
+  if (stream.destroyed || stream.headersSent) return;
+  stream.respond({ ':status': status, [PEER_ERROR]: error, ...extra }, { endStream: true });
+}
+
+export function createPeerServer(ctx: ProxyContext): http2.Http2Server {
+  const server = http2.createServer({
+    settings: { initialWindowSize: ctx.config.h2InitialWindowBytes, enableConnectProtocol: false },
+    maxSessionMemory: 64,
+  });
+  const log = ctx.logger.child({ listener: 'peer' });
+  let authFailures = 0;
+  server.on('session', (session) => {
+    session.on('error', (err) => log.debug({ err: err.message }, 'peer session error'));
+    try {
+      session.setLocalWindowSize(ctx.config.h2InitialWindowBytes);
+    } catch {
+      // already large enough
+    }
+  });
+  server.on('sessionError', (err) => log.debug({ err: err.message }, 'peer session error'));
+  server.on('stream', (stream, headers) => {
+    stream.on('error', (err) => log.debug({ err: err.message }, 'peer stream error'));
+    handlePeerStream(ctx, log, stream, headers, () => {
+      authFailures++;
+      // One line per failure burst, not per request: a scanner must not flood the log.
+      if (authFailures === 1 || authFailures % 100 === 0) {
+        log.warn({ failures: authFailures, origin: headers[PEER_ORIGIN] }, 'peer request with invalid credentials refused');
+      }
+    });
+  });
+  return server;
+}
+
+function handlePeerStream(
+  ctx: ProxyContext,
+  baseLog: Logger,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  onAuthFailure: () => void,
+): void {
+  if (!ctx.peerSecret || !peerSecretMatches(headers[PEER_AUTH], ctx.peerSecret)) {
+    onAuthFailure();
+    ctx.metrics.forwardsTotal.inc({ class: String(headers[PEER_CLASS] ?? 'unknown'), peer: 'inbound', outcome: 'auth_failed' });
+    refuse(stream, 401, 'peer-auth');
+    return;
+  }
+  const hop = Number(headers[PEER_HOP] ?? '0');
+  const sandboxId = String(headers[PEER_SANDBOX] ?? '');
+  const epoch = Number(headers[PEER_EPOCH] ?? '-1');
+  const cls = String(headers[PEER_CLASS] ?? '');
+  const log = baseLog.child({ origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
+  if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
+    refuse(stream, 508, 'hop-limit');
+    log.warn({ hop }, 'peer request over the hop limit refused');
+    return;
+  }
+  if (!sandboxId) {
+    refuse(stream, 400, 'missing-sandbox');
+    return;
+  }
+  const held = ctx.localSessions.epoch(sandboxId);
+  if (held === undefined || held !== epoch) {
+    // Not (or no longer) the owner at that epoch: answer at once, nothing reached the gateway.
+    ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'not_owner' });
+    log.info({ askedEpoch: epoch, heldEpoch: held ?? null }, 'answered not owner');
+    refuse(stream, NOT_OWNER_STATUS, 'not-owner', {
+      [PEER_NOT_OWNER]: '1',
+      [PEER_OWNER_HINT]: held === undefined ? 'none' : `${ctx.store.replicaId}@${held}`,
+    });
+    return;
+  }
+  ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'accepted' });
+  if (headers[':method'] === 'CONNECT') {
+    peerTunnel(ctx, log, stream);
+    return;
+  }
+  ctx.gatewayPool.get(ctx.gatewayOrigin).then(
+    (session) => {
+      if (stream.destroyed) return;
+      forwardStream(stream, session, copyRequestHeaders(headers));
+    },
+    (err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');
+      respondGrpcError(stream, 14, 'owner gateway unavailable');
+    },
+  );
+}
+
+/** A forwarded tunnel: 200 first (we are the owner), then raw bytes to the local gateway. */
+function peerTunnel(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream): void {
+  stream.respond({ ':status': 200 });
+  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort });
+  upstream.setNoDelay(true);
+  upstream.once('error', (err) => log.warn({ err: err.message }, 'local gateway unreachable for peer tunnel'));
+  ctx.metrics.activeTunnels.inc({ target: 'local' });
+  splice(stream, upstream, () => ctx.metrics.activeTunnels.dec({ target: 'local' }));
+}

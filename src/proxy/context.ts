@@ -1,0 +1,26 @@
+// What every proxy handler needs, built once by the sidecar's composition root.
+import type { Logger } from 'pino';
+import type { SidecarConfig } from '../config/schema.ts';
+import type { SidecarMetrics } from '../metrics/registry.ts';
+import type { OwnershipStore } from '../ownership/types.ts';
+import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
+import type { SessionPool } from './h2-sessions.ts';
+
+export interface ProxyContext {
+  config: SidecarConfig;
+  logger: Logger;
+  metrics: SidecarMetrics;
+  store: OwnershipStore;
+  router: OwnerRouter;
+  localSessions: LocalSessions;
+  /** h2c origin of the local gateway, e.g. http://127.0.0.1:18080. */
+  gatewayOrigin: string;
+  gatewayHost: string;
+  gatewayPort: number;
+  /** Shared sessions to the local gateway (non-supervisor streams) and to peers. */
+  gatewayPool: SessionPool;
+  peerPool: SessionPool;
+  /** Shared secret for the peer protocol; undefined only in embedded mode. */
+  peerSecret: string | undefined;
+  nextConnId(): string;
+}

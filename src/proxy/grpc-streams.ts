@@ -1,0 +1,372 @@
+// Public HTTP/2 streams: classify, read the routing key from the first gRPC message, and forward
+// per stream to the local gateway or the owning peer (DESIGN §3).
+import http2 from 'node:http2';
+import type { Logger } from 'pino';
+import { classifyGrpcPath, isGrpcContentType, type KeyedGrpcClass, type TrafficClass } from '../classify/classify.ts';
+import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
+import { peerHeaders, PEER_NOT_OWNER, PEER_OWNER_HINT } from '../peers/protocol.ts';
+import type { Target } from '../routing/router.ts';
+import { FirstMessageBuffer } from '../wire/grpc-frame.ts';
+import { extractRoutingKey } from '../wire/routing-key.ts';
+import type { ProxyContext } from './context.ts';
+import { copyRequestHeaders, forwardStream, respondGrpcError, type Replay } from './h2-forward.ts';
+import { connectSession } from './h2-sessions.ts';
+
+/** State of one downstream HTTP/2 connection. */
+export interface DownstreamConnection {
+  id: string;
+  log: Logger;
+  session: http2.ServerHttp2Session;
+  /**
+   * Set once a ConnectSupervisor stream arrives: the 1:1 upstream connection to the local
+   * gateway that carries this supervisor's control stream and all its RelayStreams (DESIGN §3).
+   */
+  supervisorUpstream?: Promise<http2.ClientHttp2Session>;
+}
+
+export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  stream.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream stream error'));
+  const path = String(headers[':path'] ?? '');
+  const cls: TrafficClass = isGrpcContentType(headers['content-type'] as string | undefined) ? classifyGrpcPath(path) : 'passthrough';
+  const log = conn.log.child({ class: cls, path });
+  const upHeaders = copyRequestHeaders(headers);
+
+  if (cls === 'passthrough') {
+    void forwardLocal(ctx, stream, upHeaders, cls, log);
+    return;
+  }
+  if (cls === 'supervisor-relay' && conn.supervisorUpstream) {
+    // Relays ride the same upstream connection as their control stream, so they reach the
+    // gateway replica that issued the RelayOpen (reference §2.2, binding rule).
+    void forwardOnSupervisorConnection(ctx, conn, stream, upHeaders, cls, log);
+    return;
+  }
+  if (cls === 'supervisor-relay') {
+    // A relay on a connection with no control stream: the gateway will answer NOT_FOUND itself.
+    void forwardLocal(ctx, stream, upHeaders, cls, log);
+    return;
+  }
+  readFirstMessage(ctx, stream, cls, log, (message, frameBytes) => {
+    let key;
+    try {
+      key = extractRoutingKey(cls as KeyedGrpcClass, message);
+    } catch (err) {
+      return rejectStream(ctx, stream, cls, log, err);
+    }
+    if (!('sandboxId' in key)) return rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_MISSING_ROUTING_KEY', 'no sandbox id'));
+    const sandboxId = key.sandboxId;
+    const slog = log.child({ sandbox: sandboxId });
+    if (cls === 'supervisor-control') {
+      void supervisorControl(ctx, conn, stream, upHeaders, sandboxId, frameBytes, slog);
+      return;
+    }
+    void routeKeyed(ctx, stream, upHeaders, cls, sandboxId, frameBytes, slog);
+  });
+}
+
+function rejectStream(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, log: Logger, err: unknown): void {
+  const e = toOhsError(err);
+  ctx.metrics.classifyErrorsTotal.inc({ reason: e.code });
+  ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: e.code });
+  log.warn({ code: e.code, err: e.message }, 'rejected stream');
+  respondGrpcError(stream, grpcStatusFor(e), e.message);
+}
+
+/** Buffers DATA until the first length-prefixed message is complete (bounded in size and time). */
+function readFirstMessage(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  cls: TrafficClass,
+  log: Logger,
+  onComplete: (message: Buffer, frameBytes: Buffer) => void,
+): void {
+  const buf = new FirstMessageBuffer(ctx.config.maxFirstMessageBytes);
+  let done = false;
+  const finish = (): void => {
+    done = true;
+    clearTimeout(timer);
+    stream.off('data', onData);
+    stream.off('end', onEnd);
+    stream.off('close', onClose);
+  };
+  const timer = setTimeout(() => {
+    if (done) return;
+    finish();
+    rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_TIMEOUT', `first gRPC message not received within ${ctx.config.firstMessageTimeoutMs} ms`));
+  }, ctx.config.firstMessageTimeoutMs);
+  timer.unref();
+  const onData = (chunk: Buffer): void => {
+    if (done) return;
+    const r = buf.push(chunk);
+    if (r.state === 'need-more') return;
+    finish();
+    stream.pause();
+    if (r.state === 'error') {
+      rejectStream(ctx, stream, cls, log, r.error);
+      return;
+    }
+    onComplete(r.message, r.frameBytes);
+  };
+  const onEnd = (): void => {
+    if (done) return;
+    finish();
+    rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_MALFORMED_MESSAGE', 'request ended before a complete first message'));
+  };
+  const onClose = (): void => {
+    // Client went away while we were buffering: drop what we held.
+    if (!done) finish();
+  };
+  stream.on('data', onData);
+  stream.on('end', onEnd);
+  stream.on('close', onClose);
+}
+
+function track(ctx: ProxyContext, cls: TrafficClass, target: 'local' | 'peer'): (outcome: string) => void {
+  const start = process.hrtime.bigint();
+  ctx.metrics.activeStreams.inc({ class: cls, target });
+  let ended = false;
+  return (outcome) => {
+    if (ended) return;
+    ended = true;
+    ctx.metrics.activeStreams.dec({ class: cls, target });
+    ctx.metrics.requestsTotal.inc({ class: cls, target, outcome });
+    ctx.metrics.requestDurationSeconds.observe({ class: cls, target }, Number(process.hrtime.bigint() - start) / 1e9);
+  };
+}
+
+async function forwardLocal(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  log: Logger,
+  prefix?: Buffer,
+): Promise<void> {
+  let session: http2.ClientHttp2Session;
+  try {
+    session = await ctx.gatewayPool.get(ctx.gatewayOrigin);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'local gateway unreachable');
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+    respondGrpcError(stream, 14, 'gateway unavailable');
+    return;
+  }
+  if (stream.destroyed) return;
+  const done = track(ctx, cls, 'local');
+  forwardStream(stream, session, headers, {
+    ...(prefix ? { prefix } : {}),
+    onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+  });
+}
+
+function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
+  if (!conn.supervisorUpstream) {
+    const p = connectSession(ctx.gatewayOrigin, {
+      connectTimeoutMs: ctx.config.upstreamConnectTimeoutMs,
+      windowBytes: ctx.config.h2InitialWindowBytes,
+    });
+    conn.supervisorUpstream = p;
+    p.then(
+      (up) => {
+        // 1:1 pairing: whichever side closes first closes the other, so the gateway's keepalive
+        // and disconnect handling see exactly what the supervisor's connection does.
+        const closeDown = (): void => {
+          if (!conn.session.destroyed) conn.session.destroy();
+        };
+        up.once('close', closeDown);
+        conn.session.once('close', () => {
+          up.off('close', closeDown);
+          if (!up.destroyed) up.destroy();
+        });
+        if (conn.session.destroyed) up.destroy();
+      },
+      () => undefined,
+    );
+  }
+  return conn.supervisorUpstream;
+}
+
+async function forwardOnSupervisorConnection(
+  ctx: ProxyContext,
+  conn: DownstreamConnection,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  log: Logger,
+  prefix?: Buffer,
+  onDone?: () => void,
+): Promise<void> {
+  let up: http2.ClientHttp2Session;
+  try {
+    up = await connectSupervisorUpstream(ctx, conn);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'local gateway unreachable for supervisor connection');
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+    respondGrpcError(stream, 14, 'gateway unavailable');
+    onDone?.();
+    conn.session.destroy();
+    return;
+  }
+  const done = track(ctx, cls, 'local');
+  forwardStream(stream, up, headers, {
+    ...(prefix ? { prefix } : {}),
+    onDone: ({ reset, grpcStatus }) => {
+      done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+      onDone?.();
+    },
+  });
+}
+
+/** ConnectSupervisor: this replica becomes the owner (last connect wins), then the stream goes to the local gateway. */
+async function supervisorControl(
+  ctx: ProxyContext,
+  conn: DownstreamConnection,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  sandboxId: string,
+  frameBytes: Buffer,
+  log: Logger,
+): Promise<void> {
+  let epoch: number;
+  try {
+    const claim = await ctx.store.claim(sandboxId);
+    epoch = claim.owner.epoch;
+    ctx.metrics.ownerClaimsTotal.inc();
+    if (claim.previous && claim.previous.replicaId !== ctx.store.replicaId) ctx.metrics.ownershipChangesTotal.inc();
+    log.info({ epoch, previous: claim.previous ? `${claim.previous.replicaId}@${claim.previous.epoch}` : null }, 'supervisor connected; ownership claimed');
+  } catch (err) {
+    // The store being down must not keep a supervisor from its gateway: accept locally and
+    // let the owner row be written later (DESIGN §4 outages; fully handled with fencing).
+    log.warn({ err: (err as Error).message }, 'ownership claim failed; accepting supervisor locally');
+    epoch = 0;
+  }
+  ctx.localSessions.set(sandboxId, epoch);
+  ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
+  ctx.store.setSessionCount(ctx.localSessions.size);
+  if (stream.destroyed) {
+    release();
+    return;
+  }
+  function release(): void {
+    if (!ctx.localSessions.deleteIf(sandboxId, epoch)) return;
+    ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
+    ctx.store.setSessionCount(ctx.localSessions.size);
+    log.info({ epoch }, 'supervisor disconnected; releasing ownership');
+    if (epoch > 0) {
+      ctx.store.release(sandboxId, epoch).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'ownership release failed'));
+    }
+  }
+  await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release);
+}
+
+/** Exec, logs and watch: owner-routed, with one re-resolve and retry on a "not owner" answer. */
+async function routeKeyed(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  sandboxId: string,
+  frameBytes: Buffer,
+  log: Logger,
+): Promise<void> {
+  let target = await ctx.router.resolve(sandboxId);
+  let prefix = frameBytes;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    if (stream.destroyed) return;
+    if (target.kind === 'local') {
+      log.debug({ target: 'local', reason: target.reason }, 'routing');
+      await forwardLocal(ctx, stream, headers, cls, log, prefix);
+      return;
+    }
+    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, prefix, attempt, log);
+    if (outcome.kind === 'done') return;
+    // Not owner or unreachable: nothing reached a gateway, so re-resolve and retry once.
+    prefix = outcome.replay.bytes;
+    const fresh = await ctx.router.resolve(sandboxId, { fresh: true });
+    log.info({ from: target.replicaId, to: fresh.kind === 'peer' ? fresh.replicaId : 'local', why: outcome.why }, 're-resolved owner');
+    target = fresh;
+  }
+  ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
+  respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
+}
+
+type PeerOutcome = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: string };
+
+function forwardToPeer(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  sandboxId: string,
+  target: Extract<Target, { kind: 'peer' }>,
+  prefix: Buffer,
+  attempt: number,
+  log: Logger,
+): Promise<PeerOutcome> {
+  return new Promise((resolve) => {
+    const plog = log.child({ target: target.replicaId });
+    ctx.peerPool.get(target.peerUrl).then(
+      (session) => {
+        if (stream.destroyed) return resolve({ kind: 'done' });
+        const done = track(ctx, cls, 'peer');
+        let settled = false;
+        const handle = forwardStream(
+          stream,
+          session,
+          {
+            ...headers,
+            ...peerHeaders({
+              secret: ctx.peerSecret ?? '',
+              origin: ctx.store.replicaId,
+              sandboxId,
+              epoch: target.epoch,
+              cls,
+              hop: 1,
+            }),
+          },
+          {
+            prefix,
+            onResponse: (res) => {
+              if (res[PEER_NOT_OWNER] === undefined) {
+                settled = true;
+                ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'ok' });
+                resolve({ kind: 'done' });
+                return true;
+              }
+              const replay = handle.abandon();
+              done('not_owner');
+              ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'not_owner' });
+              plog.info({ hint: res[PEER_OWNER_HINT], attempt }, 'peer is not the owner');
+              settled = true;
+              if (replay && attempt === 0) resolve({ kind: 'retry', replay, why: 'not-owner' });
+              else {
+                respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
+                resolve({ kind: 'done' });
+              }
+              return false;
+            },
+            onUpstreamError: (err) => {
+              if (settled) return;
+              settled = true;
+              ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'error' });
+              plog.warn({ err: err.message }, 'peer stream failed before a response');
+              respondGrpcError(stream, 14, `owner replica ${target.replicaId} unavailable`);
+              resolve({ kind: 'done' });
+            },
+            onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+          },
+        );
+      },
+      (err: unknown) => {
+        // Could not even connect: nothing was sent anywhere, so the request can go elsewhere.
+        ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'unreachable' });
+        plog.warn({ err: (err as Error).message }, 'owner replica unreachable');
+        if (attempt === 0) resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
+        else {
+          respondGrpcError(stream, 14, `owner replica ${target.replicaId} unreachable`);
+          resolve({ kind: 'done' });
+        }
+      },
+    );
+  });
+}

@@ -1,0 +1,154 @@
+// The public listener: h2c and HTTP/1.1 on one port, told apart by the connection preface
+// (as the gateway itself does, reference §1.1), with optional TLS in front.
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { detectPreface } from '../classify/classify.ts';
+import type { ProxyContext } from './context.ts';
+import { handlePublicStream, type DownstreamConnection } from './grpc-streams.ts';
+import { handleConnect, splice, writeHttpError } from './tunnel.ts';
+
+const PREFACE_TIMEOUT_MS = 10_000;
+
+export interface PublicListener {
+  server: net.Server;
+  close(): Promise<void>;
+  connections(): number;
+}
+
+export function createPublicListener(ctx: ProxyContext): PublicListener {
+  const log = ctx.logger.child({ listener: 'public' });
+  const sockets = new Set<net.Socket>();
+
+  const h2 = http2.createServer({
+    settings: { initialWindowSize: ctx.config.h2InitialWindowBytes, maxHeaderListSize: ctx.config.maxHeaderBytes },
+    maxSessionMemory: 64,
+  });
+  h2.on('session', (session) => {
+    const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session };
+    conn.log = log.child({ conn: conn.id, proto: 'h2' });
+    session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
+    try {
+      session.setLocalWindowSize(ctx.config.h2InitialWindowBytes);
+    } catch {
+      // already large enough
+    }
+    session.on('stream', (stream, headers) => handlePublicStream(ctx, conn, stream, headers));
+  });
+  h2.on('sessionError', (err) => log.debug({ err: err.message }, 'h2 session error'));
+
+  const h1 = http.createServer({ maxHeaderSize: ctx.config.maxHeaderBytes }, (req, res) => passthroughRequest(ctx, req, res));
+  h1.on('connect', (req, socket, head) => {
+    const conn = ctx.nextConnId();
+    handleConnect(ctx, log.child({ conn, proto: 'http1' }), req, socket as net.Socket, head);
+  });
+  h1.on('upgrade', (req, socket, head) => passthroughUpgrade(ctx, req, socket as net.Socket, head));
+  h1.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    log.info({ err: err.code ?? err.message }, 'malformed HTTP/1.1 request refused');
+    if (err.code === 'HPE_HEADER_OVERFLOW') writeHttpError(socket, 431, 'Request Header Fields Too Large', 'request headers too large');
+    else writeHttpError(socket, 400, 'Bad Request', 'malformed request');
+  });
+
+  const dispatch = (socket: net.Socket): void => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', (err) => log.debug({ err: err.message }, 'client connection error'));
+    let buffered: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => socket.destroy(), PREFACE_TIMEOUT_MS);
+    timer.unref();
+    const onData = (chunk: Buffer): void => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      const kind = detectPreface(buffered);
+      if (kind === 'need-more' && buffered.length < 64) return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.pause();
+      if (kind === 'h2') {
+        // http2 picks up the unshifted bytes itself with socket.read() on the next tick, so the
+        // socket stays paused; resuming would emit them to nobody.
+        socket.unshift(buffered);
+        h2.emit('connection', socket);
+        return;
+      } else if (kind === 'http1') {
+        socket.unshift(buffered);
+        h1.emit('connection', socket);
+      } else {
+        log.info({ kind, remote: socket.remoteAddress }, 'connection with an unknown protocol refused');
+        if (kind === 'tls') socket.destroy();
+        else writeHttpError(socket, 400, 'Bad Request', 'unrecognised protocol');
+        return;
+      }
+      socket.resume();
+    };
+    socket.on('data', onData);
+  };
+
+  let server: net.Server;
+  const t = ctx.config.tls;
+  if (t) {
+    const ca = t.clientCaFile ? readFileSync(t.clientCaFile) : undefined;
+    server = tls.createServer(
+      {
+        cert: readFileSync(t.certFile),
+        key: readFileSync(t.keyFile),
+        ALPNProtocols: ['h2', 'http/1.1'],
+        ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+      },
+      dispatch,
+    );
+    server.on('tlsClientError', (err) => log.info({ err: err.message }, 'TLS handshake failed'));
+  } else {
+    server = net.createServer(dispatch);
+  }
+  server.on('error', (err) => log.error({ err }, 'public listener error'));
+
+  return {
+    server,
+    connections: () => sockets.size,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+      }),
+  };
+}
+
+/** Plain HTTP/1.1 requests are not sandbox-scoped at seed: straight to the local gateway. */
+function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: http.ServerResponse): void {
+  const headers: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !k.startsWith('x-ohs-')) headers[k] = v;
+  const up = http.request(
+    { host: ctx.gatewayHost, port: ctx.gatewayPort, method: req.method, path: req.url, headers, timeout: ctx.config.upstreamConnectTimeoutMs },
+    (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+    },
+  );
+  up.on('timeout', () => up.destroy(new Error('gateway timeout')));
+  up.on('error', (err) => {
+    if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('gateway unavailable\n');
+    else res.destroy(err);
+  });
+  req.on('error', () => up.destroy());
+  res.on('close', () => {
+    if (!up.writableFinished) up.destroy();
+  });
+  req.pipe(up);
+}
+
+/** Upgrades (e.g. /_ws_tunnel) are passed through byte for byte to the local gateway. */
+function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+  socket.on('error', () => undefined);
+  let raw = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\n`;
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i] as string;
+    if (!name.toLowerCase().startsWith('x-ohs-')) raw += `${name}: ${req.rawHeaders[i + 1] as string}\r\n`;
+  }
+  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort }, () => {
+    upstream.write(Buffer.concat([Buffer.from(`${raw}\r\n`, 'latin1'), head]));
+    splice(socket, upstream, () => undefined);
+  });
+  upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
+}

@@ -1,0 +1,181 @@
+// HTTP/1.1 CONNECT tunnels (seed SSH, reference §2.3). The CONNECT head is re-serialised
+// (minus x-ohs-* headers) and replayed to the target with the head bytes, so the gateway sees
+// the client's request and the client sees the gateway's own answer (401/404/412/429/502/200).
+import type { IncomingMessage } from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { classifyHttp1 } from '../classify/classify.ts';
+import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import type { Target } from '../routing/router.ts';
+import { sandboxIdProblem } from '../wire/routing-key.ts';
+import type { ProxyContext } from './context.ts';
+
+export function connectHead(req: IncomingMessage): Buffer {
+  let head = `${req.method ?? 'CONNECT'} ${req.url ?? ''} HTTP/1.1\r\n`;
+  const raw = req.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.toLowerCase().startsWith('x-ohs-')) continue;
+    head += `${name}: ${raw[i + 1] as string}\r\n`;
+  }
+  return Buffer.from(`${head}\r\n`, 'latin1');
+}
+
+export function writeHttpError(socket: Duplex, status: number, reason: string, body: string): void {
+  if (socket.destroyed) return;
+  const text = `${body}\n`;
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+}
+
+/** Pipes two byte streams both ways; either side closing or failing closes the other. */
+export function splice(a: Duplex, b: Duplex, onClose: () => void, onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void): void {
+  let closed = false;
+  const cleanup = (): void => {
+    if (closed) return;
+    closed = true;
+    a.destroy();
+    b.destroy();
+    onClose();
+  };
+  a.on('error', cleanup);
+  b.on('error', cleanup);
+  a.on('close', cleanup);
+  b.on('close', cleanup);
+  if (onBytes) {
+    a.on('data', (d: Buffer) => onBytes('to_sandbox', d.length));
+    b.on('data', (d: Buffer) => onBytes('from_sandbox', d.length));
+  }
+  a.pipe(b);
+  b.pipe(a);
+}
+
+export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingMessage, socket: net.Socket, head: Buffer): void {
+  socket.on('error', (err) => connLog.debug({ err: err.message }, 'tunnel client socket error'));
+  const cls = classifyHttp1(req.method ?? '', req.url ?? '');
+  const rawHead = Buffer.concat([connectHead(req), head]);
+  const sandboxHeader = req.headers['x-sandbox-id'];
+  const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
+  const log = connLog.child({ class: cls, sandbox: sandboxId });
+  // No usable routing key: the local gateway gives the client its own answer (401/400/404).
+  if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined) {
+    tunnelLocal(ctx, log, socket, rawHead, cls);
+    return;
+  }
+  socket.pause();
+  void (async () => {
+    let target: Target = await ctx.router.resolve(sandboxId);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (socket.destroyed) return;
+      if (target.kind === 'local') {
+        tunnelLocal(ctx, log, socket, rawHead, cls);
+        return;
+      }
+      const result = await tunnelToPeer(ctx, log, socket, rawHead, sandboxId, target);
+      if (result === 'done') return;
+      const fresh = await ctx.router.resolve(sandboxId, { fresh: true });
+      log.info({ from: target.replicaId, to: fresh.kind === 'peer' ? fresh.replicaId : 'local', why: result }, 're-resolved owner');
+      target = fresh;
+    }
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
+    writeHttpError(socket, 502, 'Bad Gateway', 'sandbox owner moved while routing; retry');
+  })();
+}
+
+function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, cls: string): void {
+  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort });
+  upstream.setNoDelay(true);
+  socket.setNoDelay(true);
+  const start = process.hrtime.bigint();
+  ctx.metrics.activeTunnels.inc({ target: 'local' });
+  const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
+  connectTimer.unref();
+  let connected = false;
+  upstream.once('connect', () => {
+    connected = true;
+    clearTimeout(connectTimer);
+    upstream.write(rawHead);
+    splice(socket, upstream, () => {
+      ctx.metrics.activeTunnels.dec({ target: 'local' });
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
+      ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
+    }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
+    socket.resume();
+  });
+  upstream.once('error', (err) => {
+    if (connected) return;
+    clearTimeout(connectTimer);
+    ctx.metrics.activeTunnels.dec({ target: 'local' });
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+    log.warn({ err: err.message }, 'local gateway unreachable for tunnel');
+    writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable');
+  });
+}
+
+type PeerTunnelResult = 'done' | 'not-owner' | 'unreachable';
+
+function tunnelToPeer(
+  ctx: ProxyContext,
+  log: Logger,
+  socket: net.Socket,
+  rawHead: Buffer,
+  sandboxId: string,
+  target: Extract<Target, { kind: 'peer' }>,
+): Promise<PeerTunnelResult> {
+  const plog = log.child({ target: target.replicaId });
+  return ctx.peerPool.get(target.peerUrl).then(
+    (session) =>
+      new Promise<PeerTunnelResult>((resolve) => {
+        const stream = session.request({
+          ':method': 'CONNECT',
+          ':authority': 'openshell-ssh-tunnel',
+          ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
+        });
+        let responded = false;
+        stream.on('error', (err) => {
+          if (responded) return;
+          responded = true;
+          ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'error' });
+          plog.warn({ err: err.message }, 'peer tunnel failed before a response');
+          writeHttpError(socket, 502, 'Bad Gateway', `owner replica ${target.replicaId} unavailable`);
+          resolve('done');
+        });
+        stream.on('response', (headers) => {
+          responded = true;
+          const status = Number(headers[':status']);
+          if (status === NOT_OWNER_STATUS && headers[PEER_NOT_OWNER] !== undefined) {
+            ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'not_owner' });
+            stream.close(http2.constants.NGHTTP2_CANCEL);
+            resolve('not-owner');
+            return;
+          }
+          if (status !== 200) {
+            ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: `http_${status}` });
+            plog.warn({ status, error: headers['x-ohs-error'] }, 'peer refused tunnel');
+            stream.close(http2.constants.NGHTTP2_CANCEL);
+            writeHttpError(socket, 502, 'Bad Gateway', `owner replica ${target.replicaId} refused the tunnel`);
+            resolve('done');
+            return;
+          }
+          ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'ok' });
+          ctx.metrics.activeTunnels.inc({ target: 'peer' });
+          const start = process.hrtime.bigint();
+          // The peer answered before touching its gateway; now the replayed CONNECT goes through.
+          stream.write(rawHead);
+          splice(socket, stream, () => {
+            ctx.metrics.activeTunnels.dec({ target: 'peer' });
+            ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
+            ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
+          }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
+          socket.resume();
+          resolve('done');
+        });
+      }),
+    (err: unknown) => {
+      ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'unreachable' });
+      plog.warn({ err: (err as Error).message }, 'owner replica unreachable');
+      return 'unreachable' as const;
+    },
+  );
+}

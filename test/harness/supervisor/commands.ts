@@ -1,0 +1,128 @@
+// The sandbox's "shell": a handful of built-in commands, enough to prove that bytes travel both ways
+// through a relay. No real shell and no child processes, so tests behave the same on every machine.
+
+/** Where a command writes and reads. `write` resolves once the peer can take more (backpressure). */
+export interface CommandIo {
+  write(chunk: string | Buffer): Promise<void>;
+  writeErr(text: string): void;
+  /** Runs `onChunk` for each stdin chunk; resolves at stdin EOF. Null when there is no stdin (REPL). */
+  readStdin: ((onChunk: (chunk: Buffer) => Promise<void>) => Promise<void>) | null;
+  /** Aborted when the channel closes under the command. */
+  signal: AbortSignal;
+}
+
+export interface CommandResult {
+  code: number;
+  /** True for `exit`: the REPL ends. */
+  exit: boolean;
+}
+
+/** Splits a command line into words; single and double quotes group, backslash escapes outside single quotes. */
+export function splitWords(line: string): string[] {
+  const words: string[] = [];
+  let word = '';
+  let inWord = false;
+  let quote: '"' | "'" | null = null;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line.charAt(i);
+    if (quote) {
+      if (ch === quote) quote = null;
+      else if (ch === '\\' && quote === '"' && i + 1 < line.length) word += line.charAt(++i);
+      else word += ch;
+    } else if (ch === '"' || ch === "'") {
+      quote = ch;
+      inWord = true;
+    } else if (ch === '\\' && i + 1 < line.length) {
+      word += line.charAt(++i);
+      inWord = true;
+    } else if (/\s/.test(ch)) {
+      if (inWord) words.push(word);
+      word = '';
+      inWord = false;
+    } else {
+      word += ch;
+      inWord = true;
+    }
+  }
+  if (inWord) words.push(word);
+  return words;
+}
+
+const YES_CHUNK = Buffer.alloc(64 * 1024, 'y');
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    timer.unref();
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Runs one command line. `lastCode` is what a bare `exit` returns.
+ * Built-ins: echo, cat, sandbox-id, exit [n], sleep <secs>, yes-bytes <n>.
+ */
+export async function runCommand(
+  line: string,
+  ctx: { sandboxId: string; lastCode: number },
+  io: CommandIo,
+): Promise<CommandResult> {
+  const [cmd, ...args] = splitWords(line);
+  const done = (code: number): CommandResult => ({ code, exit: false });
+  switch (cmd) {
+    case undefined:
+      return done(ctx.lastCode);
+    case 'echo':
+      await io.write(`${args.join(' ')}\n`);
+      return done(0);
+    case 'sandbox-id':
+      await io.write(`${ctx.sandboxId}\n`);
+      return done(0);
+    case 'cat':
+      if (io.readStdin) await io.readStdin((chunk) => io.write(chunk));
+      return done(0);
+    case 'exit': {
+      if (args[0] === undefined) return { code: ctx.lastCode, exit: true };
+      const n = Number(args[0]);
+      if (!Number.isInteger(n)) {
+        io.writeErr(`exit: ${args[0]}: numeric argument required\n`);
+        return { code: 2, exit: true };
+      }
+      return { code: n & 0xff, exit: true };
+    }
+    case 'sleep': {
+      const secs = Number(args[0]);
+      if (args[0] === undefined || !Number.isFinite(secs) || secs < 0) {
+        io.writeErr(`sleep: invalid time interval '${args[0] ?? ''}'\n`);
+        return done(1);
+      }
+      await sleep(secs * 1000, io.signal);
+      return done(0);
+    }
+    case 'yes-bytes': {
+      const total = Number(args[0]);
+      if (args[0] === undefined || !Number.isSafeInteger(total) || total < 0) {
+        io.writeErr(`yes-bytes: invalid byte count '${args[0] ?? ''}'\n`);
+        return done(1);
+      }
+      let left = total;
+      while (left > 0 && !io.signal.aborted) {
+        const n = Math.min(left, YES_CHUNK.length);
+        await io.write(n === YES_CHUNK.length ? YES_CHUNK : YES_CHUNK.subarray(0, n));
+        left -= n;
+      }
+      return done(0);
+    }
+    default:
+      io.writeErr(`${cmd}: command not found\n`);
+      return done(127);
+  }
+}

@@ -1,0 +1,356 @@
+// A stand-in for the Rust OpenShell sandbox supervisor: holds the `ConnectSupervisor` control stream,
+// reconnects like the real one, and answers `RelayOpen` by bridging a `RelayStream` to the sandbox's
+// SSH server (reference §2.1, §2.2, §6).
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import { openShellClient } from '../proto.ts';
+import type { GatewayMessage, RelayFrame, SupervisorMessage } from '../proto.ts';
+
+/** Reference §2.1 "Heartbeat": the supervisor never heartbeats faster than every 5 s. */
+const MIN_HEARTBEAT_SECS = 5;
+/** After one side of a relay finishes, how long the other gets to flush before both are destroyed. */
+const RELAY_CLOSE_GRACE_MS = 5000;
+
+const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  // A private subchannel pool makes every attempt a fresh TCP connection, as the Rust supervisor's new
+  // tonic Channel per attempt is (reference §2.1 "Reconnect"), so a balancer can land it anywhere.
+  'grpc.use_local_subchannel_pool': 1,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.keepalive_permit_without_calls': 1,
+};
+
+type ControlCall = grpc.ClientDuplexStream<SupervisorMessage, GatewayMessage>;
+type RelayCall = grpc.ClientDuplexStream<RelayFrame, RelayFrame>;
+
+interface OpenShellRpcClient extends grpc.Client {
+  ConnectSupervisor(options?: grpc.CallOptions): ControlCall;
+  RelayStream(options?: grpc.CallOptions): RelayCall;
+}
+
+export interface SupervisorEmulatorOptions {
+  /** host:port of the gateway or of the balancer in front of the replicas. */
+  endpoint: string;
+  sandboxId: string;
+  /** Loopback port of the sandbox's SSH server that relays are bridged to. */
+  sshPort: number;
+  /** Fixed instance id; by default a fresh UUID per attempt (reference §2.1, seed behaviour). */
+  instanceId?: string;
+  backoff?: { initialMs: number; maxMs: number };
+  /** Supervisor heartbeat period in seconds, replacing max(heartbeat_interval_secs, 5). */
+  heartbeatSecsOverride?: number;
+  logger?: Logger;
+}
+
+export interface SupervisorEmulatorEvents {
+  session: [{ sessionId: string }];
+  disconnected: [{ reason: string; sessionId: string | null }];
+  relay: [{ channelId: string }];
+}
+
+/** One connection attempt: its own grpc-js client (own HTTP/2 connection), control call and relays. */
+class Link {
+  control: ControlCall | null = null;
+  readonly relays = new Map<string, { destroy(): void }>();
+  sessionOver = false;
+  private clientClosed = false;
+
+  constructor(
+    readonly client: OpenShellRpcClient,
+    private readonly onClosed: (link: Link) => void,
+  ) {}
+
+  /** Relays outlive their control stream, as in the Rust supervisor; the connection goes when both are done. */
+  closeIfIdle(): void {
+    if (this.sessionOver && this.relays.size === 0) this.closeClient();
+  }
+
+  /** Abrupt end: every call on this connection is cancelled. */
+  kill(): void {
+    for (const relay of [...this.relays.values()]) relay.destroy();
+    this.control?.cancel();
+    this.closeClient();
+  }
+
+  private closeClient(): void {
+    if (this.clientClosed) return;
+    this.clientClosed = true;
+    this.client.close();
+    this.onClosed(this);
+  }
+}
+
+export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
+  connected = false;
+  sessionId: string | null = null;
+  sessionsStarted = 0;
+  /** Delay slept before the current (or next) attempt; 0 before the first. */
+  currentAttemptDelayMs = 0;
+  /** Every backoff delay slept so far, in order. */
+  readonly delays: number[] = [];
+
+  private readonly opts: SupervisorEmulatorOptions;
+  private readonly log: Logger;
+  private readonly backoff: { initialMs: number; maxMs: number };
+  private readonly links = new Set<Link>();
+  private current: Link | null = null;
+  private relayCount = 0;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(opts: SupervisorEmulatorOptions) {
+    super();
+    this.opts = opts;
+    this.backoff = opts.backoff ?? { initialMs: 1000, maxMs: 30_000 };
+    this.log = (opts.logger ?? pino({ level: 'silent' })).child({
+      component: 'supervisor-emulator',
+      sandbox: opts.sandboxId,
+    });
+  }
+
+  get activeRelays(): number {
+    return this.relayCount;
+  }
+
+  start(): void {
+    if (this.loop || this.stopped) return;
+    this.loop = this.reconnectLoop();
+  }
+
+  /** Stops reconnecting, cancels every call, closes every client and relay socket. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    for (const link of [...this.links]) link.kill();
+    await this.loop;
+  }
+
+  /** Simulates a network drop: the current connection and everything on it goes; the loop reconnects. */
+  dropConnection(): void {
+    this.current?.kill();
+  }
+
+  /** Resolves with the session id once a session is accepted. */
+  waitConnected(timeoutMs: number): Promise<string> {
+    if (this.connected && this.sessionId) return Promise.resolve(this.sessionId);
+    return new Promise((resolve, reject) => {
+      const onSession = ({ sessionId }: { sessionId: string }): void => {
+        clearTimeout(timer);
+        resolve(sessionId);
+      };
+      const timer = setTimeout(() => {
+        this.off('session', onSession);
+        reject(new Error(`supervisor ${this.opts.sandboxId} not connected after ${timeoutMs} ms`));
+      }, timeoutMs);
+      timer.unref();
+      this.once('session', onSession);
+    });
+  }
+
+  private async reconnectLoop(): Promise<void> {
+    // Reference §2.1 "Reconnect": starts at initial, doubles, caps, never resets after a good session.
+    let delay = this.backoff.initialMs;
+    while (!this.stopped) {
+      let reason = await this.attempt();
+      const sessionId = this.sessionId;
+      if (this.stopped) reason = 'stopped';
+      this.connected = false;
+      this.sessionId = null;
+      this.log.info({ reason, sessionId }, 'supervisor session ended');
+      this.emit('disconnected', { reason, sessionId });
+      if (this.stopped) break;
+      this.delays.push(delay);
+      this.currentAttemptDelayMs = delay;
+      await this.sleep(delay);
+      delay = Math.min(delay * 2, this.backoff.maxMs);
+    }
+  }
+
+  /** Backoff sleep that `stop()` cuts short. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wake = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      timer.unref();
+      this.wake = done;
+    });
+  }
+
+  /** One session attempt; resolves with why it ended. */
+  private attempt(): Promise<string> {
+    const { endpoint, sandboxId } = this.opts;
+    const instanceId = this.opts.instanceId ?? randomUUID();
+    let client: OpenShellRpcClient | undefined;
+    let call: ControlCall;
+    try {
+      const Ctor = openShellClient();
+      client = new Ctor(endpoint, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as unknown as OpenShellRpcClient;
+      call = client.ConnectSupervisor();
+    } catch (err) {
+      client?.close();
+      this.log.warn({ err }, 'supervisor could not create client');
+      return Promise.resolve(`client error: ${(err as Error).message}`);
+    }
+    const link = new Link(client, (closed) => this.links.delete(closed));
+    link.control = call;
+    this.links.add(link);
+    this.current = link;
+
+    return new Promise((resolve) => {
+      let heartbeat: NodeJS.Timeout | undefined;
+      let over = false;
+      const end = (reason: string): void => {
+        if (over) return;
+        over = true;
+        clearInterval(heartbeat);
+        call.cancel();
+        if (this.current === link) this.current = null;
+        link.sessionOver = true;
+        link.closeIfIdle();
+        resolve(reason);
+      };
+      const write = (msg: SupervisorMessage): void => {
+        if (!over) call.write(msg);
+      };
+
+      call.on('data', (msg: GatewayMessage) => {
+        if (msg.session_accepted) {
+          const { session_id, heartbeat_interval_secs } = msg.session_accepted;
+          this.connected = true;
+          this.sessionId = session_id;
+          this.sessionsStarted++;
+          const secs = this.opts.heartbeatSecsOverride ?? Math.max(heartbeat_interval_secs, MIN_HEARTBEAT_SECS);
+          heartbeat = setInterval(() => write({ heartbeat: {} }), secs * 1000);
+          heartbeat.unref();
+          this.log.info({ sessionId: session_id, instanceId }, 'supervisor session accepted');
+          this.emit('session', { sessionId: session_id });
+        } else if (msg.session_rejected) {
+          end(`rejected: ${msg.session_rejected.reason}`);
+        } else if (msg.relay_open) {
+          this.openRelay(link, msg.relay_open.channel_id);
+        } else if (msg.relay_close) {
+          link.relays.get(msg.relay_close.channel_id)?.destroy();
+        }
+        // Gateway heartbeats need no answer (reference §2.1: neither side enforces a timeout).
+      });
+      call.on('error', (err: grpc.ServiceError) => end(`stream error: ${grpc.status[err.code] ?? err.code} ${err.details}`));
+      // grpc-js reports every ending through 'status' (after 'error' for a non-OK one).
+      call.on('status', (status: grpc.StatusObject) =>
+        end(status.code === grpc.status.OK ? 'gateway closed stream' : `stream status: ${grpc.status[status.code] ?? status.code}`),
+      );
+      write({ hello: { sandbox_id: sandboxId, instance_id: instanceId } });
+    });
+  }
+
+  /**
+   * Reference §2.2 step 5 (seed): open `RelayStream` on the same client as the control stream, so it
+   * rides the same HTTP/2 connection and reaches the replica holding the pending relay, send `init`
+   * first, then dial the SSH server and bridge bytes both ways.
+   */
+  private openRelay(link: Link, channelId: string): void {
+    const log = this.log.child({ channel: channelId });
+    if (link.relays.has(channelId)) {
+      log.warn('duplicate relay_open ignored');
+      return;
+    }
+    let call: RelayCall;
+    try {
+      call = link.client.RelayStream();
+    } catch (err) {
+      log.warn({ err }, 'relay stream could not be opened');
+      return;
+    }
+    const sock = net.connect({ host: '127.0.0.1', port: this.opts.sshPort });
+    let sockClosed = false;
+    let callDone = false;
+    let finalized = false;
+    let force: NodeJS.Timeout | undefined;
+
+    const hardClose = (): void => {
+      sock.destroy();
+      call.cancel();
+    };
+    const armForce = (): void => {
+      if (force || finalized) return;
+      force = setTimeout(hardClose, RELAY_CLOSE_GRACE_MS);
+      force.unref();
+    };
+    const resumeSock = (): void => {
+      sock.resume();
+    };
+    const resumeCall = (): void => {
+      call.resume();
+    };
+    const onSockData = (chunk: Buffer): void => {
+      if (callDone || call.writableEnded) return;
+      if (!call.write({ data: chunk })) {
+        sock.pause();
+        call.once('drain', resumeSock);
+      }
+    };
+    const onFrame = (frame: RelayFrame): void => {
+      if (!frame.data || frame.data.length === 0 || sock.destroyed || sock.writableEnded) return;
+      if (!sock.write(frame.data)) {
+        call.pause();
+        sock.once('drain', resumeCall);
+      }
+    };
+    // Each direction's end is passed on after its bytes are flushed; when both sides are gone, one
+    // place removes every listener and accounts for the relay.
+    const onCallEnd = (): void => {
+      if (!sock.writableEnded) sock.end();
+      armForce();
+    };
+    const onSockEnd = (): void => {
+      if (!callDone && !call.writableEnded) call.end();
+      armForce();
+    };
+    const onSockClose = (): void => {
+      sockClosed = true;
+      onSockEnd();
+      finalize();
+    };
+    const onSockError = (err: Error): void => {
+      log.debug({ err }, 'relay socket error');
+      hardClose();
+    };
+    const onCallError = (err: grpc.ServiceError): void => {
+      if (err.code !== grpc.status.CANCELLED) log.debug({ err }, 'relay stream error');
+      hardClose();
+    };
+    const onCallStatus = (status: grpc.StatusObject): void => {
+      callDone = true;
+      if (status.code !== grpc.status.OK) sock.destroy();
+      finalize();
+    };
+    const finalize = (): void => {
+      if (finalized || !sockClosed || !callDone) return;
+      finalized = true;
+      clearTimeout(force);
+      sock.off('data', onSockData).off('end', onSockEnd).off('close', onSockClose).off('drain', resumeCall);
+      call.off('data', onFrame).off('end', onCallEnd).off('status', onCallStatus).off('drain', resumeSock);
+      // The error listeners stay: a late error from a finished stream must not become an unhandled event.
+      link.relays.delete(channelId);
+      this.relayCount--;
+      link.closeIfIdle();
+      log.debug('relay closed');
+    };
+
+    link.relays.set(channelId, { destroy: hardClose });
+    this.relayCount++;
+    sock.on('data', onSockData).on('end', onSockEnd).on('close', onSockClose).on('error', onSockError);
+    call.on('data', onFrame).on('end', onCallEnd).on('status', onCallStatus).on('error', onCallError);
+    call.write({ init: { channel_id: channelId } });
+    log.debug('relay opened');
+    this.emit('relay', { channelId });
+  }
+}

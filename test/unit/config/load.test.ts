@@ -1,0 +1,311 @@
+import { describe, expect, it } from 'vitest';
+import { OhsError } from '../../../src/errors.ts';
+import { CONFIG_DEFAULTS, describeConfig, loadConfig } from '../../../src/config/load.ts';
+import type { LoadConfigOptions } from '../../../src/config/load.ts';
+
+const SECRET = 'a-very-long-peer-secret';
+
+function files(contents: Record<string, string>): (path: string) => string {
+  return (path) => {
+    const text = contents[path];
+    if (text === undefined) throw Object.assign(new Error(`ENOENT: ${path}`), { code: 'ENOENT' });
+    return text;
+  };
+}
+
+function load(opts: Partial<LoadConfigOptions> = {}) {
+  return loadConfig({ argv: [], env: {}, readFile: files({}), randomHex: () => 'c0ffee00', ...opts });
+}
+
+function configError(fn: () => unknown): OhsError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof OhsError && err.code === 'OHS_ERR_CONFIG') return err;
+    throw err;
+  }
+  throw new Error('expected a config error');
+}
+
+describe('defaults', () => {
+  it('runs embedded with the documented defaults when nothing is configured', () => {
+    const cfg = load();
+    expect(cfg.mode).toBe('embedded');
+    expect(cfg).toMatchObject(CONFIG_DEFAULTS);
+    expect(cfg.listen).toBe('0.0.0.0:8080');
+    expect(cfg.peerListen).toBe('0.0.0.0:8443');
+    expect(cfg.adminListen).toBe('0.0.0.0:9091');
+    expect(cfg.gatewayUrl).toBe('http://127.0.0.1:18080');
+    expect(cfg.maxFirstMessageBytes).toBe(65536);
+    expect(cfg.hopLimit).toBe(2);
+    expect(cfg.h2InitialWindowBytes).toBe(1048576);
+    expect(cfg.databaseUrl).toBeUndefined();
+    expect(cfg.peerSecret).toBeUndefined();
+    expect(cfg.peerUrl).toBeUndefined();
+  });
+
+  it('names the replica after HOSTNAME (the pod name)', () => {
+    expect(load({ env: { HOSTNAME: 'openshell-7d9f-abcde' } }).replicaId).toBe('openshell-7d9f-abcde');
+  });
+
+  it('makes up a replica id when there is no usable HOSTNAME', () => {
+    expect(load().replicaId).toBe('replica-c0ffee00');
+    expect(load({ env: { HOSTNAME: 'bad host' } }).replicaId).toBe('replica-c0ffee00');
+  });
+});
+
+describe('precedence: defaults < file < env < flags', () => {
+  const readFile = files({ '/etc/ohs.json': JSON.stringify({ listen: '1.1.1.1:1', hopLimit: 3, adminListen: '1.1.1.1:3' }) });
+
+  it('file overrides defaults', () => {
+    const cfg = load({ argv: ['--config', '/etc/ohs.json'], readFile });
+    expect(cfg.listen).toBe('1.1.1.1:1');
+    expect(cfg.hopLimit).toBe(3);
+  });
+
+  it('env overrides the file, flags override env', () => {
+    const cfg = load({
+      argv: ['--config', '/etc/ohs.json', '--listen', '3.3.3.3:3'],
+      env: { OHS_LISTEN: '2.2.2.2:2', OHS_HOP_LIMIT: '4' },
+      readFile,
+    });
+    expect(cfg.listen).toBe('3.3.3.3:3');
+    expect(cfg.hopLimit).toBe(4);
+    expect(cfg.adminListen).toBe('1.1.1.1:3');
+  });
+
+  it('finds the file through OHS_CONFIG, and --config wins over it', () => {
+    const both = files({ '/a.json': '{"hopLimit": 5}', '/b.json': '{"hopLimit": 6}' });
+    expect(load({ env: { OHS_CONFIG: '/a.json' }, readFile: both }).hopLimit).toBe(5);
+    expect(load({ env: { OHS_CONFIG: '/a.json' }, argv: ['--config=/b.json'], readFile: both }).hopLimit).toBe(6);
+  });
+
+  it('merges nested TLS settings across layers', () => {
+    const cfg = load({
+      argv: ['--config', '/c.json', '--tls-key', '/k.pem'],
+      readFile: files({ '/c.json': JSON.stringify({ tls: { certFile: '/c.pem' } }) }),
+      env: { OHS_TLS_CLIENT_CA_FILE: '/ca.pem' },
+    });
+    expect(cfg.tls).toEqual({ certFile: '/c.pem', keyFile: '/k.pem', clientCaFile: '/ca.pem' });
+  });
+
+  it('treats empty env values as unset', () => {
+    expect(load({ env: { OHS_LISTEN: '', OHS_DATABASE_URL: '' } }).listen).toBe('0.0.0.0:8080');
+  });
+});
+
+describe('flags', () => {
+  it('accepts --flag value and --flag=value', () => {
+    const cfg = load({ argv: ['--listen', '127.0.0.1:0', '--peer-listen=127.0.0.1:0', '--max-first-message-bytes=4096'] });
+    expect(cfg.listen).toBe('127.0.0.1:0');
+    expect(cfg.peerListen).toBe('127.0.0.1:0');
+    expect(cfg.maxFirstMessageBytes).toBe(4096);
+  });
+
+  it('parses every numeric flag', () => {
+    const cfg = load({
+      argv: [
+        '--first-message-timeout-ms', '1000', '--max-header-bytes', '8192', '--hop-limit', '3',
+        '--owner-cache-ttl-ms', '0', '--replica-heartbeat-interval-ms', '500', '--replica-lease-ttl-ms', '3000',
+        '--owner-wait-ms', '100', '--peer-connect-timeout-ms', '300', '--upstream-connect-timeout-ms', '400',
+        '--shutdown-grace-ms', '0', '--h2-initial-window-bytes', '65535', '--log-level', 'debug',
+      ],
+    });
+    expect(cfg).toMatchObject({
+      firstMessageTimeoutMs: 1000, maxHeaderBytes: 8192, hopLimit: 3, ownerCacheTtlMs: 0,
+      replicaHeartbeatIntervalMs: 500, replicaLeaseTtlMs: 3000, ownerWaitMs: 100, peerConnectTimeoutMs: 300,
+      upstreamConnectTimeoutMs: 400, shutdownGraceMs: 0, h2InitialWindowBytes: 65535, logLevel: 'debug',
+    });
+  });
+
+  it('lets the last of a repeated flag win', () => {
+    expect(load({ argv: ['--hop-limit', '1', '--hop-limit=3'] }).hopLimit).toBe(3);
+  });
+
+  it('refuses an unknown flag and names it', () => {
+    const err = configError(() => load({ argv: ['--listen', '127.0.0.1:1', '--max-frist-message-bytes', '10'] }));
+    expect(err.message).toContain('--max-frist-message-bytes');
+  });
+
+  it('refuses positional arguments and flags without a value', () => {
+    expect(configError(() => load({ argv: ['serve'] })).message).toContain("'serve'");
+    expect(configError(() => load({ argv: ['--listen'] })).message).toContain('--listen needs a value');
+    expect(configError(() => load({ argv: ['--listen', '--hop-limit', '2'] })).message).toContain('--listen');
+  });
+
+  it('refuses a non-integer numeric flag, naming the flag', () => {
+    const err = configError(() => load({ argv: ['--hop-limit', 'two'] }));
+    expect(err.message).toContain('--hop-limit');
+    expect(configError(() => load({ env: { OHS_OWNER_WAIT_MS: '1.5' } })).message).toContain('OHS_OWNER_WAIT_MS');
+  });
+
+  it('refuses out-of-range values, naming the flag and env variable', () => {
+    const err = configError(() => load({ argv: ['--hop-limit', '0'] }));
+    expect(err.message).toContain('hopLimit (--hop-limit / OHS_HOP_LIMIT)');
+  });
+
+  it('refuses malformed addresses and URLs', () => {
+    expect(configError(() => load({ argv: ['--listen', '8080'] })).message).toContain('listen');
+    expect(configError(() => load({ argv: ['--gateway', 'ftp://x'] })).message).toContain('gatewayUrl');
+    expect(configError(() => load({ argv: ['--log-level', 'loud'] })).message).toContain('logLevel');
+  });
+});
+
+describe('config file', () => {
+  it('rejects unknown keys at the top level', () => {
+    const err = configError(() =>
+      load({ argv: ['--config', '/c.json'], readFile: files({ '/c.json': '{"listen":"1.2.3.4:5","lisen":"x"}' }) }),
+    );
+    expect(err.message).toContain('/c.json');
+    expect(err.message).toContain('lisen');
+  });
+
+  it('rejects unknown keys inside nested objects', () => {
+    const err = configError(() =>
+      load({ argv: ['--config', '/c.json'], readFile: files({ '/c.json': '{"tls":{"cert":"/x"}}' }) }),
+    );
+    expect(err.message).toContain('cert');
+  });
+
+  it('does not accept derived fields such as mode', () => {
+    expect(() =>
+      load({ argv: ['--config', '/c.json'], readFile: files({ '/c.json': '{"mode":"cluster"}' }) }),
+    ).toThrow(/mode/);
+  });
+
+  it('reports unreadable and invalid JSON files', () => {
+    expect(configError(() => load({ argv: ['--config', '/missing.json'] })).message).toContain('cannot read');
+    expect(configError(() => load({ argv: ['--config', '/c.json'], readFile: files({ '/c.json': '{' }) })).message).toContain(
+      'not valid JSON',
+    );
+  });
+
+  it('reports wrongly typed values', () => {
+    const err = configError(() =>
+      load({ argv: ['--config', '/c.json'], readFile: files({ '/c.json': '{"hopLimit":"2"}' }) }),
+    );
+    expect(err.message).toContain('hopLimit');
+  });
+});
+
+describe('cluster mode', () => {
+  const cluster = { OHS_DATABASE_URL: 'postgres://ohs:pw@db:5432/ohs', OHS_PEER_URL: 'http://10.0.0.5:8443' };
+
+  it('is selected by a database URL and needs a peer secret', () => {
+    const err = configError(() => load({ env: cluster }));
+    expect(err.message).toContain('peerSecret is required in cluster mode');
+    const cfg = load({ env: { ...cluster, OHS_PEER_SECRET: SECRET } });
+    expect(cfg.mode).toBe('cluster');
+    expect(cfg.peerSecret).toBe(SECRET);
+  });
+
+  it('reads the peer secret from a file and drops its trailing newline', () => {
+    const cfg = load({
+      env: cluster,
+      argv: ['--peer-secret-file', '/run/secrets/peer'],
+      readFile: files({ '/run/secrets/peer': `${SECRET}\n` }),
+    });
+    expect(cfg.peerSecret).toBe(SECRET);
+    expect(cfg).not.toHaveProperty('peerSecretFile');
+  });
+
+  it('lets a flag secret file override an env secret', () => {
+    const cfg = load({
+      env: { ...cluster, OHS_PEER_SECRET: 'env-secret-env-secret' },
+      argv: ['--peer-secret-file=/s'],
+      readFile: files({ '/s': SECRET }),
+    });
+    expect(cfg.peerSecret).toBe(SECRET);
+  });
+
+  it('refuses both a peer secret and a secret file in the same place', () => {
+    expect(configError(() => load({ env: { ...cluster, OHS_PEER_SECRET: SECRET, OHS_PEER_SECRET_FILE: '/s' } })).message).toContain(
+      'not both',
+    );
+  });
+
+  it('refuses a short peer secret without echoing it', () => {
+    const err = configError(() => load({ env: { ...cluster, OHS_PEER_SECRET: 'short-secret' } }));
+    expect(err.message).toContain('peerSecret');
+    expect(err.message).not.toContain('short-secret');
+  });
+
+  it('refuses an unreadable peer secret file', () => {
+    expect(configError(() => load({ env: { ...cluster, OHS_PEER_SECRET_FILE: '/nope' } })).message).toContain('/nope');
+  });
+
+  it('refuses Redis without a database, explaining why', () => {
+    const err = configError(() => load({ env: { OHS_REDIS_URL: 'redis://cache:6379' } }));
+    expect(err.message).toContain('redisUrl is set but databaseUrl is not');
+  });
+
+  it('needs a peer URL when the peer port binds a wildcard address', () => {
+    const err = configError(() => load({ env: { OHS_DATABASE_URL: cluster.OHS_DATABASE_URL, OHS_PEER_SECRET: SECRET } }));
+    expect(err.message).toContain('peerUrl is required');
+  });
+
+  it('derives the peer URL from a concrete peer listen address', () => {
+    const base = { OHS_DATABASE_URL: cluster.OHS_DATABASE_URL, OHS_PEER_SECRET: SECRET };
+    expect(load({ env: { ...base, OHS_PEER_LISTEN: '10.0.0.5:8443' } }).peerUrl).toBe('http://10.0.0.5:8443');
+    expect(load({ env: { ...base, OHS_PEER_LISTEN: '[fd00::5]:8443' } }).peerUrl).toBe('http://[fd00::5]:8443');
+    expect(load({ env: { ...base, OHS_PEER_LISTEN: '127.0.0.1:0' } }).peerUrl).toBeUndefined();
+  });
+
+  it('refuses a heartbeat interval that is not shorter than the lease', () => {
+    const err = configError(() => load({ argv: ['--replica-heartbeat-interval-ms', '10000'] }));
+    expect(err.message).toContain('replicaHeartbeatIntervalMs');
+  });
+});
+
+describe('gateway TLS', () => {
+  it('accepts TLS settings for an https gateway', () => {
+    const cfg = load({ argv: ['--gateway', 'https://127.0.0.1:18080', '--gateway-ca', '/ca.pem', '--gateway-server-name', 'openshell'] });
+    expect(cfg.gatewayTls).toEqual({ caFile: '/ca.pem', serverName: 'openshell' });
+  });
+
+  it('refuses TLS settings for a plaintext gateway', () => {
+    expect(configError(() => load({ argv: ['--gateway-ca', '/ca.pem'] })).message).toContain('https');
+  });
+
+  it('refuses a client certificate without its key', () => {
+    expect(configError(() => load({ argv: ['--gateway', 'https://gw:1', '--gateway-cert', '/c.pem'] })).message).toContain(
+      'together',
+    );
+  });
+
+  it('needs both halves of the public TLS key pair', () => {
+    expect(configError(() => load({ argv: ['--tls-cert', '/c.pem'] })).message).toContain('tls.keyFile (--tls-key / OHS_TLS_KEY_FILE): is required');
+  });
+});
+
+describe('result', () => {
+  it('is deeply frozen', () => {
+    const cfg = load({ argv: ['--tls-cert', '/c.pem', '--tls-key', '/k.pem'] });
+    expect(Object.isFrozen(cfg)).toBe(true);
+    expect(Object.isFrozen(cfg.tls)).toBe(true);
+    expect(() => {
+      (cfg as { hopLimit: number }).hopLimit = 9;
+    }).toThrow(TypeError);
+  });
+
+  it('describes itself for logs with secrets redacted', () => {
+    const cfg = load({
+      env: {
+        OHS_DATABASE_URL: 'postgres://ohs:dbpass@db:5432/ohs?sslpassword=tlskeyphrase',
+        OHS_REDIS_URL: 'redis://:redispass@cache:6379/0',
+        OHS_PEER_SECRET: SECRET,
+        OHS_PEER_URL: 'http://10.0.0.5:8443',
+      },
+    });
+    const described = describeConfig(cfg);
+    const text = JSON.stringify(described);
+    expect(text).not.toContain(SECRET);
+    expect(text).not.toContain('dbpass');
+    expect(text).not.toContain('tlskeyphrase');
+    expect(text).not.toContain('redispass');
+    expect(described['peerSecret']).toBe('[redacted]');
+    expect(described['databaseUrl']).toContain('db:5432');
+    expect(described['mode']).toBe('cluster');
+    expect(cfg.peerSecret).toBe(SECRET);
+  });
+});

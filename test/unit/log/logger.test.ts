@@ -1,0 +1,63 @@
+import { describe, expect, it } from 'vitest';
+import { OhsError } from '../../../src/errors.ts';
+import { REDACTED, createLogger } from '../../../src/log/logger.ts';
+import type { LogLevel } from '../../../src/config/schema.ts';
+
+function capture(level: LogLevel = 'info') {
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = createLogger({
+    level,
+    destination: { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+  });
+  return { logger, lines };
+}
+
+describe('createLogger', () => {
+  it('tags every line with the service name and a readable level', () => {
+    const { logger, lines } = capture();
+    logger.info({ conn: 1 }, 'hello');
+    expect(lines[0]).toMatchObject({ service: 'openshell-ha-sidecar', level: 'info', conn: 1, msg: 'hello' });
+    expect(typeof lines[0]?.['time']).toBe('string');
+  });
+
+  it('honours the level', () => {
+    const { logger, lines } = capture('warn');
+    logger.info('hidden');
+    logger.warn('shown');
+    expect(lines.map((l) => l['msg'])).toEqual(['shown']);
+  });
+
+  it('adds extra base fields', () => {
+    const lines: string[] = [];
+    const logger = createLogger({ level: 'info', base: { replica: 'r1' }, destination: { write: (l: string) => void lines.push(l) } });
+    logger.info('x');
+    expect(JSON.parse(lines[0] ?? '{}')).toMatchObject({ service: 'openshell-ha-sidecar', replica: 'r1' });
+  });
+
+  it('never prints sandbox tokens, bearer tokens or the peer secret', () => {
+    const { logger, lines } = capture();
+    logger.info({
+      headers: { authorization: 'Bearer eyJhbGciOiJFZERTQSJ9.jwt', 'x-sandbox-token': 'tok-123', 'x-sandbox-id': 'sb-1', 'x-ohs-peer-auth': 'mac' },
+    });
+    logger.info({ req: { headers: { authorization: 'Bearer a', 'x-sandbox-token': 'tok-456', 'x-ohs-peer-auth': 'mac-2' } } });
+    logger.info({ peerSecret: 'super-secret-value', cfg: { peerSecret: 'super-secret-value' } });
+    logger.info({ token: 'tok-789', ssh: { token: 'tok-000', authorization: 'Basic abc' } });
+    const text = JSON.stringify(lines);
+    for (const secret of ['eyJhbGciOiJFZERTQSJ9', 'tok-123', 'tok-456', 'tok-789', 'tok-000', 'super-secret-value', 'mac', 'Basic abc', 'Bearer a']) {
+      expect(text).not.toContain(secret);
+    }
+    expect(lines[0]).toMatchObject({
+      headers: { authorization: REDACTED, 'x-sandbox-token': REDACTED, 'x-sandbox-id': 'sb-1', 'x-ohs-peer-auth': REDACTED },
+    });
+  });
+
+  it('serialises errors under err with their code and cause', () => {
+    const { logger, lines } = capture();
+    const err = new OhsError('OHS_ERR_UPSTREAM', 'gateway unreachable', { cause: new Error('ECONNREFUSED') });
+    logger.error({ err }, 'forward failed');
+    const logged = lines[0]?.['err'] as Record<string, unknown>;
+    expect(logged).toMatchObject({ type: 'OhsError', code: 'OHS_ERR_UPSTREAM' });
+    expect(String(logged['message'])).toContain('gateway unreachable');
+    expect(String(logged['stack'])).toContain('ECONNREFUSED');
+  });
+});
