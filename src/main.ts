@@ -18,18 +18,20 @@ async function runSidecar(argv: string[]): Promise<void> {
   }
   logger.info({ config: describeConfig(config) }, 'starting');
   const sidecar = await startSidecar(config, logger);
-  logger.info(
-    {
-      event: 'ready',
-      mode: config.mode,
-      listenPort: sidecar.ports.public,
-      peerPort: sidecar.ports.peer,
-      adminPort: sidecar.ports.admin,
-      peerUrl: sidecar.peerUrl,
-      gateway: config.gatewayUrl,
-    },
-    'sidecar ready',
-  );
+  const ready = {
+    event: 'ready',
+    mode: config.mode,
+    replicaId: config.replicaId,
+    listenPort: sidecar.ports.public,
+    peerPort: sidecar.ports.peer,
+    adminPort: sidecar.ports.admin,
+    peerUrl: sidecar.peerUrl,
+    gateway: config.gatewayUrl,
+    pid: process.pid,
+  };
+  logger.info(ready, 'sidecar ready');
+  // Launchers wait for this line whatever the log level is.
+  if (!logger.isLevelEnabled('info')) process.stdout.write(`${JSON.stringify(ready)}\n`);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -51,6 +53,12 @@ async function main(): Promise<void> {
   if (cmd === 'dev-cluster') {
     const { runDevCluster } = await import('./cli/dev-cluster.ts');
     await runDevCluster(rest);
+    return;
+  }
+  if (cmd === 'emulate-gateway') {
+    // Used by dev-cluster from the built bundle: one gateway emulator replica.
+    const { runGatewayEmulator } = await import('../test/harness/gateway/cli.ts');
+    await runGatewayEmulator(rest);
     return;
   }
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') {

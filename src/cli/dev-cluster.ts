@@ -1,4 +1,194 @@
-// placeholder, replaced below
-export async function runDevCluster(_argv: string[]): Promise<void> {
-  throw new Error('not yet');
+// `openshell-ha-sidecar dev-cluster`: a real local cluster (gateway emulators + sidecars +
+// supervisors) on loopback, using the local Postgres (and Redis when reachable). Stays up until
+// SIGTERM/SIGINT. With --json it prints one JSON document describing the cluster.
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { Cluster } from '../../test/harness/cluster.ts';
+import { GatewayStore } from '../../test/harness/gateway/store.ts';
+import { tsEntry } from '../../test/harness/process.ts';
+import { startSupervisorFleet } from '../../test/harness/supervisor/fleet.ts';
+import { sshViaGateway } from '../../test/helpers/ssh-client.ts';
+
+const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
+const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
+
+/** How to start this same CLI again (from source through tsx, or the built bundle). */
+function selfCommand(): string[] {
+  if (import.meta.url.endsWith('.ts')) return tsEntry('src/main.ts');
+  return [process.execPath, process.argv[1] as string];
+}
+
+async function redisReachable(url: string): Promise<boolean> {
+  const r = new Redis(url, { lazyConnect: true, connectTimeout: 1000, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
+  r.on('error', () => undefined);
+  try {
+    await r.connect();
+    return (await r.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    r.disconnect();
+  }
+}
+
+async function createDatabase(adminUrl: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `ohs_dev_${randomBytes(4).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: 2000 });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(adminUrl);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    drop: async () => {
+      const c = new pg.Client({ connectionString: adminUrl });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).finally(() => c.end());
+    },
+  };
+}
+
+async function metricSum(adminPort: number, name: string, filter: (labels: string) => boolean): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^(\w+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+    if (m && m[1] === name && filter(m[2] ?? '')) sum += Number(m[3]);
+  }
+  return sum;
+}
+
+export async function runDevCluster(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      replicas: { type: 'string', default: '3' },
+      sandboxes: { type: 'string', default: '5' },
+      json: { type: 'boolean', default: false },
+      'database-url': { type: 'string' },
+      'redis-url': { type: 'string' },
+      'log-level': { type: 'string', default: 'warn' },
+    },
+  });
+  const replicas = Math.max(1, Number(values.replicas));
+  const sandboxCount = Math.max(1, Number(values.sandboxes));
+  const say = (line: string): void => {
+    if (!values.json) process.stderr.write(`${line}\n`);
+  };
+  const adminUrl = values['database-url'] ?? process.env.OHS_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
+  let db;
+  try {
+    db = await createDatabase(adminUrl);
+  } catch (err) {
+    throw new Error(`dev-cluster needs a reachable PostgreSQL for the gateway emulators (${adminUrl}): ${(err as Error).message}`);
+  }
+  const redisUrl = values['redis-url'] ?? process.env.OHS_REDIS_URL ?? DEFAULT_REDIS_URL;
+  const useRedis = await redisReachable(redisUrl);
+  say(`postgres: ${db.url}`);
+  say(useRedis ? `redis: ${redisUrl}` : `redis: not reachable at ${redisUrl}; sidecars run without the Redis cache`);
+
+  const store = new GatewayStore(db.url);
+  await store.migrate();
+  const self = selfCommand();
+  const cluster = await Cluster.start({
+    replicas,
+    databaseUrl: db.url,
+    logLevel: values['log-level'] ?? 'warn',
+    gatewayCommand: [...self, 'emulate-gateway'],
+    sidecars: {
+      command: self,
+      peerSecret: randomBytes(24).toString('hex'),
+      ...(useRedis ? { redisUrl, redisKeyPrefix: `ohs-dev:${randomBytes(3).toString('hex')}:` } : {}),
+    },
+  });
+  const ids: string[] = [];
+  for (let i = 0; i < sandboxCount; i++) ids.push((await store.createSandbox({ name: `demo-${i + 1}` })).id);
+  const fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: ids });
+  await fleet.waitAllConnected(30_000);
+  const tokens = await Promise.all(ids.map((id) => store.createSshSession(id, 86_400)));
+
+  const shutdown = async (): Promise<void> => {
+    say('stopping dev cluster…');
+    await fleet.stop();
+    await cluster.close();
+    await store.close();
+    await db.drop().catch(() => undefined);
+  };
+
+  const owners = async (): Promise<Map<string, string>> => {
+    const res = await store.pool.query<{ sandbox_id: string; replica_id: string; epoch: string }>('SELECT sandbox_id, replica_id, epoch FROM ohs_owners');
+    return new Map(res.rows.map((r) => [r.sandbox_id, `${r.replica_id}@${r.epoch}`]));
+  };
+
+  if (values.json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        database: db.url,
+        redis: useRedis ? redisUrl : null,
+        balancer: `127.0.0.1:${cluster.balancer.port}`,
+        replicas: cluster.replicas.map((r) => ({
+          name: r.name,
+          public: `127.0.0.1:${r.publicPort}`,
+          peer: `127.0.0.1:${r.sidecarPorts?.peer}`,
+          admin: `127.0.0.1:${r.sidecarPorts?.admin}`,
+          gateway: `127.0.0.1:${r.gatewayPort}`,
+        })),
+        sandboxes: tokens.map((t) => ({ id: t.sandboxId, token: t.token })),
+      })}\n`,
+    );
+  } else {
+    say('');
+    say(`OpenShell HA dev cluster: ${replicas} replicas (gateway emulator + sidecar each), ${sandboxCount} sandboxes`);
+    say(`  Service (round-robin balancer): 127.0.0.1:${cluster.balancer.port}`);
+    for (const r of cluster.replicas) {
+      say(`  ${r.name}: public 127.0.0.1:${r.publicPort}  peer 127.0.0.1:${r.sidecarPorts?.peer}  admin http://127.0.0.1:${r.sidecarPorts?.admin}/metrics  gateway 127.0.0.1:${r.gatewayPort}`);
+    }
+    const own = await owners();
+    say('');
+    say('Ownership (sandbox → replica@epoch), claimed when each supervisor connected through the Service:');
+    for (const t of tokens) say(`  ${t.sandboxId}  →  ${own.get(t.sandboxId) ?? 'none'}`);
+    say('');
+    say('SSH to every sandbox through every replica (CONNECT /connect/ssh, real ssh2 client):');
+    let ok = 0;
+    let total = 0;
+    for (const t of tokens) {
+      for (const r of cluster.replicas) {
+        total++;
+        const res = await sshViaGateway({ host: '127.0.0.1', port: r.publicPort, sandboxId: t.sandboxId, token: t.token, command: 'sandbox-id' });
+        const good = res.status === 200 && res.stdout.trim() === t.sandboxId;
+        if (good) ok++;
+        const owner = (own.get(t.sandboxId) ?? '').split('@')[0];
+        const path = owner === r.name ? 'owner, local gateway' : `forwarded to ${owner}`;
+        say(`  via ${r.name}: ${t.sandboxId.slice(0, 8)}… ${path.padEnd(22)} → ${good ? 'ok' : `FAILED (${res.status})`}`);
+      }
+    }
+    say(`  ${ok}/${total} succeeded`);
+    say('');
+    for (const r of cluster.replicas) {
+      const port = r.sidecarPorts?.admin;
+      if (!port) continue;
+      const out = await metricSum(port, 'ohs_forwards_total', (l) => l.includes('outcome="ok"') && !l.includes('peer="inbound"'));
+      const inbound = await metricSum(port, 'ohs_forwards_total', (l) => l.includes('peer="inbound"') && l.includes('outcome="accepted"'));
+      say(`  ${r.name}: forwarded ${out} streams/tunnels to peers, served ${inbound} for peers`);
+    }
+    say('');
+    say('Try it yourself (one sandbox):');
+    const t = tokens[0]!;
+    say(`  printf 'CONNECT /connect/ssh HTTP/1.1\\r\\nx-sandbox-id: ${t.sandboxId}\\r\\nx-sandbox-token: ${t.token}\\r\\n\\r\\n' | nc 127.0.0.1 ${cluster.balancer.port} | head -1`);
+    say('  (SSH user "sandbox", password "openshell"; metrics on each admin port)');
+    say('');
+    say('Cluster is up; Ctrl-C (SIGINT) or SIGTERM stops it.');
+  }
+
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+  await shutdown();
 }

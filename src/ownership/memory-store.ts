@@ -1,4 +1,5 @@
 // Embedded mode (DESIGN §7): no database, one replica, ownership lives in this process only.
+import { OhsError } from '../errors.ts';
 import { createListenerSet } from './listeners.ts';
 import type {
   ClaimResult,
@@ -28,7 +29,7 @@ export function createMemoryOwnershipStore(opts: MemoryOwnershipStoreOptions): O
   let running = false;
 
   function assertRunning(): void {
-    if (!running) throw new Error('ownership store is not running');
+    if (!running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
   }
 
   return {

@@ -2,6 +2,7 @@
 // it, and invalidations travel over Redis pub/sub and Postgres NOTIFY (DESIGN §4).
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { OhsError } from '../errors.ts';
 import { TtlCache } from './cache.ts';
 import type { ReadToken } from './cache.ts';
 import { createListenerSet } from './listeners.ts';
@@ -50,9 +51,10 @@ const NEGATIVE_CACHE_MAX_MS = 250;
 const CLAIM_ATTEMPTS = 5;
 const HEALTH_TIMEOUT_MS = 1000;
 const DEFAULT_REDIS_CACHE_TTL_MS = 30_000;
+const STATEMENT_TIMEOUT_MS = 10_000;
 
 export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions): OwnershipStore {
-  const log = opts.logger.child({ component: 'ownership', replica: opts.replicaId });
+  const log = opts.logger;
   const redisCacheTtlMs = opts.redisCacheTtlMs ?? DEFAULT_REDIS_CACHE_TTL_MS;
   const connectTimeoutMs = opts.pgConnectTimeoutMs ?? 2000;
   const memory = new TtlCache<OwnerRecord | null>({ now: () => performance.now() });
@@ -69,7 +71,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   let running = false;
 
   function requirePool(): pg.Pool {
-    if (pool === null || !running) throw new Error('ownership store is not running');
+    if (pool === null || !running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
     return pool;
   }
 
@@ -116,10 +118,11 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   }
 
   async function heartbeat(): Promise<void> {
-    if (heartbeatInFlight !== null || pool === null) return;
+    const p = pool;
+    if (heartbeatInFlight !== null || p === null) return;
     heartbeatInFlight = (async () => {
       try {
-        await pool.query(sql.HEARTBEAT, replicaParams());
+        await p.query(sql.HEARTBEAT, replicaParams());
         if (heartbeatFailing) {
           heartbeatFailing = false;
           log.info('heartbeat recovered');
@@ -160,203 +163,230 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     return owner;
   }
 
-  return {
-    replicaId: opts.replicaId,
-
-    async start() {
-      if (running) throw new Error('ownership store already started');
-      const p = new pg.Pool({
-        connectionString: opts.databaseUrl,
-        max: opts.poolSize ?? 5,
-        connectionTimeoutMillis: connectTimeoutMs,
-        idleTimeoutMillis: 30_000,
-        allowExitOnIdle: true,
-        keepAlive: true,
-        application_name: 'openshell-ha-sidecar',
+  async function start(): Promise<void> {
+    if (running) throw new OhsError('OHS_ERR_INTERNAL', 'ownership store already started');
+    const p = new pg.Pool({
+      connectionString: opts.databaseUrl,
+      max: opts.poolSize ?? 5,
+      connectionTimeoutMillis: connectTimeoutMs,
+      idleTimeoutMillis: 30_000,
+      allowExitOnIdle: true,
+      keepAlive: true,
+      // Server-side bounds, so that a stuck statement or an abandoned transaction cannot hold row locks.
+      statement_timeout: STATEMENT_TIMEOUT_MS,
+      idle_in_transaction_session_timeout: STATEMENT_TIMEOUT_MS,
+      application_name: 'openshell-ha-sidecar',
+    });
+    p.on('error', (err) => log.warn({ err }, 'idle postgres connection failed'));
+    pool = p;
+    running = true;
+    try {
+      await transaction(async (c) => {
+        await c.query(sql.LOCK_SCHEMA);
+        for (const stmt of sql.CREATE_SCHEMA) await c.query(stmt);
       });
-      p.on('error', (err) => log.warn({ err }, 'idle postgres connection failed'));
-      pool = p;
-      running = true;
-      try {
-        await transaction(async (c) => {
-          await c.query(sql.LOCK_SCHEMA);
-          for (const stmt of sql.CREATE_SCHEMA) await c.query(stmt);
-        });
-        const dropped = await transaction(async (c) => {
-          const res = await c.query<{ sandbox_id: string }>(sql.DROP_OWN_OWNERS, [opts.replicaId]);
-          await c.query(sql.REGISTER_REPLICA, replicaParams());
-          return res.rows.map((r) => r.sandbox_id);
-        });
-        if (dropped.length > 0) log.info({ count: dropped.length }, 'dropped ownerships left by a previous run of this replica');
+      const dropped = await transaction(async (c) => {
+        const res = await c.query<{ sandbox_id: string }>(sql.DROP_OWN_OWNERS, [opts.replicaId]);
+        await c.query(sql.REGISTER_REPLICA, replicaParams());
+        return res.rows.map((r) => r.sandbox_id);
+      });
+      if (dropped.length > 0) log.info({ count: dropped.length }, 'dropped ownerships left by a previous run of this replica');
 
-        listener = createPgNotifyListener({
-          databaseUrl: opts.databaseUrl,
-          channel: sql.NOTIFY_CHANNEL,
+      listener = createPgNotifyListener({
+        databaseUrl: opts.databaseUrl,
+        channel: sql.NOTIFY_CHANNEL,
+        logger: log,
+        connectTimeoutMs,
+        onNotification: (sandboxId) => invalidated(sandboxId, 'postgres'),
+        onResync: resync,
+      });
+      await listener.start();
+
+      if (opts.redisUrl !== undefined) {
+        redis = createRedisOwnerCache({
+          url: opts.redisUrl,
+          keyPrefix: opts.redisKeyPrefix ?? 'ohs:',
           logger: log,
-          connectTimeoutMs,
-          onNotification: (sandboxId) => invalidated(sandboxId, 'postgres'),
+          clientName: opts.replicaId,
+          reconnectMaxMs: opts.redisReconnectMaxMs,
+          onInvalidation: (sandboxId) => invalidated(sandboxId, 'redis'),
           onResync: resync,
         });
-        await listener.start();
+        await redis.start();
+        for (const id of dropped) await redis.invalidate(id, true);
+      }
 
-        if (opts.redisUrl !== undefined) {
-          redis = createRedisOwnerCache({
-            url: opts.redisUrl,
-            keyPrefix: opts.redisKeyPrefix ?? 'ohs:',
-            logger: log,
-            clientName: opts.replicaId,
-            reconnectMaxMs: opts.redisReconnectMaxMs,
-            onInvalidation: (sandboxId) => invalidated(sandboxId, 'redis'),
-            onResync: resync,
-          });
-          await redis.start();
-          for (const id of dropped) await redis.invalidate(id, true);
-        }
+      heartbeatTimer = setInterval(() => void heartbeat(), opts.heartbeatIntervalMs);
+      heartbeatTimer.unref();
+      log.info({ redis: redis !== null, leaseTtlMs: opts.leaseTtlMs }, 'ownership store started');
+    } catch (err) {
+      await close();
+      throw wrap('start', undefined, err);
+    }
+  }
 
-        heartbeatTimer = setInterval(() => void heartbeat(), opts.heartbeatIntervalMs);
-        heartbeatTimer.unref();
-        log.info({ redis: redis !== null, leaseTtlMs: opts.leaseTtlMs }, 'ownership store started');
-      } catch (err) {
-        await this.close();
+  async function close(): Promise<void> {
+    running = false;
+    if (heartbeatTimer !== null) {
+      clearInterval(heartbeatTimer);
+      heartbeatTimer = null;
+    }
+    await heartbeatInFlight;
+    const l = listener;
+    const r = redis;
+    const p = pool;
+    listener = null;
+    redis = null;
+    pool = null;
+    listeners.clear();
+    memory.clear();
+    await Promise.all([l?.close(), r?.close()]);
+    await p?.end();
+  }
+
+  async function claim(sandboxId: string): Promise<ClaimResult> {
+    for (let attempt = 1; ; attempt++) {
+      const result = await transaction(async (c) => {
+        const prev = (await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNER, [sandboxId])).rows[0];
+        const up = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNER, [sandboxId, opts.replicaId])).rows[0];
+        if (up === undefined) throw new OhsError('OHS_ERR_INTERNAL', 'claim upsert returned no row');
+        // No row to lock, yet the upsert updated one: a concurrent first claim won the insert.
+        // Our view of "previous" is wrong, so undo and try again (the row now exists and will be locked).
+        if (prev === undefined && up.epoch !== 1) throw new ClaimRace();
+        const owner: OwnerRecord = {
+          sandboxId,
+          replicaId: opts.replicaId,
+          peerUrl: opts.peerUrl,
+          epoch: up.epoch,
+          claimedAtMs: up.claimed_at_ms,
+        };
+        const previous: OwnerRecord | null =
+          prev === undefined
+            ? null
+            : {
+                sandboxId,
+                replicaId: prev.replica_id,
+                // The previous replica's row may be gone (never for a live replica); '' = unknown.
+                peerUrl: prev.peer_url ?? '',
+                epoch: prev.epoch,
+                claimedAtMs: prev.claimed_at_ms,
+              };
+        return { owner, previous };
+      }).catch((err: unknown) => {
+        if (err instanceof ClaimRace && attempt < CLAIM_ATTEMPTS) return null;
         throw err;
+      });
+      if (result === null) {
+        log.debug({ sandbox: sandboxId, attempt }, 'claim raced with a concurrent first claim; retrying');
+        continue;
       }
-    },
+      memory.invalidate(sandboxId);
+      if (redis !== null) await redis.invalidate(sandboxId, true);
+      return result;
+    }
+  }
 
-    async close() {
-      running = false;
-      if (heartbeatTimer !== null) {
-        clearInterval(heartbeatTimer);
-        heartbeatTimer = null;
-      }
-      await heartbeatInFlight;
-      const l = listener;
-      const r = redis;
-      const p = pool;
-      listener = null;
-      redis = null;
-      pool = null;
-      listeners.clear();
-      memory.clear();
-      await Promise.all([l?.close(), r?.close()]);
-      await p?.end();
-    },
+  async function release(sandboxId: string, epoch: number): Promise<boolean> {
+    const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
+    const deleted = (res.rowCount ?? 0) > 0;
+    if (deleted) {
+      memory.invalidate(sandboxId);
+      if (redis !== null) await redis.invalidate(sandboxId, true);
+    }
+    return deleted;
+  }
 
-    async claim(sandboxId): Promise<ClaimResult> {
-      for (let attempt = 1; ; attempt++) {
-        const result = await transaction(async (c) => {
-          const prev = (await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNER, [sandboxId])).rows[0];
-          const up = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNER, [sandboxId, opts.replicaId])).rows[0];
-          if (up === undefined) throw new Error('claim upsert returned no row');
-          // No row to lock, yet the upsert updated one: a concurrent first claim won the insert.
-          // Our view of "previous" is wrong, so undo and try again (the row now exists and will be locked).
-          if (prev === undefined && up.epoch !== 1) throw new ClaimRace();
-          const owner: OwnerRecord = {
-            sandboxId,
-            replicaId: opts.replicaId,
-            peerUrl: opts.peerUrl,
-            epoch: up.epoch,
-            claimedAtMs: up.claimed_at_ms,
-          };
-          const previous: OwnerRecord | null =
-            prev === undefined
-              ? null
-              : {
-                  sandboxId,
-                  replicaId: prev.replica_id,
-                  peerUrl: prev.peer_url ?? '',
-                  epoch: prev.epoch,
-                  claimedAtMs: prev.claimed_at_ms,
-                };
-          return { owner, previous };
-        }).catch((err: unknown) => {
-          if (err instanceof ClaimRace && attempt < CLAIM_ATTEMPTS) return null;
-          throw err;
-        });
-        if (result === null) continue;
-        memory.invalidate(sandboxId);
-        if (redis !== null) await redis.invalidate(sandboxId, true);
-        return result;
-      }
-    },
-
-    async release(sandboxId, epoch) {
-      const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
-      const deleted = (res.rowCount ?? 0) > 0;
-      if (deleted) {
-        memory.invalidate(sandboxId);
-        if (redis !== null) await redis.invalidate(sandboxId, true);
-      }
-      return deleted;
-    },
-
-    async lookup(sandboxId, lookupOpts): Promise<LookupResult> {
-      requirePool();
-      const fresh = lookupOpts?.fresh === true;
-      const token = memory.beginRead();
-      if (!fresh) {
-        const hit = memory.get(sandboxId);
-        if (hit !== undefined) return hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' };
-      }
-      let redisVersion: string | null = null;
-      let redisOwner: OwnerRecord | null = null;
-      if (redis !== null) {
-        const read = await redis.read(sandboxId);
-        if (read.kind === 'hit') {
-          if (!fresh) {
-            memory.set(sandboxId, read.owner, Math.min(opts.cacheTtlMs, read.ttlMs), token);
-            return { owner: read.owner, source: 'redis' };
-          }
-          redisOwner = read.owner;
+  async function lookup(sandboxId: string, fresh: boolean): Promise<LookupResult> {
+    requirePool();
+    const token = memory.beginRead();
+    if (!fresh) {
+      const hit = memory.get(sandboxId);
+      if (hit !== undefined) return hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' };
+    }
+    let redisVersion: string | null = null;
+    let redisOwner: OwnerRecord | null = null;
+    if (redis !== null) {
+      const read = await redis.read(sandboxId);
+      if (read.kind === 'hit') {
+        if (!fresh) {
+          memory.set(sandboxId, read.owner, Math.min(opts.cacheTtlMs, read.ttlMs), token);
+          return { owner: read.owner, source: 'redis' };
         }
-        if (read.kind === 'miss') redisVersion = read.version;
+        redisOwner = read.owner;
       }
-      const owner = await readPostgres(sandboxId, token, redisVersion);
-      // Fresh lookups follow a "not owner" answer, i.e. a cache that was wrong: correct it for everyone.
-      if (redisOwner !== null && redis !== null && !sameOwner(redisOwner, owner)) await redis.invalidate(sandboxId, true);
-      return owner === null ? { owner: null, source: 'miss' } : { owner, source: 'postgres' };
-    },
+      if (read.kind === 'miss') redisVersion = read.version;
+    }
+    const owner = await readPostgres(sandboxId, token, redisVersion);
+    // Fresh lookups follow a "not owner" answer, i.e. a cache that was wrong: correct it for everyone.
+    if (redisOwner !== null && redis !== null && !sameOwner(redisOwner, owner)) await redis.invalidate(sandboxId, true);
+    return owner === null ? { owner: null, source: 'miss' } : { owner, source: 'postgres' };
+  }
 
-    async ownerEpoch(sandboxId) {
-      const res = await requirePool().query<{ epoch: number }>(sql.OWNER_EPOCH, [sandboxId]);
-      return res.rows[0]?.epoch ?? null;
-    },
+  async function ownerEpoch(sandboxId: string): Promise<number | null> {
+    const res = await requirePool().query<{ epoch: number }>(sql.OWNER_EPOCH, [sandboxId]);
+    return res.rows[0]?.epoch ?? null;
+  }
 
-    onChange(listener) {
-      return listeners.add(listener);
-    },
+  async function liveReplicas(): Promise<ReplicaRecord[]> {
+    const res = await requirePool().query<sql.ReplicaRow>(sql.LIVE_REPLICAS, [opts.leaseTtlMs]);
+    return res.rows.map((r) => ({
+      replicaId: r.replica_id,
+      peerUrl: r.peer_url,
+      state: r.state === 'draining' ? 'draining' : 'active',
+      sessions: r.sessions,
+      startedAtMs: r.started_at_ms,
+      version: r.version,
+      live: true,
+    }));
+  }
 
-    async liveReplicas(): Promise<ReplicaRecord[]> {
-      const res = await requirePool().query<sql.ReplicaRow>(sql.LIVE_REPLICAS, [opts.leaseTtlMs]);
-      return res.rows.map((r) => ({
-        replicaId: r.replica_id,
-        peerUrl: r.peer_url,
-        state: r.state === 'draining' ? 'draining' : 'active',
-        sessions: r.sessions,
-        startedAtMs: r.started_at_ms,
-        version: r.version,
-        live: true,
-      }));
-    },
+  async function health(): Promise<StoreHealth> {
+    const p = pool;
+    const r = redis;
+    const [postgres, redisOk] = await Promise.all([
+      p === null || !running ? Promise.resolve(false) : withTimeout(p.query('SELECT 1').then(() => true), HEALTH_TIMEOUT_MS),
+      r === null ? Promise.resolve(null) : withTimeout(r.ping(), HEALTH_TIMEOUT_MS),
+    ]);
+    return { postgres, redis: opts.redisUrl === undefined ? null : redisOk === true };
+  }
 
+  return {
+    replicaId: opts.replicaId,
+    start,
+    close,
+    claim: (sandboxId) => guard('claim', sandboxId, () => claim(sandboxId)),
+    release: (sandboxId, epoch) => guard('release', sandboxId, () => release(sandboxId, epoch)),
+    lookup: (sandboxId, lookupOpts) => guard('lookup', sandboxId, () => lookup(sandboxId, lookupOpts?.fresh === true)),
+    ownerEpoch: (sandboxId) => guard('ownerEpoch', sandboxId, () => ownerEpoch(sandboxId)),
+    onChange: (listener) => listeners.add(listener),
+    liveReplicas: () => guard('liveReplicas', undefined, liveReplicas),
     async setState(next) {
-      state = next;
-      await requirePool().query(sql.SET_STATE, [opts.replicaId, next]);
+      state = next; // also carried by every heartbeat, so a failed update here is repaired later
+      await guard('setState', undefined, () => requirePool().query(sql.SET_STATE, [opts.replicaId, next]));
     },
-
     setSessionCount(n) {
       sessions = Math.max(0, Math.floor(n));
     },
-
-    async health(): Promise<StoreHealth> {
-      const p = pool;
-      const r = redis;
-      const [postgres, redisOk] = await Promise.all([
-        p === null || !running ? Promise.resolve(false) : withTimeout(p.query('SELECT 1').then(() => true), HEALTH_TIMEOUT_MS),
-        r === null ? Promise.resolve(null) : withTimeout(r.ping(), HEALTH_TIMEOUT_MS),
-      ]);
-      return { postgres, redis: opts.redisUrl === undefined ? null : redisOk === true };
-    },
+    health,
   };
+}
+
+/** Store failures surface as OHS_ERR_STORE_UNAVAILABLE (503 / UNAVAILABLE) with the driver error as cause. */
+function wrap(op: string, sandboxId: string | undefined, err: unknown): OhsError {
+  if (err instanceof OhsError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new OhsError('OHS_ERR_STORE_UNAVAILABLE', `ownership ${op} failed: ${message}`, {
+    cause: err,
+    details: sandboxId === undefined ? { op } : { op, sandbox: sandboxId },
+  });
+}
+
+async function guard<T>(op: string, sandboxId: string | undefined, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw wrap(op, sandboxId, err);
+  }
 }
 
 function sameOwner(a: OwnerRecord, b: OwnerRecord | null): boolean {

@@ -73,6 +73,9 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
     maxRetriesPerRequest: 1,
     connectTimeout: opts.connectTimeoutMs ?? 1000,
     commandTimeout: opts.commandTimeoutMs ?? 1000,
+    // disconnect() during an outage arms this (ref'd) timer on the already-dead socket and never
+    // clears it; keep it short so that close() does not hold the process for the 2 s default.
+    disconnectTimeout: 100,
     retryStrategy: (times: number): number =>
       Math.min(reconnectMaxMs, 50 * 2 ** Math.min(times, 10)) + Math.floor(Math.random() * 50),
   };

@@ -1,6 +1,6 @@
 // Public HTTP/2 streams: classify, read the routing key from the first gRPC message, and forward
 // per stream to the local gateway or the owning peer (DESIGN §3).
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { classifyGrpcPath, isGrpcContentType, type KeyedGrpcClass, type TrafficClass } from '../classify/classify.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';

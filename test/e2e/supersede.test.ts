@@ -1,6 +1,6 @@
 // Supersede inside one replica, and the cross-replica stale-disconnect hazard (reference §6).
 import { randomUUID } from 'node:crypto';
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../harness/gateway/server.ts';
 import { Phase, type GatewayMessage, type SupervisorMessage } from '../harness/proto.ts';

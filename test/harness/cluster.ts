@@ -18,6 +18,8 @@ export interface SidecarOptions {
 
 export interface ClusterOptions {
   replicas: number;
+  /** Command prefix that starts one gateway emulator (default: its main.ts through tsx). */
+  gatewayCommand?: string[];
   databaseUrl: string;
   sidecars?: SidecarOptions;
   gatewayHeartbeatSecs?: number;
@@ -74,7 +76,7 @@ export class Cluster {
     const gateway = await startProcess(
       `gateway-${name}`,
       [
-        ...tsEntry('test/harness/gateway/main.ts'),
+        ...(this.opts.gatewayCommand ?? tsEntry('test/harness/gateway/main.ts')),
         '--database-url',
         this.opts.databaseUrl,
         '--replica',

@@ -51,8 +51,8 @@ describe('ownership store with postgres failing', () => {
 
     await pgServer.stop('fast');
     expect(await b.health()).toEqual({ postgres: false, redis: null });
-    await expect(b.lookup(s, { fresh: true })).rejects.toThrow();
-    await expect(a.claim(s)).rejects.toThrow();
+    await expect(b.lookup(s, { fresh: true })).rejects.toMatchObject({ code: 'OHS_ERR_STORE_UNAVAILABLE' });
+    await expect(a.claim(s)).rejects.toMatchObject({ code: 'OHS_ERR_STORE_UNAVAILABLE' });
     // What B already knew is still served from memory.
     expect(await b.lookup(s)).toMatchObject({ source: 'memory', owner: { replicaId: 'pg-a', epoch: 1 } });
 
@@ -94,7 +94,7 @@ describe('ownership store with postgres failing', () => {
         pgConnectTimeoutMs: 500,
         logger: captureLogger().logger,
       });
-      await expect(store.start()).rejects.toThrow();
+      await expect(store.start()).rejects.toMatchObject({ code: 'OHS_ERR_STORE_UNAVAILABLE' });
       expect(await store.health()).toEqual({ postgres: false, redis: null });
       await store.close();
     } finally {

@@ -163,8 +163,9 @@ describe('postgres ownership store', () => {
 
     // cacheTtlMs is a minute: only an invalidation can make B see the new epoch.
     const heardByB = nextChange(b, s, 1000);
+    const heardBySelf = nextChange(a, s, 1000);
     await a.claim(s);
-    await heardByB;
+    await Promise.all([heardByB, heardBySelf]);
     expect((await b.lookup(s)).owner).toMatchObject({ replicaId: a.replicaId, epoch: 2 });
 
     await waitFor('A to cache the owner', async () => (await a.lookup(s)).source === 'memory');
@@ -302,6 +303,6 @@ describe('postgres ownership store', () => {
     } finally {
       r.disconnect();
     }
-    await expect(a.lookup('x')).rejects.toThrow(/not running/);
+    await expect(a.lookup('x')).rejects.toMatchObject({ code: 'OHS_ERR_STORE_UNAVAILABLE', message: expect.stringMatching(/not running/) });
   });
 });
