@@ -135,6 +135,12 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
     if (ch === channel && message.length > 0) opts.onInvalidation(message);
   });
 
+  // A failed command (e.g. a timeout) may leave the connection up, so no 'ready' will announce the
+  // end of that outage: the next command that works does.
+  function succeeded(): void {
+    if (inOutage) recoverIfBothReady();
+  }
+
   function remember(sandboxId: string): void {
     if (pendingOverflow) return;
     pending.add(sandboxId);
@@ -147,7 +153,6 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
   async function flushPending(): Promise<void> {
     try {
       if (pendingOverflow) {
-        pendingOverflow = false;
         // Too many missed invalidations to track: drop every owner entry of this deployment.
         let cursor = '0';
         do {
@@ -155,6 +160,7 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
           cursor = next;
           if (keys.length > 0) await cmd.del(...keys);
         } while (cursor !== '0');
+        pendingOverflow = false; // only now: a scan cut short by another outage is redone next time
       }
       const ids = [...pending];
       pending.clear();
@@ -172,7 +178,9 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
     try {
       const tx = cmd.multi().incr(versionKey(sandboxId)).pexpire(versionKey(sandboxId), VERSION_TTL_MS).del(ownerKey(sandboxId));
       if (publish) tx.publish(channel, sandboxId);
-      await tx.exec();
+      const results = await tx.exec();
+      for (const [err] of results ?? []) if (err) throw err;
+      succeeded();
     } catch (err) {
       remember(sandboxId);
       outage(err);
@@ -250,6 +258,7 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
         const results = await cmd.pipeline().get(ownerKey(sandboxId)).pttl(ownerKey(sandboxId)).get(versionKey(sandboxId)).exec();
         if (results === null) return { kind: 'unavailable' };
         for (const [err] of results) if (err) throw err;
+        succeeded();
         const raw = results[0]?.[1];
         const pttl = results[1]?.[1];
         const version = results[2]?.[1];
@@ -277,6 +286,7 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
           String(Math.floor(ttlMs)),
           version,
         );
+        succeeded();
       } catch (err) {
         outage(err);
       }
@@ -287,7 +297,9 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
     async ping() {
       if (!isReady()) return false;
       try {
-        return (await cmd.ping()) === 'PONG';
+        const ok = (await cmd.ping()) === 'PONG';
+        if (ok) succeeded();
+        return ok;
       } catch (err) {
         outage(err);
         return false;
