@@ -213,11 +213,24 @@ function handleSession(session: Session, sandboxId: string, log: Logger): void {
   session.on('shell', (accept) => runShell(accept(), sandboxId, pty, log));
 }
 
+/**
+ * A fresh ed25519 host key. ssh2 occasionally emits a key its own parser rejects (seen in the
+ * baseline test), so a few attempts are made before giving up.
+ */
+function generateHostKey(): { keys: { private: string }; hostKey: ssh2.ParsedKey } {
+  let lastError: Error | undefined;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const keys = ssh2.utils.generateKeyPairSync('ed25519');
+    const hostKey = ssh2.utils.parseKey(keys.private);
+    if (!(hostKey instanceof Error)) return { keys, hostKey };
+    lastError = hostKey;
+  }
+  throw lastError ?? new Error('could not generate a host key');
+}
+
 export async function startSandboxSshServer(opts: SandboxSshServerOptions): Promise<SandboxSshServer> {
   const log = (opts.logger ?? pino({ level: 'silent' })).child({ component: 'sandbox-ssh', sandbox: opts.sandboxId });
-  const keys = ssh2.utils.generateKeyPairSync('ed25519');
-  const hostKey = ssh2.utils.parseKey(keys.private);
-  if (hostKey instanceof Error) throw hostKey;
+  const { keys, hostKey } = generateHostKey();
 
   const clients = new Set<Connection>();
   const sockets = new Set<net.Socket>();
