@@ -51,8 +51,10 @@ export class Cluster {
     const balancer = await startBalancer([]);
     const cluster = new Cluster(opts, balancer);
     try {
-      const started = await Promise.all(Array.from({ length: opts.replicas }, (_, i) => cluster.launch(i)));
-      cluster.replicas.push(...started);
+      const results = await Promise.allSettled(Array.from({ length: opts.replicas }, (_, i) => cluster.launch(i)));
+      for (const r of results) if (r.status === 'fulfilled') cluster.replicas.push(r.value);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
       cluster.refreshBalancer();
     } catch (err) {
       await cluster.close();

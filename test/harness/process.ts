@@ -32,6 +32,17 @@ export function tsEntry(relPath: string): string[] {
   return [process.execPath, '--import', 'tsx', join(repoRoot, relPath)];
 }
 
+// Children must not outlive a test run that dies or is interrupted.
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const c of live) c.kill('SIGKILL');
+  });
+}
+
 export async function startProcess(
   name: string,
   command: string[],
@@ -39,11 +50,14 @@ export async function startProcess(
 ): Promise<ManagedProcess> {
   const [exe, ...args] = command;
   if (!exe) throw new Error('empty command');
+  installExitHook();
   const child = spawn(exe, args, {
     cwd: repoRoot,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
   const output: string[] = [];
   const keep = (line: string): void => {
     output.push(line);
