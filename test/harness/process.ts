@@ -68,10 +68,10 @@ export async function startProcess(
     child.once('exit', (code, signal) => res({ code, signal })),
   );
   const ready = await new Promise<ReadyInfo>((resolveReady, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${name} not ready within ${opts.readyTimeoutMs ?? 20_000} ms:\n${output.join('\n')}`)),
-      opts.readyTimeoutMs ?? 20_000,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${name} not ready within ${opts.readyTimeoutMs ?? 20_000} ms:\n${output.join('\n')}`));
+    }, opts.readyTimeoutMs ?? 20_000);
     timer.unref();
     const rl = createInterface({ input: child.stdout! });
     rl.on('line', (line) => {
