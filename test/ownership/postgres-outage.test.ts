@@ -46,7 +46,9 @@ describe('ownership store with postgres failing', () => {
     const a = await openStore('pg-a', logA);
     const b = await openStore('pg-b', logB);
     const s = 'sbx-pg';
+    const heard = nextChange(b, s, 2000); // NOTIFY is the only channel here: one event per change
     await a.claim(s);
+    await heard;
     await waitFor('B to cache the owner', async () => (await b.lookup(s)).source === 'memory');
 
     await pgServer.stop('fast');

@@ -136,11 +136,25 @@ describe('postgres ownership store', () => {
     const a = await openStore('layers-a');
     const b = await openStore('layers-b');
     const s = sandbox();
+    // Every change reaches every replica twice (Redis pub/sub and NOTIFY); a lookup overlapping
+    // one of those invalidations caches nothing, so let them all land first.
+    const heard = new Map<string, number>();
+    for (const st of [a, b]) st.onChange((id) => id === s && heard.set(st.replicaId, (heard.get(st.replicaId) ?? 0) + 1));
     await a.claim(s);
 
     expect(await b.lookup(s)).toMatchObject({ source: 'postgres', owner: { replicaId: 'layers-a', epoch: 1 } });
-    // The claim's invalidations may still be arriving; lookups overlapping them are not cached.
-    await waitFor('B to cache the owner', async () => (await b.lookup(s)).source === 'memory');
+    await waitFor('both invalidations to reach both replicas', () => heard.get('layers-a') === 2 && heard.get('layers-b') === 2);
+    const raw = new Redis(TEST_REDIS_URL, { lazyConnect: true });
+    await raw.connect();
+    try {
+      await waitFor('B to cache the owner in redis', async () => {
+        await b.lookup(s, { fresh: true });
+        return (await raw.get(`${prefix}owner:${s}`)) !== null;
+      });
+    } finally {
+      raw.disconnect();
+    }
+    expect(await b.lookup(s)).toMatchObject({ source: 'memory', owner: { replicaId: 'layers-a', epoch: 1 } });
     // A third replica finds the entry B wrote to Redis.
     const c = await openStore('layers-c');
     expect(await c.lookup(s)).toMatchObject({ source: 'redis', owner: { replicaId: 'layers-a', epoch: 1 } });
@@ -156,10 +170,15 @@ describe('postgres ownership store', () => {
     const a = await openStore(`inval-a-${String(withRedis)}`, over);
     const b = await openStore(`inval-b-${String(withRedis)}`, over);
     const s = sandbox();
+    // Let the first claim's own invalidations land (one per channel), so that B's cache is settled.
+    const perChannel = withRedis ? 2 : 1;
+    let heardFirst = 0;
+    const off = b.onChange((id) => id === s && heardFirst++);
     await a.claim(s);
-    // The claim's own invalidations may still be in flight; a lookup overlapping one is not cached.
+    await waitFor('B to hear the first claim', () => heardFirst >= perChannel);
+    off();
     await waitFor('B to cache the owner', async () => (await b.lookup(s)).source === 'memory');
-    expect(await b.lookup(s)).toMatchObject({ source: 'memory', owner: { epoch: 1 } });
+    expect((await b.lookup(s)).owner).toMatchObject({ epoch: 1 });
 
     // cacheTtlMs is a minute: only an invalidation can make B see the new epoch.
     const heardByB = nextChange(b, s, 1000);
