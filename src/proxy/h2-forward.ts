@@ -2,7 +2,7 @@
 // preserving headers, trailers (grpc-status), cancellation (RST_STREAM) and flow control.
 import http2 from 'node:http2';
 
-const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
 
 /** Connection-specific headers that must not cross an HTTP/2 hop (RFC 9113 §8.2.2). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']);
@@ -46,6 +46,10 @@ export function respondGrpcError(stream: http2.ServerHttp2Stream, code: number, 
     },
     { endStream: true },
   );
+  // A refusal may come before the request ended (e.g. an oversized first message): ask the client
+  // to stop sending (RFC 9113 §8.1: RST_STREAM NO_ERROR after a complete response), so the stream
+  // and any unread bytes do not stay held until the client gives up. Node flushes the HEADERS first.
+  if (!stream.readableEnded) stream.close(NGHTTP2_NO_ERROR);
 }
 
 export interface ForwardOptions {
@@ -123,7 +127,7 @@ export function forwardStream(
     finish(true);
   });
 
-  up.on('response', (resHeaders) => {
+  up.on('response', (resHeaders, flags) => {
     if (abandoned) return;
     if (opts.onResponse && !opts.onResponse(resHeaders)) return;
     responded = true;
@@ -132,7 +136,8 @@ export function forwardStream(
       return;
     }
     const out = copyResponseHeaders(resHeaders, drop);
-    if (up.endAfterHeaders) {
+    // Node never sets `endAfterHeaders` on client streams; END_STREAM is only in the frame flags.
+    if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
       // Trailers-only response: keep it trailers-only.
       grpcStatus = resHeaders['grpc-status'] as string | undefined;
       down.respond(out, { endStream: true });
