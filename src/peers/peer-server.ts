@@ -24,6 +24,8 @@ import {
 function refuse(stream: http2.ServerHttp2Stream, status: number, error: string, extra: http2.OutgoingHttpHeaders = {}): void {
   if (stream.destroyed || stream.headersSent) return;
   stream.respond({ ':status': status, [PEER_ERROR]: error, ...extra }, { endStream: true });
+  // The answer is complete; do not keep buffering a request body nobody will read (RFC 9113 §8.1).
+  if (!stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
 export function createPeerServer(ctx: ProxyContext): http2.Http2Server {
