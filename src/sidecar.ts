@@ -7,6 +7,7 @@ import { createAdminServer } from './admin/admin-server.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
 import type { SidecarConfig } from './config/schema.ts';
 import { createMetrics, type SidecarMetrics } from './metrics/registry.ts';
+import { createGatewayObjects } from './ownership/gateway-objects.ts';
 import { createMemoryOwnershipStore } from './ownership/memory-store.ts';
 import { createPostgresOwnershipStore } from './ownership/postgres-store.ts';
 import type { OwnershipStore } from './ownership/types.ts';
@@ -88,7 +89,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     throw err;
   }
 
-  const router = new OwnerRouter(store, localSessions, metrics, logger.child({ component: 'router' }));
+  const gatewayObjects = createGatewayObjects(config.gatewayDatabaseUrl ?? config.databaseUrl, logger.child({ component: 'gateway-objects' }));
+  const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
   const ctx: ProxyContext = {
     config,
     logger,
@@ -96,6 +98,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     store,
     router,
     localSessions,
+    gatewayObjects,
     gatewayOrigin: `http://${formatHostPort({ host: gatewayHost, port: gatewayPort })}`,
     gatewayHost,
     gatewayPort,
@@ -142,6 +145,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
         await peerPool.close();
         await closeServer(admin);
         await store.close().catch(() => undefined);
+        await gatewayObjects.close();
       })();
       return closing;
     },

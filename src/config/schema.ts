@@ -70,6 +70,8 @@ const scalarShape = {
   peerUrl: httpUrl.optional(),
   gatewayUrl: httpUrl,
   databaseUrl: postgresUrl.optional(),
+  /** The gateway's own database (read-only), when it is not the sidecar's database. */
+  gatewayDatabaseUrl: postgresUrl.optional(),
   redisUrl: redisUrl.optional(),
   redisKeyPrefix: z.string().min(1).max(64),
   peerSecret: z.string().min(PEER_SECRET_MIN_LENGTH).optional(),
@@ -81,6 +83,11 @@ const scalarShape = {
   replicaHeartbeatIntervalMs: int(100, 60_000),
   replicaLeaseTtlMs: int(500, 600_000),
   ownerWaitMs: int(0, 600_000),
+  /** `off` skips the fence of DESIGN §4: unsafe, a late Provisioning can then beat the new Ready. */
+  handoffMode: z.enum(['fenced', 'off']),
+  handoffTimeoutMs: int(100, 600_000),
+  handoffRefusedGraceMs: int(0, 60_000),
+  handoffDisconnectWaitMs: int(0, 60_000),
   peerConnectTimeoutMs: int(50, 60_000),
   upstreamConnectTimeoutMs: int(50, 60_000),
   shutdownGraceMs: int(0, 3_600_000),
@@ -135,6 +142,8 @@ export interface SidecarConfig {
   readonly gatewayTls?: GatewayTlsConfig;
   readonly tls?: PublicTlsConfig;
   readonly databaseUrl?: string;
+  /** Read-only access to the gateway's `objects` table; defaults to databaseUrl. */
+  readonly gatewayDatabaseUrl?: string;
   readonly redisUrl?: string;
   readonly redisKeyPrefix: string;
   readonly peerSecret?: string;
@@ -146,6 +155,13 @@ export interface SidecarConfig {
   readonly replicaHeartbeatIntervalMs: number;
   readonly replicaLeaseTtlMs: number;
   readonly ownerWaitMs: number;
+  readonly handoffMode: 'fenced' | 'off';
+  /** Upper bound for the whole fence before a new owner's Hello reaches its gateway. */
+  readonly handoffTimeoutMs: number;
+  /** Wait after the previous owner's peer port refuses: its gateway's disconnect write lands. */
+  readonly handoffRefusedGraceMs: number;
+  /** How long a releasing owner waits for its gateway's disconnect write before acknowledging. */
+  readonly handoffDisconnectWaitMs: number;
   readonly peerConnectTimeoutMs: number;
   readonly upstreamConnectTimeoutMs: number;
   readonly shutdownGraceMs: number;

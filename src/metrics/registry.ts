@@ -31,6 +31,14 @@ export interface SidecarMetrics {
   readonly supervisorSessions: Gauge;
   /** Pooled HTTP/2 sessions to other replicas' peer ports. */
   readonly peerSessions: Gauge;
+  /** Requests waiting for a sandbox owner to appear (DESIGN §4 "no owner yet"). */
+  readonly heldRequests: Gauge;
+  readonly heldSeconds: Histogram;
+  /** Fenced ownership handoffs by how the previous owner was fenced. */
+  readonly handoffsTotal: Counter<'reason'>;
+  readonly handoffDurationSeconds: Histogram<'reason'>;
+  /** Claims or releases waiting for Postgres to come back. */
+  readonly pendingStoreWrites: Gauge;
 }
 
 export interface CreateMetricsOptions {
@@ -121,6 +129,35 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     peerSessions: new Gauge({
       name: 'ohs_peer_sessions',
       help: 'Open HTTP/2 sessions to peer replicas.',
+      registers,
+    }),
+    heldRequests: new Gauge({
+      name: 'ohs_held_requests',
+      help: 'Requests currently held while their sandbox has no reachable owner.',
+      registers,
+    }),
+    heldSeconds: new Histogram({
+      name: 'ohs_held_duration_seconds',
+      help: 'How long requests were held waiting for a sandbox owner.',
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30],
+      registers,
+    }),
+    handoffsTotal: new Counter({
+      name: 'ohs_handoffs_total',
+      help: 'Ownership handoffs by how the previous owner was fenced (acknowledged, peer-refused, lease-expired, timeout, same-replica, none, skipped).',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    handoffDurationSeconds: new Histogram({
+      name: 'ohs_handoff_duration_seconds',
+      help: 'Time from a supervisor Hello to its release to the local gateway, by fence reason.',
+      labelNames: ['reason'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15],
+      registers,
+    }),
+    pendingStoreWrites: new Gauge({
+      name: 'ohs_pending_store_writes',
+      help: 'Ownership claims or releases waiting for Postgres to come back.',
       registers,
     }),
   };

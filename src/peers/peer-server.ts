@@ -5,6 +5,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
+import { RELEASE_PATH, handleRelease } from './handoff.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import {
@@ -82,6 +83,13 @@ function handlePeerStream(
   }
   if (!sandboxId) {
     refuse(stream, 400, 'missing-sandbox');
+    return;
+  }
+  if (headers[':path'] === RELEASE_PATH && headers[':method'] === 'POST') {
+    handleRelease(ctx, stream, headers, log).catch((err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'release failed');
+      refuse(stream, 500, 'release-failed');
+    });
     return;
   }
   const held = ctx.localSessions.epoch(sandboxId);

@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { SidecarConfig } from '../config/schema.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
+import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
 import type { SessionPool } from './h2-sessions.ts';
@@ -13,6 +14,8 @@ export interface ProxyContext {
   store: OwnershipStore;
   router: OwnerRouter;
   localSessions: LocalSessions;
+  /** Read-only view of the gateway's `objects` table (sandbox existence, disconnect writes). */
+  gatewayObjects: GatewayObjects;
   /** h2c origin of the local gateway, e.g. http://127.0.0.1:18080. */
   gatewayOrigin: string;
   gatewayHost: string;

@@ -4,8 +4,10 @@ import type http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { classifyGrpcPath, isGrpcContentType, type KeyedGrpcClass, type TrafficClass } from '../classify/classify.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
+import { fencePreviousOwner } from '../peers/handoff.ts';
 import { peerHeaders, PEER_NOT_OWNER, PEER_OWNER_HINT } from '../peers/protocol.ts';
-import type { Target } from '../routing/router.ts';
+import type { OwnerRecord } from '../ownership/types.ts';
+import type { PeerTarget, Target } from '../routing/router.ts';
 import { FirstMessageBuffer } from '../wire/grpc-frame.ts';
 import { extractRoutingKey } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
@@ -227,39 +229,99 @@ async function supervisorControl(
   frameBytes: Buffer,
   log: Logger,
 ): Promise<void> {
-  let epoch: number;
+  const helloAt = Date.now();
+  let epoch = 0;
+  let previous: OwnerRecord | null = null;
   try {
     const claim = await ctx.store.claim(sandboxId);
     epoch = claim.owner.epoch;
+    previous = claim.previous;
     ctx.metrics.ownerClaimsTotal.inc();
-    if (claim.previous && claim.previous.replicaId !== ctx.store.replicaId) ctx.metrics.ownershipChangesTotal.inc();
-    log.info({ epoch, previous: claim.previous ? `${claim.previous.replicaId}@${claim.previous.epoch}` : null }, 'supervisor connected; ownership claimed');
+    if (previous && previous.replicaId !== ctx.store.replicaId) ctx.metrics.ownershipChangesTotal.inc();
+    log.info({ epoch, previous: previous ? `${previous.replicaId}@${previous.epoch}` : null }, 'supervisor connected; ownership claimed');
   } catch (err) {
-    // The store being down must not keep a supervisor from its gateway: accept locally and
-    // let the owner row be written later (DESIGN §4 outages; fully handled with fencing).
-    log.warn({ err: (err as Error).message }, 'ownership claim failed; accepting supervisor locally');
-    epoch = 0;
+    // The store being down must not keep a supervisor from its gateway: accept it locally and
+    // write the ownership once Postgres is back (DESIGN §4, outages).
+    log.warn({ err: (err as Error).message }, 'ownership claim failed; accepting supervisor locally, claim retried until the store is back');
+    retryClaimLater(ctx, sandboxId, log);
   }
-  ctx.localSessions.set(sandboxId, epoch);
+  // Closing the downstream connection and its 1:1 upstream is what a fence asks of us: the
+  // gateway sees the disconnect and makes its Provisioning write (reference §6).
+  const sessionId = ctx.localSessions.set(sandboxId, epoch, () => {
+    conn.session.destroy();
+    void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
+  });
   ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
   ctx.store.setSessionCount(ctx.localSessions.size);
+  const release = (): void => {
+    // Only this stream's entry: a newer stream for the same sandbox may have replaced it.
+    const held = ctx.localSessions.removeSession(sandboxId, sessionId);
+    if (held === undefined) return;
+    ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
+    ctx.store.setSessionCount(ctx.localSessions.size);
+    log.info({ epoch: held }, 'supervisor disconnected; releasing ownership');
+    if (held > 0) releaseOwnership(ctx, sandboxId, held, log);
+  };
+  if (epoch > 0) await fencePreviousOwner(ctx, sandboxId, previous, log);
   if (stream.destroyed) {
     release();
     return;
   }
-  function release(): void {
-    if (!ctx.localSessions.deleteIf(sandboxId, epoch)) return;
-    ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
-    ctx.store.setSessionCount(ctx.localSessions.size);
-    log.info({ epoch }, 'supervisor disconnected; releasing ownership');
-    if (epoch > 0) {
-      ctx.store.release(sandboxId, epoch).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'ownership release failed'));
-    }
-  }
+  log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
   await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release);
 }
 
-/** Exec, logs and watch: owner-routed, with one re-resolve and retry on a "not owner" answer. */
+const STORE_RETRY_MS = 1_000;
+
+/** A supervisor accepted while Postgres was down: write its ownership as soon as Postgres is back. */
+function retryClaimLater(ctx: ProxyContext, sandboxId: string, log: Logger): void {
+  ctx.metrics.pendingStoreWrites.inc();
+  const attempt = async (): Promise<void> => {
+    if (ctx.localSessions.epoch(sandboxId) !== 0) {
+      ctx.metrics.pendingStoreWrites.dec();
+      return;
+    }
+    try {
+      const claim = await ctx.store.claim(sandboxId);
+      ctx.metrics.pendingStoreWrites.dec();
+      ctx.metrics.ownerClaimsTotal.inc();
+      if (ctx.localSessions.setEpoch(sandboxId, 0, claim.owner.epoch)) {
+        log.info({ epoch: claim.owner.epoch }, 'ownership written after the store came back');
+      } else {
+        // The session ended meanwhile: undo the claim so no wrong record stays behind.
+        releaseOwnership(ctx, sandboxId, claim.owner.epoch, log);
+      }
+    } catch {
+      setTimeout(() => void attempt(), STORE_RETRY_MS).unref();
+    }
+  };
+  setTimeout(() => void attempt(), STORE_RETRY_MS).unref();
+}
+
+/** Conditional release, retried while the store is down so no stale record is left behind. */
+function releaseOwnership(ctx: ProxyContext, sandboxId: string, epoch: number, log: Logger): void {
+  let pending = false;
+  const attempt = (): void => {
+    ctx.store.release(sandboxId, epoch).then(
+      () => {
+        if (pending) ctx.metrics.pendingStoreWrites.dec();
+      },
+      (err: unknown) => {
+        if (!pending) {
+          pending = true;
+          ctx.metrics.pendingStoreWrites.inc();
+          log.warn({ err: (err as Error).message, epoch }, 'ownership release failed; retrying until the store is back');
+        }
+        setTimeout(attempt, STORE_RETRY_MS).unref();
+      },
+    );
+  };
+  attempt();
+}
+
+const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
+
+/** Exec, logs and watch: owner-routed; held while no owner is reachable; one retry on "not owner". */
 async function routeKeyed(
   ctx: ProxyContext,
   stream: http2.ServerHttp2Stream,
@@ -269,9 +331,11 @@ async function routeKeyed(
   frameBytes: Buffer,
   log: Logger,
 ): Promise<void> {
-  let target = await ctx.router.resolve(sandboxId);
+  // Past the hold bound the local gateway answers exactly as it would without us.
+  let target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let prefix = frameBytes;
-  for (let attempt = 0; attempt < 2; attempt++) {
+  let exclude: PeerTarget | undefined;
+  for (let attempt = 0; attempt < 3; attempt++) {
     if (stream.destroyed) return;
     if (target.kind === 'local') {
       log.debug({ target: 'local', reason: target.reason }, 'routing');
@@ -280,11 +344,12 @@ async function routeKeyed(
     }
     const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, prefix, attempt, log);
     if (outcome.kind === 'done') return;
-    // Not owner or unreachable: nothing reached a gateway, so re-resolve and retry once.
+    // Not owner or unreachable: nothing reached a gateway, so re-resolve (holding if needed) and retry.
     prefix = outcome.replay.bytes;
-    const fresh = await ctx.router.resolve(sandboxId, { fresh: true });
-    log.info({ from: target.replicaId, to: fresh.kind === 'peer' ? fresh.replicaId : 'local', why: outcome.why }, 're-resolved owner');
-    target = fresh;
+    if (outcome.why === 'unreachable') exclude = target;
+    const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
+    log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: outcome.why }, 're-resolved owner');
+    target = next;
   }
   ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
   respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
@@ -298,7 +363,7 @@ function forwardToPeer(
   headers: http2.OutgoingHttpHeaders,
   cls: TrafficClass,
   sandboxId: string,
-  target: Extract<Target, { kind: 'peer' }>,
+  target: PeerTarget,
   prefix: Buffer,
   attempt: number,
   log: Logger,
@@ -338,7 +403,7 @@ function forwardToPeer(
               ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'not_owner' });
               plog.info({ hint: res[PEER_OWNER_HINT], attempt }, 'peer is not the owner');
               settled = true;
-              if (replay && attempt === 0) resolve({ kind: 'retry', replay, why: 'not-owner' });
+              if (replay && attempt < 2) resolve({ kind: 'retry', replay, why: 'not-owner' });
               else {
                 respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
                 resolve({ kind: 'done' });
@@ -361,7 +426,7 @@ function forwardToPeer(
         // Could not even connect: nothing was sent anywhere, so the request can go elsewhere.
         ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'unreachable' });
         plog.warn({ err: (err as Error).message }, 'owner replica unreachable');
-        if (attempt === 0) resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
+        if (attempt < 2) resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
         else {
           respondGrpcError(stream, 14, `owner replica ${target.replicaId} unreachable`);
           resolve({ kind: 'done' });

@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { classifyHttp1 } from '../classify/classify.ts';
 import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
-import type { Target } from '../routing/router.ts';
+import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 
@@ -65,8 +65,10 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   }
   socket.pause();
   void (async () => {
-    let target: Target = await ctx.router.resolve(sandboxId);
-    for (let attempt = 0; attempt < 2; attempt++) {
+    // Held while no owner is reachable; past the bound the local gateway answers as it would.
+    let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+    let exclude: PeerTarget | undefined;
+    for (let attempt = 0; attempt < 3; attempt++) {
       if (socket.destroyed) return;
       if (target.kind === 'local') {
         tunnelLocal(ctx, log, socket, rawHead, cls);
@@ -74,14 +76,17 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
       }
       const result = await tunnelToPeer(ctx, log, socket, rawHead, sandboxId, target);
       if (result === 'done') return;
-      const fresh = await ctx.router.resolve(sandboxId, { fresh: true });
-      log.info({ from: target.replicaId, to: fresh.kind === 'peer' ? fresh.replicaId : 'local', why: result }, 're-resolved owner');
-      target = fresh;
+      if (result === 'unreachable') exclude = target;
+      const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
+      log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');
+      target = next;
     }
     ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
     writeHttpError(socket, 502, 'Bad Gateway', 'sandbox owner moved while routing; retry');
   })();
 }
+
+const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
 function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, cls: string): void {
   const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort });
@@ -121,7 +126,7 @@ function tunnelToPeer(
   socket: net.Socket,
   rawHead: Buffer,
   sandboxId: string,
-  target: Extract<Target, { kind: 'peer' }>,
+  target: PeerTarget,
 ): Promise<PeerTunnelResult> {
   const plog = log.child({ target: target.replicaId });
   return ctx.peerPool.get(target.peerUrl).then(

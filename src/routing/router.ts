@@ -1,52 +1,96 @@
-// Owner resolution: which replica a sandbox-scoped request must reach (DESIGN §2, §4).
+// Owner resolution: which replica a sandbox-scoped request must reach (DESIGN §2, §4), and the
+// hold: a request for a sandbox with no reachable owner waits for an ownership event.
 import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
+import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 
 export type Target =
   | { kind: 'local'; epoch: number | null; reason: 'owner' | 'no-owner' }
   | { kind: 'peer'; replicaId: string; peerUrl: string; epoch: number };
 
+export type PeerTarget = Extract<Target, { kind: 'peer' }>;
+
+interface LocalSession {
+  /** Identifies one supervisor stream; a newer stream for the same sandbox replaces it. */
+  id: number;
+  epoch: number;
+  /** Closes the supervisor's connection and its 1:1 upstream to the gateway. */
+  close: () => void;
+}
+
 /** Supervisor sessions whose control stream passes through this sidecar, by sandbox. */
 export class LocalSessions {
-  private readonly epochs = new Map<string, number>();
+  private readonly sessions = new Map<string, LocalSession>();
+  private seq = 0;
 
-  set(sandboxId: string, epoch: number): void {
-    this.epochs.set(sandboxId, epoch);
+  /** Registers a supervisor stream; returns its id for removeSession. */
+  set(sandboxId: string, epoch: number, close: () => void = () => undefined): number {
+    const id = ++this.seq;
+    this.sessions.set(sandboxId, { id, epoch, close });
+    return id;
   }
 
-  /** Forgets the session only if it is still the given epoch (a newer one may have replaced it). */
-  deleteIf(sandboxId: string, epoch: number): boolean {
-    if (this.epochs.get(sandboxId) !== epoch) return false;
-    this.epochs.delete(sandboxId);
+  /** Removes the stream's entry if it is still current; returns the epoch it held. */
+  removeSession(sandboxId: string, id: number): number | undefined {
+    const s = this.sessions.get(sandboxId);
+    if (!s || s.id !== id) return undefined;
+    this.sessions.delete(sandboxId);
+    return s.epoch;
+  }
+
+  /** Updates the epoch of a session accepted while the store was down, once its claim lands. */
+  setEpoch(sandboxId: string, from: number, to: number): boolean {
+    const s = this.sessions.get(sandboxId);
+    if (!s || s.epoch !== from) return false;
+    s.epoch = to;
+    return true;
+  }
+
+  /**
+   * Fence: closes the session if it is at (or before) the epoch a new owner superseded. Epoch 0
+   * marks a session accepted while the store was down; it is always older than a real claim.
+   */
+  closeIf(sandboxId: string, epoch: number): boolean {
+    const s = this.sessions.get(sandboxId);
+    if (!s || (s.epoch !== 0 && s.epoch > epoch)) return false;
+    s.close();
     return true;
   }
 
   epoch(sandboxId: string): number | undefined {
-    return this.epochs.get(sandboxId);
+    return this.sessions.get(sandboxId)?.epoch;
   }
 
   get size(): number {
-    return this.epochs.size;
+    return this.sessions.size;
   }
 
   entries(): Array<[string, number]> {
-    return [...this.epochs];
+    return [...this.sessions].map(([id, s]) => [id, s.epoch]);
   }
 }
 
+/** How long (in hold bounds) a previous owner counts as evidence that a new one is coming. */
+const OWNER_MEMORY_FACTOR = 4;
+
 export class OwnerRouter {
+  /** Last owner resolved per sandbox: routing keeps working from it while the store is down. */
+  private readonly lastKnown = new Map<string, { target: Target; atMs: number }>();
+
   constructor(
     private readonly store: OwnershipStore,
     private readonly local: LocalSessions,
+    private readonly gatewayObjects: GatewayObjects,
     private readonly metrics: SidecarMetrics,
     private readonly logger: Logger,
+    private readonly ownerWaitMs: number,
   ) {}
 
   /**
-   * Resolves the target for a sandbox. A session held here always wins (it is the freshest
-   * knowledge there is); otherwise the ownership store decides. No live owner → local gateway,
-   * which answers exactly as it would without us.
+   * Resolves the target for a sandbox. A session held here always wins when it is at least as
+   * new as the store's record; otherwise the store decides. No live owner → local with reason
+   * 'no-owner'.
    */
   async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
     const localEpoch = this.local.epoch(sandboxId);
@@ -54,19 +98,100 @@ export class OwnerRouter {
     try {
       result = await this.store.lookup(sandboxId, opts);
     } catch (err) {
-      this.logger.warn({ err, sandbox: sandboxId }, 'owner lookup failed; routing to the local gateway');
-      return { kind: 'local', epoch: localEpoch ?? null, reason: 'no-owner' };
+      const known = this.lastKnown.get(sandboxId)?.target;
+      this.logger.warn({ err: (err as Error).message, sandbox: sandboxId, fallback: known ? describe(known) : 'local' }, 'owner lookup failed; using last known owner');
+      if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
+      return known ?? { kind: 'local', epoch: null, reason: 'no-owner' };
     }
     this.metrics.ownerLookupsTotal.inc({ source: result.source });
     const owner = result.owner;
+    let target: Target;
     if (!owner) {
-      return { kind: 'local', epoch: localEpoch ?? null, reason: localEpoch !== undefined ? 'owner' : 'no-owner' };
+      target = { kind: 'local', epoch: localEpoch ?? null, reason: localEpoch !== undefined ? 'owner' : 'no-owner' };
+    } else if (owner.replicaId === this.store.replicaId) {
+      target = { kind: 'local', epoch: owner.epoch, reason: 'owner' };
+    } else if (localEpoch !== undefined && localEpoch >= owner.epoch) {
+      target = { kind: 'local', epoch: localEpoch, reason: 'owner' };
+    } else {
+      target = { kind: 'peer', replicaId: owner.replicaId, peerUrl: owner.peerUrl, epoch: owner.epoch };
     }
-    if (owner.replicaId === this.store.replicaId) return { kind: 'local', epoch: owner.epoch, reason: 'owner' };
-    if (localEpoch !== undefined && localEpoch >= owner.epoch) {
-      // Our claim is at least as new as what the cache says: trust the live session.
-      return { kind: 'local', epoch: localEpoch, reason: 'owner' };
-    }
-    return { kind: 'peer', replicaId: owner.replicaId, peerUrl: owner.peerUrl, epoch: owner.epoch };
+    // "No owner" does not erase what we knew: it is the evidence that an owner is moving.
+    if (target.kind === 'peer' || target.reason === 'owner') this.lastKnown.set(sandboxId, { target, atMs: Date.now() });
+    return target;
   }
+
+  /**
+   * Resolves, holding while there is no usable owner: none at all, or only `exclude` (an owner
+   * that just proved unreachable). Waits for ownership events, not by polling, up to
+   * ownerWaitMs. Returns null when the bound passes with no usable owner.
+   */
+  async resolveHeld(sandboxId: string, opts: { fresh?: boolean; exclude?: PeerTarget } = {}): Promise<Target | null> {
+    const usable = (t: Target): boolean =>
+      t.kind === 'peer' ? !(opts.exclude && t.replicaId === opts.exclude.replicaId && t.epoch === opts.exclude.epoch) : t.reason === 'owner';
+    const known = this.lastKnown.get(sandboxId);
+    const first = await this.resolve(sandboxId, opts.fresh ? { fresh: true } : {});
+    if (usable(first)) return first;
+    // Hold only with evidence that an owner is moving: it just proved unreachable, or the sandbox
+    // had an owner recently. A sandbox that never had one (unknown, never connected, cleanly
+    // gone) gets the gateway's own answer at once (404, 412, …).
+    const recentlyOwned = known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR;
+    if (!opts.exclude && !recentlyOwned) return first;
+    if (first.kind === 'local' && (await this.gatewayObjects.sandboxExists(sandboxId)) === false) return first;
+    if (this.ownerWaitMs <= 0) return null;
+    const started = Date.now();
+    const log = this.logger.child({ sandbox: sandboxId });
+    log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');
+    this.metrics.heldRequests.inc();
+    try {
+      const target = await new Promise<Target | null>((resolve) => {
+        let done = false;
+        let checking = false;
+        let recheck = false;
+        const finish = (t: Target | null): void => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          unsubscribe();
+          resolve(t);
+        };
+        const check = (): void => {
+          if (done) return;
+          if (checking) {
+            recheck = true;
+            return;
+          }
+          checking = true;
+          this.resolve(sandboxId, { fresh: true }).then(
+            (t) => {
+              checking = false;
+              if (usable(t)) finish(t);
+              else if (recheck) {
+                recheck = false;
+                check();
+              }
+            },
+            () => {
+              checking = false;
+            },
+          );
+        };
+        const unsubscribe = this.store.onChange((id) => {
+          if (id === sandboxId) check();
+        });
+        const timer = setTimeout(() => finish(null), this.ownerWaitMs);
+        timer.unref();
+        // An event may have landed between the first lookup and the subscription.
+        check();
+      });
+      log.info({ heldMs: Date.now() - started, target: target ? describe(target) : 'none' }, target ? 'owner appeared; releasing held request' : 'no owner within the wait bound');
+      this.metrics.heldSeconds.observe((Date.now() - started) / 1000);
+      return target;
+    } finally {
+      this.metrics.heldRequests.dec();
+    }
+  }
+}
+
+export function describe(t: Target): string {
+  return t.kind === 'peer' ? `${t.replicaId}@${t.epoch}` : `local(${t.reason})`;
 }

@@ -1,0 +1,66 @@
+// Prometheus metrics of the connection limits. Kept beside the limiter (not in metrics/registry.ts)
+// so that the limiter can be built on any registry, the sidecar's or a test's own.
+
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { LimitRule } from './rules.ts';
+
+/** What is enforced right now: global counting in Redis, or one of the local fallbacks. */
+export type LimitPolicy = 'global' | 'local-split' | 'local-full' | 'deny';
+
+export const LIMIT_POLICIES: readonly LimitPolicy[] = ['global', 'local-split', 'local-full', 'deny'];
+
+export interface LimitMetrics {
+  readonly registry: Registry;
+  /** Slots held by this replica, summed over the keys of each rule. */
+  readonly slotsHeld: Gauge<'rule'>;
+  readonly refusals: Counter<'rule'>;
+  /** Expired slots of crashed or stalled holders removed while counting. */
+  readonly slotsReclaimed: Counter<'rule'>;
+  /** 1 for the policy in force, 0 for the others. */
+  readonly policy: Gauge<'policy'>;
+  setPolicy(policy: LimitPolicy): void;
+}
+
+export function createLimitMetrics(rules: readonly LimitRule[], registry: Registry = new Registry()): LimitMetrics {
+  const registers = [registry];
+  const slotsHeld = new Gauge({
+    name: 'ohs_limit_slots_held',
+    help: 'Connection-limit slots held by this replica, by rule.',
+    labelNames: ['rule'] as const,
+    registers,
+  });
+  const refusals = new Counter({
+    name: 'ohs_limit_refusals_total',
+    help: 'Connections refused by a connection limit, by rule.',
+    labelNames: ['rule'] as const,
+    registers,
+  });
+  const slotsReclaimed = new Counter({
+    name: 'ohs_limit_slots_reclaimed_total',
+    help: 'Expired slots (holder crashed or stopped renewing) removed while counting, by rule.',
+    labelNames: ['rule'] as const,
+    registers,
+  });
+  const policy = new Gauge({
+    name: 'ohs_limit_policy',
+    help: 'Connection-limit policy in force (1) and the others (0).',
+    labelNames: ['policy'] as const,
+    registers,
+  });
+  // Every series exists from the start, so that dashboards and alerts see zeros rather than gaps.
+  for (const r of rules) {
+    slotsHeld.set({ rule: r.name }, 0);
+    refusals.inc({ rule: r.name }, 0);
+    slotsReclaimed.inc({ rule: r.name }, 0);
+  }
+  return {
+    registry,
+    slotsHeld,
+    refusals,
+    slotsReclaimed,
+    policy,
+    setPolicy(current) {
+      for (const p of LIMIT_POLICIES) policy.set({ policy: p }, p === current ? 1 : 0);
+    },
+  };
+}

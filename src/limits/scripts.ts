@@ -1,0 +1,102 @@
+// The Lua side of leased slots. Each sorted set holds one rule's slots for one key; a member is
+// `${holderId}:${slotId}` scored by its lease expiry in Redis server milliseconds. Every script reads
+// the clock with TIME on the server, so replicas never compare their own clocks.
+//
+// The keys of one call are the rules of one connection; on a Redis Cluster they would have to share a
+// hash slot (not needed: the sidecar uses a single Redis).
+
+import type { Redis } from 'ioredis';
+
+// Shared prologue: server time in ms, and the key TTL. A key outlives its newest lease by one more
+// lease TTL, so that a crashed holder's slots are normally removed (and counted as reclaimed) by the
+// next acquire rather than vanishing silently; it is only ever lengthened, so holders configured
+// with different lease TTLs can share a key.
+const PROLOGUE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function keep(key, ttl)
+  if redis.call('PTTL', key) < 2 * ttl then redis.call('PEXPIRE', key, 2 * ttl) end
+end
+`;
+
+// KEYS: one set per rule. ARGV: member, leaseTtlMs, then the max of each key in KEYS order.
+// Returns { refused, reclaimed_1 .. reclaimed_n }: refused is the 1-based index of the first key
+// at its max (0: granted, member added everywhere); reclaimed_i counts expired members removed.
+const ACQUIRE = `${PROLOGUE}
+local member = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local out = { 0 }
+for i, key in ipairs(KEYS) do
+  out[i + 1] = redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if out[1] == 0 and redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then out[1] = i end
+end
+if out[1] == 0 then
+  for _, key in ipairs(KEYS) do
+    redis.call('ZADD', key, now + ttl, member)
+    keep(key, ttl)
+  end
+end
+return out`;
+
+// KEYS[i] pairs with ARGV[i + 1] (a member); ARGV[1]: leaseTtlMs. Extends each lease; a member that
+// is gone (key expired, Redis restarted empty, or reclaimed after a missed renewal) belongs to a
+// connection that is still open, so it is added back. Returns how many were added back.
+const RENEW = `${PROLOGUE}
+local ttl = tonumber(ARGV[1])
+local restored = 0
+for i, key in ipairs(KEYS) do
+  local member = ARGV[i + 1]
+  if redis.call('ZSCORE', key, member) then
+    redis.call('ZADD', key, 'XX', now + ttl, member)
+  else
+    redis.call('ZADD', key, now + ttl, member)
+    restored = restored + 1
+  end
+  keep(key, ttl)
+end
+return restored`;
+
+// KEYS: the sets of one slot; ARGV[1]: its member. Returns how many were removed.
+const RELEASE = `
+local removed = 0
+for _, key in ipairs(KEYS) do removed = removed + redis.call('ZREM', key, ARGV[1]) end
+return removed`;
+
+// KEYS[1]: one set. Returns its live members (expired ones are not counted, whether or not removed yet).
+const COUNT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')`;
+
+type Arg = string | number;
+
+/** The scripts as methods of the client; the first argument is the number of keys. */
+export interface SlotScripts {
+  ohsSlotAcquire(numKeys: number, ...args: Arg[]): Promise<unknown>;
+  ohsSlotRenew(numKeys: number, ...args: Arg[]): Promise<unknown>;
+  ohsSlotRelease(numKeys: number, ...args: Arg[]): Promise<unknown>;
+  ohsSlotCount(numKeys: number, ...args: Arg[]): Promise<unknown>;
+}
+
+/** Installs the scripts on `client` (EVALSHA, falling back to EVAL after a Redis restart). */
+export function defineSlotScripts(client: Redis): SlotScripts {
+  client.defineCommand('ohsSlotAcquire', { lua: ACQUIRE });
+  client.defineCommand('ohsSlotRenew', { lua: RENEW });
+  client.defineCommand('ohsSlotRelease', { lua: RELEASE });
+  client.defineCommand('ohsSlotCount', { lua: COUNT, readOnly: true });
+  return client as unknown as SlotScripts;
+}
+
+/** Parses the reply of ohsSlotAcquire for `n` keys. */
+export function parseAcquireReply(reply: unknown, n: number): { refusedIndex: number; reclaimed: number[] } {
+  if (!Array.isArray(reply) || reply.length !== n + 1 || !reply.every((v) => typeof v === 'number')) {
+    throw new Error(`unexpected acquire reply: ${JSON.stringify(reply)}`);
+  }
+  const [refused, ...reclaimed] = reply as number[];
+  return { refusedIndex: (refused ?? 0) - 1, reclaimed };
+}
+
+export function parseCountReply(reply: unknown): number {
+  if (typeof reply !== 'number') throw new Error(`unexpected count reply: ${JSON.stringify(reply)}`);
+  return reply;
+}

@@ -1,0 +1,461 @@
+// Cluster-wide connection limits with leased slots (DESIGN §5).
+//
+// Every connection a rule applies to holds one slot per matching rule: a member of the sorted set
+// `${prefix}slots:${rule}:${key}`, scored by its lease expiry. Counting, dropping expired leases and
+// adding happen in one script for all rules of the connection, so two replicas can never both take
+// the last slot. The holder renews its live slots in batches; a crashed holder stops renewing and its
+// slots expire within the lease TTL, to be removed by the next acquire on the same key.
+//
+// Redis unavailable: never silently unlimited. The configured fallback is enforced with in-process
+// counters (default: each replica allows ceil(max / live replicas)), logged once and shown in
+// `ohs_limit_policy`. Slots held meanwhile are kept in memory and written back when Redis returns, so
+// the global count again includes every tunnel still open.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { OhsError } from '../errors.ts';
+import { createLimitMetrics } from './metrics.ts';
+import type { LimitMetrics, LimitPolicy } from './metrics.ts';
+import { describeRule, keyValue, limitError, localShare, rulesFor, validateRules } from './rules.ts';
+import type { LimitKeys, LimitRule } from './rules.ts';
+import { defineSlotScripts, parseAcquireReply, parseCountReply } from './scripts.ts';
+import type { SlotScripts } from './scripts.ts';
+
+export type { LimitPolicy } from './metrics.ts';
+export type FallbackPolicy = 'local-split' | 'local-full' | 'deny';
+
+export interface SlotRequest extends LimitKeys {
+  /** Traffic class of the connection (rules are selected by it). */
+  cls: string;
+}
+
+export type AcquireResult =
+  | { ok: true; release(): void }
+  | {
+      ok: false;
+      rule: LimitRule;
+      /** OHS_ERR_LIMIT (429 / RESOURCE_EXHAUSTED); OHS_ERR_STORE_UNAVAILABLE under the `deny` fallback. */
+      error: OhsError;
+    };
+
+export interface SlotLimiter {
+  /**
+   * Takes a slot in every rule that applies to the request (a rule whose key is missing from the
+   * request does not apply). The caller must `release()` a granted slot when the connection ends;
+   * release is idempotent.
+   */
+  acquire(req: SlotRequest): Promise<AcquireResult>;
+  /**
+   * Live slots for one rule and key value: cluster-wide while the policy is `global`, this replica's
+   * otherwise.
+   */
+  held(ruleName: string, key: string): Promise<number>;
+  policy(): LimitPolicy;
+  /**
+   * Stops renewing and disconnects. Slots still held are not removed: like a crash, they expire
+   * within the lease TTL (release them first to free them at once).
+   */
+  close(): Promise<void>;
+}
+
+export interface SlotLimiterOptions {
+  /** Without it (embedded single replica), limits are counted in process with the full max. */
+  redisUrl?: string;
+  keyPrefix: string;
+  /** This replica's id; part of every slot member, so that its slots can be told apart. */
+  holderId: string;
+  /** How long a slot survives without renewal (default 15000). */
+  leaseTtlMs?: number;
+  /** Default leaseTtlMs / 3, so that two renewals can fail before a live slot expires. */
+  renewIntervalMs?: number;
+  rules: readonly LimitRule[];
+  /** Replicas currently alive (this one included); read at each local decision. */
+  liveReplicas: () => number;
+  logger: Logger;
+  registry?: Registry;
+  /** What to enforce while Redis is unavailable (default local-split). */
+  fallbackPolicy?: FallbackPolicy;
+  connectTimeoutMs?: number;
+  commandTimeoutMs?: number;
+  /** Cap of the reconnection backoff (default 1000). */
+  reconnectMaxMs?: number;
+  /** Key/member pairs per renewal script call (default 500). */
+  renewBatchSize?: number;
+}
+
+export const DEFAULT_LEASE_TTL_MS = 15_000;
+
+// Failed releases are retried when Redis returns. Beyond this many, the oldest are dropped: they
+// expire on their own within one lease TTL anyway.
+const MAX_PENDING_RELEASES = 10_000;
+
+/**
+ * The Redis key of one rule and key value. Session tokens grant access to sandboxes, so they are
+ * never written to Redis: the key carries a digest of the token instead.
+ */
+export function slotKey(keyPrefix: string, rule: LimitRule, value: string): string {
+  const part = rule.key === 'token' ? `sha256-${createHash('sha256').update(value).digest('base64url').slice(0, 32)}` : value;
+  return `${keyPrefix}slots:${rule.name}:${part}`;
+}
+
+interface Claim {
+  rule: LimitRule;
+  redisKey: string;
+}
+
+interface Slot {
+  member: string;
+  claims: Claim[];
+  /** May be in Redis: set before any write that may add it, so that a release always removes it. */
+  inRedis: boolean;
+  released: boolean;
+}
+
+export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
+  validateRules(opts.rules);
+  const rules = [...opts.rules];
+  const log = opts.logger;
+  const leaseTtlMs = opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+  const renewIntervalMs = opts.renewIntervalMs ?? Math.max(1, Math.floor(leaseTtlMs / 3));
+  const fallback: FallbackPolicy = opts.fallbackPolicy ?? 'local-split';
+  const batchSize = Math.max(1, opts.renewBatchSize ?? 500);
+  const connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
+  const reconnectMaxMs = opts.reconnectMaxMs ?? 1000;
+  if (!(leaseTtlMs > 0) || !(renewIntervalMs > 0) || renewIntervalMs >= leaseTtlMs) {
+    throw new OhsError('OHS_ERR_CONFIG', `limits: renewIntervalMs (${renewIntervalMs}) must be below leaseTtlMs (${leaseTtlMs})`);
+  }
+
+  const metrics: LimitMetrics = createLimitMetrics(rules, opts.registry);
+  // Members must never collide with those of an earlier run of the same replica still in Redis.
+  const incarnation = randomBytes(4).toString('hex');
+  let seq = 0;
+
+  const slots = new Map<string, Slot>();
+  const localCounts = new Map<string, number>();
+  const pendingReleases = new Map<string, string[]>();
+  const inflight = new Set<Promise<unknown>>();
+  let closed = false;
+
+  // Redis state. `mode` is what acquire enforces; with Redis configured it starts as `global` and
+  // the first acquire waits for the first connection attempt to settle.
+  let mode: LimitPolicy = opts.redisUrl === undefined ? 'local-full' : 'global';
+  let outageLogged = false;
+  let recovering: Promise<void> | undefined;
+  let renewing = false;
+  let markSettled: () => void = () => {};
+  const settled = new Promise<void>((resolve) => {
+    markSettled = resolve;
+  });
+  metrics.setPolicy(mode);
+
+  let client: Redis | undefined;
+  let scripts: SlotScripts | undefined;
+  let renewTimer: NodeJS.Timeout | undefined;
+  let settleTimer: NodeJS.Timeout | undefined;
+
+  if (opts.redisUrl === undefined) {
+    markSettled();
+  } else {
+    const c = new Redis(opts.redisUrl, {
+      lazyConnect: true,
+      // Fail fast while disconnected: the caller is holding a client connection open.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: connectTimeoutMs,
+      commandTimeout: opts.commandTimeoutMs ?? 1000,
+      // disconnect() on a dead socket arms a ref'd timer of this length; keep close() quick.
+      disconnectTimeout: 100,
+      connectionName: `ohs-limits-${opts.holderId.replace(/[^\w.:-]/g, '_')}`,
+      retryStrategy: (times: number) => Math.min(reconnectMaxMs, 25 * 2 ** Math.min(times, 10)) + Math.floor(Math.random() * 25),
+    });
+    client = c;
+    scripts = defineSlotScripts(c);
+    c.on('error', (err: unknown) => {
+      log.debug({ err }, 'limits redis connection error');
+      enterOutage(err);
+    });
+    c.on('close', () => enterOutage(undefined));
+    c.on('ready', () => void recover());
+    c.connect().catch(() => {
+      /* reported through 'error'; reconnection goes on */
+    });
+    settleTimer = setTimeout(() => enterOutage(new Error(`no redis connection within ${connectTimeoutMs} ms`)), connectTimeoutMs + 50);
+    settleTimer.unref();
+    renewTimer = setInterval(() => void tick(), renewIntervalMs);
+    renewTimer.unref();
+  }
+
+  function setMode(next: LimitPolicy): void {
+    if (mode === next) return;
+    mode = next;
+    metrics.setPolicy(next);
+  }
+
+  function enterOutage(err: unknown): void {
+    if (closed) return;
+    clearTimeout(settleTimer);
+    setMode(fallback);
+    markSettled();
+    if (outageLogged) return;
+    outageLogged = true;
+    log.warn({ err, policy: fallback, slots: slots.size }, `redis unavailable: limits enforced locally (${fallback})`);
+  }
+
+  async function tick(): Promise<void> {
+    if (closed || renewing) return;
+    if (mode !== 'global') {
+      // A failed command may leave the connection up, so no 'ready' announces the end of the outage.
+      if (client?.status === 'ready') await recover();
+      return;
+    }
+    renewing = true;
+    try {
+      const restored = await writeSlots([...slots.values()]);
+      if (restored > 0) log.warn({ restored }, 'limit slots missing from redis were added back (lease expired before renewal?)');
+    } catch (err) {
+      enterOutage(err);
+    } finally {
+      renewing = false;
+    }
+  }
+
+  /** Renews (or adds back) `list` in batches; returns how many had to be added back. */
+  async function writeSlots(list: Slot[]): Promise<number> {
+    let restored = 0;
+    let i = 0;
+    while (i < list.length) {
+      const keys: string[] = [];
+      const members: string[] = [];
+      // Built just before sending: a slot released meanwhile must not be written back.
+      for (; i < list.length && keys.length < batchSize; i++) {
+        const slot = list[i];
+        if (slot === undefined || slot.released) continue;
+        slot.inRedis = true;
+        for (const claim of slot.claims) {
+          keys.push(claim.redisKey);
+          members.push(slot.member);
+        }
+      }
+      if (keys.length === 0) continue;
+      const reply = await track(requireScripts().ohsSlotRenew(keys.length, ...keys, leaseTtlMs, ...members));
+      restored += typeof reply === 'number' ? reply : 0;
+    }
+    return restored;
+  }
+
+  function recover(): Promise<void> {
+    if (closed) return Promise.resolve();
+    recovering ??= (async () => {
+      try {
+        await flushPendingReleases();
+        // Slots taken locally during the outage (and those taken while this runs) join the global
+        // count before global counting resumes. Bounded: the rest is picked up by the next renewal.
+        let todo = [...slots.values()];
+        for (let pass = 0; pass < 3 && todo.length > 0; pass++) {
+          await writeSlots(todo);
+          todo = [...slots.values()].filter((s) => !s.inRedis);
+        }
+        if (closed || client?.status !== 'ready') return;
+        clearTimeout(settleTimer);
+        setMode('global');
+        markSettled();
+        if (outageLogged) {
+          outageLogged = false;
+          log.info({ slots: slots.size }, 'redis recovered: global limits restored');
+        }
+      } catch (err) {
+        enterOutage(err);
+      } finally {
+        recovering = undefined;
+      }
+    })();
+    return recovering;
+  }
+
+  async function flushPendingReleases(): Promise<void> {
+    for (const [member, keys] of [...pendingReleases]) {
+      await track(requireScripts().ohsSlotRelease(keys.length, ...keys, member));
+      pendingReleases.delete(member);
+    }
+  }
+
+  function rememberRelease(slot: Slot): void {
+    pendingReleases.set(
+      slot.member,
+      slot.claims.map((c) => c.redisKey),
+    );
+    if (pendingReleases.size > MAX_PENDING_RELEASES) {
+      const oldest = pendingReleases.keys().next();
+      if (oldest.done !== true) pendingReleases.delete(oldest.value);
+    }
+  }
+
+  function track<T>(p: Promise<T>): Promise<T> {
+    inflight.add(p);
+    const forget = (): void => {
+      inflight.delete(p);
+    };
+    p.then(forget, forget);
+    return p;
+  }
+
+  function requireScripts(): SlotScripts {
+    if (scripts === undefined) throw new Error('limits: no redis configured');
+    return scripts;
+  }
+
+  function claimsFor(req: SlotRequest): Claim[] {
+    const claims: Claim[] = [];
+    for (const rule of rulesFor(req.cls, rules)) {
+      const value = keyValue(rule, req);
+      if (value !== undefined) claims.push({ rule, redisKey: slotKey(opts.keyPrefix, rule, value) });
+    }
+    return claims;
+  }
+
+  function newMember(): string {
+    seq += 1;
+    return `${opts.holderId}:${incarnation}.${seq.toString(36)}`;
+  }
+
+  function hold(member: string, claims: Claim[], inRedis: boolean): AcquireResult {
+    const slot: Slot = { member, claims, inRedis, released: false };
+    slots.set(member, slot);
+    for (const c of claims) {
+      localCounts.set(c.redisKey, (localCounts.get(c.redisKey) ?? 0) + 1);
+      metrics.slotsHeld.inc({ rule: c.rule.name });
+    }
+    return { ok: true, release: () => release(slot) };
+  }
+
+  function release(slot: Slot): void {
+    if (slot.released) return;
+    slot.released = true;
+    slots.delete(slot.member);
+    for (const c of slot.claims) {
+      const n = (localCounts.get(c.redisKey) ?? 1) - 1;
+      if (n > 0) localCounts.set(c.redisKey, n);
+      else localCounts.delete(c.redisKey);
+      metrics.slotsHeld.dec({ rule: c.rule.name });
+    }
+    if (!slot.inRedis || closed || scripts === undefined) return;
+    if (client?.status !== 'ready') {
+      rememberRelease(slot);
+      return;
+    }
+    const keys = slot.claims.map((c) => c.redisKey);
+    track(scripts.ohsSlotRelease(keys.length, ...keys, slot.member)).catch((err: unknown) => {
+      rememberRelease(slot);
+      enterOutage(err);
+    });
+  }
+
+  function refuse(rule: LimitRule, error: OhsError): AcquireResult {
+    metrics.refusals.inc({ rule: rule.name });
+    return { ok: false, rule, error };
+  }
+
+  function acquireLocally(claims: Claim[], member: string, inRedis: boolean): AcquireResult {
+    for (const c of claims) {
+      if (mode === 'deny') {
+        return refuse(
+          c.rule,
+          new OhsError('OHS_ERR_STORE_UNAVAILABLE', `limit ${c.rule.name} cannot be checked while redis is unavailable: ${describeRule(c.rule)}`, {
+            details: { rule: c.rule.name, max: c.rule.max, policy: mode },
+          }),
+        );
+      }
+      const max = mode === 'local-split' ? localShare(c.rule.max, opts.liveReplicas()) : c.rule.max;
+      if ((localCounts.get(c.redisKey) ?? 0) >= max) return refuse(c.rule, limitError(c.rule, max));
+    }
+    return hold(member, claims, inRedis);
+  }
+
+  async function acquireGlobally(claims: Claim[], member: string): Promise<AcquireResult> {
+    const keys = claims.map((c) => c.redisKey);
+    const maxes = claims.map((c) => c.rule.max);
+    const reply = await track(requireScripts().ohsSlotAcquire(keys.length, ...keys, member, leaseTtlMs, ...maxes));
+    const { refusedIndex, reclaimed } = parseAcquireReply(reply, claims.length);
+    reclaimed.forEach((n, i) => {
+      const rule = claims[i]?.rule;
+      if (n > 0 && rule !== undefined) metrics.slotsReclaimed.inc({ rule: rule.name }, n);
+    });
+    const refused = claims[refusedIndex];
+    if (refused !== undefined) return refuse(refused.rule, limitError(refused.rule));
+    return hold(member, claims, true);
+  }
+
+  return {
+    async acquire(req) {
+      if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed');
+      const claims = claimsFor(req);
+      if (claims.length === 0) return { ok: true, release() {} };
+      await settled;
+      const member = newMember();
+      if (mode === 'global') {
+        try {
+          return await acquireGlobally(claims, member);
+        } catch (err) {
+          enterOutage(err);
+          if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed', { cause: err });
+          // The script may have run before the connection failed: the member may be in Redis.
+          const local = acquireLocally(claims, member, true);
+          if (!local.ok) {
+            pendingReleases.set(
+              member,
+              claims.map((c) => c.redisKey),
+            );
+          }
+          return local;
+        }
+      }
+      return acquireLocally(claims, member, false);
+    },
+
+    async held(ruleName, key) {
+      const rule = rules.find((r) => r.name === ruleName);
+      if (rule === undefined) throw new OhsError('OHS_ERR_BAD_REQUEST', `unknown limit rule ${ruleName}`);
+      const redisKey = slotKey(opts.keyPrefix, rule, key);
+      await settled;
+      if (mode === 'global' && !closed) {
+        try {
+          return parseCountReply(await track(requireScripts().ohsSlotCount(1, redisKey)));
+        } catch (err) {
+          enterOutage(err);
+        }
+      }
+      return localCounts.get(redisKey) ?? 0;
+    },
+
+    policy: () => mode,
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      clearInterval(renewTimer);
+      clearTimeout(settleTimer);
+      markSettled();
+      await Promise.allSettled([...inflight]);
+      const c = client;
+      if (c === undefined) return;
+      if (c.status === 'ready' || c.status === 'connecting' || c.status === 'connect') {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 1000);
+          timer.unref();
+          c.once('end', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          c.disconnect();
+        });
+      } else {
+        c.disconnect(); // no live socket: this only cancels the pending reconnection
+      }
+      c.removeAllListeners();
+      // The socket's teardown may still be reported; keep a sink so it is never unhandled.
+      c.on('error', () => {});
+    },
+  };
+}
