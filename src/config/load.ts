@@ -68,6 +68,10 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['handoffTimeoutMs'], '--handoff-timeout-ms', 'OHS_HANDOFF_TIMEOUT_MS', 'int'),
   opt(['handoffRefusedGraceMs'], '--handoff-refused-grace-ms', 'OHS_HANDOFF_REFUSED_GRACE_MS', 'int'),
   opt(['handoffDisconnectWaitMs'], '--handoff-disconnect-wait-ms', 'OHS_HANDOFF_DISCONNECT_WAIT_MS', 'int'),
+  opt(['sshTunnelsPerToken'], '--ssh-tunnels-per-token', 'OHS_SSH_TUNNELS_PER_TOKEN', 'int'),
+  opt(['sshTunnelsPerSandbox'], '--ssh-tunnels-per-sandbox', 'OHS_SSH_TUNNELS_PER_SANDBOX', 'int'),
+  opt(['limitLeaseTtlMs'], '--limit-lease-ttl-ms', 'OHS_LIMIT_LEASE_TTL_MS', 'int'),
+  opt(['limitFallbackPolicy'], '--limit-fallback-policy', 'OHS_LIMIT_FALLBACK_POLICY'),
   opt(['peerConnectTimeoutMs'], '--peer-connect-timeout-ms', 'OHS_PEER_CONNECT_TIMEOUT_MS', 'int'),
   opt(['upstreamConnectTimeoutMs'], '--upstream-connect-timeout-ms', 'OHS_UPSTREAM_CONNECT_TIMEOUT_MS', 'int'),
   opt(['shutdownGraceMs'], '--shutdown-grace-ms', 'OHS_SHUTDOWN_GRACE_MS', 'int'),
@@ -95,6 +99,11 @@ export const CONFIG_DEFAULTS = {
   // CLI's 60 s retry of 412s (reference §2.3).
   ownerWaitMs: 15_000,
   handoffMode: 'fenced',
+  sshTunnelsPerToken: 3,
+  sshTunnelsPerSandbox: 20,
+  limitRules: [],
+  limitLeaseTtlMs: 15_000,
+  limitFallbackPolicy: 'local-split',
   // A little over the default replica lease (10 s): an unresponsive owner is provably gone then.
   handoffTimeoutMs: 12_000,
   handoffRefusedGraceMs: 500,

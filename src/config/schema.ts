@@ -88,6 +88,22 @@ const scalarShape = {
   handoffTimeoutMs: int(100, 600_000),
   handoffRefusedGraceMs: int(0, 60_000),
   handoffDisconnectWaitMs: int(0, 60_000),
+  /** Cluster-wide SSH tunnel caps (the gateway's own per-process caps, reference §2.3). */
+  sshTunnelsPerToken: int(1, 100_000),
+  sshTunnelsPerSandbox: int(1, 100_000),
+  /** Extra limit rules (config file only), e.g. exec streams per sandbox. */
+  limitRules: z.array(
+    z.strictObject({
+      name: z.string().regex(/^[a-z0-9-]{1,64}$/),
+      trafficClass: z.string().min(1),
+      key: z.enum(['token', 'sandbox', 'client-address']),
+      max: int(1, 1_000_000),
+    }),
+  ),
+  /** Slot lease in Redis: a crashed holder's slots are reclaimed within this time. */
+  limitLeaseTtlMs: int(1_000, 600_000),
+  /** What limits do while Redis is unavailable (DESIGN §5). Never silently unlimited. */
+  limitFallbackPolicy: z.enum(['local-split', 'local-full', 'deny']),
   peerConnectTimeoutMs: int(50, 60_000),
   upstreamConnectTimeoutMs: int(50, 60_000),
   shutdownGraceMs: int(0, 3_600_000),
@@ -162,6 +178,11 @@ export interface SidecarConfig {
   readonly handoffRefusedGraceMs: number;
   /** How long a releasing owner waits for its gateway's disconnect write before acknowledging. */
   readonly handoffDisconnectWaitMs: number;
+  readonly sshTunnelsPerToken: number;
+  readonly sshTunnelsPerSandbox: number;
+  readonly limitRules: ReadonlyArray<{ readonly name: string; readonly trafficClass: string; readonly key: 'token' | 'sandbox' | 'client-address'; readonly max: number }>;
+  readonly limitLeaseTtlMs: number;
+  readonly limitFallbackPolicy: 'local-split' | 'local-full' | 'deny';
   readonly peerConnectTimeoutMs: number;
   readonly upstreamConnectTimeoutMs: number;
   readonly shutdownGraceMs: number;
