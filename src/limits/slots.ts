@@ -281,11 +281,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     }
   }
 
-  function rememberRelease(slot: Slot): void {
-    pendingReleases.set(
-      slot.member,
-      slot.claims.map((c) => c.redisKey),
-    );
+  function rememberRelease(member: string, claims: Claim[]): void {
+    pendingReleases.set(member, claims.map((c) => c.redisKey));
     if (pendingReleases.size > MAX_PENDING_RELEASES) {
       const oldest = pendingReleases.keys().next();
       if (oldest.done !== true) pendingReleases.delete(oldest.value);
@@ -342,12 +339,12 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
     if (client?.status !== 'ready') {
-      rememberRelease(slot);
+      rememberRelease(slot.member, slot.claims);
       return;
     }
     const keys = slot.claims.map((c) => c.redisKey);
     track(scripts.ohsSlotRelease(keys.length, ...keys, slot.member)).catch((err: unknown) => {
-      rememberRelease(slot);
+      rememberRelease(slot.member, slot.claims);
       enterOutage(err);
     });
   }
@@ -402,12 +399,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
           if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed', { cause: err });
           // The script may have run before the connection failed: the member may be in Redis.
           const local = acquireLocally(claims, member, true);
-          if (!local.ok) {
-            pendingReleases.set(
-              member,
-              claims.map((c) => c.redisKey),
-            );
-          }
+          if (!local.ok) rememberRelease(member, claims);
           return local;
         }
       }

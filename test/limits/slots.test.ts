@@ -1,0 +1,211 @@
+import type { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { httpStatusFor } from '../../src/errors.ts';
+import type { LimitRule } from '../../src/limits/rules.ts';
+import { slotKey } from '../../src/limits/slots.ts';
+import type { AcquireResult } from '../../src/limits/slots.ts';
+import { TEST_REDIS_URL, testRedisPrefix } from '../helpers/services.ts';
+import { sleep, waitFor } from '../ownership/support.ts';
+import { deleteKeys, expectNoConnections, inspector, limiterFactory, metricValue } from './support.ts';
+
+const prefix = testRedisPrefix('limits_slots');
+const limiters = limiterFactory({ keyPrefix: prefix, redisUrl: TEST_REDIS_URL });
+let redis: Redis;
+
+const PER_TOKEN: LimitRule = { name: 'ssh-per-token', trafficClass: 'ssh-tunnel', key: 'token', max: 3 };
+const PER_SANDBOX: LimitRule = { name: 'ssh-per-sandbox', trafficClass: 'ssh-tunnel', key: 'sandbox', max: 20 };
+const ssh = (token: string, sandboxId = 'sbx-1'): { cls: string; token: string; sandboxId: string } => ({ cls: 'ssh-tunnel', token, sandboxId });
+
+beforeAll(async () => {
+  redis = inspector(TEST_REDIS_URL);
+  await redis.connect();
+});
+
+afterEach(async () => {
+  await limiters.closeAll();
+  await expectNoConnections(redis, limiters.connectionNames());
+});
+
+afterAll(async () => {
+  await deleteKeys(redis, prefix);
+  redis.disconnect();
+});
+
+function granted(results: AcquireResult[]): Array<Extract<AcquireResult, { ok: true }>> {
+  return results.filter((r): r is Extract<AcquireResult, { ok: true }> => r.ok);
+}
+
+describe('leased connection slots in redis', () => {
+  it('never lets two replicas exceed a limit, even with 50 concurrent acquires', async () => {
+    const rules: LimitRule[] = [PER_TOKEN, { ...PER_SANDBOX, max: 5 }];
+    const a = limiters.open({ holderId: 'conc-a', rules });
+    const b = limiters.open({ holderId: 'conc-b', rules });
+    const tokens = ['t0', 't1', 't2', 't3', 't4'].map((t) => `conc-${t}`);
+    const sandboxes = ['conc-s0', 'conc-s1'];
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => (i % 2 === 0 ? a : b).acquire({ cls: 'ssh-tunnel', token: tokens[i % 5], sandboxId: sandboxes[i % 2] })),
+    );
+    expect(a.policy()).toBe('global');
+
+    // Each sandbox fills up (at most 3 of its 5 tokens can be full), and nothing goes beyond.
+    const tokenCounts = await Promise.all(tokens.map((t) => redis.zcard(slotKey(prefix, PER_TOKEN, t))));
+    const sandboxCounts = await Promise.all(sandboxes.map((s) => redis.zcard(slotKey(prefix, rules[1] as LimitRule, s))));
+    expect(sandboxCounts).toEqual([5, 5]);
+    for (const n of tokenCounts) expect(n).toBeLessThanOrEqual(3);
+    expect(tokenCounts.reduce((x, y) => x + y, 0)).toBe(10);
+    expect(granted(results)).toHaveLength(10);
+    for (const r of results) if (!r.ok) expect(r.error.code).toBe('OHS_ERR_LIMIT');
+
+    // Both holders got some, and their members say whose they are.
+    const members = (await Promise.all(sandboxes.map((s) => redis.zrange(slotKey(prefix, rules[1] as LimitRule, s), '0', '-1')))).flat();
+    expect(members.some((m) => m.startsWith('conc-a:'))).toBe(true);
+    expect(members.some((m) => m.startsWith('conc-b:'))).toBe(true);
+    expect(await a.held('ssh-per-sandbox', 'conc-s0')).toBe(5);
+
+    const refusedByToken = await metricValue(a.registry, 'ohs_limit_refusals_total', { rule: 'ssh-per-token' });
+    const refusedBySandbox = await metricValue(a.registry, 'ohs_limit_refusals_total', { rule: 'ssh-per-sandbox' });
+    const refusedByB =
+      (await metricValue(b.registry, 'ohs_limit_refusals_total', { rule: 'ssh-per-token' })) +
+      (await metricValue(b.registry, 'ohs_limit_refusals_total', { rule: 'ssh-per-sandbox' }));
+    expect(refusedByToken + refusedBySandbox + refusedByB).toBe(40);
+    const heldByA = await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-sandbox' });
+    const heldByB = await metricValue(b.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-sandbox' });
+    expect(heldByA + heldByB).toBe(10);
+
+    for (const r of granted(results)) r.release();
+    await Promise.all([a.held('ssh-per-sandbox', 'conc-s0'), b.held('ssh-per-sandbox', 'conc-s0')]);
+    for (const key of [...tokens.map((t) => slotKey(prefix, PER_TOKEN, t)), ...sandboxes.map((s) => slotKey(prefix, rules[1] as LimitRule, s))]) {
+      expect(await redis.zcard(key)).toBe(0);
+    }
+    expect(await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-sandbox' })).toBe(0);
+  });
+
+  it('refuses the fourth ssh tunnel of a token across replicas with the limit error, and a release frees a slot at once', async () => {
+    const a = limiters.open({ holderId: 'rel-a' });
+    const b = limiters.open({ holderId: 'rel-b' });
+    const held = [await a.acquire(ssh('rel-tok')), await b.acquire(ssh('rel-tok')), await a.acquire(ssh('rel-tok'))];
+    expect(held.map((r) => r.ok)).toEqual([true, true, true]);
+
+    const fourth = await b.acquire(ssh('rel-tok'));
+    expect(fourth.ok).toBe(false);
+    if (fourth.ok) return;
+    expect(fourth.rule.name).toBe('ssh-per-token');
+    expect(fourth.error.message).toBe('limit ssh-per-token reached: at most 3 concurrent ssh tunnels per session token');
+    expect(httpStatusFor(fourth.error)).toBe(429);
+    // Another token of the same sandbox is not affected.
+    const other = await b.acquire(ssh('rel-other'));
+    expect(other.ok).toBe(true);
+
+    const first = held[0];
+    if (first?.ok !== true) throw new Error('unreachable');
+    first.release();
+    first.release(); // idempotent: must not free a second slot
+    expect(await a.held('ssh-per-token', 'rel-tok')).toBe(2);
+    const again = await b.acquire(ssh('rel-tok'));
+    expect(again.ok).toBe(true);
+    expect((await b.acquire(ssh('rel-tok'))).ok).toBe(false);
+    expect(await b.held('ssh-per-sandbox', 'sbx-1')).toBe(4);
+  });
+
+  it('keeps session tokens out of redis: the key carries a digest', async () => {
+    const a = limiters.open({ holderId: 'digest-a' });
+    const r = await a.acquire(ssh('very-secret-session-token', 'sbx-digest'));
+    expect(r.ok).toBe(true);
+    const keys = await redis.keys(`${prefix}slots:*`);
+    expect(keys).toContain(`${prefix}slots:ssh-per-sandbox:sbx-digest`);
+    expect(keys.some((k) => k.includes('very-secret'))).toBe(false);
+    expect(await redis.zcard(slotKey(prefix, PER_TOKEN, 'very-secret-session-token'))).toBe(1);
+  });
+
+  it("reclaims a crashed replica's slots once its lease runs out", async () => {
+    const crashed = limiters.open({ holderId: 'crash-a', leaseTtlMs: 300, renewIntervalMs: 100 });
+    const survivor = limiters.open({ holderId: 'crash-b', leaseTtlMs: 300, renewIntervalMs: 100 });
+    for (let i = 0; i < 3; i++) expect((await crashed.acquire(ssh('crash-tok', 'sbx-crash'))).ok).toBe(true);
+    await crashed.close(); // stops renewing without releasing: what a crash looks like from outside
+    expect((await survivor.acquire(ssh('crash-tok', 'sbx-crash'))).ok).toBe(false);
+
+    const t0 = Date.now();
+    await waitFor('the crashed slots to expire', async () => (await survivor.held('ssh-per-token', 'crash-tok')) === 0, 2000);
+    expect(Date.now() - t0).toBeLessThan(600);
+    const r = await survivor.acquire(ssh('crash-tok', 'sbx-crash'));
+    expect(r.ok).toBe(true);
+    // The acquire removed the 3 expired members of each rule.
+    expect(await metricValue(survivor.registry, 'ohs_limit_slots_reclaimed_total', { rule: 'ssh-per-token' })).toBe(3);
+    expect(await metricValue(survivor.registry, 'ohs_limit_slots_reclaimed_total', { rule: 'ssh-per-sandbox' })).toBe(3);
+    expect(await redis.zrange(slotKey(prefix, PER_TOKEN, 'crash-tok'), '0', '-1')).toEqual([expect.stringMatching(/^crash-b:/)]);
+  });
+
+  it('renewal keeps slots alive well beyond the lease TTL', async () => {
+    const a = limiters.open({ holderId: 'renew-a', leaseTtlMs: 300, renewIntervalMs: 100 });
+    const b = limiters.open({ holderId: 'renew-b', leaseTtlMs: 300, renewIntervalMs: 100 });
+    for (let i = 0; i < 3; i++) expect((await a.acquire(ssh('renew-tok', 'sbx-renew'))).ok).toBe(true);
+    const key = slotKey(prefix, PER_TOKEN, 'renew-tok');
+    const firstExpiry = Number((await redis.zrange(key, '0', '0', 'WITHSCORES'))[1]);
+
+    await sleep(1000);
+    expect((await b.acquire(ssh('renew-tok', 'sbx-renew'))).ok).toBe(false);
+    expect(await b.held('ssh-per-token', 'renew-tok')).toBe(3);
+    const [, laterScore] = await redis.zrange(key, '0', '0', 'WITHSCORES');
+    expect(Number(laterScore)).toBeGreaterThan(firstExpiry + 500);
+    // The key itself outlives every lease in it.
+    expect(await redis.pttl(key)).toBeGreaterThan(0);
+    expect(await metricValue(b.registry, 'ohs_limit_slots_reclaimed_total', { rule: 'ssh-per-token' })).toBe(0);
+  });
+
+  it('renewal keeps many slots alive when they span several batches', async () => {
+    const rules: LimitRule[] = [{ name: 'exec-per-sandbox', trafficClass: 'exec', key: 'sandbox', max: 100 }];
+    const a = limiters.open({ holderId: 'batch-a', rules, leaseTtlMs: 300, renewIntervalMs: 100, renewBatchSize: 7 });
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => a.acquire({ cls: 'exec', sandboxId: `sbx-batch-${i % 4}` })));
+    expect(granted(results)).toHaveLength(40);
+    await sleep(700);
+    for (let i = 0; i < 4; i++) expect(await a.held('exec-per-sandbox', `sbx-batch-${i}`)).toBe(10);
+    for (const r of granted(results)) r.release();
+    expect(await a.held('exec-per-sandbox', 'sbx-batch-0')).toBe(0);
+  });
+
+  it('lets connections through that no rule applies to, without touching redis', async () => {
+    const a = limiters.open({ holderId: 'none-a' });
+    const before = (await redis.keys(`${prefix}slots:*`)).length;
+    expect((await a.acquire({ cls: 'unary', token: 'x', sandboxId: 'y' })).ok).toBe(true);
+    // A rule whose key is missing from the request does not apply: only the sandbox rule counts.
+    expect((await a.acquire({ cls: 'ssh-tunnel', sandboxId: 'sbx-nokey' })).ok).toBe(true);
+    expect((await redis.keys(`${prefix}slots:*`)).length).toBe(before + 1);
+    expect(await a.held('ssh-per-sandbox', 'sbx-nokey')).toBe(1);
+    await expect(a.held('no-such-rule', 'x')).rejects.toThrow(/unknown limit rule/);
+  });
+
+  it('exports its metrics with every rule and the policy in force from the start', async () => {
+    const a = limiters.open({ holderId: 'metrics-a' });
+    expect((await a.acquire(ssh('metrics-tok'))).ok).toBe(true);
+    const text = await a.registry.metrics();
+    expect(text).toContain('ohs_limit_slots_held{rule="ssh-per-token"} 1');
+    expect(text).toContain('ohs_limit_refusals_total{rule="ssh-per-sandbox"} 0');
+    expect(text).toContain('ohs_limit_slots_reclaimed_total{rule="ssh-per-token"} 0');
+    expect(text).toContain('ohs_limit_policy{policy="global"} 1');
+    expect(text).toContain('ohs_limit_policy{policy="local-split"} 0');
+    expect(a.logs.messages('warn')).toEqual([]);
+    // What the leak check after each test looks for.
+    expect(String(await redis.client('LIST'))).toContain(' name=ohs-limits-metrics-a ');
+  });
+});
+
+describe('limits without redis (embedded single replica)', () => {
+  const embedded = limiterFactory({ keyPrefix: prefix });
+  afterEach(() => embedded.closeAll());
+
+  it('enforces the full limits with in-process counters', async () => {
+    const a = embedded.open({ holderId: 'emb-a', liveReplicas: () => 5 });
+    expect(a.policy()).toBe('local-full');
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await a.acquire(ssh('emb-tok')));
+    expect(held.every((r) => r.ok)).toBe(true);
+    const refused = await a.acquire(ssh('emb-tok'));
+    expect(refused.ok === false && refused.error.message).toBe('limit ssh-per-token reached: at most 3 concurrent ssh tunnels per session token');
+    const first = held[0];
+    if (first?.ok === true) first.release();
+    expect(await a.held('ssh-per-token', 'emb-tok')).toBe(2);
+    expect((await a.acquire(ssh('emb-tok'))).ok).toBe(true);
+    expect(await metricValue(a.registry, 'ohs_limit_policy', { policy: 'local-full' })).toBe(1);
+    expect(a.logs.messages('warn')).toEqual([]);
+  });
+});
