@@ -7,6 +7,8 @@ import { createAdminServer } from './admin/admin-server.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
 import type { SidecarConfig } from './config/schema.ts';
 import { createMetrics, type SidecarMetrics } from './metrics/registry.ts';
+import { DEFAULT_LIMIT_RULES, type LimitRule } from './limits/rules.ts';
+import { createSlotLimiter } from './limits/slots.ts';
 import { createGatewayObjects } from './ownership/gateway-objects.ts';
 import { createMemoryOwnershipStore } from './ownership/memory-store.ts';
 import { createPostgresOwnershipStore } from './ownership/postgres-store.ts';
@@ -90,6 +92,36 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   }
 
   const gatewayObjects = createGatewayObjects(config.gatewayDatabaseUrl ?? config.databaseUrl, logger.child({ component: 'gateway-objects' }));
+  // Live replicas for the limits' local-split policy, refreshed on the heartbeat cadence.
+  let liveReplicaCount = 1;
+  const refreshLive = (): void => {
+    store.liveReplicas().then(
+      (r) => {
+        liveReplicaCount = Math.max(1, r.length);
+      },
+      () => undefined,
+    );
+  };
+  refreshLive();
+  const liveTimer = setInterval(refreshLive, config.replicaHeartbeatIntervalMs);
+  liveTimer.unref();
+  const rules: LimitRule[] = [
+    ...DEFAULT_LIMIT_RULES.map((r) =>
+      r.name === 'ssh-per-token' ? { ...r, max: config.sshTunnelsPerToken } : r.name === 'ssh-per-sandbox' ? { ...r, max: config.sshTunnelsPerSandbox } : { ...r },
+    ),
+    ...config.limitRules.map((r) => ({ ...r })),
+  ];
+  const limiter = createSlotLimiter({
+    ...(config.mode === 'cluster' && config.redisUrl ? { redisUrl: config.redisUrl } : {}),
+    keyPrefix: `${config.redisKeyPrefix}limits:`,
+    holderId: config.replicaId,
+    leaseTtlMs: config.limitLeaseTtlMs,
+    rules,
+    liveReplicas: () => liveReplicaCount,
+    logger: logger.child({ component: 'limits' }),
+    registry: metrics.registry,
+    fallbackPolicy: config.limitFallbackPolicy,
+  });
   const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
   const ctx: ProxyContext = {
     config,
@@ -98,6 +130,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     store,
     router,
     localSessions,
+    limiter,
     gatewayObjects,
     gatewayOrigin: `http://${formatHostPort({ host: gatewayHost, port: gatewayPort })}`,
     gatewayHost,
@@ -144,6 +177,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
         await gatewayPool.close();
         await peerPool.close();
         await closeServer(admin);
+        clearInterval(liveTimer);
+        await limiter.close().catch(() => undefined);
         await store.close().catch(() => undefined);
         await gatewayObjects.close();
       })();

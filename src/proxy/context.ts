@@ -1,6 +1,7 @@
 // What every proxy handler needs, built once by the sidecar's composition root.
 import type { Logger } from 'pino';
 import type { SidecarConfig } from '../config/schema.ts';
+import type { SlotLimiter } from '../limits/slots.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
@@ -14,6 +15,8 @@ export interface ProxyContext {
   store: OwnershipStore;
   router: OwnerRouter;
   localSessions: LocalSessions;
+  /** Cluster-wide connection limits, checked at the ingress before any peer hop (DESIGN §5). */
+  limiter: SlotLimiter;
   /** Read-only view of the gateway's `objects` table (sandbox existence, disconnect writes). */
   gatewayObjects: GatewayObjects;
   /** h2c origin of the local gateway, e.g. http://127.0.0.1:18080. */

@@ -7,6 +7,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { classifyHttp1 } from '../classify/classify.ts';
+import { httpStatusFor } from '../errors.ts';
 import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
@@ -65,6 +66,29 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   }
   socket.pause();
   void (async () => {
+    // Limits are checked here, at the ingress, before any peer hop or gateway contact: a refused
+    // attempt sends nothing anywhere (DESIGN §5).
+    const token = typeof req.headers['x-sandbox-token'] === 'string' ? req.headers['x-sandbox-token'] : undefined;
+    let admission;
+    try {
+      admission = await ctx.limiter.acquire({ cls, sandboxId, ...(token ? { token } : {}), ...(socket.remoteAddress ? { clientAddress: socket.remoteAddress } : {}) });
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'limit check failed');
+      writeHttpError(socket, 503, 'Service Unavailable', 'connection limits unavailable');
+      return;
+    }
+    if (!admission.ok) {
+      const status = httpStatusFor(admission.error);
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
+      log.info({ rule: admission.rule.name }, 'tunnel refused by limit');
+      writeHttpError(socket, status, status === 429 ? 'Too Many Requests' : 'Service Unavailable', admission.error.message);
+      return;
+    }
+    socket.once('close', admission.release);
+    if (socket.destroyed) {
+      admission.release();
+      return;
+    }
     // Held while no owner is reachable; past the bound the local gateway answers as it would.
     let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
     let exclude: PeerTarget | undefined;
