@@ -7,12 +7,14 @@
 // round is reported, so machine noise lands on all of them alike. Prints numbers; asserts nothing.
 // Env: BENCH_ROUNDS, BENCH_ECHO_N, BENCH_BULK_MIB (smaller values for a quick look),
 // BENCH_FLEET=inproc (supervisor + sandbox SSH server in this process instead of a child).
+// Then, as a separate section, the limit-check latency of bench/limits.ts (BENCH_LIMITS=0 skips it).
 import { Cluster } from '../test/harness/cluster.ts';
 import { GatewayStore } from '../test/harness/gateway/store.ts';
 import { startProcess, tsEntry } from '../test/harness/process.ts';
 import { startSupervisorFleet } from '../test/harness/supervisor/fleet.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { runLimitBench } from './limits.ts';
 import { openSshProbe, type SshProbe } from './lib/ssh-probe.ts';
 
 const PATHS = ['direct', 'local_sidecar', 'forwarded'] as const;
@@ -289,5 +291,21 @@ try {
   console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
 } finally {
   await cleanupAll();
+  cleaning = undefined;
+}
+
+// ---- Limit-check latency (bench/limits.ts) -------------------------------------------------------
+// A separate section with its own two clusters, started once the SSH bench's are gone; it merges its
+// own keys (limit_check_*) into the same results file. BENCH_LIMITS=0 skips it.
+if (process.env.BENCH_LIMITS !== '0') {
+  console.log('\n---- limit-check latency ----');
+  try {
+    code = Math.max(code, await runLimitBench({ defer: (what, run) => cleanups.push({ what, run }) }));
+  } catch (err) {
+    console.error(`limits bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    code = 1;
+  } finally {
+    await cleanupAll();
+  }
 }
 process.exit(code);

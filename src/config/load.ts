@@ -106,7 +106,9 @@ export const CONFIG_DEFAULTS = {
   limitFallbackPolicy: 'local-split',
   // A little over the default replica lease (10 s): an unresponsive owner is provably gone then.
   handoffTimeoutMs: 12_000,
-  handoffRefusedGraceMs: 500,
+  // Refused peer port: the sidecar is gone and so are its upstream connections; its gateway (same
+  // pod, loopback) sees them close at once and writes Provisioning within milliseconds.
+  handoffRefusedGraceMs: 150,
   handoffDisconnectWaitMs: 2_000,
   peerConnectTimeoutMs: 2_000,
   upstreamConnectTimeoutMs: 5_000,

@@ -137,6 +137,10 @@ export class OwnerRouter {
     const recentlyOwned = known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR;
     if (!opts.exclude && !recentlyOwned) return first;
     if (first.kind === 'local' && (await this.gatewayObjects.sandboxExists(sandboxId)) === false) return first;
+    // The store says "no live owner" but we knew one: its lease may only have lapsed (e.g. right
+    // after a Postgres outage, before its next heartbeat). The peer itself is the ground truth:
+    // try it; a not-owner answer or a refused connection brings us back here with it excluded.
+    if (known && known.target.kind === 'peer' && recentlyOwned && usable(known.target)) return known.target;
     if (this.ownerWaitMs <= 0) return null;
     const started = Date.now();
     const log = this.logger.child({ sandbox: sandboxId });
