@@ -247,6 +247,9 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   async function claim(sandboxId: string): Promise<ClaimResult> {
     for (let attempt = 1; ; attempt++) {
       const result = await transaction(async (c) => {
+        // A replica that can write a claim is alive: renew its lease in the same transaction, so
+        // a claim made right after a Postgres outage is not hidden behind a lapsed heartbeat.
+        await c.query(sql.HEARTBEAT, replicaParams());
         const prev = (await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNER, [sandboxId])).rows[0];
         const up = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNER, [sandboxId, opts.replicaId])).rows[0];
         if (up === undefined) throw new OhsError('OHS_ERR_INTERNAL', 'claim upsert returned no row');
