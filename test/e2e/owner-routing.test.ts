@@ -1,6 +1,7 @@
 // The product's core job (issue: owner-routed forwarding): three replicas, each behind its
 // sidecar, behind a round-robin Service. Supervisors and clients land anywhere; every
 // sandbox-scoped request still reaches the replica that holds the sandbox's session.
+import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../harness/cluster.ts';
 import { GatewayStore } from '../harness/gateway/store.ts';
@@ -89,6 +90,30 @@ describe('owner-routed forwarding across three replicas', () => {
     } finally {
       viaNonOwner.close();
       viaOwner.close();
+    }
+  });
+
+  it('WatchSandbox through a non-owner is routed and streams the sandbox snapshot', async () => {
+    const o = await owners();
+    const sandbox = sandboxes[2]!;
+    const nonOwner = cluster.replicas.find((r) => r.name !== o.get(sandbox))!;
+    const client = gatewayClient(`127.0.0.1:${nonOwner.publicPort}`);
+    try {
+      const call = (client.WatchSandbox as (r: unknown) => grpc.ClientReadableStream<{ sandbox?: { phase: number; metadata: { id: string } } }>).call(
+        client,
+        { id: sandbox, follow_status: true },
+      );
+      const first = await new Promise<{ phase: number; id: string }>((resolve, reject) => {
+        call.once('data', (ev: { sandbox?: { phase: number; metadata: { id: string } } }) =>
+          resolve({ phase: ev.sandbox?.phase ?? -1, id: ev.sandbox?.metadata.id ?? '' }),
+        );
+        call.once('error', reject);
+      });
+      expect(first).toEqual({ phase: 2, id: sandbox });
+      call.on('error', () => undefined);
+      call.cancel();
+    } finally {
+      client.close();
     }
   });
 

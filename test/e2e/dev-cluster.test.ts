@@ -1,0 +1,63 @@
+// `openshell-ha-sidecar dev-cluster --json`: the local cluster an operator (and `make demo`)
+// starts. It must come up, describe itself in one JSON document, route SSH through its
+// balancer, and clean up after SIGTERM.
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import pg from 'pg';
+import { afterAll, expect, it } from 'vitest';
+import { tsEntry } from '../harness/process.ts';
+import { TEST_DATABASE_URL } from '../helpers/services.ts';
+import { sshViaGateway } from '../helpers/ssh-client.ts';
+
+interface DevClusterDoc {
+  database: string;
+  balancer: string;
+  replicas: Array<{ name: string; public: string; peer: string; admin: string; gateway: string }>;
+  sandboxes: Array<{ id: string; token: string }>;
+}
+
+const [exe, ...args] = tsEntry('src/main.ts');
+const child = spawn(exe!, [...args, 'dev-cluster', '--replicas', '2', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+afterAll(() => {
+  if (child.exitCode === null) child.kill('SIGKILL');
+});
+
+it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', async () => {
+  const doc = await new Promise<DevClusterDoc>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('dev-cluster printed no JSON in time')), 60_000);
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.startsWith('{')) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as DevClusterDoc);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`dev-cluster exited early (${code})`)));
+  });
+  expect(doc.replicas).toHaveLength(2);
+  expect(doc.sandboxes).toHaveLength(2);
+  const [host, port] = doc.balancer.split(':');
+  for (const s of doc.sandboxes) {
+    for (let i = 0; i < 2; i++) {
+      const res = await sshViaGateway({ host: host!, port: Number(port), sandboxId: s.id, token: s.token, command: 'sandbox-id' });
+      expect(res.status).toBe(200);
+      expect(res.stdout.trim()).toBe(s.id);
+    }
+  }
+  const metrics = await (await fetch(`http://${doc.replicas[0]!.admin}/metrics`)).text();
+  expect(metrics).toContain('ohs_requests_total');
+
+  child.kill('SIGTERM');
+  expect(await exited).toBe(0);
+  // Its throwaway database is gone.
+  const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await c.connect();
+  try {
+    const name = new URL(doc.database).pathname.slice(1);
+    const res = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
+    expect(res.rowCount).toBe(0);
+  } finally {
+    await c.end();
+  }
+}, 120_000);
