@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
 import type { ProxyContext } from './context.ts';
 import { handlePublicStream, type DownstreamConnection } from './grpc-streams.ts';
-import { handleConnect, splice, writeHttpError } from './tunnel.ts';
+import { handleConnect, requestHead, splice, writeHttpError } from './tunnel.ts';
 
 const PREFACE_TIMEOUT_MS = 10_000;
 
@@ -141,13 +141,8 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
 /** Upgrades (e.g. /_ws_tunnel) are passed through byte for byte to the local gateway. */
 function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', () => undefined);
-  let raw = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\n`;
-  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
-    const name = req.rawHeaders[i] as string;
-    if (!name.toLowerCase().startsWith('x-ohs-')) raw += `${name}: ${req.rawHeaders[i + 1] as string}\r\n`;
-  }
   const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort }, () => {
-    upstream.write(Buffer.concat([Buffer.from(`${raw}\r\n`, 'latin1'), head]));
+    upstream.write(Buffer.concat([requestHead(req), head]));
     splice(socket, upstream, () => undefined);
   });
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));

@@ -13,8 +13,9 @@ import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 
-export function connectHead(req: IncomingMessage): Buffer {
-  let head = `${req.method ?? 'CONNECT'} ${req.url ?? ''} HTTP/1.1\r\n`;
+/** The request line and headers as received, minus x-ohs-* headers, to replay upstream. */
+export function requestHead(req: IncomingMessage): Buffer {
+  let head = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\n`;
   const raw = req.rawHeaders;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
@@ -55,7 +56,7 @@ export function splice(a: Duplex, b: Duplex, onClose: () => void, onBytes?: (dir
 export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', (err) => connLog.debug({ err: err.message }, 'tunnel client socket error'));
   const cls = classifyHttp1(req.method ?? '', req.url ?? '');
-  const rawHead = Buffer.concat([connectHead(req), head]);
+  const rawHead = Buffer.concat([requestHead(req), head]);
   const sandboxHeader = req.headers['x-sandbox-id'];
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
   const log = connLog.child({ class: cls, sandbox: sandboxId });
