@@ -6,8 +6,9 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { Cluster } from '../../test/harness/cluster.ts';
+import { startGateway } from '../../test/harness/gateway/server.ts';
 import { GatewayStore } from '../../test/harness/gateway/store.ts';
-import { tsEntry } from '../../test/harness/process.ts';
+import { startProcess, tsEntry } from '../../test/harness/process.ts';
 import { startSupervisorFleet } from '../../test/harness/supervisor/fleet.ts';
 import { sshViaGateway } from '../../test/helpers/ssh-client.ts';
 
@@ -74,6 +75,7 @@ export async function runDevCluster(argv: string[]): Promise<void> {
       'database-url': { type: 'string' },
       'redis-url': { type: 'string' },
       'log-level': { type: 'string', default: 'warn' },
+      embedded: { type: 'boolean', default: false },
     },
   });
   const replicas = Math.max(1, Number(values.replicas));
@@ -83,10 +85,16 @@ export async function runDevCluster(argv: string[]): Promise<void> {
   };
   const adminUrl = values['database-url'] ?? process.env.OHS_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
   let db;
-  try {
-    db = await createDatabase(adminUrl);
-  } catch (err) {
-    throw new Error(`dev-cluster needs a reachable PostgreSQL for the gateway emulators (${adminUrl}): ${(err as Error).message}`);
+  if (!values.embedded) {
+    try {
+      db = await createDatabase(adminUrl);
+    } catch (err) {
+      say(`postgres not reachable at ${adminUrl} (${(err as Error).message}): starting one embedded replica instead`);
+    }
+  }
+  if (!db) {
+    await runEmbedded(sandboxCount, values.json ?? false, values['log-level'] ?? 'warn', say);
+    return;
   }
   const redisUrl = values['redis-url'] ?? process.env.OHS_REDIS_URL ?? DEFAULT_REDIS_URL;
   const useRedis = await redisReachable(redisUrl);
@@ -191,4 +199,65 @@ export async function runDevCluster(argv: string[]): Promise<void> {
     process.once('SIGTERM', () => resolve());
   });
   await shutdown();
+}
+
+/**
+ * No Postgres: one gateway emulator with in-memory state (in this process) behind one sidecar in
+ * embedded mode (no database, no Redis), the sidecar's documented single-replica default.
+ */
+async function runEmbedded(sandboxCount: number, json: boolean, logLevel: string, say: (line: string) => void): Promise<void> {
+  const gw = await startGateway({ replica: 'gateway-embedded' });
+  let sidecar;
+  try {
+    sidecar = await startProcess('sidecar', [
+      ...selfCommand(),
+      '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
+      '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'embedded', '--log-level', logLevel,
+    ]);
+  } catch (err) {
+    await gw.close();
+    throw err;
+  }
+  const publicPort = sidecar.ready.listenPort as number;
+  const adminPort = sidecar.ready.adminPort as number;
+  const ids: string[] = [];
+  for (let i = 0; i < sandboxCount; i++) ids.push((await gw.store.createSandbox({ name: `demo-${i + 1}` })).id);
+  const fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${publicPort}`, sandboxIds: ids });
+  await fleet.waitAllConnected(30_000);
+  const tokens = await Promise.all(ids.map((id) => gw.store.createSshSession(id, 86_400)));
+  if (json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        mode: 'embedded',
+        database: null,
+        redis: null,
+        balancer: `127.0.0.1:${publicPort}`,
+        replicas: [{ name: 'embedded', public: `127.0.0.1:${publicPort}`, peer: null, admin: `127.0.0.1:${adminPort}`, gateway: `127.0.0.1:${gw.port}` }],
+        sandboxes: tokens.map((t) => ({ id: t.sandboxId, token: t.token })),
+      })}\n`,
+    );
+  } else {
+    say('');
+    say(`OpenShell HA dev cluster, embedded: 1 gateway emulator (in-memory state) behind 1 sidecar (no database, no Redis), ${sandboxCount} sandboxes`);
+    say(`  sidecar public 127.0.0.1:${publicPort}  admin http://127.0.0.1:${adminPort}/metrics  gateway 127.0.0.1:${gw.port}`);
+    say('');
+    let ok = 0;
+    for (const t of tokens) {
+      const res = await sshViaGateway({ host: '127.0.0.1', port: publicPort, sandboxId: t.sandboxId, token: t.token, command: 'sandbox-id' });
+      const good = res.status === 200 && res.stdout.trim() === t.sandboxId;
+      if (good) ok++;
+      say(`  ssh ${t.sandboxId.slice(0, 8)}… through the sidecar → ${good ? 'ok' : `FAILED (${res.status})`}`);
+    }
+    say(`  ${ok}/${tokens.length} succeeded`);
+    say('');
+    say('Running; Ctrl-C (SIGINT) or SIGTERM stops it.');
+  }
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+  say('stopping…');
+  await fleet.stop();
+  await sidecar.kill('SIGTERM');
+  await gw.close();
 }

@@ -335,6 +335,9 @@ async function routeKeyed(
   let target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
+  let notOwnerRetried = false;
+  // At most: one hop to an owner that proves unreachable, a held re-resolve, and one retry after
+  // a "not owner" answer (DESIGN §4: re-resolve and retry once).
   for (let attempt = 0; attempt < 3; attempt++) {
     if (stream.destroyed) return;
     if (target.kind === 'local') {
@@ -342,9 +345,13 @@ async function routeKeyed(
       await forwardLocal(ctx, stream, headers, cls, log, prefix);
       return;
     }
-    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, prefix, attempt, log);
+    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, prefix, log);
     if (outcome.kind === 'done') return;
-    // Not owner or unreachable: nothing reached a gateway, so re-resolve (holding if needed) and retry.
+    if (outcome.why === 'not-owner') {
+      if (notOwnerRetried) break;
+      notOwnerRetried = true;
+    }
+    // Nothing reached a gateway, so re-resolve (holding if needed) and send it again.
     prefix = outcome.replay.bytes;
     if (outcome.why === 'unreachable') exclude = target;
     const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
@@ -365,7 +372,6 @@ function forwardToPeer(
   sandboxId: string,
   target: PeerTarget,
   prefix: Buffer,
-  attempt: number,
   log: Logger,
 ): Promise<PeerOutcome> {
   return new Promise((resolve) => {
@@ -401,9 +407,9 @@ function forwardToPeer(
               const replay = handle.abandon();
               done('not_owner');
               ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'not_owner' });
-              plog.info({ hint: res[PEER_OWNER_HINT], attempt }, 'peer is not the owner');
+              plog.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
               settled = true;
-              if (replay && attempt < 2) resolve({ kind: 'retry', replay, why: 'not-owner' });
+              if (replay) resolve({ kind: 'retry', replay, why: 'not-owner' });
               else {
                 respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
                 resolve({ kind: 'done' });
@@ -426,11 +432,7 @@ function forwardToPeer(
         // Could not even connect: nothing was sent anywhere, so the request can go elsewhere.
         ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'unreachable' });
         plog.warn({ err: (err as Error).message }, 'owner replica unreachable');
-        if (attempt < 2) resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
-        else {
-          respondGrpcError(stream, 14, `owner replica ${target.replicaId} unreachable`);
-          resolve({ kind: 'done' });
-        }
+        resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
       },
     );
   });

@@ -93,6 +93,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     // Held while no owner is reachable; past the bound the local gateway answers as it would.
     let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
     let exclude: PeerTarget | undefined;
+    let notOwnerRetried = false;
     for (let attempt = 0; attempt < 3; attempt++) {
       if (socket.destroyed) return;
       if (target.kind === 'local') {
@@ -101,6 +102,10 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
       }
       const result = await tunnelToPeer(ctx, log, socket, rawHead, sandboxId, target);
       if (result === 'done') return;
+      if (result === 'not-owner') {
+        if (notOwnerRetried) break;
+        notOwnerRetried = true;
+      }
       if (result === 'unreachable') exclude = target;
       const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
       log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');

@@ -61,3 +61,30 @@ it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', as
     await c.end();
   }
 }, 120_000);
+
+it('without Postgres (forced with --embedded) it runs one embedded replica that still routes SSH', async () => {
+  const [e, ...a] = tsEntry('src/main.ts');
+  const proc = spawn(e!, [...a, 'dev-cluster', '--embedded', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const done = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  try {
+    const doc = await new Promise<DevClusterDoc & { mode: string }>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no JSON in time')), 60_000);
+      createInterface({ input: proc.stdout! }).on('line', (line) => {
+        if (line.startsWith('{')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line) as DevClusterDoc & { mode: string });
+        }
+      });
+    });
+    expect(doc.mode).toBe('embedded');
+    const [host, port] = doc.balancer.split(':');
+    for (const s of doc.sandboxes) {
+      const res = await sshViaGateway({ host: host!, port: Number(port), sandboxId: s.id, token: s.token, command: 'sandbox-id' });
+      expect(res.stdout.trim()).toBe(s.id);
+    }
+    proc.kill('SIGTERM');
+    expect(await done).toBe(0);
+  } finally {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
+  }
+}, 120_000);

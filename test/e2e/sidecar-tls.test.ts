@@ -1,9 +1,6 @@
 // The public listener with TLS: gRPC (ALPN h2) and HTTP/1.1 CONNECT both work over TLS, and a
 // client without a certificate is refused when a client CA is configured.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { Client as SshClient } from 'ssh2';
@@ -12,29 +9,20 @@ import { startGateway, type Gateway } from '../harness/gateway/server.ts';
 import { startProcess, tsEntry, type ManagedProcess } from '../harness/process.ts';
 import { openShellClient } from '../harness/proto.ts';
 import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { makeTestPki, type TestPki } from '../helpers/certs.ts';
 import { exec, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
 
-let dir: string;
+let pki: TestPki;
 let db: TestDatabase;
 let gw: Gateway;
 let sidecar: ManagedProcess;
 let fleet: Awaited<ReturnType<typeof startSupervisorFleet>>;
 let sandbox: string;
 
-function openssl(args: string[]): void {
-  execFileSync('openssl', args, { stdio: 'ignore' });
-}
-
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ohs-tls-'));
-  const f = (n: string): string => join(dir, n);
   // A CA, a server cert for 127.0.0.1 and a client cert, all signed by that CA.
-  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '1', '-subj', '/CN=ohs-test-ca']);
-  for (const who of ['server', 'client']) {
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f(`${who}.key`), '-out', f(`${who}.csr`), '-subj', `/CN=${who}`]);
-    openssl(['x509', '-req', '-in', f(`${who}.csr`), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f(`${who}.crt`), '-days', '1']);
-  }
+  pki = makeTestPki();
   db = await createTestDatabase('sidecar_tls');
   gw = await startGateway({ databaseUrl: db.url, replica: 'gw-tls' });
   sandbox = (await gw.store.createSandbox()).id;
@@ -45,7 +33,7 @@ beforeAll(async () => {
     ...tsEntry('src/main.ts'),
     '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
     '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'tls',
-    '--tls-cert', f('server.crt'), '--tls-key', f('server.key'), '--tls-client-ca', f('ca.crt'),
+    '--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-client-ca', pki.ca,
   ]);
 }, 60_000);
 
@@ -54,19 +42,23 @@ afterAll(async () => {
   await fleet?.stop();
   await gw?.close();
   await db?.drop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  pki?.cleanup();
 });
 
+// grpc-js would send the IP target as SNI (a DEP0123 warning); verify against localhost instead.
+const CLIENT_OPTIONS = { 'grpc.ssl_target_name_override': 'localhost' };
+
 function creds(withClientCert: boolean): grpc.ChannelCredentials {
-  const f = (n: string): Buffer => readFileSync(join(dir, n));
+  // Default identity check: the server certificate carries DNS:localhost (and IP:127.0.0.1).
+  const ca = readFileSync(pki.ca);
   return withClientCert
-    ? grpc.credentials.createSsl(f('ca.crt'), f('client.key'), f('client.crt'), { checkServerIdentity: () => undefined })
-    : grpc.credentials.createSsl(f('ca.crt'), null, null, { checkServerIdentity: () => undefined });
+    ? grpc.credentials.createSsl(ca, readFileSync(pki.clientKey), readFileSync(pki.clientCert))
+    : grpc.credentials.createSsl(ca, null, null);
 }
 
 it('gRPC over TLS with a client certificate reaches the gateway through the sidecar', async () => {
   const Ctor = openShellClient();
-  const client = new Ctor(`127.0.0.1:${sidecar.ready.listenPort as number}`, creds(true)) as unknown as OpenShellClient;
+  const client = new Ctor(`127.0.0.1:${sidecar.ready.listenPort as number}`, creds(true), CLIENT_OPTIONS) as unknown as OpenShellClient;
   try {
     const r = await exec(client, sandbox, ['sandbox-id']);
     expect(r.stdout.trim()).toBe(sandbox);
@@ -76,9 +68,14 @@ it('gRPC over TLS with a client certificate reaches the gateway through the side
 });
 
 it('CONNECT over TLS (HTTP/1.1, no ALPN) carries an SSH session', async () => {
-  const f = (n: string): Buffer => readFileSync(join(dir, n));
   const token = (await gw.store.createSshSession(sandbox, 3600)).token;
-  const sock = tls.connect({ host: '127.0.0.1', servername: 'server', port: sidecar.ready.listenPort as number, ca: f('ca.crt'), key: f('client.key'), cert: f('client.crt'), checkServerIdentity: () => undefined });
+  const sock = tls.connect({
+    host: '127.0.0.1',
+    port: sidecar.ready.listenPort as number,
+    ca: readFileSync(pki.ca),
+    key: readFileSync(pki.clientKey),
+    cert: readFileSync(pki.clientCert),
+  });
   await new Promise<void>((resolve, reject) => {
     sock.once('secureConnect', () => resolve());
     sock.once('error', reject);
@@ -121,7 +118,7 @@ it('CONNECT over TLS (HTTP/1.1, no ALPN) carries an SSH session', async () => {
 
 it('a client without a certificate is refused when a client CA is configured', async () => {
   const Ctor = openShellClient();
-  const client = new Ctor(`127.0.0.1:${sidecar.ready.listenPort as number}`, creds(false)) as unknown as OpenShellClient;
+  const client = new Ctor(`127.0.0.1:${sidecar.ready.listenPort as number}`, creds(false), CLIENT_OPTIONS) as unknown as OpenShellClient;
   try {
     await expect(exec(client, sandbox, ['echo'])).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
   } finally {

@@ -4,7 +4,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../harness/gateway/server.ts';
 import { Phase, type GatewayMessage, type SupervisorMessage } from '../harness/proto.ts';
-import { gatewayClient, type OpenShellClient } from '../helpers/grpc-client.ts';
+import { gatewayClient, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
 
 let db: TestDatabase;
@@ -90,5 +90,23 @@ describe('supervisor sessions', () => {
     expect(gwB.registry.has(sandbox)).toBe(true);
     expect((await gwB.store.getSandbox(sandbox))?.phase).toBe(Phase.PROVISIONING);
     onB.call.cancel();
+  });
+});
+
+describe('log buffers', () => {
+  it('logs pushed to one replica are not readable on another', async () => {
+    const sandbox = (await gwA.store.createSandbox()).id;
+    const viaA = gatewayClient(`127.0.0.1:${gwA.port}`);
+    const viaB = gatewayClient(`127.0.0.1:${gwB.port}`);
+    clients.push(viaA, viaB);
+    await pushLogs(viaA, [{ sandbox_id: sandbox, logs: [{ message: 'line one' }, { message: 'line two' }] }]);
+    type LogsResponse = { logs: Array<{ message: string }>; buffer_total: number };
+    const onA = await unary<LogsResponse>(viaA, 'GetSandboxLogs', { sandbox_id: sandbox });
+    expect(onA.logs.map((l) => l.message)).toEqual(['line one', 'line two']);
+    expect(onA.buffer_total).toBe(2);
+    // The log buffer is per process: the other replica never saw the push.
+    const onB = await unary<LogsResponse>(viaB, 'GetSandboxLogs', { sandbox_id: sandbox });
+    expect(onB.logs).toEqual([]);
+    expect(onB.buffer_total).toBe(0);
   });
 });

@@ -12,14 +12,15 @@ import { LogBus, WatchBus } from './buses.ts';
 import { SessionRegistry } from './registry.ts';
 import { gatewayServiceImplementation, type GatewayContext } from './service.ts';
 import { SshSlots, handleSshConnect, writeStatus } from './ssh-tunnel.ts';
-import { GatewayStore } from './store.ts';
+import { GatewayStore, MemoryGatewayStore, type GatewayPersistence } from './store.ts';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** tonic's MAX_GRPC_DECODE_SIZE (reference §1.1). */
 export const MAX_GRPC_MESSAGE_BYTES = 1024 * 1024;
 
 export interface GatewayOptions {
-  databaseUrl: string;
+  /** Postgres with the gateway's real schema; without it the replica keeps its state in memory. */
+  databaseUrl?: string;
   replica: string;
   host?: string;
   port?: number;
@@ -34,7 +35,7 @@ export interface Gateway {
   port: number;
   healthPort: number;
   replica: string;
-  store: GatewayStore;
+  store: GatewayPersistence;
   registry: SessionRegistry;
   logs: LogBus;
   slots: SshSlots;
@@ -54,7 +55,7 @@ function listen(server: net.Server, host: string, port: number): Promise<number>
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const logger = (opts.logger ?? pino({ level: 'silent' })).child({ replica: opts.replica });
   const host = opts.host ?? '127.0.0.1';
-  const store = new GatewayStore(opts.databaseUrl);
+  const store: GatewayPersistence = opts.databaseUrl ? new GatewayStore(opts.databaseUrl) : new MemoryGatewayStore();
   await store.migrate();
   const registry = new SessionRegistry();
   const logs = new LogBus();

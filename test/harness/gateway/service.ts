@@ -26,7 +26,7 @@ import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../supervisor/ssh-server
 import type { LogBus, WatchBus } from './buses.ts';
 import { GatewayError, type LiveSession, type SessionRegistry } from './registry.ts';
 import { relayDuplex } from './relay-duplex.ts';
-import type { GatewayStore } from './store.ts';
+import type { GatewayPersistence } from './store.ts';
 
 export const EXEC_SESSION_WAIT_MS = 15_000;
 export const SSH_SESSION_TTL_SECS = 86_400;
@@ -34,7 +34,7 @@ export const SSH_SESSION_TTL_SECS = 86_400;
 export interface GatewayContext {
   replica: string;
   version: string;
-  store: GatewayStore;
+  store: GatewayPersistence;
   registry: SessionRegistry;
   logs: LogBus;
   watch: WatchBus;

@@ -61,7 +61,21 @@ interface SandboxPayload {
   [key: string]: unknown;
 }
 
-export class GatewayStore {
+/** What the gateway emulator persists; Postgres (the real schema) or memory (dev-cluster without a database). */
+export interface GatewayPersistence {
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+  createSandbox(opts?: { id?: string; name?: string; phase?: PhaseValue }): Promise<SandboxRow>;
+  getSandbox(id: string): Promise<SandboxRow | null>;
+  getSandboxMessage(id: string): Promise<Record<string, unknown> | null>;
+  writePhase(sandboxId: string, phase: PhaseValue, replica: string, reason: string): Promise<boolean>;
+  phaseHistory(sandboxId: string): Promise<PhaseWrite[]>;
+  createSshSession(sandboxId: string, ttlSecs: number): Promise<SshSessionRow>;
+  getSshSession(token: string): Promise<SshSessionRow | null>;
+  updateSshSession(token: string, patch: { revoked?: boolean; expiresAtMs?: number }): Promise<void>;
+}
+
+export class GatewayStore implements GatewayPersistence {
   readonly pool: pg.Pool;
 
   constructor(databaseUrl: string) {
@@ -222,5 +236,73 @@ export class GatewayStore {
       token,
       payload,
     ]);
+  }
+}
+
+/**
+ * In-memory persistence for a single emulator replica (like the real gateway's SQLite mode):
+ * the same payload encoding, nothing shared between processes.
+ */
+export class MemoryGatewayStore implements GatewayPersistence {
+  private readonly sandboxes = new Map<string, Buffer>();
+  private readonly sessions = new Map<string, Buffer>();
+  private readonly history: PhaseWrite[] = [];
+
+  async migrate(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  async createSandbox(opts: { id?: string; name?: string; phase?: PhaseValue } = {}): Promise<SandboxRow> {
+    const id = opts.id ?? randomUUID();
+    const name = opts.name ?? `sandbox-${id.slice(0, 8)}`;
+    const phase = opts.phase ?? Phase.PROVISIONING;
+    this.sandboxes.set(id, encodeMessage('Sandbox', { metadata: { id, name, created_at_ms: Date.now() }, status: { sandbox_name: name }, phase }));
+    return { id, name, phase };
+  }
+
+  async getSandbox(id: string): Promise<SandboxRow | null> {
+    const payload = this.sandboxes.get(id);
+    if (!payload) return null;
+    const s = decodeMessage<SandboxPayload>('Sandbox', payload);
+    return { id, name: s.metadata.name, phase: s.phase as PhaseValue };
+  }
+
+  async getSandboxMessage(id: string): Promise<Record<string, unknown> | null> {
+    const payload = this.sandboxes.get(id);
+    return payload ? decodeMessage('Sandbox', payload) : null;
+  }
+
+  async writePhase(sandboxId: string, phase: PhaseValue, replica: string, reason: string): Promise<boolean> {
+    const payload = this.sandboxes.get(sandboxId);
+    if (!payload) return false;
+    const s = decodeMessage<SandboxPayload>('Sandbox', payload);
+    s.phase = phase;
+    this.sandboxes.set(sandboxId, encodeMessage('Sandbox', s));
+    this.history.push({ seq: this.history.length + 1, sandboxId, phase, replica, reason });
+    return true;
+  }
+
+  async phaseHistory(sandboxId: string): Promise<PhaseWrite[]> {
+    return this.history.filter((h) => h.sandboxId === sandboxId);
+  }
+
+  async createSshSession(sandboxId: string, ttlSecs: number): Promise<SshSessionRow> {
+    const token = randomUUID();
+    const expiresAtMs = ttlSecs > 0 ? Date.now() + ttlSecs * 1000 : 0;
+    this.sessions.set(token, encodeMessage('SshSession', { metadata: { id: token, name: `ssh-${token.slice(0, 8)}` }, sandbox_id: sandboxId, token, expires_at_ms: expiresAtMs, revoked: false }));
+    return { token, sandboxId, expiresAtMs, revoked: false };
+  }
+
+  async getSshSession(token: string): Promise<SshSessionRow | null> {
+    const payload = this.sessions.get(token);
+    if (!payload) return null;
+    const s = decodeMessage<{ sandbox_id: string; expires_at_ms: number; revoked: boolean }>('SshSession', payload);
+    return { token, sandboxId: s.sandbox_id, expiresAtMs: Number(s.expires_at_ms), revoked: s.revoked };
+  }
+
+  async updateSshSession(token: string, patch: { revoked?: boolean; expiresAtMs?: number }): Promise<void> {
+    const cur = await this.getSshSession(token);
+    if (!cur) throw new Error(`no ssh_session ${token}`);
+    this.sessions.set(token, encodeMessage('SshSession', { metadata: { id: token }, sandbox_id: cur.sandboxId, token, expires_at_ms: patch.expiresAtMs ?? cur.expiresAtMs, revoked: patch.revoked ?? cur.revoked }));
   }
 }
