@@ -109,7 +109,8 @@ export const CONFIG_DEFAULTS = {
   // Refused peer port: the sidecar is gone and so are its upstream connections; its gateway (same
   // pod, loopback) sees them close at once and writes Provisioning within milliseconds.
   handoffRefusedGraceMs: 150,
-  handoffDisconnectWaitMs: 2_000,
+  // Ends as soon as the gateway's write is seen; the bound only matters when the write is slow or never comes.
+  handoffDisconnectWaitMs: 5_000,
   peerConnectTimeoutMs: 2_000,
   upstreamConnectTimeoutMs: 5_000,
   shutdownGraceMs: 25_000,

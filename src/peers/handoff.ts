@@ -109,6 +109,7 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
   const started = Date.now();
   const before = await ctx.gatewayObjects.sandboxFingerprint(sandboxId);
   const closed = ctx.localSessions.closeIf(sandboxId, epoch);
+  let sawWrite: boolean | null = null;
   if (closed) {
     // The gateway's disconnect write (Provisioning) follows the stream's end; wait until the row
     // changes, or a bounded time when the row cannot be read.
@@ -116,15 +117,20 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
     if (before === undefined) {
       await sleep(Math.min(300, ctx.config.handoffDisconnectWaitMs));
     } else {
+      sawWrite = false;
       while (Date.now() < limit) {
         await sleep(25);
         const now = await ctx.gatewayObjects.sandboxFingerprint(sandboxId);
-        if (now !== before) break;
+        if (now !== before) {
+          sawWrite = true;
+          break;
+        }
       }
+      if (!sawWrite) log.warn({ sandbox: sandboxId, waitedMs: Date.now() - started }, "gateway's disconnect write not seen within the bound; acknowledging anyway");
     }
   }
   const waitedMs = Date.now() - started;
-  log.info({ sandbox: sandboxId, epoch, closed, waitedMs, origin: headers[PEER_ORIGIN] }, closed ? 'released supervisor session for a new owner' : 'release requested for a session not held here');
+  log.info({ sandbox: sandboxId, epoch, closed, sawWrite, waitedMs, origin: headers[PEER_ORIGIN] }, closed ? 'released supervisor session for a new owner' : 'release requested for a session not held here');
   if (stream.destroyed) return;
   stream.respond({ ':status': 200, 'content-type': 'application/json' });
   stream.end(JSON.stringify({ released: closed, waitedMs }));

@@ -178,7 +178,13 @@ describe('fenced handoff (default): a partitioned old owner never overwrites the
     for (let i = 0; i < FENCED_REPS; i++) {
       const r = await moveOnce(e, i % 2, (i + 1) % 2);
       fenced += r.fencedProvisioning;
-      if (r.hazard || r.phase !== Phase.READY) hazards.push(`rep ${i + 1} ${r.from}→${r.to}: phase ${r.phase}; ${describeWrites(r.writes)}`);
+      if (r.hazard || r.phase !== Phase.READY) {
+        hazards.push(`rep ${i + 1} ${r.from}→${r.to}: phase ${r.phase}; ${describeWrites(r.writes)}`);
+        // Diagnosis: what the sidecars said about the handoff (warnings only at this log level).
+        for (const rep of e.cluster.replicas) {
+          for (const line of rep.sidecar?.output.slice(-20) ?? []) if (/handoff|release|disconnect write/.test(line)) console.log(`[${rep.name}] ${line}`);
+        }
+      }
       if (r.sshStatus !== 200 || r.sshStdout !== e.sandbox) sshFailures.push(`rep ${i + 1} ${r.from}→${r.to}: status ${r.sshStatus} stdout ${JSON.stringify(r.sshStdout)}`);
     }
     console.log(
