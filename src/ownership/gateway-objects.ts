@@ -3,30 +3,47 @@
 // write land. Never writes. When the table is not reachable (a separate database, an outage),
 // every answer is "unknown" and callers fall back to timed waits.
 import { createHash } from 'node:crypto';
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 import pg from 'pg';
 import type { Logger } from 'pino';
 
 export interface GatewayObjects {
   /** true/false when known, undefined when the table cannot be read. */
   sandboxExists(sandboxId: string): Promise<boolean | undefined>;
-  /** Fingerprint of the sandbox row (payload + updated_at_ms), undefined when unknown. */
-  sandboxFingerprint(sandboxId: string): Promise<string | undefined>;
+  /**
+   * Fingerprint of the sandbox row (payload + updated_at_ms) and its phase (seed layout:
+   * `Sandbox.phase`, field 4), undefined when unknown.
+   */
+  sandboxState(sandboxId: string): Promise<{ fingerprint: string; phase: number } | undefined>;
   close(): Promise<void>;
 }
 
-const QUERY_TIMEOUT_MS = 1_000;
+const QUERY_TIMEOUT_MS = 2_000;
+export const PHASE_READY = 2;
+
+/** `Sandbox.phase` (field 4, reference §3.2) read with a real wire reader; 0 when absent. */
+export function sandboxPhase(payload: Uint8Array): number {
+  const reader = new BinaryReader(payload);
+  let phase = 0;
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 4 && wireType === WireType.Varint) phase = reader.int32();
+    else reader.skip(wireType);
+  }
+  return phase;
+}
 
 export function createGatewayObjects(databaseUrl: string | undefined, logger: Logger): GatewayObjects {
   if (!databaseUrl) {
     return {
       sandboxExists: async () => undefined,
-      sandboxFingerprint: async () => undefined,
+      sandboxState: async () => undefined,
       close: async () => undefined,
     };
   }
   const pool = new pg.Pool({
     connectionString: databaseUrl,
-    max: 2,
+    max: 4,
     connectionTimeoutMillis: QUERY_TIMEOUT_MS,
     statement_timeout: QUERY_TIMEOUT_MS,
   });
@@ -53,10 +70,16 @@ export function createGatewayObjects(databaseUrl: string | undefined, logger: Lo
       const row = await read(sandboxId);
       return row === undefined ? undefined : row !== null;
     },
-    async sandboxFingerprint(sandboxId) {
+    async sandboxState(sandboxId) {
       const row = await read(sandboxId);
       if (!row) return undefined;
-      return createHash('sha256').update(row.payload).update(String(row.updated_at_ms)).digest('hex');
+      let phase = -1;
+      try {
+        phase = sandboxPhase(row.payload);
+      } catch {
+        // an undecodable payload still has a fingerprint
+      }
+      return { fingerprint: createHash('sha256').update(row.payload).update(String(row.updated_at_ms)).digest('hex'), phase };
     },
     close: () => pool.end().catch(() => undefined),
   };

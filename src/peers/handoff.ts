@@ -3,6 +3,7 @@
 // could land — or after the previous owner is provably gone.
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
+import { PHASE_READY } from '../ownership/gateway-objects.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { PEER_EPOCH, PEER_ORIGIN, PEER_SANDBOX, peerHeaders } from './protocol.ts';
@@ -107,27 +108,23 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
   const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const started = Date.now();
-  const before = await ctx.gatewayObjects.sandboxFingerprint(sandboxId);
+  const before = await ctx.gatewayObjects.sandboxState(sandboxId);
   const closed = ctx.localSessions.closeIf(sandboxId, epoch);
   let sawWrite: boolean | null = null;
   if (closed) {
-    // The gateway's disconnect write (Provisioning) follows the stream's end; wait until the row
-    // changes, or a bounded time when the row cannot be read.
+    // The gateway's disconnect write (Provisioning) follows the stream's end. Wait until the row
+    // changes; if its earlier state could not be read, until it is no longer Ready.
     const limit = Date.now() + ctx.config.handoffDisconnectWaitMs;
-    if (before === undefined) {
-      await sleep(Math.min(300, ctx.config.handoffDisconnectWaitMs));
-    } else {
-      sawWrite = false;
-      while (Date.now() < limit) {
-        await sleep(25);
-        const now = await ctx.gatewayObjects.sandboxFingerprint(sandboxId);
-        if (now !== before) {
-          sawWrite = true;
-          break;
-        }
+    sawWrite = false;
+    while (Date.now() < limit) {
+      await sleep(25);
+      const now = await ctx.gatewayObjects.sandboxState(sandboxId);
+      if (now && (before ? now.fingerprint !== before.fingerprint : now.phase !== PHASE_READY)) {
+        sawWrite = true;
+        break;
       }
-      if (!sawWrite) log.warn({ sandbox: sandboxId, waitedMs: Date.now() - started }, "gateway's disconnect write not seen within the bound; acknowledging anyway");
     }
+    if (!sawWrite) log.warn({ sandbox: sandboxId, waitedMs: Date.now() - started }, "gateway's disconnect write not seen within the bound; acknowledging anyway");
   }
   const waitedMs = Date.now() - started;
   log.info({ sandbox: sandboxId, epoch, closed, sawWrite, waitedMs, origin: headers[PEER_ORIGIN] }, closed ? 'released supervisor session for a new owner' : 'release requested for a session not held here');
