@@ -151,6 +151,7 @@ export function describeConfig(cfg: SidecarConfig): Record<string, unknown> {
   if (cfg.peerSecret !== undefined) out['peerSecret'] = '[redacted]';
   if (cfg.databaseUrl !== undefined) out['databaseUrl'] = redactUrl(cfg.databaseUrl);
   if (cfg.redisUrl !== undefined) out['redisUrl'] = redactUrl(cfg.redisUrl);
+  if (cfg.gatewayDatabaseUrl !== undefined) out['gatewayDatabaseUrl'] = redactUrl(cfg.gatewayDatabaseUrl);
   return out;
 }
 

@@ -309,3 +309,16 @@ describe('result', () => {
     expect(cfg.peerSecret).toBe(SECRET);
   });
 });
+
+describe('describeConfig redaction', () => {
+  it('hides the password of every database URL, including the gateway database', () => {
+    const cfg = loadConfig({
+      argv: ['--database-url', 'postgres://u:pw1@h/db', '--gateway-database-url', 'postgres://g:pw2@h/db', '--peer-secret', '0123456789abcdef0123', '--peer-url', 'http://x:1'],
+      env: {},
+    });
+    const text = JSON.stringify(describeConfig(cfg));
+    expect(text).not.toContain('pw1');
+    expect(text).not.toContain('pw2');
+    expect(text).not.toContain('0123456789abcdef0123');
+  });
+});
