@@ -53,6 +53,12 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
     try {
       key = extractRoutingKey(cls as KeyedGrpcClass, message);
     } catch (err) {
+      // The gateway skips log batches with an empty sandbox id (reference §2.0): such a stream
+      // has nowhere better to go than the local gateway, which answers as it always does.
+      if (cls === 'logs-push' && toOhsError(err).code === 'OHS_ERR_MISSING_ROUTING_KEY') {
+        void forwardLocal(ctx, stream, upHeaders, cls, log, frameBytes);
+        return;
+      }
       return rejectStream(ctx, stream, cls, log, err);
     }
     if (!('sandboxId' in key)) return rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_MISSING_ROUTING_KEY', 'no sandbox id'));

@@ -62,6 +62,15 @@ describe('embedded single-replica sidecar', () => {
     expect(logs.logs.map((l) => l.message)).toEqual(['via sidecar']);
   });
 
+  it('a log push whose first batch has no sandbox id goes to the gateway, which skips that batch', async () => {
+    await pushLogs(client, [
+      { sandbox_id: '', logs: [{ message: 'no id' }] },
+      { sandbox_id: sandboxes[1]!, logs: [{ message: 'after an empty batch' }] },
+    ]);
+    const logs = await unary<{ logs: Array<{ message: string }> }>(client, 'GetSandboxLogs', { sandbox_id: sandboxes[1]! });
+    expect(logs.logs.map((l) => l.message)).toEqual(['after an empty batch']);
+  });
+
   it('gateway errors keep their status through the sidecar', async () => {
     const tok = await unary<{ token: string }>(client, 'CreateSshSession', { sandbox_id: sandboxes[0]! });
     const res = await sshViaGateway({ host: '127.0.0.1', port, sandboxId: sandboxes[1]!, token: tok.token, command: 'echo' });
