@@ -7,7 +7,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
 import type { ProxyContext } from './context.ts';
-import { handlePublicStream, type DownstreamConnection } from './grpc-streams.ts';
+import { handlePublicStream } from './grpc-streams.ts';
+import type { DownstreamConnection } from './supervisor-streams.ts';
 import { handleConnect, requestHead, splice, writeHttpError } from './tunnel.ts';
 
 const PREFACE_TIMEOUT_MS = 10_000;

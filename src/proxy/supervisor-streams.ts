@@ -1,0 +1,182 @@
+// Supervisor connections (DESIGN §3, §4): the control stream claims ownership, fences the previous
+// owner and then reaches the local gateway over a 1:1 upstream connection that also carries the
+// supervisor's RelayStreams; claims and releases outlive a Postgres outage.
+import type http2 from 'node:http2';
+import type { Logger } from 'pino';
+import type { TrafficClass } from '../classify/classify.ts';
+import { fencePreviousOwner } from '../peers/handoff.ts';
+import type { OwnerRecord } from '../ownership/types.ts';
+import type { ProxyContext } from './context.ts';
+import { forwardStream, respondGrpcError } from './h2-forward.ts';
+import { connectSession } from './h2-sessions.ts';
+import { track } from './stream-tracking.ts';
+
+/** State of one downstream HTTP/2 connection. */
+export interface DownstreamConnection {
+  id: string;
+  log: Logger;
+  session: http2.ServerHttp2Session;
+  /**
+   * Set once a ConnectSupervisor stream arrives: the 1:1 upstream connection to the local
+   * gateway that carries this supervisor's control stream and all its RelayStreams (DESIGN §3).
+   */
+  supervisorUpstream?: Promise<http2.ClientHttp2Session>;
+}
+
+function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
+  if (!conn.supervisorUpstream) {
+    const p = connectSession(ctx.gatewayOrigin, {
+      connectTimeoutMs: ctx.config.upstreamConnectTimeoutMs,
+      windowBytes: ctx.config.h2InitialWindowBytes,
+    });
+    conn.supervisorUpstream = p;
+    p.then(
+      (up) => {
+        // 1:1 pairing: whichever side closes first closes the other, so the gateway's keepalive
+        // and disconnect handling see exactly what the supervisor's connection does.
+        const closeDown = (): void => {
+          if (!conn.session.destroyed) conn.session.destroy();
+        };
+        up.once('close', closeDown);
+        conn.session.once('close', () => {
+          up.off('close', closeDown);
+          if (!up.destroyed) up.destroy();
+        });
+        if (conn.session.destroyed) up.destroy();
+      },
+      () => undefined,
+    );
+  }
+  return conn.supervisorUpstream;
+}
+
+export async function forwardOnSupervisorConnection(
+  ctx: ProxyContext,
+  conn: DownstreamConnection,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  log: Logger,
+  prefix?: Buffer,
+  onDone?: () => void,
+): Promise<void> {
+  let up: http2.ClientHttp2Session;
+  try {
+    up = await connectSupervisorUpstream(ctx, conn);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'local gateway unreachable for supervisor connection');
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+    respondGrpcError(stream, 14, 'gateway unavailable');
+    onDone?.();
+    conn.session.destroy();
+    return;
+  }
+  const done = track(ctx, cls, 'local');
+  forwardStream(stream, up, headers, {
+    ...(prefix ? { prefix } : {}),
+    onDone: ({ reset, grpcStatus }) => {
+      done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+      onDone?.();
+    },
+  });
+}
+
+/** ConnectSupervisor: this replica becomes the owner (last connect wins), then the stream goes to the local gateway. */
+export async function supervisorControl(
+  ctx: ProxyContext,
+  conn: DownstreamConnection,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  sandboxId: string,
+  frameBytes: Buffer,
+  log: Logger,
+): Promise<void> {
+  const helloAt = Date.now();
+  let epoch = 0;
+  let previous: OwnerRecord | null = null;
+  try {
+    const claim = await ctx.store.claim(sandboxId);
+    epoch = claim.owner.epoch;
+    previous = claim.previous;
+    ctx.metrics.ownerClaimsTotal.inc();
+    if (previous && previous.replicaId !== ctx.store.replicaId) ctx.metrics.ownershipChangesTotal.inc();
+    log.info({ epoch, previous: previous ? `${previous.replicaId}@${previous.epoch}` : null }, 'supervisor connected; ownership claimed');
+  } catch (err) {
+    // The store being down must not keep a supervisor from its gateway: accept it locally and
+    // write the ownership once Postgres is back (DESIGN §4, outages).
+    log.warn({ err: (err as Error).message }, 'ownership claim failed; accepting supervisor locally, claim retried until the store is back');
+    retryClaimLater(ctx, sandboxId, log);
+  }
+  // Closing the downstream connection and its 1:1 upstream is what a fence asks of us: the
+  // gateway sees the disconnect and makes its Provisioning write (reference §6).
+  const sessionId = ctx.localSessions.set(sandboxId, epoch, () => {
+    conn.session.destroy();
+    void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
+  });
+  ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
+  ctx.store.setSessionCount(ctx.localSessions.size);
+  const release = (): void => {
+    // Only this stream's entry: a newer stream for the same sandbox may have replaced it.
+    const held = ctx.localSessions.removeSession(sandboxId, sessionId);
+    if (held === undefined) return;
+    ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
+    ctx.store.setSessionCount(ctx.localSessions.size);
+    log.info({ epoch: held }, 'supervisor disconnected; releasing ownership');
+    if (held > 0) releaseOwnership(ctx, sandboxId, held, log);
+  };
+  if (epoch > 0) await fencePreviousOwner(ctx, sandboxId, previous, log);
+  if (stream.destroyed) {
+    release();
+    return;
+  }
+  log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
+  await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release);
+}
+
+const STORE_RETRY_MS = 1_000;
+
+/** A supervisor accepted while Postgres was down: write its ownership as soon as Postgres is back. */
+function retryClaimLater(ctx: ProxyContext, sandboxId: string, log: Logger): void {
+  ctx.metrics.pendingStoreWrites.inc();
+  const attempt = async (): Promise<void> => {
+    if (ctx.localSessions.epoch(sandboxId) !== 0) {
+      ctx.metrics.pendingStoreWrites.dec();
+      return;
+    }
+    try {
+      const claim = await ctx.store.claim(sandboxId);
+      ctx.metrics.pendingStoreWrites.dec();
+      ctx.metrics.ownerClaimsTotal.inc();
+      if (ctx.localSessions.setEpoch(sandboxId, 0, claim.owner.epoch)) {
+        log.info({ epoch: claim.owner.epoch }, 'ownership written after the store came back');
+      } else {
+        // The session ended meanwhile: undo the claim so no wrong record stays behind.
+        releaseOwnership(ctx, sandboxId, claim.owner.epoch, log);
+      }
+    } catch {
+      setTimeout(() => void attempt(), STORE_RETRY_MS).unref();
+    }
+  };
+  setTimeout(() => void attempt(), STORE_RETRY_MS).unref();
+}
+
+/** Conditional release, retried while the store is down so no stale record is left behind. */
+function releaseOwnership(ctx: ProxyContext, sandboxId: string, epoch: number, log: Logger): void {
+  let pending = false;
+  const attempt = (): void => {
+    ctx.store.release(sandboxId, epoch).then(
+      () => {
+        if (pending) ctx.metrics.pendingStoreWrites.dec();
+      },
+      (err: unknown) => {
+        if (!pending) {
+          pending = true;
+          ctx.metrics.pendingStoreWrites.inc();
+          log.warn({ err: (err as Error).message, epoch }, 'ownership release failed; retrying until the store is back');
+        }
+        setTimeout(attempt, STORE_RETRY_MS).unref();
+      },
+    );
+  };
+  attempt();
+}
