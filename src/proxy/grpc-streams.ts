@@ -153,6 +153,28 @@ async function routeKeyed(
   frameBytes: Buffer,
   log: Logger,
 ): Promise<void> {
+  // Configured limits for gRPC classes (e.g. exec streams per sandbox) are checked here, at the
+  // ingress, before any peer hop; with no rule for the class this costs nothing.
+  const remote = stream.session?.socket?.remoteAddress;
+  let admission;
+  try {
+    admission = await ctx.limiter.acquire({ cls, sandboxId, ...(remote ? { clientAddress: remote } : {}) });
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'limit check failed');
+    respondGrpcError(stream, 14, 'connection limits unavailable');
+    return;
+  }
+  if (!admission.ok) {
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
+    log.info({ rule: admission.rule.name }, 'stream refused by limit');
+    respondGrpcError(stream, grpcStatusFor(admission.error), admission.error.message);
+    return;
+  }
+  if (stream.closed || stream.destroyed) {
+    admission.release();
+    return;
+  }
+  stream.once('close', admission.release);
   // Past the hold bound the local gateway answers exactly as it would without us.
   let target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let prefix = frameBytes;
