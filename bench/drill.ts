@@ -32,14 +32,9 @@ import { startProcess, tsEntry, type ManagedProcess } from '../test/harness/proc
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { openConnectTunnel, runSshCommand } from '../test/helpers/ssh-client.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { envInt, percentile } from './lib/stats.ts';
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got '${raw}'`);
-  return n;
-}
 
 const REPLICAS = 3;
 const SANDBOXES = 30;
@@ -64,37 +59,11 @@ const DRILL_FILE = join(dirname(RESULTS_FILE), 'drill.json');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Nearest-rank percentile of a sorted array. */
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1]!;
-}
-
 // Cleanup runs last-registered first, also on Ctrl-C and when the drill overruns its budget.
-const cleanups: Array<{ what: string; run: () => Promise<unknown> }> = [];
-let cleaning: Promise<void> | undefined;
-function cleanupAll(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const c of cleanups.splice(0).reverse()) {
-      try {
-        await c.run();
-      } catch (err) {
-        console.error(`cleanup (${c.what}) failed: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    void cleanupAll().finally(() => process.exit(130));
-  });
-}
+const cleanups = createCleanups();
 const watchdog = setTimeout(() => {
   console.error(`drill exceeded ${WHOLE_DRILL_MS / 1000} s: cleaning up`);
-  void cleanupAll().finally(() => process.exit(2));
+  void cleanups.runAll().finally(() => process.exit(2));
 }, WHOLE_DRILL_MS);
 watchdog.unref();
 
@@ -428,6 +397,6 @@ try {
 } catch (err) {
   console.error(`drill failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
 } finally {
-  await cleanupAll();
+  await cleanups.runAll();
 }
 process.exit(code);

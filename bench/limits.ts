@@ -24,17 +24,12 @@ import { startProcess, tsEntry } from '../test/harness/process.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { openConnectTunnel } from '../test/helpers/ssh-client.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
 const PATHS = ['local', 'redis'] as const;
 type PathName = (typeof PATHS)[number];
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got '${raw}'`);
-  return n;
-}
 
 /** Tokens per path, used in turn: a token comes back only after the others, so that the gateway's own
  * per-token cap (it releases a closed tunnel a little after the sidecar does) never decides. */
@@ -53,20 +48,6 @@ interface PathSetup {
   tokens: string[];
 }
 
-/** Nearest-rank percentile of a sorted array. */
-function percentile(sorted: Float64Array, p: number): number {
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1] ?? NaN;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const round1 = (n: number): number => Math.round(n * 10) / 10;
-const round2 = (n: number): number => Math.round(n * 100) / 100;
 
 async function startPath(name: PathName, opts: LimitBenchOptions): Promise<PathSetup> {
   const db = await createTestDatabase(`bench_limits_${name}`);
@@ -169,31 +150,14 @@ export async function runLimitBench(opts: LimitBenchOptions): Promise<number> {
 
 // Standalone: npx tsx bench/limits.ts (bench/run.ts also runs it after the SSH bench).
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const cleanups: Array<{ what: string; run: () => Promise<unknown> }> = [];
-  let cleaning: Promise<void> | undefined;
-  const cleanupAll = (): Promise<void> =>
-    (cleaning ??= (async () => {
-      for (const c of cleanups.splice(0).reverse()) {
-        try {
-          await c.run();
-        } catch (err) {
-          console.error(`cleanup (${c.what}) failed: ${err instanceof Error ? err.message : String(err)}`);
-        }
-      }
-    })());
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      console.error(`\n${sig}: cleaning up`);
-      void cleanupAll().finally(() => process.exit(130));
-    });
-  }
+  const cleanups = createCleanups();
   let code = 1;
   try {
     code = await runLimitBench({ defer: (what, run) => cleanups.push({ what, run }) });
   } catch (err) {
     console.error(`limits bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   } finally {
-    await cleanupAll();
+    await cleanups.runAll();
   }
   process.exit(code);
 }

@@ -14,19 +14,14 @@ import { startProcess, tsEntry } from '../test/harness/process.ts';
 import { startSupervisorFleet } from '../test/harness/supervisor/fleet.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 import { runLimitBench } from './limits.ts';
 import { openSshProbe, type SshProbe } from './lib/ssh-probe.ts';
 
 const PATHS = ['direct', 'local_sidecar', 'forwarded'] as const;
 type PathName = (typeof PATHS)[number];
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got '${raw}'`);
-  return n;
-}
 
 const ROUNDS = envInt('BENCH_ROUNDS', 3);
 const ECHO_N = envInt('BENCH_ECHO_N', 2000);
@@ -45,20 +40,8 @@ interface RoundSample {
   mibPerSec: number;
 }
 
-/** Nearest-rank percentile. */
-function percentile(sorted: Float64Array, p: number): number {
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[Math.min(rank, sorted.length) - 1] ?? NaN;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-const round1 = (n: number): number => Math.round(n * 10) / 10;
-const round2 = (n: number): number => Math.round(n * 100) / 100;
+// Cleanup runs last-registered first, and also on Ctrl-C.
+const cleanups = createCleanups();
 
 async function measure(probe: SshProbe): Promise<RoundSample> {
   await probe.echo(ECHO_WARMUP, ECHO_MESSAGE, ECHO_TIMEOUT_MS);
@@ -67,27 +50,6 @@ async function measure(probe: SshProbe): Promise<RoundSample> {
   return { p50: percentile(rtts, 50), p99: percentile(rtts, 99), mibPerSec: BULK_BYTES / (1024 * 1024) / secs };
 }
 
-// Cleanup runs last-registered first, and also on Ctrl-C.
-const cleanups: Array<{ what: string; run: () => Promise<unknown> }> = [];
-let cleaning: Promise<void> | undefined;
-function cleanupAll(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const c of cleanups.splice(0).reverse()) {
-      try {
-        await c.run();
-      } catch (err) {
-        console.error(`cleanup (${c.what}) failed: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    void cleanupAll().finally(() => process.exit(130));
-  });
-}
 
 async function startFleet(endpoint: string, sandboxId: string): Promise<void> {
   if (FLEET_IN_PROCESS) {
@@ -290,8 +252,7 @@ try {
 } catch (err) {
   console.error(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
 } finally {
-  await cleanupAll();
-  cleaning = undefined;
+  await cleanups.runAll();
 }
 
 // ---- Limit-check latency (bench/limits.ts) -------------------------------------------------------
@@ -305,7 +266,7 @@ if (process.env.BENCH_LIMITS !== '0') {
     console.error(`limits bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
     code = 1;
   } finally {
-    await cleanupAll();
+    await cleanups.runAll();
   }
 }
 process.exit(code);
