@@ -1,13 +1,13 @@
 // Malformed input to the gateway emulator gets the real gateway's error and never crashes it.
 import { randomUUID } from 'node:crypto';
 import http2 from 'node:http2';
-import net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../harness/gateway/server.ts';
 import type { GatewayMessage, RelayFrame, SupervisorMessage } from '../harness/proto.ts';
 import { gatewayClient, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
+import { grpcFrame, rawExchange } from '../helpers/raw.ts';
 
 let db: TestDatabase;
 let gw: Gateway;
@@ -25,20 +25,6 @@ afterAll(async () => {
   await db?.drop();
 });
 
-function rawExchange(port: number, bytes: Buffer, waitMs = 2000): Promise<string> {
-  return new Promise((resolve) => {
-    const sock = net.connect(port, '127.0.0.1');
-    let out = '';
-    const timer = setTimeout(() => sock.destroy(), waitMs);
-    sock.on('data', (d) => (out += d.toString('latin1')));
-    sock.on('error', () => undefined);
-    sock.on('close', () => {
-      clearTimeout(timer);
-      resolve(out);
-    });
-    sock.on('connect', () => sock.write(bytes));
-  });
-}
 
 function streamStatus<T>(call: grpc.ClientDuplexStream<T, unknown>): Promise<number> {
   return new Promise((resolve) => {
@@ -72,20 +58,15 @@ function rawGrpc(port: number, method: string, framed: Buffer): Promise<{ status
   });
 }
 
-function frame(body: Buffer): Buffer {
-  const prefix = Buffer.alloc(5);
-  prefix.writeUInt32BE(body.length, 1);
-  return Buffer.concat([prefix, body]);
-}
 
 describe('gateway emulator under malformed input', () => {
   it('garbage bytes get an HTTP 400 and the connection closes', async () => {
-    const reply = await rawExchange(gw.port, Buffer.from('\x00\x01\x02garbage\r\n\r\n', 'latin1'));
+    const reply = (await rawExchange(gw.port, Buffer.from('\x00\x01\x02garbage\r\n\r\n', 'latin1'), 2000)).reply.toString('latin1');
     expect(reply).toMatch(/^HTTP\/1\.1 400/);
   });
 
   it('an h2 preface followed by garbage is dropped without harm', async () => {
-    const reply = await rawExchange(gw.port, Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.alloc(64, 0xff)]));
+    const reply = (await rawExchange(gw.port, Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.alloc(64, 0xff)]), 2000)).reply.toString('latin1');
     expect(reply.includes('HTTP/1.1')).toBe(false);
   });
 
@@ -120,9 +101,9 @@ describe('gateway emulator under malformed input', () => {
 
   it('an undecodable protobuf body gets INTERNAL, an oversize one RESOURCE_EXHAUSTED', async () => {
     // 0x0A with a length running past the end: not a valid SupervisorMessage.
-    const bad = await rawGrpc(gw.port, 'ConnectSupervisor', frame(Buffer.from([0x0a, 0x7f, 0x01])));
+    const bad = await rawGrpc(gw.port, 'ConnectSupervisor', grpcFrame(Buffer.from([0x0a, 0x7f, 0x01])));
     expect(bad.status).toBe(String(grpc.status.INTERNAL));
-    const huge = await rawGrpc(gw.port, 'ExecSandbox', frame(Buffer.alloc(1024 * 1024 + 10, 0)));
+    const huge = await rawGrpc(gw.port, 'ExecSandbox', grpcFrame(Buffer.alloc(1024 * 1024 + 10, 0)));
     expect(huge.status).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
   });
 

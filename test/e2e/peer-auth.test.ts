@@ -16,6 +16,7 @@ import { SupervisorEmulator } from '../harness/supervisor/supervisor.ts';
 import { exec, gatewayClient, type ExecResult, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
 import { openConnectTunnel, runSshCommand, sshViaGateway } from '../helpers/ssh-client.ts';
+import { grpcFrame, rawExchange } from '../helpers/raw.ts';
 
 const SECRET = 'peer-auth-test-secret-0123456789abcdef';
 const BACKOFF = { initialMs: 100, maxMs: 500 };
@@ -116,11 +117,6 @@ async function localSessions(i: number): Promise<Record<string, number>> {
   return ((await res.json()) as { sessions: Record<string, number> }).sessions;
 }
 
-function frame(body: Buffer): Buffer {
-  const prefix = Buffer.alloc(5);
-  prefix.writeUInt32BE(body.length, 1);
-  return Buffer.concat([prefix, body]);
-}
 
 function unframe(bytes: Buffer): Buffer[] {
   const out: Buffer[] = [];
@@ -189,7 +185,7 @@ function h2Call(port: number, headers: http2.OutgoingHttpHeaders, body?: Buffer)
 const EXEC_PATH = '/openshell.v1.OpenShell/ExecSandbox';
 
 function execBody(sandboxId: string): Buffer {
-  return frame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandboxId, command: ['sandbox-id'] }));
+  return grpcFrame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandboxId, command: ['sandbox-id'] }));
 }
 
 /** Records the request headers the "gateway" receives: h2c and HTTP/1.1 on one port, like the real one. */
@@ -239,25 +235,6 @@ async function startRecordingGateway(): Promise<{ port: number; seen: Array<Reco
   };
 }
 
-/** Writes `bytes` to a fresh connection; resolves with the reply and whether the far side closed. */
-function rawExchange(port: number, bytes: Buffer, waitMs = 5000): Promise<{ reply: Buffer; closedByPeer: boolean }> {
-  return new Promise((resolve) => {
-    const sock = net.connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      sock.destroy();
-    }, waitMs);
-    sock.on('data', (d: Buffer) => chunks.push(d));
-    sock.on('error', () => undefined);
-    sock.on('close', () => {
-      clearTimeout(timer);
-      resolve({ reply: Buffer.concat(chunks), closedByPeer: !timedOut });
-    });
-    sock.on('connect', () => sock.write(bytes));
-  });
-}
 
 /**
  * Makes replica caches believe `sandboxId` is owned by `replica` at `epoch`: a stale Redis entry
@@ -297,7 +274,7 @@ describe('peer authentication and owner fencing between sidecars', () => {
     const refused = await h2Call(
       r(1).publicPort,
       { ':method': 'POST', ':path': EXEC_PATH, 'content-type': 'application/grpc', te: 'trailers' },
-      frame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandboxA, command: [] })),
+      grpcFrame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandboxA, command: [] })),
     );
     expect(refused.headers['grpc-status']).toBe(String(grpc.status.INVALID_ARGUMENT));
     expect(refused.trailersOnly).toBe(true);
@@ -338,7 +315,7 @@ describe('peer authentication and owner fencing between sidecars', () => {
       // Keyed (exec), passthrough gRPC, CONNECT and plain HTTP/1.1.
       const keyed = await h2Call(port, { ...grpcHeaders, ':path': EXEC_PATH }, execBody(sandboxA));
       expect(keyed.headers['grpc-status'] ?? keyed.trailers['grpc-status']).toBe('0');
-      await h2Call(port, { ...grpcHeaders, ':path': '/openshell.v1.OpenShell/Health' }, frame(Buffer.alloc(0)));
+      await h2Call(port, { ...grpcHeaders, ':path': '/openshell.v1.OpenShell/Health' }, grpcFrame(Buffer.alloc(0)));
       const tunnel = await openConnectTunnel({
         host: '127.0.0.1',
         port,

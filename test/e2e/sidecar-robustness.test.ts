@@ -2,7 +2,7 @@
 // sidecar in front of one gateway emulator gets malformed first messages, protocol garbage and
 // clients that vanish mid-stream, and keeps serving a long-lived SSH session opened before them.
 import http2 from 'node:http2';
-import net from 'node:net';
+import type net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
 import { exec, gatewayClient, grpcCode, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
 import { openConnectTunnel, sshViaGateway } from '../helpers/ssh-client.ts';
+import { grpcFrame, rawExchange } from '../helpers/raw.ts';
 
 let db: TestDatabase;
 let gw: Gateway;
@@ -73,12 +74,6 @@ async function metric(name: string, labels: Record<string, string> = {}): Promis
   return sum;
 }
 
-function frame(body: Buffer, compressed = 0): Buffer {
-  const prefix = Buffer.alloc(5);
-  prefix[0] = compressed;
-  prefix.writeUInt32BE(body.length, 1);
-  return Buffer.concat([prefix, body]);
-}
 
 interface RawGrpcResult {
   status: string | undefined;
@@ -131,25 +126,6 @@ function rawGrpc(method: string, body: Buffer, opts: { end?: boolean } = {}): Pr
   });
 }
 
-/** Writes `bytes` on a fresh connection; resolves with what came back and whether the sidecar closed it. */
-function rawExchange(bytes: Buffer, waitMs = 5000): Promise<{ reply: Buffer; closedByPeer: boolean }> {
-  return new Promise((resolve) => {
-    const sock = net.connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      sock.destroy();
-    }, waitMs);
-    sock.on('data', (d: Buffer) => chunks.push(d));
-    sock.on('error', () => undefined);
-    sock.on('close', () => {
-      clearTimeout(timer);
-      resolve({ reply: Buffer.concat(chunks), closedByPeer: !timedOut });
-    });
-    sock.on('connect', () => sock.write(bytes));
-  });
-}
 
 function countOutput(...needles: string[]): number {
   return sidecar.output.filter((l) => needles.every((n) => l.includes(n))).length;
@@ -197,7 +173,7 @@ describe('sidecar robustness against bad clients', () => {
 
   it('a malformed first gRPC message gets INVALID_ARGUMENT, trailers-only, and is logged once', async () => {
     const before = countOutput('rejected stream', 'ExecSandbox');
-    const r = await rawGrpc('ExecSandbox', frame(Buffer.from([0x0a, 0x7f, 0x01])));
+    const r = await rawGrpc('ExecSandbox', grpcFrame(Buffer.from([0x0a, 0x7f, 0x01])));
     expect(r.httpStatus).toBe(200);
     expect(r.trailersOnly).toBe(true);
     expect(r.status).toBe(String(grpc.status.INVALID_ARGUMENT));
@@ -211,7 +187,7 @@ describe('sidecar robustness against bad clients', () => {
 
   it('a gateway trailers-only error passes through as trailers-only', async () => {
     const body = encodeMessage('ExecSandboxRequest', { sandbox_id: '00000000-0000-4000-8000-000000000000', command: ['sandbox-id'] });
-    const r = await rawGrpc('ExecSandbox', frame(body));
+    const r = await rawGrpc('ExecSandbox', grpcFrame(body));
     expect(r.status).toBe(String(grpc.status.NOT_FOUND));
     expect(r.trailersOnly).toBe(true);
     expect(r.rstCode).toBe(0);
@@ -219,7 +195,7 @@ describe('sidecar robustness against bad clients', () => {
 
   it('a sandbox id that is not a valid id gets INVALID_ARGUMENT', async () => {
     const body = encodeMessage('ExecSandboxRequest', { sandbox_id: 'not a valid id', command: ['sandbox-id'] });
-    const r = await rawGrpc('ExecSandbox', frame(body));
+    const r = await rawGrpc('ExecSandbox', grpcFrame(body));
     expect(r.status).toBe(String(grpc.status.INVALID_ARGUMENT));
     // A real gRPC client sees the same status (the refusal's RST_STREAM NO_ERROR comes after it).
     expect(await grpcCode(exec(client, 'not a valid id', ['sandbox-id']))).toBe(grpc.status.INVALID_ARGUMENT);
@@ -240,7 +216,7 @@ describe('sidecar robustness against bad clients', () => {
 
   it('a compressed first message gets INVALID_ARGUMENT', async () => {
     const body = encodeMessage('WatchSandboxRequest', { id: sandbox(0) });
-    const r = await rawGrpc('WatchSandbox', frame(body, 1));
+    const r = await rawGrpc('WatchSandbox', grpcFrame(body, 1));
     expect(r.status).toBe(String(grpc.status.INVALID_ARGUMENT));
     expect(r.message).toMatch(/compress/);
   });
@@ -264,7 +240,7 @@ describe('sidecar robustness against bad clients', () => {
   });
 
   it('garbage bytes get HTTP/1.1 400 and the connection closes', async () => {
-    const { reply, closedByPeer } = await rawExchange(Buffer.from('\x00\x01\x02garbage\r\n\r\n', 'latin1'));
+    const { reply, closedByPeer } = await rawExchange(port, Buffer.from('\x00\x01\x02garbage\r\n\r\n', 'latin1'));
     expect(reply.toString('latin1')).toMatch(/^HTTP\/1\.1 400/);
     expect(closedByPeer).toBe(true);
   });
@@ -272,24 +248,24 @@ describe('sidecar robustness against bad clients', () => {
   it('a TLS ClientHello on the plaintext port is closed', async () => {
     // Record header (handshake, TLS 1.0 record version) and the start of a ClientHello.
     const hello = Buffer.from([0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03, ...Buffer.alloc(40, 7)]);
-    const { reply, closedByPeer } = await rawExchange(hello);
+    const { reply, closedByPeer } = await rawExchange(port, hello);
     expect(closedByPeer).toBe(true);
     expect(reply.length).toBe(0);
   });
 
   it('an h2 preface followed by garbage is closed', async () => {
     const bytes = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.alloc(64, 0xff)]);
-    const { reply, closedByPeer } = await rawExchange(bytes);
+    const { reply, closedByPeer } = await rawExchange(port, bytes);
     expect(closedByPeer).toBe(true);
     expect(reply.toString('latin1').includes('HTTP/1.1')).toBe(false);
   });
 
   it('HTTP/1.1 headers over 16 KiB get 431', async () => {
     const big = `GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`;
-    const get = await rawExchange(Buffer.from(big, 'latin1'));
+    const get = await rawExchange(port, Buffer.from(big, 'latin1'));
     expect(get.reply.toString('latin1')).toMatch(/^HTTP\/1\.1 431/);
     const connect = `CONNECT /connect/ssh HTTP/1.1\r\nhost: x\r\nx-sandbox-id: ${sandbox(0)}\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`;
-    const tunnel = await rawExchange(Buffer.from(connect, 'latin1'));
+    const tunnel = await rawExchange(port, Buffer.from(connect, 'latin1'));
     expect(tunnel.reply.toString('latin1')).toMatch(/^HTTP\/1\.1 431/);
   });
 
