@@ -7,18 +7,15 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY scripts ./scripts
-COPY proto ./proto
 COPY src ./src
-COPY test/harness ./test/harness
-COPY test/helpers ./test/helpers
-RUN npm run build && npm prune --omit=dev
+# The sidecar only: the emulators (emulator/) are a test double, not part of the image.
+RUN node scripts/build.mjs --sidecar-only && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist
-COPY --from=build --chown=node:node /app/proto ./proto
 COPY --chown=node:node package.json ./
 USER node
 # public (clients and supervisors), peer (other replicas), admin (health, readiness, metrics)

@@ -26,7 +26,7 @@ test-unit: install
 
 # A real local cluster: gateway emulators + sidecars + supervisors. Ctrl-C to stop.
 demo: build
-	node dist/main.js dev-cluster --replicas 3 --sandboxes 5
+	node dist/emulator.js dev-cluster --replicas 3 --sandboxes 5
 
 bench: build
 	node --import tsx bench/run.ts

@@ -25,12 +25,12 @@
 // Writes bench/results/drill.json (bench/lib/results.ts format).
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { startBalancer, type Balancer } from '../test/harness/balancer.ts';
-import { Cluster } from '../test/harness/cluster.ts';
-import { GatewayStore } from '../test/harness/gateway/store.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../test/harness/process.ts';
+import { startBalancer, type Balancer } from '../emulator/balancer.ts';
+import { Cluster } from '../emulator/cluster.ts';
+import { GatewayStore } from '../emulator/gateway/store.ts';
+import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
-import { openConnectTunnel, runSshCommand } from '../test/helpers/ssh-client.ts';
+import { openConnectTunnel, runSshCommand } from '../emulator/ssh-client.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
 import { createCleanups } from './lib/cleanup.ts';
 import { envInt, percentile } from './lib/stats.ts';

@@ -18,11 +18,11 @@
 // Prints numbers; asserts nothing.
 // Env: BENCH_LIMIT_ROUNDS (default 5), BENCH_LIMIT_N (attempts per path per round, default 200).
 import { pathToFileURL } from 'node:url';
-import { Cluster } from '../test/harness/cluster.ts';
-import { GatewayStore } from '../test/harness/gateway/store.ts';
-import { startProcess, tsEntry } from '../test/harness/process.ts';
+import { Cluster } from '../emulator/cluster.ts';
+import { GatewayStore } from '../emulator/gateway/store.ts';
+import { startProcess, tsEntry } from '../emulator/process.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
-import { openConnectTunnel } from '../test/helpers/ssh-client.ts';
+import { openConnectTunnel } from '../emulator/ssh-client.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
 import { createCleanups } from './lib/cleanup.ts';
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';

@@ -8,10 +8,10 @@
 // Env: BENCH_ROUNDS, BENCH_ECHO_N, BENCH_BULK_MIB (smaller values for a quick look),
 // BENCH_FLEET=inproc (supervisor + sandbox SSH server in this process instead of a child).
 // Then, as a separate section, the limit-check latency of bench/limits.ts (BENCH_LIMITS=0 skips it).
-import { Cluster } from '../test/harness/cluster.ts';
-import { GatewayStore } from '../test/harness/gateway/store.ts';
-import { startProcess, tsEntry } from '../test/harness/process.ts';
-import { startSupervisorFleet } from '../test/harness/supervisor/fleet.ts';
+import { Cluster } from '../emulator/cluster.ts';
+import { GatewayStore } from '../emulator/gateway/store.ts';
+import { startProcess, tsEntry } from '../emulator/process.ts';
+import { startSupervisorFleet } from '../emulator/supervisor/fleet.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
 import { createCleanups } from './lib/cleanup.ts';

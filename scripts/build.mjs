@@ -1,9 +1,10 @@
-// Bundles our own code into dist/main.js; npm packages stay external (installed by `npm ci`).
+// Bundles our own code; npm packages stay external (installed by `npm ci`).
+//   dist/main.js      the sidecar (all the production image carries)
+//   dist/emulator.js  gateway/supervisor emulators and the dev cluster (skipped with --sidecar-only)
 import { build } from 'esbuild';
 
-await build({
-  entryPoints: ['src/main.ts'],
-  outfile: 'dist/main.js',
+const sidecarOnly = process.argv.includes('--sidecar-only');
+const common = {
   bundle: true,
   platform: 'node',
   target: 'node20',
@@ -11,5 +12,7 @@ await build({
   packages: 'external',
   sourcemap: true,
   banner: { js: '#!/usr/bin/env node' },
-  loader: { '.proto': 'text' },
-});
+};
+
+await build({ ...common, entryPoints: ['src/main.ts'], outfile: 'dist/main.js' });
+if (!sidecarOnly) await build({ ...common, entryPoints: ['emulator/main.ts'], outfile: 'dist/emulator.js' });

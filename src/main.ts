@@ -1,4 +1,4 @@
-// openshell-ha-sidecar CLI: runs the sidecar (default) or `dev-cluster`, a real local cluster.
+// openshell-ha-sidecar CLI: runs the sidecar. The local dev cluster lives with the emulators (emulator/main.ts).
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { createLogger } from './log/logger.ts';
@@ -49,23 +49,11 @@ async function runSidecar(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const [cmd, ...rest] = process.argv.slice(2);
-  if (cmd === 'dev-cluster') {
-    const { runDevCluster } = await import('./cli/dev-cluster.ts');
-    await runDevCluster(rest);
-    return;
-  }
-  if (cmd === 'emulate-gateway') {
-    // Used by dev-cluster from the built bundle: one gateway emulator replica.
-    const { runGatewayEmulator } = await import('../test/harness/gateway/cli.ts');
-    await runGatewayEmulator(rest);
-    return;
-  }
+  const [cmd] = process.argv.slice(2);
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
     console.error(
       'usage: openshell-ha-sidecar [--listen host:port] [--gateway url] [--peer-listen host:port] [--peer-url url]\n' +
-        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...\n' +
-        '       openshell-ha-sidecar dev-cluster --replicas N --sandboxes M [--json]',
+        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...',
     );
     return;
   }

@@ -3,7 +3,7 @@
 // sharing the bench client's event loop.
 // Usage: fleet-main.ts --endpoint host:port --sandbox-id <id> [--sandbox-id <id> ...]
 // Prints {"event":"ready"} once every supervisor holds a session; SIGTERM stops the fleet.
-import { startSupervisorFleet } from '../../test/harness/supervisor/fleet.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 
 const CONNECT_TIMEOUT_MS = 30_000;
 

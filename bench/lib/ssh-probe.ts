@@ -3,8 +3,8 @@
 import type net from 'node:net';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
-import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../../test/harness/supervisor/ssh-server.ts';
-import { openConnectTunnel } from '../../test/helpers/ssh-client.ts';
+import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../../emulator/supervisor/ssh-server.ts';
+import { openConnectTunnel } from '../../emulator/ssh-client.ts';
 
 const CONNECT_TIMEOUT_MS = 30_000;
 const SOCKET_CLOSE_GRACE_MS = 1000;

@@ -3,11 +3,11 @@
 // on the replica holding the sandbox's session succeed; the rest get 502 after the gateway's
 // 30 s session wait. This is the baseline the sidecar tests compare against.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 let db: TestDatabase;
 let cluster: Cluster;

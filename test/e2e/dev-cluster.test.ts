@@ -1,13 +1,13 @@
-// `openshell-ha-sidecar dev-cluster --json`: the local cluster an operator (and `make demo`)
+// `openshell-emulator dev-cluster --json`: the local cluster an operator (and `make demo`)
 // starts. It must come up, describe itself in one JSON document, route SSH through its
 // balancer, and clean up after SIGTERM.
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { afterAll, expect, it } from 'vitest';
-import { tsEntry } from '../harness/process.ts';
+import { tsEntry } from '../../emulator/process.ts';
 import { TEST_DATABASE_URL } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 interface DevClusterDoc {
   database: string;
@@ -16,7 +16,7 @@ interface DevClusterDoc {
   sandboxes: Array<{ id: string; token: string }>;
 }
 
-const [exe, ...args] = tsEntry('src/main.ts');
+const [exe, ...args] = tsEntry('emulator/main.ts');
 const child = spawn(exe!, [...args, 'dev-cluster', '--replicas', '2', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
 const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 
@@ -63,7 +63,7 @@ it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', as
 }, 120_000);
 
 it('without Postgres (forced with --embedded) it runs one embedded replica that still routes SSH', async () => {
-  const [e, ...a] = tsEntry('src/main.ts');
+  const [e, ...a] = tsEntry('emulator/main.ts');
   const proc = spawn(e!, [...a, 'dev-cluster', '--embedded', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const done = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   try {

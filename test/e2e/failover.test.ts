@@ -3,11 +3,11 @@
 // reconnect through the Service to the other replicas, which take ownership; the dead sidecar's
 // claims are all replaced, and every sandbox is reachable again through the Service.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
 const LEASE_TTL_MS = 3000;

@@ -4,11 +4,11 @@ import { randomUUID } from 'node:crypto';
 import type net from 'node:net';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startGateway, type Gateway } from '../harness/gateway/server.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, grpcCode, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
-import { openConnectTunnel, sshViaGateway } from '../helpers/ssh-client.ts';
+import { openConnectTunnel, sshViaGateway } from '../../emulator/ssh-client.ts';
 
 let db: TestDatabase;
 let gw: Gateway;

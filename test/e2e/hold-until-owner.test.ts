@@ -2,13 +2,13 @@
 // request that arrives at a surviving replica before the supervisor has reconnected is held for
 // an ownership event and then served by the new owner, instead of failing.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSwitchableRelay, type SwitchableRelay } from '../harness/pausable-relay.ts';
-import { startSandboxSshServer, type SandboxSshServer } from '../harness/supervisor/ssh-server.ts';
-import { SupervisorEmulator } from '../harness/supervisor/supervisor.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSwitchableRelay, type SwitchableRelay } from '../../emulator/pausable-relay.ts';
+import { startSandboxSshServer, type SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
 let db: TestDatabase;

@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startGateway, type Gateway } from '../harness/gateway/server.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../harness/process.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
+import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, type OpenShellClient } from '../helpers/grpc-client.ts';
 
 let dir: string;

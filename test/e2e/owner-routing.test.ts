@@ -3,12 +3,12 @@
 // sandbox-scoped request still reaches the replica that holds the sandbox's session.
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, pushLogs, unary } from '../helpers/grpc-client.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 let db: TestDatabase;
 let cluster: Cluster;

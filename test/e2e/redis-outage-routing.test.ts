@@ -1,12 +1,12 @@
 // Redis is only a cache (DESIGN §4): with the cluster's Redis stopped, routing is served from
 // Postgres; when Redis returns, caching resumes without restarting any sidecar.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { startOwnRedis, type OwnRedis } from '../helpers/own-redis.ts';
 import { createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 let db: TestDatabase;
 let redis: OwnRedis;

@@ -1,12 +1,12 @@
 // Embedded default: one sidecar in front of one gateway emulator with no database or Redis
 // configured for the sidecar (in-memory ownership). SSH, exec and logs pass through it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startGateway, type Gateway } from '../harness/gateway/server.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../harness/process.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
+import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 let db: TestDatabase;
 let gw: Gateway;

@@ -4,15 +4,15 @@
 // the old connection die. Fenced, X's gateway has already written its disconnect before Y's gateway
 // wrote Ready; unfenced (`--handoff-mode off`), X's late write demotes the sandbox Y serves.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore, type PhaseWrite } from '../harness/gateway/store.ts';
-import { startSwitchableRelay, type SwitchableRelay } from '../harness/pausable-relay.ts';
-import { Phase } from '../harness/proto.ts';
-import { startSandboxSshServer, type SandboxSshServer } from '../harness/supervisor/ssh-server.ts';
-import { SupervisorEmulator } from '../harness/supervisor/supervisor.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore, type PhaseWrite } from '../../emulator/gateway/store.ts';
+import { startSwitchableRelay, type SwitchableRelay } from '../../emulator/pausable-relay.ts';
+import { Phase } from '../../emulator/proto.ts';
+import { startSandboxSshServer, type SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
 import { sleep, waitFor } from '../ownership/support.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 
 /** After the partition heals, how long a late disconnect write gets to land. */
 const LATE_WRITE_WAIT_MS = 300;

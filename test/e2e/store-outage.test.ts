@@ -6,13 +6,13 @@
 // Postgres that is stopped.
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../harness/cluster.ts';
-import { GatewayStore } from '../harness/gateway/store.ts';
-import { startSupervisorFleet } from '../harness/supervisor/fleet.ts';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { startOwnPostgres, type OwnPostgres } from '../helpers/own-postgres.ts';
 import { startOwnRedis, type OwnRedis } from '../helpers/own-redis.ts';
 import { createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { sshViaGateway } from '../helpers/ssh-client.ts';
+import { sshViaGateway } from '../../emulator/ssh-client.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
 const OUTAGE_MS = 20_000;

@@ -2,8 +2,8 @@
 import { randomUUID } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startGateway, type Gateway } from '../harness/gateway/server.ts';
-import { Phase, type GatewayMessage, type SupervisorMessage } from '../harness/proto.ts';
+import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
+import { Phase, type GatewayMessage, type SupervisorMessage } from '../../emulator/proto.ts';
 import { gatewayClient, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
 

@@ -1,6 +1,6 @@
 // Small promise helpers over the grpc-js OpenShell client, for tests.
 import * as grpc from '@grpc/grpc-js';
-import { openShellClient, type ExecSandboxEvent } from '../harness/proto.ts';
+import { openShellClient, type ExecSandboxEvent } from '../../emulator/proto.ts';
 
 export type OpenShellClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 

@@ -2,7 +2,7 @@
 // payload with a wire reader; fixtures are encoded by protobufjs from the emulator's .proto.
 import { describe, expect, it } from 'vitest';
 import { sandboxPhase } from '../../../src/ownership/gateway-objects.ts';
-import { Phase, encodeMessage } from '../../harness/proto.ts';
+import { Phase, encodeMessage } from '../../../emulator/proto.ts';
 
 describe('sandboxPhase', () => {
   it('reads the phase whatever the other fields hold', () => {

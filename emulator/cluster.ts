@@ -78,7 +78,7 @@ export class Cluster {
     const gateway = await startProcess(
       `gateway-${name}`,
       [
-        ...(this.opts.gatewayCommand ?? tsEntry('test/harness/gateway/main.ts')),
+        ...(this.opts.gatewayCommand ?? tsEntry('emulator/gateway/main.ts')),
         '--database-url',
         this.opts.databaseUrl,
         '--replica',

@@ -3,13 +3,13 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { runSshCommand } from '../../helpers/ssh-client.ts';
-import { openShellService } from '../proto.ts';
-import type { GatewayMessage, RelayFrame, SupervisorMessage } from '../proto.ts';
-import { startSupervisorFleet } from './fleet.ts';
-import { startSandboxSshServer } from './ssh-server.ts';
-import type { SandboxSshServer } from './ssh-server.ts';
-import { SupervisorEmulator } from './supervisor.ts';
+import { runSshCommand } from '../../emulator/ssh-client.ts';
+import { openShellService } from '../../emulator/proto.ts';
+import type { GatewayMessage, RelayFrame, SupervisorMessage } from '../../emulator/proto.ts';
+import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
+import { startSandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import type { SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
 
 /** A port nothing listens on: bound once, then released. */
 async function closedPort(): Promise<number> {

@@ -7,9 +7,9 @@ import { promisify } from 'node:util';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runSshCommand } from '../../helpers/ssh-client.ts';
-import { SANDBOX_SSH_USER, startSandboxSshServer } from './ssh-server.ts';
-import type { SandboxSshServer } from './ssh-server.ts';
+import { runSshCommand } from '../../emulator/ssh-client.ts';
+import { SANDBOX_SSH_USER, startSandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import type { SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
 
 const run = promisify(execFile);
 const SANDBOX = 'sbx-ssh-server-test';

@@ -1,24 +1,31 @@
-// `openshell-ha-sidecar dev-cluster`: a real local cluster (gateway emulators + sidecars +
+// `openshell-emulator dev-cluster`: a real local cluster (gateway emulators + sidecars +
 // supervisors) on loopback, using the local Postgres (and Redis when reachable). Stays up until
 // SIGTERM/SIGINT. With --json it prints one JSON document describing the cluster.
 import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { Cluster } from '../../test/harness/cluster.ts';
-import { startGateway } from '../../test/harness/gateway/server.ts';
-import { GatewayStore } from '../../test/harness/gateway/store.ts';
-import { startProcess, tsEntry } from '../../test/harness/process.ts';
-import { startSupervisorFleet } from '../../test/harness/supervisor/fleet.ts';
-import { sshViaGateway } from '../../test/helpers/ssh-client.ts';
+import { Cluster } from './cluster.ts';
+import { startGateway } from './gateway/server.ts';
+import { GatewayStore } from './gateway/store.ts';
+import { startProcess, tsEntry } from './process.ts';
+import { startSupervisorFleet } from './supervisor/fleet.ts';
+import { sshViaGateway } from './ssh-client.ts';
 
 const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 
-/** How to start this same CLI again (from source through tsx, or the built bundle). */
-function selfCommand(): string[] {
-  if (import.meta.url.endsWith('.ts')) return tsEntry('src/main.ts');
+/** How to start the emulator CLI again (from source through tsx, or the built bundle). */
+function emulatorCommand(): string[] {
+  if (import.meta.url.endsWith('.ts')) return tsEntry('emulator/main.ts');
   return [process.execPath, process.argv[1] as string];
+}
+
+/** How to start the sidecar: from source through tsx, or the bundle built next to this one. */
+function sidecarCommand(): string[] {
+  if (import.meta.url.endsWith('.ts')) return tsEntry('src/main.ts');
+  return [process.execPath, join(dirname(process.argv[1] as string), 'main.js')];
 }
 
 async function redisReachable(url: string): Promise<boolean> {
@@ -103,14 +110,13 @@ export async function runDevCluster(argv: string[]): Promise<void> {
 
   const store = new GatewayStore(db.url);
   await store.migrate();
-  const self = selfCommand();
   const cluster = await Cluster.start({
     replicas,
     databaseUrl: db.url,
     logLevel: values['log-level'] ?? 'warn',
-    gatewayCommand: [...self, 'emulate-gateway'],
+    gatewayCommand: [...emulatorCommand(), 'gateway'],
     sidecars: {
-      command: self,
+      command: sidecarCommand(),
       peerSecret: randomBytes(24).toString('hex'),
       ...(useRedis ? { redisUrl, redisKeyPrefix: `ohs-dev:${randomBytes(3).toString('hex')}:` } : {}),
     },
@@ -210,7 +216,7 @@ async function runEmbedded(sandboxCount: number, json: boolean, logLevel: string
   let sidecar;
   try {
     sidecar = await startProcess('sidecar', [
-      ...selfCommand(),
+      ...sidecarCommand(),
       '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
       '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'embedded', '--log-level', logLevel,
     ]);

@@ -22,12 +22,13 @@ export const Phase = {
 } as const;
 export type PhaseValue = (typeof Phase)[keyof typeof Phase];
 
-/** Finds proto/openshell.proto walking up from this module (works from src, test and dist). */
+/** Finds emulator/proto/openshell.proto walking up from this module (works from source and dist). */
 export function protoPath(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, 'proto', 'openshell.proto');
-    if (existsSync(candidate)) return candidate;
+    for (const candidate of [join(dir, 'proto', 'openshell.proto'), join(dir, 'emulator', 'proto', 'openshell.proto')]) {
+      if (existsSync(candidate)) return candidate;
+    }
     dir = dirname(dir);
   }
   throw new Error('proto/openshell.proto not found');

@@ -5,7 +5,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
-import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../harness/supervisor/ssh-server.ts';
+import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from './supervisor/ssh-server.ts';
 
 /** Longer than the gateway's 30 s session wait, so a misrouted attempt reports its 502 (reference §6). */
 const DEFAULT_TUNNEL_TIMEOUT_MS = 45_000;

@@ -3,9 +3,9 @@
 import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openConnectTunnel, sshViaGateway } from '../../helpers/ssh-client.ts';
-import { startSandboxSshServer } from './ssh-server.ts';
-import type { SandboxSshServer } from './ssh-server.ts';
+import { openConnectTunnel, sshViaGateway } from '../../emulator/ssh-client.ts';
+import { startSandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
+import type { SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
 
 const SANDBOX = 'sbx-ssh-client-test';
 const TOKEN = 'tok-1';

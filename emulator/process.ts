@@ -1,7 +1,6 @@
 // Starts harness and sidecar entry points as real OS processes (so kill -9 and SIGTERM are
 // real) and waits for their one-line JSON "ready" announcement on stdout.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -24,8 +23,8 @@ export interface ManagedProcess {
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** Repository root (works from test/harness and from a bundled dist/). */
-export const repoRoot = resolve(existsSync(join(here, '..', '..', 'package.json')) ? join(here, '..', '..') : join(here, '..'));
+/** Repository root: the parent of emulator/ (source) or of dist/ (bundle). */
+export const repoRoot = resolve(here, '..');
 
 /** Command prefix that runs a TypeScript entry from this repository with tsx. */
 export function tsEntry(relPath: string): string[] {

@@ -1,0 +1,29 @@
+// openshell-emulator: the gateway and supervisor emulators and the local dev cluster, a product of
+// their own (a test double for anyone fronting an OpenShell gateway). The sidecar never imports
+// this folder, and its production build and image do not carry it.
+const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] ...
+       openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--json]`;
+
+async function main(): Promise<void> {
+  const [cmd, ...rest] = process.argv.slice(2);
+  switch (cmd) {
+    case 'gateway': {
+      const { runGatewayEmulator } = await import('./gateway/cli.ts');
+      await runGatewayEmulator(rest);
+      return;
+    }
+    case 'dev-cluster': {
+      const { runDevCluster } = await import('./dev-cluster.ts');
+      await runDevCluster(rest);
+      return;
+    }
+    default:
+      console.error(USAGE);
+      process.exit(cmd === undefined || cmd === 'help' || cmd === '--help' ? 0 : 2);
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error('openshell-emulator: fatal:', err);
+  process.exit(1);
+});
