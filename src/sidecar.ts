@@ -4,6 +4,8 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
+import { createSandboxJwtVerifier } from './auth/sandbox-jwt.ts';
+import { createSshTokenCheck } from './auth/ssh-tokens.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
 import type { SidecarConfig } from './config/schema.ts';
 import { createMetrics, type SidecarMetrics } from './metrics/registry.ts';
@@ -18,6 +20,7 @@ import type { ProxyContext } from './proxy/context.ts';
 import { SessionPool } from './proxy/h2-sessions.ts';
 import { createPublicListener, type PublicListener } from './proxy/public-listener.ts';
 import { LocalSessions, OwnerRouter } from './routing/router.ts';
+import { createSandboxKeys } from './routing/sandbox-keys.ts';
 
 export const VERSION = '0.1.0';
 
@@ -123,6 +126,14 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     fallbackPolicy: config.limitFallbackPolicy,
   });
   const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
+  const gatewayOrigin = `http://${formatHostPort({ host: gatewayHost, port: gatewayPort })}`;
+  const jwt = createSandboxJwtVerifier({
+    gatewayOrigin,
+    ...(config.gatewayJwtIssuer ? { issuer: config.gatewayJwtIssuer } : {}),
+    logger: logger.child({ component: 'sandbox-jwt' }),
+  });
+  // Logs which generation of supervisor authentication the local gateway speaks (seed: none).
+  void jwt.gatewayIssuesJwts();
   const ctx: ProxyContext = {
     config,
     logger,
@@ -132,7 +143,10 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     localSessions,
     limiter,
     gatewayObjects,
-    gatewayOrigin: `http://${formatHostPort({ host: gatewayHost, port: gatewayPort })}`,
+    sandboxKeys: createSandboxKeys(gatewayObjects),
+    jwt,
+    sshTokens: createSshTokenCheck(gatewayObjects),
+    gatewayOrigin,
     gatewayHost,
     gatewayPort,
     gatewayPool,

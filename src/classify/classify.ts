@@ -1,41 +1,118 @@
-// Pure classification of incoming traffic (2026-04 protocol, reference §2.9 "seed"): which
-// connections speak which protocol, and which requests are sandbox-scoped.
+// Pure classification of incoming traffic for both gateway generations at once (reference §2.9,
+// "seed" and "HEAD" tables): which connections speak which protocol, which requests are
+// sandbox-scoped, and where each one's routing key lives.
+import type { KeySpec } from '../wire/routing-key.ts';
 
 export type TrafficClass =
   | 'supervisor-control'
   | 'supervisor-relay'
   | 'ssh-tunnel'
+  | 'tcp-forward'
   | 'exec'
   | 'logs-push'
   | 'logs-get'
   | 'watch'
+  | 'sandbox-stop'
+  | 'sandbox-affine'
+  | 'service-http'
   | 'passthrough';
 
-/** Classes whose routing key is in the first gRPC request message (reference §2.0). */
-export type KeyedGrpcClass = Exclude<TrafficClass, 'ssh-tunnel' | 'passthrough'>;
+/**
+ * How a class is routed:
+ * - `owner`: must reach the replica holding the supervisor session; held while the owner moves.
+ * - `owner-rehome`: goes to the owner, and a stream opened before any owner existed moves to the
+ *   owner once one appears (watch and the supervisor's early log push, reference §8).
+ * - `affine`: any replica can serve it, but its in-memory side effects (watch notifications) stay
+ *   on the replica that served it, so it goes to the owner when one is reachable; never held.
+ */
+export type RoutePolicy = 'owner' | 'owner-rehome' | 'affine' | 'supervisor' | 'local';
+
+export const ROUTE_POLICY: Readonly<Record<TrafficClass, RoutePolicy>> = {
+  'supervisor-control': 'supervisor',
+  'supervisor-relay': 'supervisor',
+  'ssh-tunnel': 'owner',
+  'tcp-forward': 'owner',
+  exec: 'owner',
+  'logs-get': 'owner',
+  'sandbox-stop': 'owner',
+  'service-http': 'owner',
+  watch: 'owner-rehome',
+  'logs-push': 'owner-rehome',
+  'sandbox-affine': 'affine',
+  passthrough: 'local',
+};
+
+export interface GrpcMethod {
+  /** Method name, e.g. `ForwardTcp`. */
+  name: string;
+  cls: Exclude<TrafficClass, 'ssh-tunnel' | 'service-http' | 'passthrough'>;
+  key: KeySpec;
+}
 
 export const OPENSHELL_SERVICE_PREFIX = '/openshell.v1.OpenShell/';
 
-const GRPC_METHOD_CLASSES: ReadonlyMap<string, KeyedGrpcClass> = new Map([
-  [`${OPENSHELL_SERVICE_PREFIX}ConnectSupervisor`, 'supervisor-control'],
-  [`${OPENSHELL_SERVICE_PREFIX}RelayStream`, 'supervisor-relay'],
-  [`${OPENSHELL_SERVICE_PREFIX}ExecSandbox`, 'exec'],
-  [`${OPENSHELL_SERVICE_PREFIX}PushSandboxLogs`, 'logs-push'],
-  [`${OPENSHELL_SERVICE_PREFIX}GetSandboxLogs`, 'logs-get'],
-  [`${OPENSHELL_SERVICE_PREFIX}WatchSandbox`, 'watch'],
-]);
+const field1 = (what: string): KeySpec => ({ kind: 'sandbox-id', field: 1, what });
+const byName = (nameField: number, workspaceField: number, unlessTrue?: number): KeySpec => ({
+  kind: 'sandbox-name',
+  nameField,
+  workspaceField,
+  what: 'name',
+  ...(unlessTrue !== undefined ? { unlessTrue } : {}),
+});
+
+/** Field numbers from reference §2.0 and §2.9 (proto/openshell.proto at seed and at HEAD). */
+const METHODS: readonly GrpcMethod[] = [
+  // SupervisorMessage{ oneof { hello=1 SupervisorHello{sandbox_id=1}, heartbeat=2, relay_open_result=3, relay_close=4 } }
+  { name: 'ConnectSupervisor', cls: 'supervisor-control', key: { kind: 'sandbox-id', field: 1, within: { field: 1, oneof: [1, 2, 3, 4], what: 'hello' }, what: 'hello.sandbox_id' } },
+  // RelayFrame{ oneof { init=1 RelayInit{channel_id=1}, data=2 } }
+  { name: 'RelayStream', cls: 'supervisor-relay', key: { kind: 'channel-id', field: 1, within: { field: 1, oneof: [1, 2], what: 'init' }, what: 'init.channel_id' } },
+  // TcpForwardFrame{ oneof { init=1 TcpForwardInit{sandbox_id=1, authorization_token=7}, data=2 } }
+  { name: 'ForwardTcp', cls: 'tcp-forward', key: { kind: 'sandbox-id', field: 1, within: { field: 1, oneof: [1, 2], what: 'init' }, tokenField: 7, what: 'init.sandbox_id' } },
+  { name: 'ExecSandbox', cls: 'exec', key: field1('sandbox_id') },
+  // ExecSandboxInput{ oneof { start=1 ExecSandboxRequest{sandbox_id=1}, stdin=2, resize=3 } }
+  { name: 'ExecSandboxInteractive', cls: 'exec', key: { kind: 'sandbox-id', field: 1, within: { field: 1, oneof: [1, 2, 3], what: 'start' }, what: 'start.sandbox_id' } },
+  { name: 'PushSandboxLogs', cls: 'logs-push', key: field1('sandbox_id') },
+  { name: 'GetSandboxLogs', cls: 'logs-get', key: field1('sandbox_id') },
+  { name: 'WatchSandbox', cls: 'watch', key: field1('id') },
+  // StopSandboxRequest{name=1, workspace=2}: the gateway drops the live session locally (reference §2.9).
+  { name: 'StopSandbox', cls: 'sandbox-stop', key: byName(1, 2) },
+  // Softer affinity (reference §8): served anywhere, but only the serving replica's watchers hear of it.
+  { name: 'StartSandbox', cls: 'sandbox-affine', key: byName(1, 2) },
+  { name: 'DeleteSandbox', cls: 'sandbox-affine', key: byName(1, 2) },
+  { name: 'ReportMainProcessExit', cls: 'sandbox-affine', key: field1('sandbox_id') },
+  { name: 'ReportPolicyStatus', cls: 'sandbox-affine', key: field1('sandbox_id') },
+  // UpdateConfigRequest{name=1, global=6, workspace=10}: a global update names no sandbox.
+  { name: 'UpdateConfig', cls: 'sandbox-affine', key: byName(1, 10, 6) },
+  { name: 'SubmitPolicyAnalysis', cls: 'sandbox-affine', key: byName(4, 6) },
+  { name: 'ApproveDraftChunk', cls: 'sandbox-affine', key: byName(1, 3) },
+  { name: 'RejectDraftChunk', cls: 'sandbox-affine', key: byName(1, 4) },
+  { name: 'ApproveAllDraftChunks', cls: 'sandbox-affine', key: byName(1, 3) },
+  { name: 'EditDraftChunk', cls: 'sandbox-affine', key: byName(1, 4) },
+  { name: 'UndoDraftChunk', cls: 'sandbox-affine', key: byName(1, 3) },
+  { name: 'ClearDraftChunks', cls: 'sandbox-affine', key: byName(1, 2) },
+];
+
+const GRPC_METHODS: ReadonlyMap<string, GrpcMethod> = new Map(METHODS.map((m) => [`${OPENSHELL_SERVICE_PREFIX}${m.name}`, m]));
 
 /**
- * Class of a gRPC request by its `:path`. Matching is exact: everything else, including
- * `CreateSshSession` and `/openshell.inference.v1.Inference/*`, is DB-backed and safe on any
- * replica (reference §2.9), so it goes to the local gateway untouched.
+ * The sandbox-scoped method a gRPC request's `:path` names, or undefined. Matching is exact:
+ * everything else, including `CreateSshSession` and `/openshell.inference.v1.Inference/*`, is
+ * DB-backed and safe on any replica (reference §2.9), so it goes to the local gateway untouched.
  */
-export function classifyGrpcPath(path: string): TrafficClass {
-  return GRPC_METHOD_CLASSES.get(path) ?? 'passthrough';
+export function grpcMethod(path: string): GrpcMethod | undefined {
+  return GRPC_METHODS.get(path);
 }
 
-export function isKeyedGrpcClass(cls: TrafficClass): cls is KeyedGrpcClass {
-  return cls !== 'ssh-tunnel' && cls !== 'passthrough';
+/** Class of a gRPC request by its `:path`. */
+export function classifyGrpcPath(path: string): TrafficClass {
+  return GRPC_METHODS.get(path)?.cls ?? 'passthrough';
+}
+
+/** The method spec by name (tests and tools). */
+export function methodNamed(name: string): GrpcMethod {
+  const m = GRPC_METHODS.get(`${OPENSHELL_SERVICE_PREFIX}${name}`);
+  if (!m) throw new Error(`no sandbox-scoped method ${name}`);
+  return m;
 }
 
 /** The gateway's default `--ssh-connect-path` (reference §2.3). */

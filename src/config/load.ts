@@ -18,7 +18,7 @@ export interface LoadConfigOptions {
   randomHex?: () => string;
 }
 
-type ValueKind = 'string' | 'int';
+type ValueKind = 'string' | 'int' | 'list';
 
 interface OptionSpec {
   /** Key in the config object; two elements for the nested tls / gatewayTls settings. */
@@ -77,6 +77,8 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['shutdownGraceMs'], '--shutdown-grace-ms', 'OHS_SHUTDOWN_GRACE_MS', 'int'),
   opt(['logLevel'], '--log-level', 'OHS_LOG_LEVEL'),
   opt(['h2InitialWindowBytes'], '--h2-initial-window-bytes', 'OHS_H2_INITIAL_WINDOW_BYTES', 'int'),
+  opt(['serviceBaseDomains'], '--service-base-domains', 'OHS_SERVICE_BASE_DOMAINS', 'list'),
+  opt(['gatewayJwtIssuer'], '--gateway-jwt-issuer', 'OHS_GATEWAY_JWT_ISSUER'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -116,6 +118,8 @@ export const CONFIG_DEFAULTS = {
   shutdownGraceMs: 25_000,
   logLevel: 'info',
   h2InitialWindowBytes: 1_048_576,
+  // The gateway's default `base_domains` (reference §2.7); set it to the gateway's wildcard SANs.
+  serviceBaseDomains: ['openshell.localhost'],
 } as const;
 
 type Layer = Record<string, unknown>;
@@ -259,8 +263,9 @@ function defaultReplicaId(env: Readonly<Record<string, string | undefined>>, ran
   return `replica-${randomHex()}`;
 }
 
-function convert(spec: OptionSpec, value: string, source: string): string | number {
+function convert(spec: OptionSpec, value: string, source: string): string | number | string[] {
   if (spec.kind === 'string') return value;
+  if (spec.kind === 'list') return value.split(',').map((v) => v.trim()).filter((v) => v !== '');
   if (!/^\d+$/.test(value)) {
     throw new OhsError('OHS_ERR_CONFIG', `${source}: expected a non-negative integer, got '${value}'`);
   }

@@ -110,6 +110,13 @@ const scalarShape = {
   logLevel: z.enum(LOG_LEVELS),
   // HTTP/2 caps the initial window at 2^31-1 (RFC 9113 §6.9.2); 65535 is the protocol default.
   h2InitialWindowBytes: int(65_535, 2 ** 31 - 1),
+  /** Base domains of sandbox service hosts `<ws>--<sandbox>[--<svc>].<base>` (reference §2.7). */
+  serviceBaseDomains: z.array(z.string().regex(/^[A-Za-z0-9.-]{1,253}$/)).max(32),
+  /**
+   * The `iss` (= `aud`) of the gateway's sandbox JWTs, `openshell-gateway:<gateway_id>`; unset, any
+   * issuer of that form is accepted (the signature with the gateway's own key is what counts).
+   */
+  gatewayJwtIssuer: z.string().regex(/^openshell-gateway:.+$/).optional(),
 };
 
 /**
@@ -188,6 +195,8 @@ export interface SidecarConfig {
   readonly shutdownGraceMs: number;
   readonly logLevel: LogLevel;
   readonly h2InitialWindowBytes: number;
+  readonly serviceBaseDomains: readonly string[];
+  readonly gatewayJwtIssuer?: string;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */

@@ -17,12 +17,24 @@ export interface LimitRule {
   key: LimitKeyKind;
   /** Concurrent connections allowed per key, cluster-wide. 0 refuses every connection of the class. */
   max: number;
+  /** The gateway's own RESOURCE_EXHAUSTED message for this cap, used on gRPC refusals (ForwardTcp). */
+  gatewayMessage?: string;
 }
 
+// Messages from upstream's `acquire_ssh_connection_slots` (grpc/sandbox.rs at HEAD).
 export const DEFAULT_LIMIT_RULES: readonly LimitRule[] = Object.freeze([
-  Object.freeze({ name: 'ssh-per-token', trafficClass: 'ssh-tunnel', key: 'token', max: 3 }),
-  Object.freeze({ name: 'ssh-per-sandbox', trafficClass: 'ssh-tunnel', key: 'sandbox', max: 20 }),
+  Object.freeze({ name: 'ssh-per-token', trafficClass: 'ssh-tunnel', key: 'token', max: 3, gatewayMessage: 'SSH session connection limit reached' }),
+  Object.freeze({ name: 'ssh-per-sandbox', trafficClass: 'ssh-tunnel', key: 'sandbox', max: 20, gatewayMessage: 'sandbox SSH connection limit reached' }),
 ]);
+
+/**
+ * The class whose rules and counters a traffic class uses. A 2026-08 `ForwardTcp` is what a seed
+ * `CONNECT /connect/ssh` was (the gateway counts both in the same per-token and per-sandbox maps,
+ * reference §2.3), so both share one set of cluster-wide slots.
+ */
+export function limitClassOf(cls: string): string {
+  return cls === 'tcp-forward' ? 'ssh-tunnel' : cls;
+}
 
 /** The rules that apply to a traffic class, in configuration order. */
 export function rulesFor(cls: string, rules: readonly LimitRule[]): LimitRule[] {

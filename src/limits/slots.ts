@@ -18,7 +18,7 @@ import type { Registry } from 'prom-client';
 import { OhsError } from '../errors.ts';
 import { createLimitMetrics } from './metrics.ts';
 import type { LimitMetrics, LimitPolicy } from './metrics.ts';
-import { describeRule, keyValue, limitError, localShare, rulesFor, validateRules } from './rules.ts';
+import { describeRule, keyValue, limitClassOf, limitError, localShare, rulesFor, validateRules } from './rules.ts';
 import type { LimitKeys, LimitRule } from './rules.ts';
 import { defineSlotScripts, parseAcquireReply, parseCountReply } from './scripts.ts';
 import type { SlotScripts } from './scripts.ts';
@@ -305,7 +305,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
   function claimsFor(req: SlotRequest): Claim[] {
     const claims: Claim[] = [];
-    for (const rule of rulesFor(req.cls, rules)) {
+    for (const rule of rulesFor(limitClassOf(req.cls), rules)) {
       const value = keyValue(rule, req);
       if (value !== undefined) claims.push({ rule, redisKey: slotKey(opts.keyPrefix, rule, value) });
     }

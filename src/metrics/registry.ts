@@ -39,6 +39,12 @@ export interface SidecarMetrics {
   readonly handoffDurationSeconds: Histogram<'reason'>;
   /** Claims or releases waiting for Postgres to come back. */
   readonly pendingStoreWrites: Gauge;
+  /** Supervisor Hellos passed to the gateway untouched (no claim, no fence), by why they were not verified. */
+  readonly unverifiedHellosTotal: Counter<'reason'>;
+  /** Connections that took no limit slot, by why (e.g. a token the gateway's table does not know). */
+  readonly limitSkipsTotal: Counter<'class' | 'reason'>;
+  /** Watch and log-push streams moved to a sandbox's new owner mid-stream. */
+  readonly streamMovesTotal: Counter<'class'>;
 }
 
 export interface CreateMetricsOptions {
@@ -158,6 +164,24 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     pendingStoreWrites: new Gauge({
       name: 'ohs_pending_store_writes',
       help: 'Ownership claims or releases waiting for Postgres to come back.',
+      registers,
+    }),
+    unverifiedHellosTotal: new Counter({
+      name: 'ohs_unverified_hellos_total',
+      help: 'Supervisor Hellos whose sender the sidecar could not verify, passed to the gateway with no ownership change, by reason.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    limitSkipsTotal: new Counter({
+      name: 'ohs_limit_skips_total',
+      help: 'Connections that took no limit slot, by class and reason (invalid_token: not a valid session token for the sandbox).',
+      labelNames: ['class', 'reason'] as const,
+      registers,
+    }),
+    streamMovesTotal: new Counter({
+      name: 'ohs_stream_moves_total',
+      help: 'Watch and log-push streams moved to a new sandbox owner mid-stream.',
+      labelNames: ['class'] as const,
       registers,
     }),
   };

@@ -1,46 +1,55 @@
 // Read-only view of the gateway's own `objects` table (reference §3.2): whether a sandbox row
-// exists, and a fingerprint of its row so a releasing owner can see its gateway's disconnect
-// write land. Never writes. When the table is not reachable (a separate database, an outage),
-// every answer is "unknown" and callers fall back to timed waits.
+// exists and what its phase is (either payload layout), a sandbox's id by name and workspace,
+// service endpoints, and SSH session tokens. Never writes. When the table is not reachable (a
+// separate database, an outage), every answer is "unknown" (undefined) and callers fall back to
+// timed waits or to letting the gateway decide.
 import { createHash } from 'node:crypto';
-import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import {
+  sandboxPayloadPhase,
+  serviceEndpointSandboxId,
+  sshSessionPayload,
+  type PayloadLayout,
+  type SshSessionPayload,
+} from '../wire/gateway-payloads.ts';
+
+export { PHASE_READY, sandboxPhase } from '../wire/gateway-payloads.ts';
+
+export interface SandboxState {
+  /** Changes with every write to the row (payload + updated_at_ms). */
+  fingerprint: string;
+  /** -1 when the payload could not be decoded. */
+  phase: number;
+  layout: PayloadLayout;
+}
 
 export interface GatewayObjects {
   /** true/false when known, undefined when the table cannot be read. */
   sandboxExists(sandboxId: string): Promise<boolean | undefined>;
-  /**
-   * Fingerprint of the sandbox row (payload + updated_at_ms) and its phase (seed layout:
-   * `Sandbox.phase`, field 4), undefined when unknown.
-   */
-  sandboxState(sandboxId: string): Promise<{ fingerprint: string; phase: number } | undefined>;
+  sandboxState(sandboxId: string): Promise<SandboxState | undefined>;
+  /** The sandbox id for a name (workspace ignored on a seed schema); null when no such sandbox. */
+  sandboxIdByName(name: string, workspace: string): Promise<string | null | undefined>;
+  /** The sandbox behind a `service_endpoint` row (workspace + endpoint key); null when none. */
+  serviceSandboxId(workspace: string, endpointKey: string): Promise<string | null | undefined>;
+  /** The `ssh_session` row for a token; null when none. */
+  sshSession(token: string): Promise<SshSessionPayload | null | undefined>;
   close(): Promise<void>;
 }
 
 const QUERY_TIMEOUT_MS = 2_000;
-export const PHASE_READY = 2;
 
-/** `Sandbox.phase` (field 4, reference §3.2) read with a real wire reader; 0 when absent. */
-export function sandboxPhase(payload: Uint8Array): number {
-  const reader = new BinaryReader(payload);
-  let phase = 0;
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field === 4 && wireType === WireType.Varint) phase = reader.int32();
-    else reader.skip(wireType);
-  }
-  return phase;
-}
+const UNKNOWN: GatewayObjects = {
+  sandboxExists: async () => undefined,
+  sandboxState: async () => undefined,
+  sandboxIdByName: async () => undefined,
+  serviceSandboxId: async () => undefined,
+  sshSession: async () => undefined,
+  close: async () => undefined,
+};
 
 export function createGatewayObjects(databaseUrl: string | undefined, logger: Logger): GatewayObjects {
-  if (!databaseUrl) {
-    return {
-      sandboxExists: async () => undefined,
-      sandboxState: async () => undefined,
-      close: async () => undefined,
-    };
-  }
+  if (!databaseUrl) return UNKNOWN;
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: 4,
@@ -49,37 +58,87 @@ export function createGatewayObjects(databaseUrl: string | undefined, logger: Lo
   });
   pool.on('error', () => undefined);
   let warned = false;
-  const read = async (sandboxId: string): Promise<{ payload: Buffer; updated_at_ms: string } | null | undefined> => {
+  const query = async <R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[] | undefined> => {
     try {
-      const res = await pool.query<{ payload: Buffer; updated_at_ms: string }>(
-        `SELECT payload, updated_at_ms FROM objects WHERE object_type = 'sandbox' AND id = $1`,
-        [sandboxId],
-      );
+      const res = await pool.query<R>(text, values);
       warned = false;
-      return res.rows[0] ?? null;
+      return res.rows;
     } catch (err) {
       if (!warned) {
         warned = true;
-        logger.info({ err: (err as Error).message }, "gateway objects table not readable; using timed waits instead");
+        logger.info({ err: (err as Error).message }, 'gateway objects table not readable; using timed waits instead');
       }
       return undefined;
     }
   };
+  // The HEAD schema has a `workspace` column (migration 006) and names are unique per workspace;
+  // the seed schema has neither (reference §3.1). Learnt once the table is readable.
+  let hasWorkspace: Promise<boolean | undefined> | undefined;
+  const workspaceColumn = (): Promise<boolean | undefined> => {
+    hasWorkspace ??= query<{ n: string }>(
+      `SELECT count(*) AS n FROM information_schema.columns WHERE table_name = 'objects' AND column_name = 'workspace' AND table_schema = ANY (current_schemas(false))`,
+      [],
+    ).then((rows) => {
+      if (rows === undefined) hasWorkspace = undefined; // ask again next time
+      return rows === undefined ? undefined : Number(rows[0]?.n ?? 0) > 0;
+    });
+    return hasWorkspace;
+  };
+  const payloadOf = async (objectType: string, id: string): Promise<{ payload: Buffer; updated_at_ms: string } | null | undefined> => {
+    const rows = await query<{ payload: Buffer; updated_at_ms: string }>(
+      `SELECT payload, updated_at_ms FROM objects WHERE object_type = $1 AND id = $2`,
+      [objectType, id],
+    );
+    return rows === undefined ? undefined : (rows[0] ?? null);
+  };
+  const byName = async (objectType: string, workspace: string, name: string): Promise<{ id: string; payload: Buffer } | null | undefined> => {
+    const ws = await workspaceColumn();
+    if (ws === undefined) return undefined;
+    const rows = ws
+      ? await query<{ id: string; payload: Buffer }>(`SELECT id, payload FROM objects WHERE object_type = $1 AND workspace = $2 AND name = $3`, [objectType, workspace, name])
+      : await query<{ id: string; payload: Buffer }>(`SELECT id, payload FROM objects WHERE object_type = $1 AND name = $2`, [objectType, name]);
+    return rows === undefined ? undefined : (rows[0] ?? null);
+  };
   return {
     async sandboxExists(sandboxId) {
-      const row = await read(sandboxId);
+      const row = await payloadOf('sandbox', sandboxId);
       return row === undefined ? undefined : row !== null;
     },
     async sandboxState(sandboxId) {
-      const row = await read(sandboxId);
+      const row = await payloadOf('sandbox', sandboxId);
       if (!row) return undefined;
-      let phase = -1;
+      let decoded: { phase: number; layout: PayloadLayout } = { phase: -1, layout: 'unknown' };
       try {
-        phase = sandboxPhase(row.payload);
+        decoded = sandboxPayloadPhase(row.payload);
       } catch {
         // an undecodable payload still has a fingerprint
       }
-      return { fingerprint: createHash('sha256').update(row.payload).update(String(row.updated_at_ms)).digest('hex'), phase };
+      const fingerprint = createHash('sha256').update(row.payload).update(String(row.updated_at_ms)).digest('hex');
+      return { fingerprint, ...decoded };
+    },
+    async sandboxIdByName(name, workspace) {
+      const row = await byName('sandbox', workspace, name);
+      return row === undefined ? undefined : (row?.id ?? null);
+    },
+    async serviceSandboxId(workspace, endpointKey) {
+      const row = await byName('service_endpoint', workspace, endpointKey);
+      if (row === undefined) return undefined;
+      if (row === null) return null;
+      try {
+        return serviceEndpointSandboxId(row.payload) || null;
+      } catch {
+        return null;
+      }
+    },
+    async sshSession(token) {
+      const row = await payloadOf('ssh_session', token);
+      if (row === undefined) return undefined;
+      if (row === null) return null;
+      try {
+        return sshSessionPayload(row.payload);
+      } catch {
+        return null;
+      }
     },
     close: () => pool.end().catch(() => undefined),
   };

@@ -111,7 +111,10 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
   const before = await ctx.gatewayObjects.sandboxState(sandboxId);
   const closed = ctx.localSessions.closeIf(sandboxId, epoch);
   let sawWrite: boolean | null = null;
-  if (closed) {
+  // At HEAD the disconnect write is made only over Ready (reference §8), so a sandbox that was not
+  // Ready gets none to wait for. The seed gateway writes whatever the phase was.
+  const writeExpected = !(before && before.layout === 'head' && before.phase !== PHASE_READY);
+  if (closed && writeExpected) {
     // The gateway's disconnect write (Provisioning) follows the stream's end. Wait until the row
     // changes; if its earlier state could not be read, until it is no longer Ready.
     const limit = Date.now() + ctx.config.handoffDisconnectWaitMs;

@@ -1,11 +1,14 @@
 // What every proxy handler needs, built once by the sidecar's composition root.
 import type { Logger } from 'pino';
+import type { SandboxJwtVerifier } from '../auth/sandbox-jwt.ts';
+import type { SshTokenCheck } from '../auth/ssh-tokens.ts';
 import type { SidecarConfig } from '../config/schema.ts';
 import type { SlotLimiter } from '../limits/slots.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
+import type { SandboxKeys } from '../routing/sandbox-keys.ts';
 import type { SessionPool } from './h2-sessions.ts';
 
 export interface ProxyContext {
@@ -19,6 +22,12 @@ export interface ProxyContext {
   limiter: SlotLimiter;
   /** Read-only view of the gateway's `objects` table (sandbox existence, disconnect writes). */
   gatewayObjects: GatewayObjects;
+  /** Sandbox ids behind names and service hosts (the gateway's table, cached). */
+  sandboxKeys: SandboxKeys;
+  /** Verifies supervisors' sandbox JWTs with the local gateway's published keys. */
+  jwt: SandboxJwtVerifier;
+  /** SSH session tokens checked against the gateway's table before a slot is taken. */
+  sshTokens: SshTokenCheck;
   /** h2c origin of the local gateway, e.g. http://127.0.0.1:18080. */
   gatewayOrigin: string;
   gatewayHost: string;

@@ -1,14 +1,18 @@
-// Public HTTP/2 streams: classify, read the routing key from the first gRPC message, and forward
-// per stream to the local gateway or the owning peer (DESIGN §3).
+// Public HTTP/2 streams: classify, read the routing key (first gRPC message, bearer JWT, sandbox
+// name or service host), and forward per stream to the local gateway or the owning peer (DESIGN §3).
 import type http2 from 'node:http2';
 import type { Logger } from 'pino';
-import { classifyGrpcPath, isGrpcContentType, type KeyedGrpcClass, type TrafficClass } from '../classify/classify.ts';
+import { grpcMethod, isGrpcContentType, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
+import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
+import type { LimitRule } from '../limits/rules.ts';
 import { peerHeaders, PEER_NOT_OWNER, PEER_OWNER_HINT } from '../peers/protocol.ts';
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { FirstMessageBuffer } from '../wire/grpc-frame.ts';
-import { extractRoutingKey } from '../wire/routing-key.ts';
+import { extractRoutingKey, type RequestKey } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
+import { followOwner } from './follow-owner.ts';
+import { forwardLocal } from './local-forward.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError, type Replay } from './h2-forward.ts';
 import { track } from './stream-tracking.ts';
 import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnection } from './supervisor-streams.ts';
@@ -16,50 +20,109 @@ import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnec
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
   stream.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream stream error'));
   const path = String(headers[':path'] ?? '');
-  const cls: TrafficClass = isGrpcContentType(headers['content-type'] as string | undefined) ? classifyGrpcPath(path) : 'passthrough';
-  const log = conn.log.child({ class: cls, path });
   const upHeaders = copyRequestHeaders(headers);
-
-  if (cls === 'passthrough') {
-    void forwardLocal(ctx, stream, upHeaders, cls, log);
+  if (!isGrpcContentType(headers['content-type'] as string | undefined)) {
+    // Plain HTTP over h2: a sandbox service request when the authority names one (reference §2.7).
+    const host = parseServiceHost(String(headers[':authority'] ?? ''), ctx.config.serviceBaseDomains);
+    if (host) {
+      const log = conn.log.child({ class: 'service-http', host: headers[':authority'] });
+      void ctx.sandboxKeys.byServiceHost(host).then((sandboxId) => {
+        if (sandboxId === undefined) return void forwardLocal(ctx, stream, upHeaders, 'service-http', log);
+        return routeKeyed(ctx, stream, upHeaders, 'service-http', sandboxId, Buffer.alloc(0), log.child({ sandbox: sandboxId }));
+      });
+      return;
+    }
+    void forwardLocal(ctx, stream, upHeaders, 'passthrough', conn.log.child({ class: 'passthrough', path }));
     return;
   }
-  if (cls === 'supervisor-relay' && conn.supervisorUpstream) {
-    // Relays ride the same upstream connection as their control stream, so they reach the
-    // gateway replica that issued the RelayOpen (reference §2.2, binding rule).
-    void forwardOnSupervisorConnection(ctx, conn, stream, upHeaders, cls, log);
+  const method = grpcMethod(path);
+  if (!method) {
+    void forwardLocal(ctx, stream, upHeaders, 'passthrough', conn.log.child({ class: 'passthrough', path }));
     return;
   }
+  const cls = method.cls;
+  const log = conn.log.child({ class: cls, path });
   if (cls === 'supervisor-relay') {
-    // A relay on a connection with no control stream: the gateway will answer NOT_FOUND itself.
-    void forwardLocal(ctx, stream, upHeaders, cls, log);
+    // Relays ride the same upstream connection as their control stream, so they reach the
+    // gateway replica that issued the RelayOpen (reference §2.2, binding rule). A relay on a
+    // connection with no control stream goes local: the gateway answers NOT_FOUND itself.
+    if (conn.supervisorUpstream) void forwardOnSupervisorConnection(ctx, conn, stream, upHeaders, cls, log);
+    else void forwardLocal(ctx, stream, upHeaders, cls, log);
     return;
   }
+  if (cls === 'logs-push' && headers.authorization !== undefined) {
+    // The supervisor's lifetime log push opens before ConnectSupervisor and may stay idle for a
+    // long time (reference §8): its verified sandbox JWT names the sandbox, so it is routed at once
+    // instead of waiting for a first batch.
+    void ctx.jwt.verify(headers.authorization).then((v) => {
+      if (v.kind === 'verified') {
+        followOwner(ctx, stream, upHeaders, cls, v.sandboxId, Buffer.alloc(0), log.child({ sandbox: v.sandboxId }));
+      } else {
+        readAndRoute(ctx, conn, stream, upHeaders, method, log);
+      }
+    });
+    return;
+  }
+  readAndRoute(ctx, conn, stream, upHeaders, method, log);
+}
+
+function readAndRoute(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, upHeaders: http2.OutgoingHttpHeaders, method: GrpcMethod, log: Logger): void {
+  const cls = method.cls;
+  const policy = ROUTE_POLICY[cls];
   readFirstMessage(ctx, stream, cls, log, (message, frameBytes) => {
-    let key;
+    let key: RequestKey;
     try {
-      key = extractRoutingKey(cls as KeyedGrpcClass, message);
+      key = extractRoutingKey(method.key, message, method.name);
     } catch (err) {
-      // The gateway skips log batches with an empty sandbox id (reference §2.0): such a stream
-      // has nowhere better to go than the local gateway, which answers as it always does.
-      if (cls === 'logs-push' && toOhsError(err).code === 'OHS_ERR_MISSING_ROUTING_KEY') {
+      // Calls any replica can serve go to the local gateway, which answers as it always does; so
+      // do log batches with an empty sandbox id, which the gateway skips (reference §2.0).
+      if (policy === 'affine' || (cls === 'logs-push' && toOhsError(err).code === 'OHS_ERR_MISSING_ROUTING_KEY')) {
         void forwardLocal(ctx, stream, upHeaders, cls, log, frameBytes);
         return;
       }
       return rejectStream(ctx, stream, cls, log, err);
     }
-    if (!('sandboxId' in key)) return rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_MISSING_ROUTING_KEY', 'no sandbox id'));
-    const sandboxId = key.sandboxId;
-    const slog = log.child({ sandbox: sandboxId });
-    if (cls === 'supervisor-control') {
-      void supervisorControl(ctx, conn, stream, upHeaders, sandboxId, frameBytes, slog);
-      return;
-    }
-    void routeKeyed(ctx, stream, upHeaders, cls, sandboxId, frameBytes, slog);
+    void routeByKey(ctx, conn, stream, upHeaders, method, key, frameBytes, log);
   });
 }
 
-function rejectStream(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, log: Logger, err: unknown): void {
+async function routeByKey(
+  ctx: ProxyContext,
+  conn: DownstreamConnection,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  method: GrpcMethod,
+  key: RequestKey,
+  frameBytes: Buffer,
+  log: Logger,
+): Promise<void> {
+  const cls = method.cls;
+  if ('unscoped' in key) return forwardLocal(ctx, stream, headers, cls, log, frameBytes);
+  if ('channelId' in key) return rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_MISSING_ROUTING_KEY', 'no sandbox id'));
+  let sandboxId: string;
+  if ('sandboxName' in key) {
+    // Name-keyed calls (reference §2.9): the gateway's own table says which sandbox; an unknown
+    // name goes to the local gateway, which answers NOT_FOUND as usual.
+    const id = await ctx.sandboxKeys.byName(key.sandboxName, key.workspace);
+    if (id === undefined) return forwardLocal(ctx, stream, headers, cls, log, frameBytes);
+    sandboxId = id;
+  } else {
+    sandboxId = key.sandboxId;
+  }
+  const slog = log.child({ sandbox: sandboxId });
+  switch (ROUTE_POLICY[cls]) {
+    case 'supervisor':
+      return supervisorControl(ctx, conn, stream, headers, sandboxId, frameBytes, slog);
+    case 'owner-rehome':
+      return followOwner(ctx, stream, headers, cls, sandboxId, frameBytes, slog);
+    case 'affine':
+      return routeAffine(ctx, stream, headers, cls, sandboxId, frameBytes, slog);
+    default:
+      return routeKeyed(ctx, stream, headers, cls, sandboxId, frameBytes, slog, 'token' in key ? key.token : undefined);
+  }
+}
+
+export function rejectStream(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, log: Logger, err: unknown): void {
   const e = toOhsError(err);
   ctx.metrics.classifyErrorsTotal.inc({ reason: e.code });
   ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: e.code });
@@ -116,35 +179,18 @@ function readFirstMessage(
   stream.on('close', onClose);
 }
 
-async function forwardLocal(
-  ctx: ProxyContext,
-  stream: http2.ServerHttp2Stream,
-  headers: http2.OutgoingHttpHeaders,
-  cls: TrafficClass,
-  log: Logger,
-  prefix?: Buffer,
-): Promise<void> {
-  let session: http2.ClientHttp2Session;
-  try {
-    session = await ctx.gatewayPool.get(ctx.gatewayOrigin);
-  } catch (err) {
-    log.warn({ err: (err as Error).message }, 'local gateway unreachable');
-    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
-    respondGrpcError(stream, 14, 'gateway unavailable');
-    return;
-  }
-  if (stream.destroyed) return;
-  const done = track(ctx, cls, 'local');
-  forwardStream(stream, session, headers, {
-    ...(prefix ? { prefix } : {}),
-    onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
-  });
-}
-
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
-/** Exec, logs and watch: owner-routed; held while no owner is reachable; one retry on "not owner". */
-async function routeKeyed(
+/** The message a client sees for a refused slot: the gateway's own for gRPC SSH forwards. */
+function limitMessage(cls: TrafficClass, rule: LimitRule, fallback: string): string {
+  return cls === 'tcp-forward' && rule.gatewayMessage ? rule.gatewayMessage : fallback;
+}
+
+/**
+ * Owner-bound calls (exec, forwards, logs, stop, service requests): limits first, at the ingress,
+ * then the owner; held while no owner is reachable; one retry on "not owner".
+ */
+export async function routeKeyed(
   ctx: ProxyContext,
   stream: http2.ServerHttp2Stream,
   headers: http2.OutgoingHttpHeaders,
@@ -152,29 +198,11 @@ async function routeKeyed(
   sandboxId: string,
   frameBytes: Buffer,
   log: Logger,
+  token?: string,
 ): Promise<void> {
-  // Configured limits for gRPC classes (e.g. exec streams per sandbox) are checked here, at the
-  // ingress, before any peer hop; with no rule for the class this costs nothing.
-  const remote = stream.session?.socket?.remoteAddress;
-  let admission;
-  try {
-    admission = await ctx.limiter.acquire({ cls, sandboxId, ...(remote ? { clientAddress: remote } : {}) });
-  } catch (err) {
-    log.warn({ err: (err as Error).message }, 'limit check failed');
-    respondGrpcError(stream, 14, 'connection limits unavailable');
-    return;
-  }
-  if (!admission.ok) {
-    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
-    log.info({ rule: admission.rule.name }, 'stream refused by limit');
-    respondGrpcError(stream, grpcStatusFor(admission.error), admission.error.message);
-    return;
-  }
-  if (stream.closed || stream.destroyed) {
-    admission.release();
-    return;
-  }
-  stream.once('close', admission.release);
+  const release = await admit(ctx, stream, cls, sandboxId, log, token);
+  if (release === undefined) return;
+  stream.once('close', release);
   // Past the hold bound the local gateway answers exactly as it would without us.
   let target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let prefix = frameBytes;
@@ -206,9 +234,69 @@ async function routeKeyed(
   respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
 }
 
+/**
+ * Takes the connection slots the class's limit rules ask for. ForwardTcp takes slots only for a
+ * token the gateway's own table says is valid for the sandbox: a junk token consumes nothing and
+ * the owner's gateway refuses it as usual. Returns the release, or undefined after refusing.
+ */
+async function admit(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, sandboxId: string, log: Logger, token?: string): Promise<(() => void) | undefined> {
+  const remote = stream.session?.socket?.remoteAddress;
+  let slotToken: string | undefined;
+  if (cls === 'tcp-forward') {
+    const verdict = await ctx.sshTokens.check(token, sandboxId);
+    if (verdict === 'invalid') {
+      ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
+      return () => undefined;
+    }
+    slotToken = token?.trim();
+  }
+  let admission;
+  try {
+    admission = await ctx.limiter.acquire({ cls, sandboxId, ...(slotToken ? { token: slotToken } : {}), ...(remote ? { clientAddress: remote } : {}) });
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'limit check failed');
+    respondGrpcError(stream, 14, 'connection limits unavailable');
+    return undefined;
+  }
+  if (!admission.ok) {
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
+    log.info({ rule: admission.rule.name }, 'stream refused by limit');
+    respondGrpcError(stream, grpcStatusFor(admission.error), limitMessage(cls, admission.rule, admission.error.message));
+    return undefined;
+  }
+  if (stream.closed || stream.destroyed) {
+    admission.release();
+    return undefined;
+  }
+  return admission.release;
+}
+
+/**
+ * Calls any replica can serve whose in-memory side effects (watch notifications) stay where they
+ * were served (reference §8): the owner when one is reachable, otherwise the local gateway. Never
+ * held: these are not worth a wait.
+ */
+async function routeAffine(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  sandboxId: string,
+  frameBytes: Buffer,
+  log: Logger,
+): Promise<void> {
+  const target = await ctx.router.resolve(sandboxId);
+  if (target.kind === 'peer') {
+    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, frameBytes, log);
+    if (outcome.kind === 'done') return;
+    return forwardLocal(ctx, stream, headers, cls, log, outcome.replay.bytes);
+  }
+  return forwardLocal(ctx, stream, headers, cls, log, frameBytes);
+}
+
 type PeerOutcome = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: string };
 
-function forwardToPeer(
+export function forwardToPeer(
   ctx: ProxyContext,
   stream: http2.ServerHttp2Stream,
   headers: http2.OutgoingHttpHeaders,

@@ -19,7 +19,7 @@ export function copyRequestHeaders(
   return { ...out, ...extra };
 }
 
-function copyResponseHeaders(headers: http2.IncomingHttpHeaders, drop: (name: string) => boolean): http2.OutgoingHttpHeaders {
+export function copyResponseHeaders(headers: http2.IncomingHttpHeaders, drop: (name: string) => boolean): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP.has(name) || drop(name)) continue;

@@ -8,6 +8,7 @@ import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
 import type { ProxyContext } from './context.ts';
 import { handlePublicStream } from './grpc-streams.ts';
+import { createServiceHttp } from './service-http.ts';
 import type { DownstreamConnection } from './supervisor-streams.ts';
 import { handleConnect, requestHead, splice, writeHttpError } from './tunnel.ts';
 
@@ -40,12 +41,21 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   });
   h2.on('sessionError', (err) => log.debug({ err: err.message }, 'h2 session error'));
 
-  const h1 = http.createServer({ maxHeaderSize: ctx.config.maxHeaderBytes }, (req, res) => passthroughRequest(ctx, req, res));
+  const services = createServiceHttp(ctx, log);
+  const h1 = http.createServer({ maxHeaderSize: ctx.config.maxHeaderBytes }, (req, res) => {
+    const host = services.hostOf(req);
+    if (host) services.web(req, res, host);
+    else passthroughRequest(ctx, req, res);
+  });
   h1.on('connect', (req, socket, head) => {
     const conn = ctx.nextConnId();
     handleConnect(ctx, log.child({ conn, proto: 'http1' }), req, socket as net.Socket, head);
   });
-  h1.on('upgrade', (req, socket, head) => passthroughUpgrade(ctx, req, socket as net.Socket, head));
+  h1.on('upgrade', (req, socket, head) => {
+    const host = services.hostOf(req);
+    if (host) services.upgrade(req, socket as net.Socket, head, host);
+    else passthroughUpgrade(ctx, req, socket as net.Socket, head);
+  });
   h1.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     log.info({ err: err.code ?? err.message }, 'malformed HTTP/1.1 request refused');
     if (err.code === 'HPE_HEADER_OVERFLOW') writeHttpError(socket, 431, 'Request Header Fields Too Large', 'request headers too large');
@@ -116,7 +126,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   };
 }
 
-/** Plain HTTP/1.1 requests are not sandbox-scoped at seed: straight to the local gateway. */
+/** Plain HTTP/1.1 requests other than sandbox services are not sandbox-scoped: straight to the local gateway. */
 function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: http.ServerResponse): void {
   const headers: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !k.startsWith('x-ohs-')) headers[k] = v;

@@ -4,11 +4,13 @@
 import type http2 from 'node:http2';
 import type { Logger } from 'pino';
 import type { TrafficClass } from '../classify/classify.ts';
+import { authorizeHello } from '../auth/hello-auth.ts';
 import { fencePreviousOwner } from '../peers/handoff.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ProxyContext } from './context.ts';
 import { forwardStream, respondGrpcError } from './h2-forward.ts';
 import { connectSession } from './h2-sessions.ts';
+import { forwardLocal } from './local-forward.ts';
 import { track } from './stream-tracking.ts';
 
 /** State of one downstream HTTP/2 connection. */
@@ -92,6 +94,15 @@ export async function supervisorControl(
   log: Logger,
 ): Promise<void> {
   const helloAt = Date.now();
+  const auth = await authorizeHello(ctx, conn.session.socket as { encrypted?: boolean; authorized?: boolean } | undefined, headers.authorization as string | string[] | undefined, sandboxId);
+  if (!auth.ok) {
+    // No claim, no fence, no session of ours: the gateway sees the Hello as sent and refuses it.
+    ctx.metrics.unverifiedHellosTotal.inc({ reason: auth.reason });
+    log.info({ reason: auth.reason }, 'supervisor hello not verified; passed to the gateway without any ownership change');
+    await forwardLocal(ctx, stream, headers, 'supervisor-control', log, frameBytes);
+    return;
+  }
+  if (auth.via === 'seed-unauthenticated') warnSeedUnauthenticated(log);
   let epoch = 0;
   let previous: OwnerRecord | null = null;
   try {
@@ -131,6 +142,14 @@ export async function supervisorControl(
   }
   log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
   await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release);
+}
+
+let warnedSeedUnauthenticated = false;
+/** Once per process: a plaintext seed deployment lets anyone who reaches the port claim a sandbox. */
+function warnSeedUnauthenticated(log: Logger): void {
+  if (warnedSeedUnauthenticated) return;
+  warnedSeedUnauthenticated = true;
+  log.warn('the local gateway issues no sandbox tokens (seed generation) and the public listener has no client CA: supervisor Hellos cannot be authenticated; configure --tls-client-ca to require client certificates');
 }
 
 const STORE_RETRY_MS = 1_000;

@@ -70,6 +70,13 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     // Limits are checked here, at the ingress, before any peer hop or gateway contact: a refused
     // attempt sends nothing anywhere (DESIGN §5).
     const token = typeof req.headers['x-sandbox-token'] === 'string' ? req.headers['x-sandbox-token'] : undefined;
+    // A slot only for a token the gateway's own table says is valid for this sandbox: junk tokens
+    // consume nothing, and the gateway answers them 401 itself (reference §2.3).
+    if ((await ctx.sshTokens.check(token, sandboxId)) === 'invalid') {
+      ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
+      await routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
+      return;
+    }
     let admission;
     try {
       admission = await ctx.limiter.acquire({ cls, sandboxId, ...(token ? { token } : {}), ...(socket.remoteAddress ? { clientAddress: socket.remoteAddress } : {}) });
@@ -90,30 +97,34 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
       admission.release();
       return;
     }
-    // Held while no owner is reachable; past the bound the local gateway answers as it would.
-    let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
-    let exclude: PeerTarget | undefined;
-    let notOwnerRetried = false;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      if (socket.destroyed) return;
-      if (target.kind === 'local') {
-        tunnelLocal(ctx, log, socket, rawHead, cls);
-        return;
-      }
-      const result = await tunnelToPeer(ctx, log, socket, rawHead, sandboxId, target);
-      if (result === 'done') return;
-      if (result === 'not-owner') {
-        if (notOwnerRetried) break;
-        notOwnerRetried = true;
-      }
-      if (result === 'unreachable') exclude = target;
-      const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
-      log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');
-      target = next;
-    }
-    ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
-    writeHttpError(socket, 502, 'Bad Gateway', 'sandbox owner moved while routing; retry');
+    await routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
   })();
+}
+
+/** Held while no owner is reachable; past the bound the local gateway answers as it would. */
+async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, sandboxId: string, cls: string): Promise<void> {
+  let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+  let exclude: PeerTarget | undefined;
+  let notOwnerRetried = false;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (socket.destroyed) return;
+    if (target.kind === 'local') {
+      tunnelLocal(ctx, log, socket, rawHead, cls);
+      return;
+    }
+    const result = await tunnelToPeer(ctx, log, socket, rawHead, sandboxId, target);
+    if (result === 'done') return;
+    if (result === 'not-owner') {
+      if (notOwnerRetried) break;
+      notOwnerRetried = true;
+    }
+    if (result === 'unreachable') exclude = target;
+    const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
+    log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');
+    target = next;
+  }
+  ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
+  writeHttpError(socket, 502, 'Bad Gateway', 'sandbox owner moved while routing; retry');
 }
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };

@@ -100,3 +100,66 @@ export class FirstMessageBuffer {
     return { state: 'error', error: new OhsError(code, message, details === undefined ? {} : { details }) };
   }
 }
+
+/**
+ * Cuts a gRPC byte stream into whole length-prefixed messages (prefix included), so a stream can
+ * change upstream between two messages without a partial one reaching either side. Bounded: a
+ * message larger than `maxMessageBytes` is an error (the gateway's own decode limit is 1 MiB,
+ * reference §1.1).
+ */
+export class GrpcMessageSplitter {
+  readonly #maxMessageBytes: number;
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+
+  constructor(maxMessageBytes: number) {
+    this.#maxMessageBytes = maxMessageBytes;
+  }
+
+  /** Bytes held that do not yet form a whole message. */
+  get bufferedBytes(): number {
+    return this.#pendingBytes;
+  }
+
+  /** Adds a chunk; returns the whole messages it completed (possibly none). Throws OhsError on an oversized message. */
+  push(chunk: Buffer): Buffer[] {
+    if (chunk.length === 0) return [];
+    this.#pending.push(chunk);
+    this.#pendingBytes += chunk.length;
+    const out: Buffer[] = [];
+    while (this.#pendingBytes >= GRPC_FRAME_HEADER_BYTES) {
+      const head = this.#peek(GRPC_FRAME_HEADER_BYTES);
+      const length = head.readUInt32BE(1);
+      if (length > this.#maxMessageBytes) {
+        throw new OhsError('OHS_ERR_MESSAGE_TOO_LARGE', `gRPC message of ${length} bytes exceeds the ${this.#maxMessageBytes}-byte limit`);
+      }
+      const total = GRPC_FRAME_HEADER_BYTES + length;
+      if (this.#pendingBytes < total) break;
+      out.push(this.#take(total));
+    }
+    return out;
+  }
+
+  /** Drops a partial message (the stream it came from is abandoned). */
+  reset(): void {
+    this.#pending = [];
+    this.#pendingBytes = 0;
+  }
+
+  #peek(n: number): Buffer {
+    const first = this.#pending[0] as Buffer;
+    if (first.length >= n) return first;
+    const joined = Buffer.concat(this.#pending, this.#pendingBytes);
+    this.#pending = [joined];
+    return joined;
+  }
+
+  #take(n: number): Buffer {
+    const joined = this.#peek(n);
+    const msg = joined.subarray(0, n);
+    const rest = joined.subarray(n);
+    this.#pending = rest.length > 0 ? [rest] : [];
+    this.#pendingBytes -= n;
+    return msg;
+  }
+}

@@ -4,10 +4,7 @@
 // exactly as the gateway's own decoder (prost) would see the message.
 
 import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
-import type { KeyedGrpcClass } from '../classify/classify.ts';
 import { OhsError } from '../errors.ts';
-
-export type RoutingKey = { sandboxId: string } | { channelId: string };
 
 export const MAX_SANDBOX_ID_LENGTH = 128;
 const SANDBOX_ID_RE = /^[A-Za-z0-9._-]+$/;
@@ -43,54 +40,84 @@ export function validateSandboxId(id: string, origin: 'header' | 'message' = 'me
 }
 
 /**
- * The routing key of the first request message for `cls`. Throws OhsError:
- * OHS_ERR_MALFORMED_MESSAGE when the bytes do not decode or the first message has the wrong shape,
- * OHS_ERR_MISSING_ROUTING_KEY when the key is absent or empty.
+ * Where a request's routing key lives in its first message (reference §2.0, §2.9). Field numbers
+ * only: the same spec serves both gateway generations, since upstream never renumbered these fields.
  */
-export function extractRoutingKey(cls: KeyedGrpcClass, message: Uint8Array): RoutingKey {
-  let key: string | undefined;
-  let what: string;
+export type KeySpec =
+  | {
+      kind: 'sandbox-id';
+      /** Field holding the id, inside `within` when set. */
+      field: number;
+      /** The embedded message holding the id, and the oneof it belongs to (e.g. `hello` of SupervisorMessage). */
+      within?: { field: number; oneof: readonly number[]; what: string };
+      /** A second string field read from the same message (ForwardTcp's `authorization_token`). */
+      tokenField?: number;
+      /** How the key is named in errors, e.g. `hello.sandbox_id`. */
+      what: string;
+    }
+  | { kind: 'channel-id'; within: { field: number; oneof: readonly number[]; what: string }; field: number; what: string }
+  | {
+      kind: 'sandbox-name';
+      nameField: number;
+      workspaceField: number;
+      /** A bool field that, when true, makes the request not sandbox-scoped (UpdateConfig.global). */
+      unlessTrue?: number;
+      what: string;
+    };
+
+export type RequestKey =
+  | { sandboxId: string; token?: string }
+  | { channelId: string }
+  | { sandboxName: string; workspace: string }
+  /** The request names no sandbox (e.g. a global config update). */
+  | { unscoped: true };
+
+/** The gateway's default workspace: an empty request workspace means it (reference §2.9). */
+export const DEFAULT_WORKSPACE = 'default';
+
+/**
+ * The routing key of a first request message. Throws OhsError: OHS_ERR_MALFORMED_MESSAGE when the
+ * bytes do not decode or the message has the wrong shape, OHS_ERR_MISSING_ROUTING_KEY when the key
+ * is absent or empty.
+ */
+export function extractRoutingKey(spec: KeySpec, message: Uint8Array, method = 'request'): RequestKey {
+  const first = `first ${method} message`;
   try {
-    switch (cls) {
-      case 'supervisor-control': {
-        // SupervisorMessage{ oneof payload { hello=1 SupervisorHello{sandbox_id=1}, heartbeat=2,
-        // relay_open_result=3, relay_close=4 } }; the gateway requires Hello first (reference §2.1).
-        const hello = readOneofMessage(message, 1, [1, 2, 3, 4]);
-        if (hello === undefined) throw malformed('first ConnectSupervisor message must be hello');
-        key = readStringField(hello, 1, 'SupervisorHello.sandbox_id');
-        what = 'hello.sandbox_id';
-        break;
+    switch (spec.kind) {
+      case 'sandbox-id': {
+        const chunks = spec.within ? readWithin(message, spec.within, first) : [message];
+        const id = readStringField(chunks, spec.field, spec.what);
+        if (id === undefined || id === '') throw new OhsError('OHS_ERR_MISSING_ROUTING_KEY', `${first} has no ${spec.what}`);
+        const key: { sandboxId: string; token?: string } = { sandboxId: validateSandboxId(id, 'message', spec.what) };
+        if (spec.tokenField !== undefined) {
+          const token = readStringField(chunks, spec.tokenField, 'authorization_token');
+          if (token !== undefined) key.token = token;
+        }
+        return key;
       }
-      case 'supervisor-relay': {
-        // RelayFrame{ oneof payload { init=1 RelayInit{channel_id=1}, data=2 } } (reference §2.2).
-        const init = readOneofMessage(message, 1, [1, 2]);
-        if (init === undefined) throw malformed('first RelayStream message must be init');
-        key = readStringField(init, 1, 'RelayInit.channel_id');
-        what = 'init.channel_id';
-        break;
+      case 'channel-id': {
+        const id = readStringField(readWithin(message, spec.within, first), spec.field, spec.what);
+        if (id === undefined || id === '') throw new OhsError('OHS_ERR_MISSING_ROUTING_KEY', `${first} has no ${spec.what}`);
+        return { channelId: validateSandboxId(id, 'message', spec.what) };
       }
-      case 'exec':
-      case 'logs-get':
-      case 'logs-push':
-        key = readStringField([message], 1, 'sandbox_id');
-        what = 'sandbox_id';
-        break;
-      case 'watch':
-        key = readStringField([message], 1, 'WatchSandboxRequest.id');
-        what = 'id';
-        break;
+      case 'sandbox-name': {
+        if (spec.unlessTrue !== undefined && readBoolField(message, spec.unlessTrue)) return { unscoped: true };
+        const name = readStringField([message], spec.nameField, 'name');
+        if (name === undefined || name === '') throw new OhsError('OHS_ERR_MISSING_ROUTING_KEY', `${first} has no ${spec.what}`);
+        const workspace = readStringField([message], spec.workspaceField, 'workspace');
+        return { sandboxName: name, workspace: workspace === undefined || workspace === '' ? DEFAULT_WORKSPACE : workspace };
+      }
     }
   } catch (err) {
     if (err instanceof OhsError) throw err;
-    throw new OhsError('OHS_ERR_MALFORMED_MESSAGE', `cannot decode first ${cls} message: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new OhsError('OHS_ERR_MALFORMED_MESSAGE', `cannot decode ${first}: ${(err as Error).message}`, { cause: err });
   }
-  if (key === undefined || key === '') {
-    throw new OhsError('OHS_ERR_MISSING_ROUTING_KEY', `first ${cls} message has no ${what}`);
-  }
-  if (cls === 'supervisor-relay') return { channelId: validateSandboxId(key, 'message', what) };
-  return { sandboxId: validateSandboxId(key, 'message', what) };
+}
+
+function readWithin(message: Uint8Array, within: { field: number; oneof: readonly number[]; what: string }, first: string): Uint8Array[] {
+  const chunks = readOneofMessage(message, within.field, within.oneof);
+  if (chunks === undefined) throw malformed(`${first} must be ${within.what}`);
+  return chunks;
 }
 
 function malformed(message: string): OhsError {
@@ -160,5 +187,17 @@ function readStringField(chunks: readonly Uint8Array[], wanted: number, name: st
       return true;
     });
   }
+  return value;
+}
+
+/** Last occurrence of bool field `wanted` (proto3: absent = false). */
+function readBoolField(bytes: Uint8Array, wanted: number): boolean {
+  let value = false;
+  forEachField(bytes, (fieldNo, wireType, reader) => {
+    if (fieldNo !== wanted) return false;
+    if (wireType !== WireType.Varint) throw malformed(`field ${fieldNo} has wire type ${WIRE_TYPE_NAMES[wireType] ?? wireType}, expected varint`);
+    value = reader.bool();
+    return true;
+  });
   return value;
 }

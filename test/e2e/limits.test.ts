@@ -328,7 +328,17 @@ describe('cluster-wide connection limits with leased slots', () => {
       const ownerGateway = (await gatewaySessions(owner)) as { slots: { sandboxes: Record<string, number> } };
       expect(ownerGateway.slots.sandboxes[sandboxId]).toBe(PER_TOKEN);
 
-      const before = await snapshot();
+      // The held tunnels' SSH banners may still be on their way: start from a settled state.
+      let before = await snapshot();
+      await expect
+        .poll(async () => {
+          await sleep(150);
+          const now = await snapshot();
+          const settled = JSON.stringify(now) === JSON.stringify(before);
+          before = now;
+          return settled;
+        }, { timeout: 5000 })
+        .toBe(true);
       const refusalsBefore = metric(await metricsText(nonOwner), 'ohs_limit_refusals_total', { rule: 'ssh-per-token' });
       const fourth = await tunnel(nonOwner.publicPort, sandboxId, token);
       expect(fourth.status).toBe(429);

@@ -200,6 +200,11 @@ async function startRecordingGateway(): Promise<{ port: number; seen: Array<Reco
   });
   h2.on('sessionError', () => undefined);
   const h1 = http.createServer((req, res) => {
+    // The sidecar's own probe for sandbox JWT keys is not client traffic: answer like a seed gateway.
+    if (req.url === '/.well-known/jwks.json') {
+      res.writeHead(404).end();
+      return;
+    }
     seen.push({ ...req.headers });
     res.end('ok\n');
   });

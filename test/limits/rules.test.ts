@@ -1,15 +1,21 @@
 import { describe, expect, it } from 'vitest';
 import { httpStatusFor, grpcStatusFor, GrpcStatus } from '../../src/errors.ts';
-import { DEFAULT_LIMIT_RULES, describeRule, keyValue, limitError, localShare, rulesFor, validateRules } from '../../src/limits/rules.ts';
+import { DEFAULT_LIMIT_RULES, describeRule, keyValue, limitClassOf, limitError, localShare, rulesFor, validateRules } from '../../src/limits/rules.ts';
 import type { LimitRule } from '../../src/limits/rules.ts';
 
 describe('limit rules', () => {
   it('default to the gateway caps: 3 ssh tunnels per token, 20 per sandbox', () => {
     expect(DEFAULT_LIMIT_RULES).toEqual([
-      { name: 'ssh-per-token', trafficClass: 'ssh-tunnel', key: 'token', max: 3 },
-      { name: 'ssh-per-sandbox', trafficClass: 'ssh-tunnel', key: 'sandbox', max: 20 },
+      { name: 'ssh-per-token', trafficClass: 'ssh-tunnel', key: 'token', max: 3, gatewayMessage: 'SSH session connection limit reached' },
+      { name: 'ssh-per-sandbox', trafficClass: 'ssh-tunnel', key: 'sandbox', max: 20, gatewayMessage: 'sandbox SSH connection limit reached' },
     ]);
     expect(() => validateRules(DEFAULT_LIMIT_RULES)).not.toThrow();
+  });
+
+  it('ForwardTcp (2026-08) counts against the same rules as seed CONNECT tunnels', () => {
+    expect(limitClassOf('tcp-forward')).toBe('ssh-tunnel');
+    expect(limitClassOf('exec')).toBe('exec');
+    expect(rulesFor(limitClassOf('tcp-forward'), DEFAULT_LIMIT_RULES).map((r) => r.name)).toEqual(['ssh-per-token', 'ssh-per-sandbox']);
   });
 
   it('selects the rules of a traffic class in configuration order', () => {

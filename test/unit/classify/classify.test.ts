@@ -5,7 +5,7 @@ import {
   classifyHttp1,
   detectPreface,
   isGrpcContentType,
-  isKeyedGrpcClass,
+  ROUTE_POLICY,
   stripInternalHeaders,
 } from '../../../src/classify/classify.ts';
 import type { TrafficClass } from '../../../src/classify/classify.ts';
@@ -18,9 +18,17 @@ describe('classifyGrpcPath', () => {
     ['PushSandboxLogs', 'logs-push'],
     ['GetSandboxLogs', 'logs-get'],
     ['WatchSandbox', 'watch'],
+    ['ForwardTcp', 'tcp-forward'],
+    ['ExecSandboxInteractive', 'exec'],
+    ['StopSandbox', 'sandbox-stop'],
+    ['StartSandbox', 'sandbox-affine'],
+    ['DeleteSandbox', 'sandbox-affine'],
+    ['ReportMainProcessExit', 'sandbox-affine'],
+    ['ReportPolicyStatus', 'sandbox-affine'],
+    ['UpdateConfig', 'sandbox-affine'],
   ])('routes %s as %s', (method, cls) => {
     expect(classifyGrpcPath(`/openshell.v1.OpenShell/${method}`)).toBe(cls);
-    expect(isKeyedGrpcClass(cls)).toBe(true);
+    expect(ROUTE_POLICY[cls]).not.toBe('local');
   });
 
   it.each([
@@ -28,7 +36,8 @@ describe('classifyGrpcPath', () => {
     '/openshell.v1.OpenShell/GetSandbox',
     '/openshell.v1.OpenShell/Health',
     '/openshell.inference.v1.Inference/GetInferenceBundle',
-    '/openshell.v1.OpenShell/ExecSandboxInteractive',
+    '/openshell.v1.OpenShell/ListSandboxes',
+    '/openshell.v1.OpenShell/PeerRelay',
     '/openshell.v1.OpenShell/connectsupervisor',
     '/openshell.v1.OpenShell/ConnectSupervisor/',
     '/other.v1.OpenShell/ExecSandbox',
@@ -37,9 +46,11 @@ describe('classifyGrpcPath', () => {
     expect(classifyGrpcPath(path)).toBe('passthrough');
   });
 
-  it('does not treat passthrough or ssh tunnels as keyed gRPC classes', () => {
-    expect(isKeyedGrpcClass('passthrough')).toBe(false);
-    expect(isKeyedGrpcClass('ssh-tunnel')).toBe(false);
+  it('routes only passthrough locally, and never holds the softer sandbox-affine calls', () => {
+    expect(ROUTE_POLICY.passthrough).toBe('local');
+    expect(ROUTE_POLICY['sandbox-affine']).toBe('affine');
+    expect(ROUTE_POLICY['tcp-forward']).toBe('owner');
+    expect(ROUTE_POLICY.watch).toBe('owner-rehome');
   });
 });
 

@@ -39,6 +39,9 @@ describe('createMetrics', () => {
         'ohs_store_up',
         'ohs_supervisor_sessions',
         'ohs_tunnel_bytes_total',
+        'ohs_unverified_hellos_total',
+        'ohs_limit_skips_total',
+        'ohs_stream_moves_total',
       ].sort(),
     );
     const text = await m.registry.metrics();

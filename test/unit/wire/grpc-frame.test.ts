@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { FirstMessageBuffer, GRPC_FRAME_HEADER_BYTES } from '../../../src/wire/grpc-frame.ts';
+import { FirstMessageBuffer, GRPC_FRAME_HEADER_BYTES, GrpcMessageSplitter } from '../../../src/wire/grpc-frame.ts';
+import { methodNamed } from '../../../src/classify/classify.ts';
 import { extractRoutingKey } from '../../../src/wire/routing-key.ts';
 
 /** Bytes from numbers and ASCII strings, so fixtures read like the wire. */
@@ -112,6 +113,41 @@ describe('FirstMessageBuffer', () => {
     let result = buf.push(frame.subarray(0, 1));
     for (let i = 1; i < frame.length; i++) result = buf.push(frame.subarray(i, i + 1));
     if (result.state !== 'complete') throw new Error(`expected complete, got ${result.state}`);
-    expect(extractRoutingKey('supervisor-control', result.message)).toEqual({ sandboxId: 'sb-9' });
+    expect(extractRoutingKey(methodNamed('ConnectSupervisor').key, result.message)).toEqual({ sandboxId: 'sb-9' });
+  });
+});
+
+describe('GrpcMessageSplitter', () => {
+  const frame = (payload: string): Buffer => {
+    const body = Buffer.from(payload);
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(body.length, 1);
+    return Buffer.concat([head, body]);
+  };
+
+  it('yields whole messages however the bytes are cut', () => {
+    const stream = Buffer.concat([frame('a'), frame('hello'), frame(''), frame('xyz')]);
+    for (const cut of [1, 2, 3, 5, 7, stream.length]) {
+      const s = new GrpcMessageSplitter(1024);
+      const got: string[] = [];
+      for (let i = 0; i < stream.length; i += cut) for (const m of s.push(stream.subarray(i, i + cut))) got.push(m.subarray(5).toString());
+      expect(got).toEqual(['a', 'hello', '', 'xyz']);
+      expect(s.bufferedBytes).toBe(0);
+    }
+  });
+
+  it('holds a partial message until it completes, and drops it on reset', () => {
+    const s = new GrpcMessageSplitter(1024);
+    const f = frame('abcdef');
+    expect(s.push(f.subarray(0, 7))).toEqual([]);
+    expect(s.bufferedBytes).toBe(7);
+    s.reset();
+    expect(s.bufferedBytes).toBe(0);
+    expect(s.push(frame('z')).map((m) => m.subarray(5).toString())).toEqual(['z']);
+  });
+
+  it('refuses a message over the limit as soon as its prefix arrives', () => {
+    const s = new GrpcMessageSplitter(4);
+    expect(() => s.push(frame('12345').subarray(0, 5))).toThrow(/exceeds the 4-byte limit/);
   });
 });

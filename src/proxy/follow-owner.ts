@@ -1,0 +1,332 @@
+// Streams that follow their sandbox's owner (reference §8): `WatchSandbox` and the supervisor's
+// lifetime `PushSandboxLogs` often open before the supervisor's session exists, and outlive moves of
+// that session between replicas. The gateway's watch and log buses are per process (reference §2.8),
+// so a watch left on the wrong replica never sees Ready, and logs pushed there are unreadable from
+// the owner. Such a stream is forwarded to the owner when there is one, else to the local gateway,
+// and moves to the new owner whenever ownership changes, always between two whole gRPC messages:
+// - watch (server streaming): the request is replayed to the new owner, and its response stream
+//   replaces the old one once it has answered (its first message is a fresh snapshot, so the client
+//   loses nothing and at worst sees the current state twice);
+// - log push (client streaming): the old leg's request side is ended cleanly (its gateway keeps the
+//   batches it got) and later batches go to the new owner; the client gets the final leg's answer.
+import http2 from 'node:http2';
+import type { Logger } from 'pino';
+import type { TrafficClass } from '../classify/classify.ts';
+import type { OhsError } from '../errors.ts';
+import { PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import { describe, type Target } from '../routing/router.ts';
+import { GrpcMessageSplitter } from '../wire/grpc-frame.ts';
+import type { ProxyContext } from './context.ts';
+import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
+
+const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR } = http2.constants;
+
+/** The gateway's own decode limit (reference §1.1) bounds every message we hold. */
+const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/** How long an abandoned log-push leg may take to acknowledge its last batches. */
+const OLD_LEG_GRACE_MS = 10_000;
+
+interface Leg {
+  target: Target;
+  up: http2.ClientHttp2Stream;
+  splitter: GrpcMessageSplitter;
+  /** This leg's response headers arrived (it answered). */
+  answered: boolean;
+}
+
+const replicaOf = (t: Target, self: string): string => (t.kind === 'peer' ? t.replicaId : self);
+
+export function followOwner(
+  ctx: ProxyContext,
+  down: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  sandboxId: string,
+  firstBytes: Buffer,
+  log: Logger,
+): void {
+  const replay = cls === 'watch';
+  const self = ctx.store.replicaId;
+  const requestSplitter = new GrpcMessageSplitter(MAX_MESSAGE_BYTES);
+  /** Watch: the whole request, re-sent to every leg. */
+  const requestMessages: Buffer[] = [];
+  /** Log push: batches read before the first leg opened. */
+  const queued: Buffer[] = [];
+  let requestEnded = false;
+  let current: Leg | undefined;
+  let pending: Leg | undefined;
+  let responded = false;
+  let finished = false;
+  let trailers: http2.OutgoingHttpHeaders | undefined;
+  let moves = 0;
+  const started = process.hrtime.bigint();
+  ctx.metrics.activeStreams.inc({ class: cls, target: 'follow' });
+
+  const finish = (outcome: string): void => {
+    if (finished) return;
+    finished = true;
+    unsubscribe();
+    for (const leg of [current, pending]) if (leg && !leg.up.closed) leg.up.close(NGHTTP2_CANCEL);
+    ctx.metrics.activeStreams.dec({ class: cls, target: 'follow' });
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'follow', outcome });
+    ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'follow' }, Number(process.hrtime.bigint() - started) / 1e9);
+    log.debug({ outcome, moves }, 'owner-following stream ended');
+  };
+
+  const fail = (code: number, message: string): void => {
+    respondGrpcError(down, code, message);
+    finish(`grpc_${code}`);
+  };
+
+  down.on('close', () => finish('closed'));
+
+  // ---- downstream request side --------------------------------------------------------------
+  const onRequestMessage = (msg: Buffer): void => {
+    if (replay) {
+      requestMessages.push(msg);
+      return;
+    }
+    const leg = current;
+    if (!leg) {
+      // Before the first leg exists the client is paused; only the already-read first bytes land here.
+      queued.push(msg);
+      return;
+    }
+    if (leg.up.destroyed) return;
+    if (!leg.up.write(msg)) {
+      down.pause();
+      leg.up.once('drain', () => down.resume());
+    }
+  };
+  const pushRequest = (chunk: Buffer): void => {
+    try {
+      for (const m of requestSplitter.push(chunk)) onRequestMessage(m);
+    } catch (err) {
+      fail(8, (err as OhsError).message);
+    }
+  };
+  if (firstBytes.length > 0) pushRequest(firstBytes);
+  down.on('data', (chunk: Buffer) => {
+    if (replay && requestSplitter.bufferedBytes + chunk.length > MAX_MESSAGE_BYTES) return fail(8, 'watch request too large');
+    pushRequest(chunk);
+  });
+  down.on('end', () => {
+    requestEnded = true;
+    if (replay) {
+      void start();
+    } else if (current && !current.up.destroyed) {
+      current.up.end();
+    }
+  });
+
+  // ---- legs ------------------------------------------------------------------------------------
+  const openLeg = async (target: Target): Promise<Leg | undefined> => {
+    let session: http2.ClientHttp2Session;
+    try {
+      session = target.kind === 'peer' ? await ctx.peerPool.get(target.peerUrl) : await ctx.gatewayPool.get(ctx.gatewayOrigin);
+    } catch (err) {
+      log.info({ target: describe(target), err: (err as Error).message }, 'owner-following stream: target unreachable');
+      return undefined;
+    }
+    if (finished) return undefined;
+    const legHeaders =
+      target.kind === 'peer'
+        ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: self, sandboxId, epoch: target.epoch, cls, hop: 1 }) }
+        : headers;
+    let up: http2.ClientHttp2Stream;
+    try {
+      up = session.request(legHeaders, { endStream: false });
+    } catch (err) {
+      // The session began closing (GOAWAY) between get() and request().
+      log.info({ target: describe(target), err: (err as Error).message }, 'owner-following stream: session closing');
+      return undefined;
+    }
+    const leg: Leg = { target, up, splitter: new GrpcMessageSplitter(MAX_MESSAGE_BYTES), answered: false };
+    up.on('error', (err) => log.debug({ target: describe(target), err: err.message }, 'owner-following leg error'));
+    up.on('response', (h, flags) => onLegResponse(leg, h, (flags & NGHTTP2_FLAG_END_STREAM) !== 0));
+    up.on('data', (chunk: Buffer) => onLegData(leg, chunk));
+    up.on('trailers', (t) => {
+      if (leg === current) trailers = copyResponseHeaders(t, dropInternal);
+    });
+    up.on('close', () => onLegClose(leg));
+    if (replay) {
+      for (const m of requestMessages) up.write(m);
+      up.end();
+    }
+    return leg;
+  };
+
+  const onLegResponse = (leg: Leg, h: http2.IncomingHttpHeaders, endStream: boolean): void => {
+    if (finished) return;
+    if (h[PEER_NOT_OWNER] !== undefined) {
+      // The peer lost the session meanwhile: this leg is void; the next ownership event decides.
+      leg.up.close(NGHTTP2_CANCEL);
+      if (leg === pending) pending = undefined;
+      else if (leg === current && !responded) void retarget({ kind: 'local', epoch: null, reason: 'no-owner' });
+      return;
+    }
+    leg.answered = true;
+    if (leg === pending) {
+      if (endStream) {
+        // The new owner refused at once (e.g. the row is gone): keep the stream we have.
+        log.info({ to: describe(leg.target), status: h['grpc-status'] }, 'owner-following stream: new owner refused; staying');
+        pending = undefined;
+        return;
+      }
+      const old = current;
+      current = leg;
+      pending = undefined;
+      moves++;
+      ctx.metrics.streamMovesTotal.inc({ class: cls });
+      log.info({ from: old ? describe(old.target) : null, to: describe(leg.target) }, 'owner-following stream moved to the new owner');
+      if (old && !old.up.closed) old.up.close(NGHTTP2_CANCEL);
+      return;
+    }
+    if (leg !== current) return; // an abandoned log-push leg acknowledging
+    if (responded) {
+      // Later legs' headers are not repeated downstream; a trailers-only answer ends the stream.
+      if (endStream) trailers = copyResponseHeaders(h, dropInternal);
+      return;
+    }
+    responded = true;
+    const out = copyResponseHeaders(h, dropInternal);
+    if (endStream) {
+      down.respond(out, { endStream: true });
+      finish(`grpc_${String(h['grpc-status'] ?? 'none')}`);
+      return;
+    }
+    down.respond(out, { waitForTrailers: true });
+    down.on('wantTrailers', () => {
+      if (trailers && Object.keys(trailers).length > 0) down.sendTrailers(trailers);
+      else down.close();
+    });
+  };
+
+  const onLegData = (leg: Leg, chunk: Buffer): void => {
+    if (finished || leg !== current || !responded) return;
+    let messages: Buffer[];
+    try {
+      messages = leg.splitter.push(chunk);
+    } catch (err) {
+      fail(13, (err as OhsError).message);
+      return;
+    }
+    for (const m of messages) {
+      if (!down.write(m)) {
+        leg.up.pause();
+        down.once('drain', () => leg.up.resume());
+      }
+    }
+  };
+
+  const onLegClose = (leg: Leg): void => {
+    if (finished) return;
+    if (leg === pending) {
+      pending = undefined;
+      return;
+    }
+    if (leg !== current) return;
+    const code = leg.up.rstCode ?? 0;
+    if (!responded) {
+      fail(14, code !== 0 && code !== NGHTTP2_NO_ERROR ? 'upstream stream reset' : 'upstream closed without an answer');
+      return;
+    }
+    if (code !== 0 && code !== NGHTTP2_NO_ERROR) {
+      if (!down.closed) down.close(code);
+      finish('reset');
+      return;
+    }
+    if (!down.writableEnded) down.end();
+    finish(`grpc_${String(trailers?.['grpc-status'] ?? 'none')}`);
+  };
+
+  /** Moves the stream to `target` when that is another replica than the current leg's. */
+  const retarget = async (target: Target): Promise<void> => {
+    if (finished) return;
+    const now = current ? replicaOf(current.target, self) : undefined;
+    if (current && replicaOf(target, self) === now) return;
+    const leg = await openLeg(target);
+    if (!leg) {
+      if (!current) fail(14, 'gateway unavailable');
+      return;
+    }
+    if (finished) {
+      leg.up.close(NGHTTP2_CANCEL);
+      return;
+    }
+    if (!current) {
+      current = leg;
+      if (!replay) {
+        for (const m of queued.splice(0)) leg.up.write(m);
+        if (requestEnded) leg.up.end();
+        else down.resume();
+      }
+      return;
+    }
+    if (replay) {
+      if (pending && !pending.up.closed) pending.up.close(NGHTTP2_CANCEL);
+      pending = leg;
+      return;
+    }
+    // Log push: later batches go to the new owner at once; the old leg's gateway keeps what it got.
+    const old = current;
+    current = leg;
+    moves++;
+    ctx.metrics.streamMovesTotal.inc({ class: cls });
+    log.info({ from: describe(old.target), to: describe(leg.target) }, 'owner-following stream moved to the new owner');
+    if (requestEnded) leg.up.end();
+    if (!old.up.destroyed) {
+      old.up.end();
+      setTimeout(() => {
+        if (!old.up.closed) old.up.close(NGHTTP2_CANCEL);
+      }, OLD_LEG_GRACE_MS).unref();
+    }
+  };
+
+  // ---- ownership ---------------------------------------------------------------------------
+  let checking = false;
+  let recheck = false;
+  const onOwnershipChange = (): void => {
+    if (finished) return;
+    if (checking) {
+      recheck = true;
+      return;
+    }
+    checking = true;
+    ctx.router.resolve(sandboxId, { fresh: true }).then(
+      async (t) => {
+        // Only a real owner is worth moving to: "no owner" leaves the stream where it is.
+        if (t.kind === 'peer' || t.reason === 'owner') await retarget(t);
+      },
+      () => undefined,
+    ).finally(() => {
+      checking = false;
+      if (recheck) {
+        recheck = false;
+        onOwnershipChange();
+      }
+    });
+  };
+  const unsubscribe = ctx.store.onChange((id) => {
+    if (id === sandboxId) onOwnershipChange();
+  });
+
+  let startedLeg = false;
+  const start = async (): Promise<void> => {
+    if (startedLeg || finished) return;
+    startedLeg = true;
+    const target = await ctx.router.resolve(sandboxId).catch((): Target => ({ kind: 'local', epoch: null, reason: 'no-owner' }));
+    log.debug({ target: describe(target) }, 'owner-following stream opened');
+    await retarget(target);
+  };
+  // A watch request is replayed whole, so it is read first and its leg opens once it ended; a log
+  // push streams, so its leg opens at once and the client is read once the leg exists.
+  if (replay) {
+    if (down.readableEnded) void start();
+    else down.resume();
+  } else {
+    void start();
+  }
+}
+
+const dropInternal = (name: string): boolean => name.startsWith('x-ohs-');

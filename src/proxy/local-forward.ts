@@ -1,0 +1,33 @@
+// The local hop: a stream to the gateway beside us over the shared pooled session.
+import type http2 from 'node:http2';
+import type { Logger } from 'pino';
+import type { TrafficClass } from '../classify/classify.ts';
+import type { ProxyContext } from './context.ts';
+import { forwardStream, respondGrpcError } from './h2-forward.ts';
+import { track } from './stream-tracking.ts';
+
+export async function forwardLocal(
+  ctx: ProxyContext,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  cls: TrafficClass,
+  log: Logger,
+  prefix?: Buffer,
+): Promise<void> {
+  let session: http2.ClientHttp2Session;
+  try {
+    session = await ctx.gatewayPool.get(ctx.gatewayOrigin);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'local gateway unreachable');
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+    respondGrpcError(stream, 14, 'gateway unavailable');
+    return;
+  }
+  if (stream.destroyed) return;
+  const done = track(ctx, cls, 'local');
+  forwardStream(stream, session, headers, {
+    ...(prefix ? { prefix } : {}),
+    onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+  });
+}
+

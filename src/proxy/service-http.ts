@@ -1,0 +1,121 @@
+// Browser traffic to sandbox services over HTTP/1.1, plain requests and WebSocket upgrades
+// (2026-08, reference §2.7). The Host names the sandbox (`<ws>--<sandbox>[--<svc>].<base>`), the
+// gateway's `service_endpoint` row maps it to a sandbox id, and the request goes to the gateway
+// holding that sandbox's supervisor session. Proxying is http-proxy-3's; what is ours is where
+// each request goes. A request for another replica rides one peer tunnel (an HTTP/2 CONNECT
+// stream to that replica's sidecar, which splices it to its gateway), with the client's own Host.
+import http from 'node:http';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { createProxyServer } from 'http-proxy-3';
+import type { Logger } from 'pino';
+import { parseServiceHost, type ServiceHost } from '../classify/service-host.ts';
+import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import type { PeerTarget, Target } from '../routing/router.ts';
+import type { ProxyContext } from './context.ts';
+import { writeHttpError } from './tunnel.ts';
+
+const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
+
+/** One HTTP/1.1 connection's worth of bytes to the owner's gateway, through its sidecar. */
+class PeerTunnelAgent extends http.Agent {
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly target: PeerTarget,
+    private readonly sandboxId: string,
+  ) {
+    super({ keepAlive: false });
+  }
+
+  override createConnection(_options: unknown, callback?: (err: Error | null, stream: Duplex) => void): undefined {
+    const done = callback ?? (() => undefined);
+    this.ctx.peerPool.get(this.target.peerUrl).then(
+      (session) => {
+        let stream: http2.ClientHttp2Stream;
+        try {
+          stream = session.request({
+            ':method': 'CONNECT',
+            ':authority': 'openshell-service',
+            ...peerHeaders({ secret: this.ctx.peerSecret ?? '', origin: this.ctx.store.replicaId, sandboxId: this.sandboxId, epoch: this.target.epoch, cls: 'service-http', hop: 1 }),
+          });
+        } catch (err) {
+          done(err as Error, undefined as unknown as Duplex);
+          return;
+        }
+        stream.once('error', (err) => done(err, stream));
+        stream.once('response', (h) => {
+          const status = Number(h[':status']);
+          if (status === 200) {
+            done(null, stream);
+            return;
+          }
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          const why = status === NOT_OWNER_STATUS && h[PEER_NOT_OWNER] !== undefined ? 'not the owner any more' : `refused (${status})`;
+          done(new Error(`owner replica ${this.target.replicaId} ${why}`), stream);
+        });
+      },
+      (err: unknown) => done(err as Error, undefined as unknown as Duplex),
+    );
+    return undefined;
+  }
+}
+
+export interface ServiceHttp {
+  /** The service host a request names, or undefined when it is not a service request. */
+  hostOf(req: http.IncomingMessage): ServiceHost | undefined;
+  web(req: http.IncomingMessage, res: http.ServerResponse, host: ServiceHost): void;
+  upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer, host: ServiceHost): void;
+}
+
+export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHttp {
+  const log = baseLog.child({ class: 'service-http' });
+  // The client's Host is kept: the owner's gateway routes on it too (reference §2.7).
+  const proxy = createProxyServer({ changeOrigin: false, xfwd: false, ws: true, proxyTimeout: 0 });
+  proxy.on('error', (err, _req, resOrSocket) => {
+    log.info({ err: err.message }, 'service request failed');
+    if (resOrSocket instanceof http.ServerResponse) {
+      if (!resOrSocket.headersSent) resOrSocket.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
+      else resOrSocket.destroy();
+    } else {
+      writeHttpError(resOrSocket as net.Socket, 502, 'Bad Gateway', 'sandbox service unavailable');
+    }
+  });
+
+  /** Where the request goes, and how: the local gateway, or the owner through a peer tunnel. */
+  const route = async (req: http.IncomingMessage, host: ServiceHost): Promise<{ target: string; agent?: http.Agent; where: string }> => {
+    for (const name of Object.keys(req.headers)) if (name.startsWith('x-ohs-')) delete req.headers[name];
+    const sandboxId = await ctx.sandboxKeys.byServiceHost(host);
+    // Unknown service: the local gateway answers 404 as it would without us.
+    if (sandboxId === undefined) return { target: ctx.gatewayOrigin, where: 'local' };
+    const target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+    if (target.kind === 'local') return { target: ctx.gatewayOrigin, where: 'local' };
+    return { target: ctx.gatewayOrigin, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };
+  };
+
+  return {
+    hostOf: (req) => parseServiceHost(req.headers.host ?? '', ctx.config.serviceBaseDomains),
+    web(req, res, host) {
+      route(req, host).then(
+        ({ target, agent, where }) => {
+          ctx.metrics.requestsTotal.inc({ class: 'service-http', target: where === 'local' ? 'local' : 'peer', outcome: 'forwarded' });
+          void proxy.web(req, res, { target, ...(agent ? { agent } : {}) });
+        },
+        (err: unknown) => {
+          log.warn({ err: (err as Error).message }, 'service request could not be routed');
+          if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
+        },
+      );
+    },
+    upgrade(req, socket, head, host) {
+      socket.on('error', () => undefined);
+      route(req, host).then(
+        ({ target, agent, where }) => {
+          ctx.metrics.requestsTotal.inc({ class: 'service-http', target: where === 'local' ? 'local' : 'peer', outcome: 'upgrade' });
+          void proxy.ws(req, socket, head, { target, ...(agent ? { agent } : {}) });
+        },
+        () => writeHttpError(socket, 502, 'Bad Gateway', 'sandbox service unavailable'),
+      );
+    },
+  };
+}

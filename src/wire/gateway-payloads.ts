@@ -1,0 +1,97 @@
+// Readers for the prost-encoded payloads of the gateway's `objects` rows (reference §3.2), with a
+// real wire reader. Pure: bytes in, values out. Both gateway generations are understood, because a
+// sidecar must never mistake "a field it cannot see" for a value (a phase read as 0 would make an
+// unseen disconnect write look seen).
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
+
+export const PHASE_PROVISIONING = 1;
+export const PHASE_READY = 2;
+
+/**
+ * Where the phase was found: `Sandbox.phase` (field 4) at seed, `Sandbox.status(3).phase(6)` at
+ * HEAD (field 4 is reserved there), or nowhere (proto3 omits a 0 value, so "unspecified").
+ */
+export type PayloadLayout = 'seed' | 'head' | 'unknown';
+
+export interface SandboxPayloadPhase {
+  phase: number;
+  layout: PayloadLayout;
+}
+
+/** Calls `visit` for each field; a field `visit` does not consume is skipped. */
+function forEachField(bytes: Uint8Array, visit: (field: number, wireType: WireType, reader: BinaryReader) => boolean): void {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (!visit(field, wireType, reader)) reader.skip(wireType, field);
+  }
+}
+
+/** The phase of a `Sandbox` payload in either layout. Throws on undecodable bytes. */
+export function sandboxPayloadPhase(payload: Uint8Array): SandboxPayloadPhase {
+  let seedPhase: number | undefined;
+  let headPhase: number | undefined;
+  forEachField(payload, (field, wireType, reader) => {
+    if (field === 4 && wireType === WireType.Varint) {
+      seedPhase = reader.int32();
+      return true;
+    }
+    if (field === 3 && wireType === WireType.LengthDelimited) {
+      // Repeated occurrences of an embedded message merge; the last phase seen wins.
+      forEachField(reader.bytes(), (f, wt, r) => {
+        if (f !== 6 || wt !== WireType.Varint) return false;
+        headPhase = r.int32();
+        return true;
+      });
+      return true;
+    }
+    return false;
+  });
+  if (seedPhase !== undefined) return { phase: seedPhase, layout: 'seed' };
+  if (headPhase !== undefined) return { phase: headPhase, layout: 'head' };
+  return { phase: 0, layout: 'unknown' };
+}
+
+/** `Sandbox.phase` in whichever layout the payload uses; 0 when absent. */
+export function sandboxPhase(payload: Uint8Array): number {
+  return sandboxPayloadPhase(payload).phase;
+}
+
+export interface SshSessionPayload {
+  sandboxId: string;
+  expiresAtMs: number;
+  revoked: boolean;
+}
+
+/** `SshSession{metadata=1, sandbox_id=2, token=3, expires_at_ms=4, revoked=5}` (same at seed and HEAD). */
+export function sshSessionPayload(payload: Uint8Array): SshSessionPayload {
+  const out: SshSessionPayload = { sandboxId: '', expiresAtMs: 0, revoked: false };
+  forEachField(payload, (field, wireType, reader) => {
+    if (field === 2 && wireType === WireType.LengthDelimited) out.sandboxId = reader.string();
+    else if (field === 4 && wireType === WireType.Varint) out.expiresAtMs = Number(reader.int64());
+    else if (field === 5 && wireType === WireType.Varint) out.revoked = reader.bool();
+    else return false;
+    return true;
+  });
+  return out;
+}
+
+/**
+ * The gateway's own token rule (reference §3.2; ForwardTcp `validate_ssh_forward_token`): the row
+ * exists, is not revoked, names this sandbox, and has not expired.
+ */
+export function sshSessionValidFor(session: SshSessionPayload, sandboxId: string, nowMs: number): boolean {
+  if (session.revoked || session.sandboxId !== sandboxId) return false;
+  return session.expiresAtMs <= 0 || nowMs <= session.expiresAtMs;
+}
+
+/** `ServiceEndpoint.sandbox_id` (field 2, reference §2.7); '' when absent. */
+export function serviceEndpointSandboxId(payload: Uint8Array): string {
+  let id = '';
+  forEachField(payload, (field, wireType, reader) => {
+    if (field !== 2 || wireType !== WireType.LengthDelimited) return false;
+    id = reader.string();
+    return true;
+  });
+  return id;
+}
