@@ -17,7 +17,9 @@ import { createPostgresOwnershipStore } from './ownership/postgres-store.ts';
 import type { OwnershipStore } from './ownership/types.ts';
 import { createPeerServer } from './peers/peer-server.ts';
 import type { ProxyContext } from './proxy/context.ts';
-import { SessionPool } from './proxy/h2-sessions.ts';
+import { SessionPool, SpreadPool } from './proxy/h2-sessions.ts';
+import { watchGateway } from './readiness/gateway-watch.ts';
+import { createShadowRegistry } from './readiness/shadows.ts';
 import { createPublicListener, type PublicListener } from './proxy/public-listener.ts';
 import { LocalSessions, OwnerRouter } from './routing/router.ts';
 import { createSandboxKeys } from './routing/sandbox-keys.ts';
@@ -134,6 +136,20 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   });
   // Logs which generation of supervisor authentication the local gateway speaks (seed: none).
   void jwt.gatewayIssuesJwts();
+  const shadowUpstreams = new SpreadPool(gatewayOrigin, sessionOpts);
+  const shadows =
+    config.mode === 'cluster' && config.readinessMode === 'shadow'
+      ? createShadowRegistry({
+          store,
+          peerPool,
+          peerSecret: config.peerSecret ?? '',
+          gatewayObjects,
+          metrics,
+          logger: logger.child({ component: 'readiness' }),
+          reconcileIntervalMs: config.replicaHeartbeatIntervalMs,
+        })
+      : undefined;
+  const gatewayWatch = watchGateway({ objects: gatewayObjects, gatewayPool, gatewayOrigin, metrics, logger: logger.child({ component: 'gateway-watch' }) });
   const ctx: ProxyContext = {
     config,
     logger,
@@ -146,6 +162,9 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     sandboxKeys: createSandboxKeys(gatewayObjects),
     jwt,
     sshTokens: createSshTokenCheck(gatewayObjects),
+    shadowUpstreams,
+    shadows,
+    gatewayWatch,
     gatewayOrigin,
     gatewayHost,
     gatewayPort,
@@ -188,6 +207,9 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           const p = closeServer(peerServer);
           await Promise.race([p, new Promise((r) => setTimeout(r, 1000).unref())]);
         }
+        gatewayWatch.close();
+        await shadows?.close();
+        await shadowUpstreams.close();
         await gatewayPool.close();
         await peerPool.close();
         await closeServer(admin);

@@ -79,6 +79,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['h2InitialWindowBytes'], '--h2-initial-window-bytes', 'OHS_H2_INITIAL_WINDOW_BYTES', 'int'),
   opt(['serviceBaseDomains'], '--service-base-domains', 'OHS_SERVICE_BASE_DOMAINS', 'list'),
   opt(['gatewayJwtIssuer'], '--gateway-jwt-issuer', 'OHS_GATEWAY_JWT_ISSUER'),
+  opt(['readinessMode'], '--readiness-mode', 'OHS_READINESS_MODE'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -120,6 +121,7 @@ export const CONFIG_DEFAULTS = {
   h2InitialWindowBytes: 1_048_576,
   // The gateway's default `base_domains` (reference §2.7); set it to the gateway's wildcard SANs.
   serviceBaseDomains: ['openshell.localhost'],
+  readinessMode: 'shadow',
 } as const;
 
 type Layer = Record<string, unknown>;

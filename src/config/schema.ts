@@ -117,6 +117,11 @@ const scalarShape = {
    * issuer of that form is accepted (the signature with the gateway's own key is what counts).
    */
   gatewayJwtIssuer: z.string().regex(/^openshell-gateway:.+$/).optional(),
+  /**
+   * `shadow` keeps 2026-08 sandboxes Ready on every replica's gateway (reference §10: the reconciler
+   * lease holder demotes sessions it does not hold); `off` leaves the gateway's behaviour as is.
+   */
+  readinessMode: z.enum(['shadow', 'off']),
 };
 
 /**
@@ -197,6 +202,7 @@ export interface SidecarConfig {
   readonly h2InitialWindowBytes: number;
   readonly serviceBaseDomains: readonly string[];
   readonly gatewayJwtIssuer?: string;
+  readonly readinessMode: 'shadow' | 'off';
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */

@@ -45,6 +45,16 @@ export interface SidecarMetrics {
   readonly limitSkipsTotal: Counter<'class' | 'reason'>;
   /** Watch and log-push streams moved to a sandbox's new owner mid-stream. */
   readonly streamMovesTotal: Counter<'class'>;
+  /** Shadow registrations of this replica's supervisor sessions held on other replicas' gateways. */
+  readonly shadowSessions: Gauge;
+  /** Shadow registrations other replicas hold on this replica's gateway. */
+  readonly shadowsHosted: Gauge;
+  /** Owned, live sandboxes seen demoted to Provisioning (reference §10). */
+  readonly readinessDemotionsTotal: Counter;
+  /** Shadow re-registrations made to restore Ready after a demotion. */
+  readonly readinessRepairsTotal: Counter;
+  /** 1 for the gateway replica holding the reconciler lease (label holder). */
+  readonly reconcilerLeaseHolder: Gauge<'holder'>;
 }
 
 export interface CreateMetricsOptions {
@@ -182,6 +192,32 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
       name: 'ohs_stream_moves_total',
       help: 'Watch and log-push streams moved to a new sandbox owner mid-stream.',
       labelNames: ['class'] as const,
+      registers,
+    }),
+    shadowSessions: new Gauge({
+      name: 'ohs_shadow_sessions',
+      help: "Shadow registrations of this replica's supervisor sessions held on other replicas' gateways.",
+      registers,
+    }),
+    shadowsHosted: new Gauge({
+      name: 'ohs_shadows_hosted',
+      help: "Shadow registrations other replicas hold on this replica's gateway.",
+      registers,
+    }),
+    readinessDemotionsTotal: new Counter({
+      name: 'ohs_readiness_demotions_total',
+      help: 'Owned, live sandboxes seen demoted to Provisioning by a gateway (reconciler-lease holder or a stale disconnect).',
+      registers,
+    }),
+    readinessRepairsTotal: new Counter({
+      name: 'ohs_readiness_repairs_total',
+      help: 'Shadow re-registrations made to restore Ready after a demotion.',
+      registers,
+    }),
+    reconcilerLeaseHolder: new Gauge({
+      name: 'ohs_reconciler_lease_holder',
+      help: 'The gateway replica holding the reconciler lease (value 1, label holder), as read from the gateway table.',
+      labelNames: ['holder'] as const,
       registers,
     }),
   };

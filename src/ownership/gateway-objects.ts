@@ -34,6 +34,12 @@ export interface GatewayObjects {
   serviceSandboxId(workspace: string, endpointKey: string): Promise<string | null | undefined>;
   /** The `ssh_session` row for a token; null when none. */
   sshSession(token: string): Promise<SshSessionPayload | null | undefined>;
+  /** Phases of several sandboxes in one query (rows that do not exist are absent from the map). */
+  sandboxPhases(sandboxIds: readonly string[]): Promise<Map<string, number> | undefined>;
+  /** The reconciler-lease row (HEAD on Postgres, reference §10): who holds it and how fresh it is; null when none. */
+  reconcilerLease(): Promise<{ holder: string; updatedAtMs: number } | null | undefined>;
+  /** Whether the table holds upstream's own owner records (the unmerged native-HA gateway, reference §10). */
+  hasNativeOwnerRecords(): Promise<boolean | undefined>;
   close(): Promise<void>;
 }
 
@@ -45,6 +51,9 @@ const UNKNOWN: GatewayObjects = {
   sandboxIdByName: async () => undefined,
   serviceSandboxId: async () => undefined,
   sshSession: async () => undefined,
+  sandboxPhases: async () => undefined,
+  reconcilerLease: async () => undefined,
+  hasNativeOwnerRecords: async () => undefined,
   close: async () => undefined,
 };
 
@@ -139,6 +148,37 @@ export function createGatewayObjects(databaseUrl: string | undefined, logger: Lo
       } catch {
         return null;
       }
+    },
+    async sandboxPhases(sandboxIds) {
+      if (sandboxIds.length === 0) return new Map();
+      const rows = await query<{ id: string; payload: Buffer }>(`SELECT id, payload FROM objects WHERE object_type = 'sandbox' AND id = ANY($1::text[])`, [sandboxIds]);
+      if (rows === undefined) return undefined;
+      const out = new Map<string, number>();
+      for (const r of rows) {
+        try {
+          out.set(r.id, sandboxPayloadPhase(r.payload).phase);
+        } catch {
+          out.set(r.id, -1);
+        }
+      }
+      return out;
+    },
+    async reconcilerLease() {
+      // JSON payload {holder, acquired_at_ms} (compute/lease.rs at HEAD).
+      const rows = await query<{ payload: Buffer; updated_at_ms: string }>(`SELECT payload, updated_at_ms FROM objects WHERE object_type = 'reconciler_lease' AND id = 'singleton'`, []);
+      if (rows === undefined) return undefined;
+      const row = rows[0];
+      if (!row) return null;
+      try {
+        const holder = (JSON.parse(row.payload.toString('utf8')) as { holder?: unknown }).holder;
+        return typeof holder === 'string' ? { holder, updatedAtMs: Number(row.updated_at_ms) } : null;
+      } catch {
+        return null;
+      }
+    },
+    async hasNativeOwnerRecords() {
+      const rows = await query<{ one: number }>(`SELECT 1 AS one FROM objects WHERE object_type = 'supervisor_session_owner' LIMIT 1`, []);
+      return rows === undefined ? undefined : rows.length > 0;
     },
     close: () => pool.end().catch(() => undefined),
   };

@@ -5,6 +5,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
+import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
@@ -92,6 +93,10 @@ function handlePeerStream(
     });
     return;
   }
+  if (cls === SHADOW_CLASS) {
+    void hostShadow(ctx, log, stream, headers, sandboxId, epoch);
+    return;
+  }
   const held = ctx.localSessions.epoch(sandboxId);
   if (held === undefined || held !== epoch) {
     // Not (or no longer) the owner at that epoch: answer at once, nothing reached the gateway.
@@ -128,4 +133,47 @@ function peerTunnel(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Str
   upstream.once('error', (err) => log.warn({ err: err.message }, 'local gateway unreachable for peer tunnel'));
   ctx.metrics.activeTunnels.inc({ target: 'local' });
   splice(stream, upstream, () => ctx.metrics.activeTunnels.dec({ target: 'local' }));
+}
+
+/**
+ * Another replica's sidecar registers its supervisor session on our gateway (a shadow, so that our
+ * gateway's registry has the session when it composes phases, reference §10). Accepted only from the
+ * sandbox's current owner at its current epoch, and never over a real session held here: a stale or
+ * misdirected shadow must not supersede a live supervisor.
+ */
+async function hostShadow(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, epoch: number): Promise<void> {
+  if (ctx.localSessions.epoch(sandboxId) !== undefined) {
+    refuse(stream, 409, 'session-held-here');
+    log.info('shadow refused: the real session is held here');
+    return;
+  }
+  const origin = String(headers[PEER_ORIGIN] ?? '');
+  let owner;
+  try {
+    owner = (await ctx.store.lookup(sandboxId, { fresh: true })).owner;
+  } catch {
+    refuse(stream, 503, 'store-unavailable');
+    return;
+  }
+  if (!owner || owner.replicaId !== origin || owner.epoch !== epoch) {
+    refuse(stream, 409, 'stale-shadow');
+    log.info({ owner: owner ? `${owner.replicaId}@${owner.epoch}` : null }, 'shadow refused: the sender is not the current owner');
+    return;
+  }
+  if (stream.destroyed) return;
+  let lease;
+  try {
+    lease = await ctx.shadowUpstreams.acquire();
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'local gateway unreachable for a shadow registration');
+    respondGrpcError(stream, 14, 'gateway unavailable');
+    return;
+  }
+  ctx.metrics.shadowsHosted.inc();
+  forwardStream(stream, lease.session, copyRequestHeaders(headers), {
+    onDone: () => {
+      lease.release();
+      ctx.metrics.shadowsHosted.dec();
+    },
+  });
 }

@@ -9,7 +9,9 @@ import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
 import type { SandboxKeys } from '../routing/sandbox-keys.ts';
-import type { SessionPool } from './h2-sessions.ts';
+import type { SessionPool, SpreadPool } from './h2-sessions.ts';
+import type { GatewayWatch } from '../readiness/gateway-watch.ts';
+import type { ShadowRegistry } from '../readiness/shadows.ts';
 
 export interface ProxyContext {
   config: SidecarConfig;
@@ -35,6 +37,12 @@ export interface ProxyContext {
   /** Shared sessions to the local gateway (non-supervisor streams) and to peers. */
   gatewayPool: SessionPool;
   peerPool: SessionPool;
+  /** Connections to the local gateway for shadow registrations hosted here (many long-lived streams). */
+  shadowUpstreams: SpreadPool;
+  /** Shadow registrations of this replica's supervisor sessions on the other replicas' gateways. */
+  shadows: ShadowRegistry | undefined;
+  /** Lease holder and native-HA detection for the local gateway. */
+  gatewayWatch: GatewayWatch;
   /** Shared secret for the peer protocol; undefined only in embedded mode. */
   peerSecret: string | undefined;
   nextConnId(): string;

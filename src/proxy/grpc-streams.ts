@@ -36,6 +36,14 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
     return;
   }
   const method = grpcMethod(path);
+  if (method && ctx.gatewayWatch.nativeHa()) {
+    // A native-HA gateway routes sessions itself: step aside. Supervisor streams still keep their
+    // 1:1 upstream connection, so the gateway's keepalive sees the supervisor's.
+    const log = conn.log.child({ class: method.cls, path, native: true });
+    if (method.cls === 'supervisor-control' || (method.cls === 'supervisor-relay' && conn.supervisorUpstream)) void forwardOnSupervisorConnection(ctx, conn, stream, upHeaders, method.cls, log);
+    else void forwardLocal(ctx, stream, upHeaders, method.cls, log);
+    return;
+  }
   if (!method) {
     void forwardLocal(ctx, stream, upHeaders, 'passthrough', conn.log.child({ class: 'passthrough', path }));
     return;

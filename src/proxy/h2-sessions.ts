@@ -127,3 +127,63 @@ export class SessionPool {
     );
   }
 }
+
+/**
+ * Many long-lived streams to one origin, spread over as many connections as needed so that none
+ * carries more than `maxStreamsPerSession` (a gateway caps concurrent streams per connection;
+ * hyper's server default is 200). Used for shadow registrations, which live as long as sessions.
+ */
+export class SpreadPool {
+  private readonly sessions: Array<{ session: Promise<http2.ClientHttp2Session>; active: number }> = [];
+  private closed = false;
+
+  constructor(
+    private readonly origin: string,
+    private readonly opts: SessionOptions,
+    private readonly maxStreamsPerSession = 100,
+  ) {}
+
+  /** A session with room for one more stream; call `release` when that stream is over. */
+  async acquire(): Promise<{ session: http2.ClientHttp2Session; release: () => void }> {
+    if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
+    let slot = this.sessions.find((s) => s.active < this.maxStreamsPerSession);
+    if (!slot) {
+      const session = connectSession(this.origin, this.opts);
+      slot = { session, active: 0 };
+      const created = slot;
+      this.sessions.push(created);
+      session.then(
+        (s) => s.once('close', () => this.remove(created)),
+        () => this.remove(created),
+      );
+    }
+    slot.active++;
+    const held = slot;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      held.active--;
+    };
+    try {
+      const session = await held.session;
+      if (!sessionUsable(session)) throw new OhsError('OHS_ERR_UPSTREAM', `session to ${this.origin} is closing`);
+      return { session, release };
+    } catch (err) {
+      release();
+      this.remove(held);
+      throw err;
+    }
+  }
+
+  private remove(slot: { session: Promise<http2.ClientHttp2Session>; active: number }): void {
+    const i = this.sessions.indexOf(slot);
+    if (i >= 0) this.sessions.splice(i, 1);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = this.sessions.splice(0);
+    await Promise.all(all.map((s) => s.session.then((x) => x.destroy(), () => undefined)));
+  }
+}

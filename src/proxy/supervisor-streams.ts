@@ -11,6 +11,7 @@ import type { ProxyContext } from './context.ts';
 import { forwardStream, respondGrpcError } from './h2-forward.ts';
 import { connectSession } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
+import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
 import { track } from './stream-tracking.ts';
 
 /** State of one downstream HTTP/2 connection. */
@@ -61,6 +62,7 @@ export async function forwardOnSupervisorConnection(
   log: Logger,
   prefix?: Buffer,
   onDone?: () => void,
+  onAnswered?: () => void,
 ): Promise<void> {
   let up: http2.ClientHttp2Session;
   try {
@@ -76,6 +78,15 @@ export async function forwardOnSupervisorConnection(
   const done = track(ctx, cls, 'local');
   forwardStream(stream, up, headers, {
     ...(prefix ? { prefix } : {}),
+    ...(onAnswered
+      ? {
+          onResponse: (h: http2.IncomingHttpHeaders) => {
+            // A trailers-only answer is a refusal (NOT_FOUND, PERMISSION_DENIED…): no session.
+            if (h['grpc-status'] === undefined) onAnswered();
+            return true;
+          },
+        }
+      : {}),
     onDone: ({ reset, grpcStatus }) => {
       done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
       onDone?.();
@@ -123,6 +134,8 @@ export async function supervisorControl(
   const sessionId = ctx.localSessions.set(sandboxId, epoch, () => {
     conn.session.destroy();
     void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
+    // Shadows go with the real session, before the fence is acknowledged (reference §10).
+    void ctx.shadows?.drop(sandboxId);
   });
   ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
   ctx.store.setSessionCount(ctx.localSessions.size);
@@ -133,15 +146,30 @@ export async function supervisorControl(
     ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
     ctx.store.setSessionCount(ctx.localSessions.size);
     log.info({ epoch: held }, 'supervisor disconnected; releasing ownership');
+    void ctx.shadows?.drop(sandboxId);
     if (held > 0) releaseOwnership(ctx, sandboxId, held, log);
   };
+  // Once the local gateway took the session, mirror it on the other replicas' gateways so that the
+  // reconciler-lease holder, wherever it is, sees it (reference §10). Only for sessions proven by a
+  // sandbox JWT: seed gateways have no lease and no such demotion.
+  const mirror =
+    auth.via === 'jwt' && ctx.shadows && epoch > 0 && !ctx.gatewayWatch.nativeHa()
+      ? () => {
+          if (ctx.localSessions.epoch(sandboxId) === epoch) ctx.shadows?.add(sandboxId, epoch, headers, helloFrame(frameBytes));
+        }
+      : undefined;
   if (epoch > 0) await fencePreviousOwner(ctx, sandboxId, previous, log);
   if (stream.destroyed) {
     release();
     return;
   }
   log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
-  await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release);
+  await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, mirror);
+}
+
+/** The Hello alone, as framed (the buffered bytes may already hold what followed it). */
+function helloFrame(frameBytes: Buffer): Buffer {
+  return frameBytes.subarray(0, GRPC_FRAME_HEADER_BYTES + frameBytes.readUInt32BE(1));
 }
 
 let warnedSeedUnauthenticated = false;

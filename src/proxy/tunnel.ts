@@ -61,7 +61,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
   const log = connLog.child({ class: cls, sandbox: sandboxId });
   // No usable routing key: the local gateway gives the client its own answer (401/400/404).
-  if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined) {
+  if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined || ctx.gatewayWatch.nativeHa()) {
     tunnelLocal(ctx, log, socket, rawHead, cls);
     return;
   }
