@@ -42,6 +42,11 @@ describe('createMetrics', () => {
         'ohs_unverified_hellos_total',
         'ohs_limit_skips_total',
         'ohs_stream_moves_total',
+        'ohs_shadow_sessions',
+        'ohs_shadows_hosted',
+        'ohs_readiness_demotions_total',
+        'ohs_readiness_repairs_total',
+        'ohs_reconciler_lease_holder',
       ].sort(),
     );
     const text = await m.registry.metrics();
