@@ -205,7 +205,7 @@ export class SessionRegistry {
   /** After a supersede in this process, pending RelayOpens for the sandbox are re-sent. */
   replayPendingRelays(session: LiveSession): number {
     let n = 0;
-    for (const [channelId, p] of this.pending) {
+    for (const p of this.pending.values()) {
       if (p.sandboxId === session.sandboxId) {
         session.send({ relay_open: p.relayOpen });
         n++;

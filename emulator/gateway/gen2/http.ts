@@ -2,6 +2,7 @@
 // runs first (reference §1.1 HEAD, §2.7), then `/.well-known/jwks.json` (auth/http.rs@v0.0.111:62).
 // There is no `/connect/ssh` any more (reference §8: removed in upstream #1029).
 import http, { type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Phase } from '../../proto.ts';
 import { writeStatus } from '../ssh-tunnel.ts';
@@ -118,7 +119,7 @@ function proxyService(ctx: Gen2Context, req: IncomingMessage, res: ServerRespons
         method: req.method,
         path: req.url ?? '/',
         headers: upstreamHeaders(req.headers, port, false),
-        createConnection: () => relay as unknown as import('node:net').Socket,
+        createConnection: () => relay as unknown as Socket,
         agent: false,
       });
       const cleanup = (): void => {
@@ -171,7 +172,7 @@ function proxyServiceUpgrade(
         method: 'GET',
         path: req.url ?? '/',
         headers: upstreamHeaders(req.headers, port, true),
-        createConnection: () => relay as unknown as import('node:net').Socket,
+        createConnection: () => relay as unknown as Socket,
         agent: false,
       });
       upstream.on('error', () => {
