@@ -114,6 +114,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       jwt,
       auth: { jwt, allowUnauthenticatedUsers: opts.allowUnauthenticatedUsers ?? true },
       serviceBaseDomains: opts.serviceBaseDomains ?? [DEFAULT_SERVICE_BASE_DOMAIN],
+      inflight: new Set(),
     };
   }
 
@@ -233,6 +234,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       for (const s of sockets) s.destroy();
       grpcServer.forceShutdown();
       health.closeAllConnections();
+      if (gen2Ctx) await Promise.allSettled([...gen2Ctx.inflight]);
       await store.close().catch(() => undefined);
     },
   };

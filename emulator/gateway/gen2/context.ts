@@ -25,6 +25,8 @@ export interface Gen2Context {
   auth: AuthOptions;
   /** Base domains of sandbox service hosts, first one used for URLs. */
   serviceBaseDomains: string[];
+  /** Phase writes in flight, awaited before the store closes on shutdown. */
+  inflight: Set<Promise<unknown>>;
   /** The gateway's bind address and scheme (CreateSshSession, service URLs). */
   advertised: () => { host: string; port: number; scheme: 'http' | 'https' };
 }

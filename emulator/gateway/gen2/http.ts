@@ -120,7 +120,6 @@ function proxyService(ctx: Gen2Context, req: IncomingMessage, res: ServerRespons
         path: req.url ?? '/',
         headers: upstreamHeaders(req.headers, port, false),
         createConnection: () => relay as unknown as Socket,
-        agent: false,
       });
       const cleanup = (): void => {
         upstream.destroy();
@@ -173,7 +172,6 @@ function proxyServiceUpgrade(
         path: req.url ?? '/',
         headers: upstreamHeaders(req.headers, port, true),
         createConnection: () => relay as unknown as Socket,
-        agent: false,
       });
       upstream.on('error', () => {
         if (!socket.destroyed) writeStatus(socket, 502, 'Service endpoint is not reachable');

@@ -54,7 +54,14 @@ export async function casPhase(
 }
 
 /** supervisor_session_connected / _disconnected (compute/mod.rs@v0.0.111:2800-2890). */
-export async function supervisorSessionChanged(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
+export function supervisorSessionChanged(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
+  const p = sessionWrite(ctx, sandboxId, connected, instanceId);
+  ctx.inflight.add(p);
+  void p.finally(() => ctx.inflight.delete(p));
+  return p;
+}
+
+async function sessionWrite(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
   const log = ctx.logger.child({ sandboxId, connected });
   try {
     const existing = await ctx.store.sandboxById(sandboxId);
