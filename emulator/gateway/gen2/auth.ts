@@ -1,15 +1,15 @@
 // gRPC authentication and method authorization of the 2026-08 gateway, as read from upstream
 // v0.0.111 (reference §2.1 HEAD, §8 "Auth modes"):
-// - AuthGrpcRouter::call (multiplex.rs@v0.0.111:960-1043): Health bypasses auth; the chain runs;
+// - AuthGrpcRouter::call (multiplex.rs@v0.0.111:976-1048): Health bypasses auth; the chain runs;
 //   Ok(None) (no bearer, or a bearer whose kid is not the sandbox-JWT kid) becomes the local dev
 //   user when `allow_unauthenticated_users` is set, else UNAUTHENTICATED "missing authorization
 //   header"; an authenticator error (bad signature, expired, undecodable) is returned as is.
 //   A user principal on a `sandbox`-mode method gets PERMISSION_DENIED "this method requires a
 //   sandbox principal"; a sandbox principal on a method that is not `sandbox`/`dual` gets
 //   PERMISSION_DENIED "sandbox principals may not call this method".
-// - SandboxJwtAuthenticator (auth/sandbox_jwt.rs@v0.0.111:274-372): see jwt.ts.
-// - Handlers then scope the principal: ensure_sandbox_principal_scope (auth/guard.rs@v0.0.111:78-94)
-//   on Hello and relay claims; ensure_sandbox_scope (guard.rs:9-29) on log pushes.
+// - SandboxJwtAuthenticator (auth/sandbox_jwt.rs@v0.0.111:278-322, 358-372): see jwt.ts.
+// - Handlers then scope the principal: ensure_sandbox_principal_scope (auth/guard.rs@v0.0.111:78-97)
+//   on Hello and relay claims; ensure_sandbox_scope (guard.rs:30-49) on log pushes.
 // Auth modes are the `(openshell.options.v1.authorization)` annotations in proto/openshell.proto@v0.0.111.
 import { status as Status, type Metadata } from '@grpc/grpc-js';
 import { GatewayError } from '../registry.ts';
@@ -42,7 +42,7 @@ export const METHOD_AUTH_MODES: Record<string, AuthMode> = {
 
 export type Principal = { kind: 'sandbox'; sandboxId: string } | { kind: 'user'; subject: string };
 
-/** unauthenticated_dev_user_principal (multiplex.rs@v0.0.111:902-912). */
+/** unauthenticated_dev_user_principal (multiplex.rs@v0.0.111:945-955). */
 const DEV_USER: Principal = { kind: 'user', subject: 'unauthenticated-local-dev' };
 
 export interface AuthOptions {

@@ -79,7 +79,7 @@ export class SandboxJwt {
   }
 
   /**
-   * validate_bearer (sandbox_jwt.rs@v0.0.111:274-322): an undecodable header → "invalid token"; an
+   * validate_bearer (sandbox_jwt.rs@v0.0.111:278-322): an undecodable header → "invalid token"; an
    * extension `typ` → rejected; another kid or alg → fall through; then signature, iss, aud and the
    * required claims, then exp by hand (0 = never, 60 s leeway).
    */

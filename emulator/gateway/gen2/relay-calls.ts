@@ -96,7 +96,7 @@ async function openRelay(
   );
 }
 
-/** validate_tcp_forward_init / validate_tcp_target_parts (grpc/sandbox.rs@v0.0.111:1471-1519). */
+/** validate_tcp_forward_init / validate_tcp_target_parts (grpc/sandbox.rs@v0.0.111:1457-1519). */
 export function validateForwardTarget(init: NonNullable<TcpForwardFrame['init']>): RelayTarget {
   if (!init.sandbox_id) throw invalid('sandbox_id is required');
   if (init.target === 'ssh') return { kind: 'ssh' };
@@ -112,7 +112,7 @@ export function validateForwardTarget(init: NonNullable<TcpForwardFrame['init']>
 }
 
 /**
- * ForwardTcp (grpc/sandbox.rs@v0.0.111:1284-1560), checks in upstream's order: init first; target;
+ * ForwardTcp (grpc/sandbox.rs@v0.0.111:1280-1560), checks in upstream's order: init first; target;
  * sandbox by id (NOT_FOUND); Ready (FAILED_PRECONDITION); authorization_token required and checked
  * against its ssh_session row (UNAUTHENTICATED); per-process slots 3/token, 20/sandbox
  * (RESOURCE_EXHAUSTED); relay (15 s session wait → UNAVAILABLE); 10 s claim; then data both ways.
@@ -216,7 +216,7 @@ export function shellEscape(value: string): string {
   return `'${value.replace(/'/g, `'"'"'`)}'`;
 }
 
-/** build_remote_exec_command (grpc/sandbox.rs@v0.0.111:1905-1929): sorted env assignments, escaped argv, `cd` for workdir. */
+/** build_remote_exec_command (grpc/sandbox.rs@v0.0.111:1906-1929): sorted env assignments, escaped argv, `cd` for workdir. */
 export function buildRemoteCommand(req: Pick<ExecRequest, 'environment' | 'command' | 'workdir'>): string {
   const parts: string[] = [];
   for (const key of Object.keys(req.environment).sort()) parts.push(`${key}=${shellEscape(req.environment[key] ?? '')}`);
@@ -276,7 +276,7 @@ function sshExec(relay: Duplex, command: string, pty: { cols: number; rows: numb
   });
 }
 
-/** A missing exit status is a relay failure, not exit code 1 (exec_loop_result, grpc/sandbox.rs@v0.0.111:1894-1903). */
+/** A missing exit status is a relay failure, not exit code 1 (exec_loop_result, grpc/sandbox.rs@v0.0.111:1895-1904). */
 function noExitStatus(): GatewayError {
   return new GatewayError(Status.UNAVAILABLE, 'exec relay closed before the command reported an exit status');
 }
@@ -326,7 +326,7 @@ async function runExec(
   }
 }
 
-/** ExecSandbox (grpc/sandbox.rs@v0.0.111:1168-1240): an empty command is refused before the sandbox lookup. */
+/** ExecSandbox (grpc/sandbox.rs@v0.0.111:1172-1240): an empty command is refused before the sandbox lookup. */
 export async function execSandbox(ctx: Gen2Context, call: ServerWritableStream<ExecRequest, ExecSandboxEvent>): Promise<void> {
   const req = call.request;
   validateExecRequest(req);
@@ -336,7 +336,7 @@ export async function execSandbox(ctx: Gen2Context, call: ServerWritableStream<E
   });
 }
 
-/** ExecSandboxInteractive (grpc/sandbox.rs@v0.0.111:1593-1690): start first, then stdin and resize frames. */
+/** ExecSandboxInteractive (grpc/sandbox.rs@v0.0.111:1593-1700): start first, then stdin and resize frames. */
 export async function execSandboxInteractive(ctx: Gen2Context, call: ServerDuplexStream<ExecInput, ExecSandboxEvent>): Promise<void> {
   const first = await firstMessage<ExecInput>(call);
   if (!first) throw invalid('empty stream: expected start message');

@@ -20,7 +20,7 @@ import { clientStreamRpc, invalid, streamRpc, unaryRpc } from './rpc.ts';
 import { endpointKey, normalizeWorkspace, type Gen2Sandbox, type ServiceEndpointRow } from './store.ts';
 
 export const SSH_SESSION_TTL_SECS = 86_400;
-/** PushSandboxLogs keeps at most this many lines of a batch (grpc/policy.rs@v0.0.111:3575). */
+/** PushSandboxLogs keeps at most this many lines of a batch (grpc/policy.rs@v0.0.111:3581). */
 export const MAX_LOG_LINES_PER_BATCH = 100;
 const DEFAULT_LOG_LINES = 2000;
 const DEFAULT_WATCH_LOG_TAIL = 200;
@@ -288,7 +288,7 @@ interface WatchRequest {
 }
 
 /**
- * WatchSandbox (grpc/sandbox.rs@v0.0.111:930-1184): NOT_FOUND for an unknown id; subscribe, then always
+ * WatchSandbox (grpc/sandbox.rs@v0.0.111:932-1184): NOT_FOUND for an unknown id; subscribe, then always
  * a snapshot; stop_on_terminal ends only on Ready; a log tail of 0 means 200; the stream ends when
  * the row is gone; with no follow flag it never ends. Status pushes come only from this process's
  * writes (reference §2.8); the emulator has no platform events, so follow_events only subscribes.
