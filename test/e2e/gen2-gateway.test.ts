@@ -281,6 +281,10 @@ describe('2026-08 gateway emulator, one replica', () => {
     await unary(client, 'ExposeService', { sandbox: 'gamma', service: 'web', target_port: 8080, domain: true });
     const nr = await httpGet(gw.port, `default--gamma--web.openshell.localhost:${gw.port}`);
     expect(nr).toMatchObject({ status: 412, body: 'Sandbox is not ready' });
+    // A port nothing listens on inside the sandbox: the supervisor's failed RelayOpenResult is a 502.
+    await unary(client, 'ExposeService', { sandbox: 'alpha', service: 'dead', target_port: 1, domain: true });
+    const dead = await httpGet(gw.port, `default--alpha--dead.openshell.localhost:${gw.port}`);
+    expect(dead).toMatchObject({ status: 502, body: 'Service endpoint is not reachable' });
     // Not a service host: the ordinary routes answer.
     expect((await httpGet(gw.port, 'example.com', '/')).status).toBe(404);
   });
