@@ -1,7 +1,10 @@
 // Cluster launcher for tests, benches and the demo: N gateway replicas as separate OS
 // processes (optionally each behind its sidecar process) and a round-robin balancer standing in
 // for the Kubernetes Service in front of them.
+import { rmSync } from 'node:fs';
 import { startBalancer, type Backend, type Balancer } from './balancer.ts';
+import { createJwtKeyDir } from './gateway/gen2/jwt.ts';
+import type { Protocol } from './proto.ts';
 import { startProcess, tsEntry, type ManagedProcess } from './process.ts';
 
 export interface SidecarOptions {
@@ -25,6 +28,12 @@ export interface ClusterOptions {
   gatewayHeartbeatSecs?: number;
   echo?: boolean;
   logLevel?: string;
+  /** Gateway protocol generation of every replica; default '2026-04' (seed). */
+  protocol?: Protocol;
+  /** 2026-08: the sandbox JWT key directory all replicas share; the launcher creates one if absent. */
+  jwtKeyDir?: string;
+  /** Extra CLI flags for every gateway emulator. */
+  gatewayExtraArgs?: string[];
 }
 
 export interface Replica {
@@ -41,11 +50,22 @@ export interface Replica {
 
 export class Cluster {
   readonly replicas: Replica[] = [];
+  /** 2026-08: the key directory the replicas share (mint supervisor tokens from it). */
+  readonly jwtKeyDir: string | undefined;
+  private readonly ownsJwtKeyDir: boolean;
 
   private constructor(
     readonly opts: ClusterOptions,
     readonly balancer: Balancer,
-  ) {}
+  ) {
+    const gen2 = opts.protocol === '2026-08';
+    this.ownsJwtKeyDir = gen2 && !opts.jwtKeyDir;
+    this.jwtKeyDir = gen2 ? (opts.jwtKeyDir ?? createJwtKeyDir()) : undefined;
+  }
+
+  get protocol(): Protocol {
+    return this.opts.protocol ?? '2026-04';
+  }
 
   static async start(opts: ClusterOptions): Promise<Cluster> {
     const balancer = await startBalancer([]);
@@ -87,6 +107,9 @@ export class Cluster {
         String(this.opts.gatewayHeartbeatSecs ?? 15),
         '--log-level',
         this.opts.logLevel ?? 'warn',
+        ...(this.opts.protocol ? ['--protocol', this.opts.protocol] : []),
+        ...(this.jwtKeyDir ? ['--jwt-key-dir', this.jwtKeyDir] : []),
+        ...(this.opts.gatewayExtraArgs ?? []),
       ],
       { echo: this.opts.echo ?? false },
     );
@@ -161,5 +184,6 @@ export class Cluster {
   async close(): Promise<void> {
     await Promise.all(this.replicas.map((_, i) => this.kill(i, 'SIGKILL').catch(() => undefined)));
     await this.balancer.close();
+    if (this.ownsJwtKeyDir && this.jwtKeyDir) rmSync(this.jwtKeyDir, { recursive: true, force: true });
   }
 }

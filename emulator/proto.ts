@@ -11,7 +11,17 @@ import protobuf from 'protobufjs';
 export const SERVICE_PATH = '/openshell.v1.OpenShell';
 export const HEARTBEAT_INTERVAL_SECS = 15;
 
-/** SandboxPhase values (reference §3.2). */
+/** Gateway protocol generations the emulators speak (reference header table: seed and HEAD). */
+export const PROTOCOLS = ['2026-04', '2026-08'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
+export function parseProtocol(value: string | undefined): Protocol {
+  const v = value ?? '2026-04';
+  if (!(PROTOCOLS as readonly string[]).includes(v)) throw new Error(`unknown protocol generation '${v}' (expected ${PROTOCOLS.join(' or ')})`);
+  return v as Protocol;
+}
+
+/** SandboxPhase values (reference §3.2); 6–8 exist from the 2026-08 generation on. */
 export const Phase = {
   UNSPECIFIED: 0,
   PROVISIONING: 1,
@@ -19,6 +29,9 @@ export const Phase = {
   ERROR: 3,
   DELETING: 4,
   UNKNOWN: 5,
+  STOPPING: 6,
+  STOPPED: 7,
+  STARTING: 8,
 } as const;
 export type PhaseValue = (typeof Phase)[keyof typeof Phase];
 
@@ -107,8 +120,17 @@ export interface GatewayMessage {
   session_accepted?: { session_id: string; heartbeat_interval_secs: number } | null;
   session_rejected?: { reason: string } | null;
   heartbeat?: Record<string, never> | null;
-  relay_open?: { channel_id: string } | null;
+  relay_open?: RelayOpenMessage | null;
   relay_close?: { channel_id: string; reason: string } | null;
+}
+
+/** RelayOpen; `target`/`service_id` are set by the 2026-08 gateway only (absent target = SSH). */
+export interface RelayOpenMessage {
+  channel_id: string;
+  target?: 'ssh' | 'tcp';
+  ssh?: Record<string, never> | null;
+  tcp?: { host: string; port: number } | null;
+  service_id?: string;
 }
 
 export interface RelayFrame {

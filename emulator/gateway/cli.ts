@@ -2,6 +2,7 @@
 // Prints one JSON line {"event":"ready",...} on stdout once listening.
 import { parseArgs } from 'node:util';
 import pino from 'pino';
+import { parseProtocol } from '../proto.ts';
 import { startGateway } from './server.ts';
 
 export async function runGatewayEmulator(argv: string[]): Promise<void> {
@@ -18,6 +19,16 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
       'tls-client-ca': { type: 'string' },
       'heartbeat-interval-secs': { type: 'string', default: '15' },
       'log-level': { type: 'string', default: 'info' },
+      // Protocol generation: 2026-04 (seed, default) or 2026-08 (upstream v0.0.111).
+      protocol: { type: 'string', default: '2026-04' },
+      // 2026-08: sandbox JWT key directory (signing.pem, public.pem, kid), gateway id, token TTL.
+      'jwt-key-dir': { type: 'string' },
+      'gateway-id': { type: 'string' },
+      'sandbox-jwt-ttl-secs': { type: 'string' },
+      // 2026-08: base domain of sandbox service hosts (repeatable; default openshell.localhost).
+      'service-base-domain': { type: 'string', multiple: true },
+      // 2026-08: refuse calls without a bearer instead of treating them as the local dev user.
+      'require-user-auth': { type: 'boolean', default: false },
     },
   });
   const databaseUrl = values['database-url'] ?? process.env.OPENSHELL_DB_URL;
@@ -30,7 +41,20 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     values['tls-cert'] && values['tls-key']
       ? { certFile: values['tls-cert'], keyFile: values['tls-key'], ...(values['tls-client-ca'] ? { clientCaFile: values['tls-client-ca'] } : {}) }
       : undefined;
+  let protocol;
+  try {
+    protocol = parseProtocol(values.protocol);
+  } catch (err) {
+    console.error(`gateway emulator: ${(err as Error).message}`);
+    process.exit(2);
+  }
   const gateway = await startGateway({
+    protocol,
+    ...(values['jwt-key-dir'] ? { jwtKeyDir: values['jwt-key-dir'] } : {}),
+    ...(values['gateway-id'] ? { gatewayId: values['gateway-id'] } : {}),
+    ...(values['sandbox-jwt-ttl-secs'] ? { sandboxJwtTtlSecs: Number(values['sandbox-jwt-ttl-secs']) } : {}),
+    ...(values['service-base-domain'] ? { serviceBaseDomains: values['service-base-domain'] } : {}),
+    allowUnauthenticatedUsers: !values['require-user-auth'],
     databaseUrl,
     replica: values.replica ?? 'gateway',
     host: values.host ?? '127.0.0.1',
@@ -41,7 +65,7 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     ...(tlsOpts ? { tls: tlsOpts } : {}),
   });
   process.stdout.write(
-    `${JSON.stringify({ event: 'ready', role: 'gateway', replica: gateway.replica, port: gateway.port, healthPort: gateway.healthPort, pid: process.pid })}\n`,
+    `${JSON.stringify({ event: 'ready', role: 'gateway', protocol: gateway.protocol, replica: gateway.replica, port: gateway.port, healthPort: gateway.healthPort, pid: process.pid })}\n`,
   );
   const shutdown = (): void => {
     void gateway.close().finally(() => process.exit(0));

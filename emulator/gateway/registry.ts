@@ -4,7 +4,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { status as Status } from '@grpc/grpc-js';
-import type { GatewayMessage } from '../proto.ts';
+import type { GatewayMessage, RelayOpenMessage } from '../proto.ts';
+
+/** 2026-08: what the supervisor should dial for a relay (reference §2.1 RelayOpen). */
+export type RelayTarget = { kind: 'ssh' } | { kind: 'tcp'; host: string; port: number };
 
 export const RELAY_PENDING_TIMEOUT_MS = 10_000;
 export const SESSION_WAIT_INITIAL_BACKOFF_MS = 100;
@@ -33,6 +36,7 @@ export interface LiveSession {
 interface PendingRelay {
   sandboxId: string;
   createdAtMs: number;
+  relayOpen: RelayOpenMessage;
   resolve(stream: Duplex): void;
   reject(err: Error): void;
 }
@@ -65,6 +69,18 @@ export class SessionRegistry {
 
   get(sandboxId: string): LiveSession | undefined {
     return this.sessions.get(sandboxId);
+  }
+
+  /**
+   * 2026-08 `disconnect` (StopSandbox, reference §2.9): removes the entry first, so the ending
+   * session's remove-if-current cleanup finds nothing and writes no phase, then shuts it down.
+   */
+  disconnect(sandboxId: string): boolean {
+    const s = this.sessions.get(sandboxId);
+    if (!s) return false;
+    this.sessions.delete(sandboxId);
+    s.shutdown('sandbox stopped');
+    return true;
   }
 
   /** Inserts the session, superseding (shutting down) any older one for the same sandbox. */
@@ -104,7 +120,11 @@ export class SessionRegistry {
    * open_relay: waits for a local session, registers a pending relay and sends RelayOpen on the
    * session's control stream. `stream` resolves when the supervisor's RelayStream claims it.
    */
-  async openRelay(sandboxId: string, sessionWaitMs: number): Promise<{ channelId: string; stream: Promise<Duplex> }> {
+  async openRelay(
+    sandboxId: string,
+    sessionWaitMs: number,
+    opts: { target?: RelayTarget; serviceId?: string } = {},
+  ): Promise<{ channelId: string; stream: Promise<Duplex> }> {
     const session = await this.waitForSession(sandboxId, sessionWaitMs);
     if (this.pending.size >= MAX_PENDING_RELAYS) {
       throw new GatewayError(Status.RESOURCE_EXHAUSTED, 'too many pending relays');
@@ -115,11 +135,17 @@ export class SessionRegistry {
       throw new GatewayError(Status.RESOURCE_EXHAUSTED, 'too many pending relays for sandbox');
     }
     const channelId = randomUUID();
+    // Seed RelayOpen carries only the channel id; 2026-08 adds target and service id.
+    const relayOpen: RelayOpenMessage = { channel_id: channelId };
+    if (opts.target?.kind === 'ssh') relayOpen.ssh = {};
+    else if (opts.target?.kind === 'tcp') relayOpen.tcp = { host: opts.target.host, port: opts.target.port };
+    if (opts.serviceId) relayOpen.service_id = opts.serviceId;
     let timer: NodeJS.Timeout | undefined;
     const stream = new Promise<Duplex>((resolve, reject) => {
       this.pending.set(channelId, {
         sandboxId,
         createdAtMs: Date.now(),
+        relayOpen,
         resolve: (s) => {
           clearTimeout(timer);
           resolve(s);
@@ -138,17 +164,38 @@ export class SessionRegistry {
     });
     // Callers that never await `stream` must not produce an unhandled rejection.
     stream.catch(() => undefined);
-    session.send({ relay_open: { channel_id: channelId } });
+    session.send({ relay_open: relayOpen });
     return { channelId, stream };
   }
 
-  /** claim_relay: NOT_FOUND for unknown ids, DEADLINE_EXCEEDED past the pending timeout. */
-  claimRelay(channelId: string, nowMs = Date.now()): PendingRelay {
+  /**
+   * 2026-08 `fail_pending_relay`: a RelayOpenResult{success=false} fails the waiter at once with
+   * UNAVAILABLE carrying the supervisor's error (reference §8 "Relays").
+   */
+  failRelay(channelId: string, error: string): boolean {
+    const p = this.pending.get(channelId);
+    if (!p) return false;
+    this.pending.delete(channelId);
+    p.reject(new GatewayError(Status.UNAVAILABLE, error));
+    return true;
+  }
+
+  /**
+   * claim_relay: NOT_FOUND for unknown ids, DEADLINE_EXCEEDED past the pending timeout. At 2026-08
+   * `authorize` checks the caller's sandbox principal against the entry first and the timeout
+   * message is "relay channel timed out" (supervisor_session.rs@v0.0.111:367-385).
+   */
+  claimRelay(
+    channelId: string,
+    nowMs = Date.now(),
+    opts: { authorize?: (sandboxId: string) => void; expiredMessage?: string } = {},
+  ): PendingRelay {
     const p = this.pending.get(channelId);
     if (!p) throw new GatewayError(Status.NOT_FOUND, 'unknown or expired relay channel');
+    opts.authorize?.(p.sandboxId);
     this.pending.delete(channelId);
     if (nowMs - p.createdAtMs > RELAY_PENDING_TIMEOUT_MS) {
-      const err = new GatewayError(Status.DEADLINE_EXCEEDED, 'relay channel expired');
+      const err = new GatewayError(Status.DEADLINE_EXCEEDED, opts.expiredMessage ?? 'relay channel expired');
       p.reject(err);
       throw err;
     }
@@ -158,9 +205,9 @@ export class SessionRegistry {
   /** After a supersede in this process, pending RelayOpens for the sandbox are re-sent. */
   replayPendingRelays(session: LiveSession): number {
     let n = 0;
-    for (const [channelId, p] of this.pending) {
+    for (const p of this.pending.values()) {
       if (p.sandboxId === session.sandboxId) {
-        session.send({ relay_open: { channel_id: channelId } });
+        session.send({ relay_open: p.relayOpen });
         n++;
       }
     }

@@ -1,18 +1,24 @@
 // One gateway replica: a single port serving h2c gRPC and HTTP/1.1, told apart by the
 // connection preface like hyper-util's auto::Builder (reference §1.1), optional TLS, and a
-// separate health listener (reference §1.3).
+// separate health listener (reference §1.3). `protocol` picks the generation it speaks: the seed
+// (2026-04, default) or 2026-08 (upstream v0.0.111), whose handlers live in gen2/.
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
-import { openShellService } from '../proto.ts';
+import { openShellService, type Protocol } from '../proto.ts';
 import { LogBus, WatchBus } from './buses.ts';
 import { SessionRegistry } from './registry.ts';
 import { gatewayServiceImplementation, type GatewayContext } from './service.ts';
 import { SshSlots, handleSshConnect, writeStatus } from './ssh-tunnel.ts';
 import { GatewayStore, MemoryGatewayStore, type GatewayPersistence } from './store.ts';
+import { DEFAULT_SERVICE_BASE_DOMAIN, type Gen2Context } from './gen2/context.ts';
+import { gen2HttpHandler, gen2UpgradeHandler } from './gen2/http.ts';
+import { DEFAULT_GATEWAY_ID, SandboxJwt, createJwtKeyDir } from './gen2/jwt.ts';
+import { gen2ServiceImplementation } from './gen2/service.ts';
+import { Gen2Store } from './gen2/store.ts';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** tonic's MAX_GRPC_DECODE_SIZE (reference §1.1). */
@@ -29,13 +35,28 @@ export interface GatewayOptions {
   heartbeatIntervalSecs?: number;
   logger?: Logger;
   version?: string;
+  /** Protocol generation; default '2026-04' (seed). */
+  protocol?: Protocol;
+  /** 2026-08: directory with signing.pem, public.pem, kid (shared by a cluster's replicas); a fresh one if absent. */
+  jwtKeyDir?: string;
+  /** 2026-08: `openshell-gateway:<id>` is the JWT issuer and audience. */
+  gatewayId?: string;
+  /** 2026-08: sandbox JWT lifetime, 0 = no expiry (Helm default 3600 s). */
+  sandboxJwtTtlSecs?: number;
+  /** 2026-08: `allow_unauthenticated_users` (default true, so SDK/CLI calls work without OIDC). */
+  allowUnauthenticatedUsers?: boolean;
+  /** 2026-08: base domains of sandbox service hosts (default openshell.localhost). */
+  serviceBaseDomains?: string[];
 }
 
 export interface Gateway {
   port: number;
   healthPort: number;
   replica: string;
+  protocol: Protocol;
   store: GatewayPersistence;
+  /** 2026-08 only: the typed store and the JWT key directory in use. */
+  gen2?: { store: Gen2Store; jwtKeyDir: string; jwt: SandboxJwt };
   registry: SessionRegistry;
   logs: LogBus;
   slots: SshSlots;
@@ -55,7 +76,10 @@ function listen(server: net.Server, host: string, port: number): Promise<number>
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const logger = (opts.logger ?? pino({ level: 'silent' })).child({ replica: opts.replica });
   const host = opts.host ?? '127.0.0.1';
-  const store: GatewayPersistence = opts.databaseUrl ? new GatewayStore(opts.databaseUrl) : new MemoryGatewayStore();
+  const protocol: Protocol = opts.protocol ?? '2026-04';
+  if (protocol === '2026-08' && !opts.databaseUrl) throw new Error('the 2026-08 gateway emulator needs a database URL');
+  const gen2Store = protocol === '2026-08' && opts.databaseUrl ? new Gen2Store(opts.databaseUrl) : undefined;
+  const store: GatewayPersistence = gen2Store ?? (opts.databaseUrl ? new GatewayStore(opts.databaseUrl) : new MemoryGatewayStore());
   await store.migrate();
   const registry = new SessionRegistry();
   const logs = new LogBus();
@@ -74,15 +98,37 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     advertised: () => ({ host, port: boundPort, scheme: opts.tls ? 'https' : 'http' }),
   };
 
+  let gen2: Gateway['gen2'];
+  let gen2Ctx: Gen2Context | undefined;
+  if (gen2Store) {
+    const jwtKeyDir = opts.jwtKeyDir ?? createJwtKeyDir();
+    const jwt = await SandboxJwt.load(jwtKeyDir, {
+      gatewayId: opts.gatewayId ?? DEFAULT_GATEWAY_ID,
+      ...(opts.sandboxJwtTtlSecs === undefined ? {} : { ttlSecs: opts.sandboxJwtTtlSecs }),
+    });
+    gen2 = { store: gen2Store, jwtKeyDir, jwt };
+    gen2Ctx = {
+      ...ctx,
+      store: gen2Store,
+      slots,
+      jwt,
+      auth: { jwt, allowUnauthenticatedUsers: opts.allowUnauthenticatedUsers ?? true },
+      serviceBaseDomains: opts.serviceBaseDomains ?? [DEFAULT_SERVICE_BASE_DOMAIN],
+      inflight: new Set(),
+    };
+  }
+
   const grpcServer = new grpc.Server({
     'grpc.max_receive_message_length': MAX_GRPC_MESSAGE_BYTES,
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+    // 2026-08: server HTTP/2 keepalive PING every 20 s, 10 s timeout (reference §1.1, multiplex.rs@v0.0.111:310-315).
+    ...(gen2Ctx ? { 'grpc.keepalive_time_ms': 20_000, 'grpc.keepalive_timeout_ms': 10_000 } : {}),
   });
-  grpcServer.addService(openShellService(), gatewayServiceImplementation(ctx));
+  grpcServer.addService(openShellService(), gen2Ctx ? gen2ServiceImplementation(gen2Ctx) : gatewayServiceImplementation(ctx));
   const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
 
-  const httpServer = http.createServer((req, res) => {
+  const httpServer = http.createServer(gen2Ctx ? gen2HttpHandler(gen2Ctx) : (req, res) => {
     // Plain HTTP routes of the seed gateway: /connect/ssh answers 405 to non-CONNECT methods.
     const path = (req.url ?? '').split('?')[0];
     if (path === '/connect/ssh') {
@@ -91,7 +137,16 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   });
-  httpServer.on('connect', (req, socket, head) => handleSshConnect(ctx, slots, req, socket as net.Socket, head));
+  if (gen2Ctx) {
+    httpServer.on('upgrade', gen2UpgradeHandler(gen2Ctx));
+    // No HTTP SSH route at 2026-08 (reference §8: CONNECT /connect/ssh removed in upstream #1029).
+    httpServer.on('connect', (_req, socket) => {
+      socket.on('error', () => undefined);
+      writeStatus(socket, 404, 'not found');
+    });
+  } else {
+    httpServer.on('connect', (req, socket, head) => handleSshConnect(ctx, slots, req, socket as net.Socket, head));
+  }
   httpServer.on('clientError', (err, socket) => {
     logger.debug({ err: err.message }, 'malformed HTTP/1.1 request');
     if (socket.writable) writeStatus(socket, 400, 'bad request');
@@ -164,7 +219,9 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     port: boundPort,
     healthPort,
     replica: opts.replica,
+    protocol,
     store,
+    gen2,
     registry,
     logs,
     slots,
@@ -177,6 +234,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       for (const s of sockets) s.destroy();
       grpcServer.forceShutdown();
       health.closeAllConnections();
+      if (gen2Ctx) await Promise.allSettled([...gen2Ctx.inflight]);
       await store.close().catch(() => undefined);
     },
   };

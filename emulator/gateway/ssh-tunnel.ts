@@ -38,12 +38,18 @@ export class SshSlots {
   private readonly bySandbox = new Map<string, number>();
 
   tryAcquire(token: string, sandboxId: string): boolean {
+    return this.acquire(token, sandboxId) === 'ok';
+  }
+
+  /** Like tryAcquire, naming the cap that refused (2026-08 answers each with its own message). */
+  acquire(token: string, sandboxId: string): 'ok' | 'token' | 'sandbox' {
     const t = this.byToken.get(token) ?? 0;
     const s = this.bySandbox.get(sandboxId) ?? 0;
-    if (t >= MAX_CONNECTIONS_PER_TOKEN || s >= MAX_CONNECTIONS_PER_SANDBOX) return false;
+    if (t >= MAX_CONNECTIONS_PER_TOKEN) return 'token';
+    if (s >= MAX_CONNECTIONS_PER_SANDBOX) return 'sandbox';
     this.byToken.set(token, t + 1);
     this.bySandbox.set(sandboxId, s + 1);
-    return true;
+    return 'ok';
   }
 
   release(token: string, sandboxId: string): void {

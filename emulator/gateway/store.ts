@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { Phase, decodeMessage, encodeMessage, type PhaseValue } from '../proto.ts';
 
-const SCHEMA = `
+export const SEED_SCHEMA = `
 CREATE TABLE IF NOT EXISTS objects (
   id TEXT PRIMARY KEY,
   object_type TEXT NOT NULL,
@@ -89,7 +89,7 @@ export class GatewayStore implements GatewayPersistence {
     try {
       // Several replicas start at once; serialise the DDL.
       await client.query('SELECT pg_advisory_lock(727001)');
-      await client.query(SCHEMA);
+      await client.query(SEED_SCHEMA);
     } finally {
       await client.query('SELECT pg_advisory_unlock(727001)').catch(() => undefined);
       client.release();

@@ -68,14 +68,27 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 
 /**
  * Runs one command line. `lastCode` is what a bare `exit` returns.
- * Built-ins: echo, cat, sandbox-id, exit [n], sleep <secs>, yes-bytes <n>.
+ * Built-ins: echo, cat, sandbox-id, pwd, printenv <name>, exit [n], sleep <secs>, yes-bytes <n>;
+ * leading `cd <dir> &&` and `NAME=value` words set the working directory and environment.
  */
 export async function runCommand(
   line: string,
   ctx: { sandboxId: string; lastCode: number },
   io: CommandIo,
 ): Promise<CommandResult> {
-  const [cmd, ...args] = splitWords(line);
+  let words = splitWords(line);
+  // The 2026-08 gateway builds `cd <dir> && K=V … cmd args` (reference §8 "Exec"): honour that much.
+  let cwd = '/sandbox';
+  while (words[0] === 'cd' && words[2] === '&&' && words[1] !== undefined) {
+    cwd = words[1];
+    words = words.slice(3);
+  }
+  const env: Record<string, string> = {};
+  for (let m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(words[0] ?? ''); m; m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(words[0] ?? '')) {
+    env[m[1] as string] = m[2] as string;
+    words = words.slice(1);
+  }
+  const [cmd, ...args] = words;
   const done = (code: number): CommandResult => ({ code, exit: false });
   switch (cmd) {
     case undefined:
@@ -86,6 +99,15 @@ export async function runCommand(
     case 'sandbox-id':
       await io.write(`${ctx.sandboxId}\n`);
       return done(0);
+    case 'pwd':
+      await io.write(`${cwd}\n`);
+      return done(0);
+    case 'printenv': {
+      const v = args[0] === undefined ? undefined : env[args[0]];
+      if (v === undefined) return done(1);
+      await io.write(`${v}\n`);
+      return done(0);
+    }
     case 'cat':
       if (io.readStdin) await io.readStdin((chunk) => io.write(chunk));
       return done(0);

@@ -1,6 +1,9 @@
 // A stand-in for the Rust OpenShell sandbox supervisor: holds the `ConnectSupervisor` control stream,
 // reconnects like the real one, and answers `RelayOpen` by bridging a `RelayStream` to the sandbox's
-// SSH server (reference §2.1, §2.2, §6).
+// SSH server (reference §2.1, §2.2, §6). With protocol 2026-08 it also sends its sandbox JWT as
+// `authorization: Bearer` on every call, pushes its lifetime logs on a separate connection started
+// before ConnectSupervisor (reference §8), dials a relay's target before reporting RelayOpenResult
+// (reference §2.2 step 5 HEAD), and keeps one instance id for its whole life (reference §2.1).
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -8,7 +11,8 @@ import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { openShellClient } from '../proto.ts';
-import type { GatewayMessage, RelayFrame, SupervisorMessage } from '../proto.ts';
+import type { GatewayMessage, Protocol, RelayFrame, RelayOpenMessage, SupervisorMessage } from '../proto.ts';
+import { LogPusher } from './log-push.ts';
 
 /** Reference §2.1 "Heartbeat": the supervisor never heartbeats faster than every 5 s. */
 const MIN_HEARTBEAT_SECS = 5;
@@ -28,8 +32,8 @@ type ControlCall = grpc.ClientDuplexStream<SupervisorMessage, GatewayMessage>;
 type RelayCall = grpc.ClientDuplexStream<RelayFrame, RelayFrame>;
 
 interface OpenShellRpcClient extends grpc.Client {
-  ConnectSupervisor(options?: grpc.CallOptions): ControlCall;
-  RelayStream(options?: grpc.CallOptions): RelayCall;
+  ConnectSupervisor(metadata?: grpc.Metadata, options?: grpc.CallOptions): ControlCall;
+  RelayStream(metadata?: grpc.Metadata, options?: grpc.CallOptions): RelayCall;
 }
 
 export interface SupervisorEmulatorOptions {
@@ -44,6 +48,14 @@ export interface SupervisorEmulatorOptions {
   /** Supervisor heartbeat period in seconds, replacing max(heartbeat_interval_secs, 5). */
   heartbeatSecsOverride?: number;
   logger?: Logger;
+  /** Protocol generation; default '2026-04' (seed). */
+  protocol?: Protocol;
+  /** 2026-08: the sandbox JWT (OPENSHELL_SANDBOX_TOKEN) sent as `authorization: Bearer` on every call. */
+  token?: string;
+  /** 2026-08: where a `tcp` relay target's port is served locally (target port → local port); unmapped ports are dialled as given. */
+  servicePorts?: Record<number, number>;
+  /** 2026-08: run the lifetime PushSandboxLogs stream (default true). */
+  logPush?: boolean;
 }
 
 export interface SupervisorEmulatorEvents {
@@ -102,10 +114,16 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   private stopped = false;
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
+  private readonly gen2: boolean;
+  /** 2026-08: one main-process instance id per supervisor process (reference §2.1 "Reconnect"). */
+  private readonly fixedInstanceId: string | undefined;
+  private logPusher: LogPusher | null = null;
 
   constructor(opts: SupervisorEmulatorOptions) {
     super();
     this.opts = opts;
+    this.gen2 = opts.protocol === '2026-08';
+    this.fixedInstanceId = opts.instanceId ?? (this.gen2 ? randomUUID() : undefined);
     this.backoff = opts.backoff ?? { initialMs: 1000, maxMs: 30_000 };
     this.log = (opts.logger ?? pino({ level: 'silent' })).child({
       component: 'supervisor-emulator',
@@ -117,8 +135,32 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     return this.relayCount;
   }
 
+  /** The instance id sent in Hello (fixed at 2026-08; per attempt at seed, so null). */
+  get instanceId(): string | null {
+    return this.fixedInstanceId ?? null;
+  }
+
+  /** Per-call metadata: at 2026-08 the sandbox JWT on every call (grpc_client.rs AuthInterceptor). */
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.gen2 && this.opts.token) md.set('authorization', `Bearer ${this.opts.token}`);
+    return md;
+  }
+
+  /** Queues one line for the lifetime log push (2026-08 only). */
+  pushLog(message: string, level = 'INFO'): void {
+    this.logPusher?.push(message, level);
+  }
+
   start(): void {
     if (this.loop || this.stopped) return;
+    // The supervisor starts its log push before ConnectSupervisor (reference §8, main.rs@v0.0.111:577-591).
+    if (this.gen2 && (this.opts.logPush ?? true)) {
+      this.logPusher = new LogPusher({ endpoint: this.opts.endpoint, sandboxId: this.opts.sandboxId, metadata: () => this.metadata(), logger: this.log });
+      this.logPusher.start();
+      this.logPusher.push('supervisor starting');
+      this.logPusher.flush();
+    }
     this.loop = this.reconnectLoop();
   }
 
@@ -128,6 +170,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     this.wake?.();
     for (const link of [...this.links]) link.kill();
     await this.loop;
+    await this.logPusher?.stop();
   }
 
   /** Simulates a network drop: the current connection and everything on it goes; the loop reconnects. */
@@ -188,13 +231,13 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   /** One session attempt; resolves with why it ended. */
   private attempt(): Promise<string> {
     const { endpoint, sandboxId } = this.opts;
-    const instanceId = this.opts.instanceId ?? randomUUID();
+    const instanceId = this.fixedInstanceId ?? randomUUID();
     let client: OpenShellRpcClient | undefined;
     let call: ControlCall;
     try {
       const Ctor = openShellClient();
       client = new Ctor(endpoint, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as unknown as OpenShellRpcClient;
-      call = client.ConnectSupervisor();
+      call = client.ConnectSupervisor(this.metadata());
     } catch (err) {
       client?.close();
       this.log.warn({ err }, 'supervisor could not create client');
@@ -232,11 +275,13 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
           heartbeat = setInterval(() => write({ heartbeat: {} }), secs * 1000);
           heartbeat.unref();
           this.log.info({ sessionId: session_id, instanceId }, 'supervisor session accepted');
+          this.pushLog(`supervisor session accepted: ${session_id}`);
           this.emit('session', { sessionId: session_id });
         } else if (msg.session_rejected) {
           end(`rejected: ${msg.session_rejected.reason}`);
         } else if (msg.relay_open) {
-          this.openRelay(link, msg.relay_open.channel_id);
+          if (this.gen2) this.dialThenRelay(link, msg.relay_open, write);
+          else this.bridgeRelay(link, msg.relay_open.channel_id, () => net.connect({ host: '127.0.0.1', port: this.opts.sshPort }));
         } else if (msg.relay_close) {
           link.relays.get(msg.relay_close.channel_id)?.destroy();
         }
@@ -252,11 +297,45 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   }
 
   /**
-   * Reference §2.2 step 5 (seed): open `RelayStream` on the same client as the control stream, so it
-   * rides the same HTTP/2 connection and reaches the replica holding the pending relay, send `init`
-   * first, then dial the SSH server and bridge bytes both ways.
+   * Reference §2.2 step 5 (2026-08): dial the target first (ssh → the sandbox's SSH server; tcp → a
+   * loopback port, through `servicePorts`), report RelayOpenResult on the control stream, and only on
+   * success open the RelayStream (supervisor_session.rs@v0.0.111 of the supervisor, :559-605).
    */
-  private openRelay(link: Link, channelId: string): void {
+  private dialThenRelay(link: Link, open: RelayOpenMessage, write: (msg: SupervisorMessage) => void): void {
+    const channelId = open.channel_id;
+    const log = this.log.child({ channel: channelId });
+    let host = '127.0.0.1';
+    let port = this.opts.sshPort;
+    if (open.target === 'tcp' && open.tcp) {
+      host = open.tcp.host === '::1' ? '::1' : '127.0.0.1';
+      port = this.opts.servicePorts?.[open.tcp.port] ?? open.tcp.port;
+    }
+    const sock = net.connect({ host, port });
+    const onError = (err: Error): void => {
+      sock.destroy();
+      log.info({ err: err.message, port }, 'relay target dial failed');
+      this.pushLog(`relay target dial failed: ${err.message}`, 'WARN');
+      write({ relay_open_result: { channel_id: channelId, success: false, error: `failed to connect to relay target: ${err.message}` } });
+    };
+    sock.once('error', onError);
+    sock.once('connect', () => {
+      sock.off('error', onError);
+      if (link.sessionOver && link.relays.size === 0 && this.stopped) {
+        sock.destroy();
+        return;
+      }
+      write({ relay_open_result: { channel_id: channelId, success: true, error: '' } });
+      this.pushLog(`relay opened: ${channelId}`);
+      this.bridgeRelay(link, channelId, () => sock);
+    });
+  }
+
+  /**
+   * Reference §2.2 step 5: open `RelayStream` on the same client as the control stream, so it rides the
+   * same HTTP/2 connection and reaches the replica holding the pending relay, send `init` first, and
+   * bridge the target socket (seed: dialled only now; 2026-08: already connected) both ways.
+   */
+  private bridgeRelay(link: Link, channelId: string, dial: () => net.Socket): void {
     const log = this.log.child({ channel: channelId });
     if (link.relays.has(channelId)) {
       log.warn('duplicate relay_open ignored');
@@ -264,12 +343,12 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     }
     let call: RelayCall;
     try {
-      call = link.client.RelayStream();
+      call = link.client.RelayStream(this.metadata());
     } catch (err) {
       log.warn({ err }, 'relay stream could not be opened');
       return;
     }
-    const sock = net.connect({ host: '127.0.0.1', port: this.opts.sshPort });
+    const sock = dial();
     let sockClosed = false;
     let callDone = false;
     let finalized = false;

@@ -1,0 +1,32 @@
+// What every 2026-08 handler of one gateway emulator replica shares.
+import type { Logger } from 'pino';
+import type { LogBus, WatchBus } from '../buses.ts';
+import type { SessionRegistry } from '../registry.ts';
+import type { SshSlots } from '../ssh-tunnel.ts';
+import type { AuthOptions } from './auth.ts';
+import type { SandboxJwt } from './jwt.ts';
+import type { Gen2Store } from './store.ts';
+
+/** Default service-routing base domain (crates/openshell-core/src/config.rs@v0.0.111, reference §2.7). */
+export const DEFAULT_SERVICE_BASE_DOMAIN = 'openshell.localhost';
+
+export interface Gen2Context {
+  replica: string;
+  version: string;
+  store: Gen2Store;
+  registry: SessionRegistry;
+  logs: LogBus;
+  watch: WatchBus;
+  /** Per-process ForwardTcp connection counters (3 per token, 20 per sandbox). */
+  slots: SshSlots;
+  logger: Logger;
+  heartbeatIntervalSecs: number;
+  jwt: SandboxJwt;
+  auth: AuthOptions;
+  /** Base domains of sandbox service hosts, first one used for URLs. */
+  serviceBaseDomains: string[];
+  /** Phase writes in flight, awaited before the store closes on shutdown. */
+  inflight: Set<Promise<unknown>>;
+  /** The gateway's bind address and scheme (CreateSshSession, service URLs). */
+  advertised: () => { host: string; port: number; scheme: 'http' | 'https' };
+}

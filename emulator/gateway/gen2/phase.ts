@@ -1,0 +1,100 @@
+// Phase writes of the 2026-08 gateway. Every write is a single compare-and-swap on the row's
+// resource_version (no retry, a conflict is only logged), records itself in the
+// `emulator_phase_writes` instrumentation table and notifies only this process's watch bus
+// (reference §2.8, §8). A reconciler-lease holder's sweep (reference §10) would be one more
+// caller of `casPhase`; it is deliberately not modelled yet.
+import { status as Status } from '@grpc/grpc-js';
+import { Phase, type PhaseValue } from '../../proto.ts';
+import { GatewayError } from '../registry.ts';
+import type { Gen2Context } from './context.ts';
+import type { Gen2Sandbox, SandboxMessage } from './store.ts';
+
+/** Phases a supervisor connect/disconnect never overwrites (compute/mod.rs@v0.0.111:2831-2839). */
+const SESSION_WRITE_SKIP: readonly PhaseValue[] = [Phase.DELETING, Phase.ERROR, Phase.STOPPING, Phase.STOPPED];
+
+export type SessionPhaseDecision = { write: false; why: string } | { write: true; phase: PhaseValue };
+
+/**
+ * Pure decision of set_supervisor_session_state: skip Deleting/Error/Stopping/Stopped; a
+ * disconnect only demotes a Ready sandbox.
+ */
+export function decideSessionPhase(current: PhaseValue, connected: boolean): SessionPhaseDecision {
+  if (SESSION_WRITE_SKIP.includes(current)) return { write: false, why: `phase ${current} is never overwritten by a session change` };
+  if (!connected && current !== Phase.READY) return { write: false, why: 'disconnect only demotes Ready' };
+  return { write: true, phase: connected ? Phase.READY : Phase.PROVISIONING };
+}
+
+function upsertReadyCondition(msg: SandboxMessage, status: 'True' | 'False', reason: string, message: string): void {
+  const st = (msg.status ??= {});
+  st.sandbox_name ??= msg.metadata?.name ?? '';
+  const conditions = (st.conditions ??= []);
+  const cond = { type: 'Ready', status, reason, message, last_transition_time: '' };
+  const i = conditions.findIndex((c) => c.type === 'Ready');
+  if (i >= 0) conditions[i] = cond;
+  else conditions.push(cond);
+}
+
+/** One CAS write of `phase`; 'conflict' when the row moved on, null when it is gone. */
+export async function casPhase(
+  ctx: Gen2Context,
+  sandbox: Gen2Sandbox,
+  phase: PhaseValue,
+  reason: string,
+  mutate: (msg: SandboxMessage) => void,
+): Promise<Gen2Sandbox | 'conflict' | null> {
+  const res = await ctx.store.updateSandboxCas(sandbox.id, sandbox.resourceVersion, (m) => {
+    mutate(m);
+    (m.status ??= {}).phase = phase;
+  });
+  if (res && res !== 'conflict') {
+    await ctx.store.recordPhaseWrite(sandbox.id, phase, ctx.replica, reason);
+    ctx.watch.notify(sandbox.id);
+  }
+  return res;
+}
+
+/** supervisor_session_connected / _disconnected (compute/mod.rs@v0.0.111:2800-2890). */
+export function supervisorSessionChanged(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
+  const p = sessionWrite(ctx, sandboxId, connected, instanceId);
+  ctx.inflight.add(p);
+  void p.finally(() => ctx.inflight.delete(p));
+  return p;
+}
+
+async function sessionWrite(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
+  const log = ctx.logger.child({ sandboxId, connected });
+  try {
+    const existing = await ctx.store.sandboxById(sandboxId);
+    if (!existing) return;
+    const decision = decideSessionPhase(existing.phase, connected);
+    if (!decision.write) {
+      log.debug({ why: decision.why }, 'session phase write skipped');
+      return;
+    }
+    const res = await casPhase(ctx, existing, decision.phase, connected ? 'supervisor connected' : 'supervisor disconnected', (m) => {
+      if (connected) {
+        upsertReadyCondition(m, 'True', 'DependenciesReady', 'Supervisor session connected');
+        (m.status ??= {}).main_process_instance_id = instanceId ?? '';
+      } else {
+        upsertReadyCondition(m, 'False', 'DependenciesNotReady', 'Supervisor session disconnected');
+      }
+    });
+    if (res === 'conflict') log.warn({ expected: existing.resourceVersion }, 'concurrent modification detected; session phase write dropped');
+  } catch (err) {
+    log.warn({ err }, 'session phase write failed');
+  }
+}
+
+/** write_lifecycle_phase (compute/mod.rs@v0.0.111:1377-1416): Stop/Start transitions. */
+export async function writeLifecyclePhase(
+  ctx: Gen2Context,
+  sandbox: Gen2Sandbox,
+  phase: PhaseValue,
+  reason: string,
+  message: string,
+): Promise<Gen2Sandbox> {
+  const res = await casPhase(ctx, sandbox, phase, reason, (m) => upsertReadyCondition(m, 'False', reason, message));
+  if (res === null) throw new GatewayError(Status.NOT_FOUND, 'sandbox not found');
+  if (res === 'conflict') throw new GatewayError(Status.ABORTED, 'update sandbox lifecycle: concurrent modification detected');
+  return res;
+}

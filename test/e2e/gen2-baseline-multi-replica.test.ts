@@ -1,0 +1,61 @@
+// The failure the sidecar exists to fix, at the 2026-08 protocol generation: three gateway emulator
+// replicas (separate processes, no sidecars) behind a round-robin balancer, supervisors and SSH
+// clients landing on random replicas. SSH is gRPC ForwardTcp now (reference §2.3 HEAD); a call
+// that lands on a replica without the sandbox's session fails with UNAVAILABLE after the 15 s
+// session wait (reference §6). With 3 replicas about 2/3 of attempts fail.
+import { status as Status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Cluster } from '../../emulator/cluster.ts';
+import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
+import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
+import { Phase } from '../../emulator/proto.ts';
+import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
+import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
+import { waitUntil } from '../helpers/wait.ts';
+
+let db: TestDatabase;
+let cluster: Cluster;
+let store: Gen2Store;
+let fleet: SupervisorFleet;
+const sandboxes: string[] = [];
+
+beforeAll(async () => {
+  db = await createTestDatabase('gen2_baseline');
+  store = new Gen2Store(db.url);
+  await store.migrate();
+  cluster = await Cluster.start({ replicas: 3, databaseUrl: db.url, protocol: '2026-08' });
+  for (let i = 0; i < 8; i++) sandboxes.push((await store.createSandbox({ name: `base-${i}` })).id);
+  fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: sandboxes, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
+  await fleet.waitAllConnected(20_000);
+  for (const id of sandboxes) {
+    await waitUntil(`sandbox ${id} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 10_000 });
+  }
+}, 60_000);
+
+afterAll(async () => {
+  await fleet?.stop();
+  await cluster?.close();
+  await store?.close();
+  await db?.drop();
+});
+
+it('without sidecars most ForwardTcp SSH attempts through the Service fail (2026-08 baseline)', async () => {
+  const attempts = 36;
+  // One token per attempt so the per-process caps (3 per token) never decide the outcome. Tokens are
+  // DB rows, so any replica can mint them and every replica accepts them.
+  const tokens = await Promise.all(Array.from({ length: attempts }, (_, i) => store.createSshSession(sandboxes[i % sandboxes.length]!, 3600)));
+  const results = await Promise.all(
+    tokens.map((t) => sshViaForwardTcp({ endpoint: cluster.endpoint, sandboxId: t.sandboxId, token: t.token, command: 'sandbox-id', timeoutMs: 40_000 })),
+  );
+  const ok = results.filter((r, i) => r.grpcCode === null && r.stdout.trim() === tokens[i]!.sandboxId).length;
+  const failed = attempts - ok;
+  const fraction = failed / attempts;
+  const codes = [...new Set(results.filter((r) => r.grpcCode !== null).map((r) => `${Status[r.grpcCode!]} "${r.grpcDetails}"`))];
+  console.log(
+    `gen2 baseline: ${failed}/${attempts} ForwardTcp SSH attempts failed (fraction ${fraction.toFixed(2)}), ${codes.join('; ')}; expected about 2/3 with 3 replicas`,
+  );
+  expect(fraction).toBeGreaterThanOrEqual(0.4);
+  expect(fraction).toBeLessThanOrEqual(0.9);
+  // Misrouted attempts fail the way the real gateway fails them: no local session within 15 s.
+  expect(codes).toEqual(['UNAVAILABLE "supervisor relay failed: supervisor session not connected"']);
+}, 60_000);
