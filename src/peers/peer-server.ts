@@ -97,6 +97,32 @@ function handlePeerStream(
     void hostShadow(ctx, log, stream, headers, sandboxId, epoch);
     return;
   }
+  const inflight = ctx.localSessions.claimSettled(sandboxId);
+  if (inflight) {
+    // A claim here is being written: its announcement reached the sender first. Wait for it.
+    void waitBounded(inflight, CLAIM_WAIT_MS).then(() => {
+      if (!stream.destroyed) handleOwnedStream(ctx, log, stream, headers, sandboxId, epoch, cls);
+    });
+    return;
+  }
+  handleOwnedStream(ctx, log, stream, headers, sandboxId, epoch, cls);
+}
+
+const CLAIM_WAIT_MS = 2_000;
+
+function waitBounded(p: Promise<void>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    t.unref();
+    void p.then(() => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+/** A stream for a sandbox this replica should own at `epoch`: answered "not owner" unless it does. */
+function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, epoch: number, cls: string): void {
   const held = ctx.localSessions.epoch(sandboxId);
   if (held === undefined || held !== epoch) {
     // Not (or no longer) the owner at that epoch: answer at once, nothing reached the gateway.

@@ -23,6 +23,8 @@ const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR } = http2.cons
 
 /** The gateway's own decode limit (reference §1.1) bounds every message we hold. */
 const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/** After a "not owner" answer, how long before the owner is looked up again. */
+const NOT_OWNER_RECHECK_MS = 150;
 /** How long an abandoned log-push leg may take to acknowledge its last batches. */
 const OLD_LEG_GRACE_MS = 10_000;
 
@@ -32,7 +34,15 @@ interface Leg {
   splitter: GrpcMessageSplitter;
   /** This leg's response headers arrived (it answered). */
   answered: boolean;
+  /**
+   * Log push to a peer: batches written while the peer could still refuse the leg (it answers "not
+   * owner" at once, before its gateway sees anything), replayed to the next leg if it does.
+   */
+  unconfirmed: Buffer[] | undefined;
 }
+
+/** A peer refuses a leg within a round trip; after this, batches sent to it are its gateway's. */
+const REFUSAL_WINDOW_MS = 2_000;
 
 const replicaOf = (t: Target, self: string): string => (t.kind === 'peer' ? t.replicaId : self);
 
@@ -93,6 +103,7 @@ export function followOwner(
       return;
     }
     if (leg.up.destroyed) return;
+    leg.unconfirmed?.push(msg);
     if (!leg.up.write(msg)) {
       down.pause();
       leg.up.once('drain', () => down.resume());
@@ -141,7 +152,12 @@ export function followOwner(
       log.info({ target: describe(target), err: (err as Error).message }, 'owner-following stream: session closing');
       return undefined;
     }
-    const leg: Leg = { target, up, splitter: new GrpcMessageSplitter(MAX_MESSAGE_BYTES), answered: false };
+    const leg: Leg = { target, up, splitter: new GrpcMessageSplitter(MAX_MESSAGE_BYTES), answered: false, unconfirmed: !replay && target.kind === 'peer' ? [] : undefined };
+    if (leg.unconfirmed) {
+      setTimeout(() => {
+        leg.unconfirmed = undefined;
+      }, REFUSAL_WINDOW_MS).unref();
+    }
     up.on('error', (err) => log.debug({ target: describe(target), err: err.message }, 'owner-following leg error'));
     up.on('response', (h, flags) => onLegResponse(leg, h, (flags & NGHTTP2_FLAG_END_STREAM) !== 0));
     up.on('data', (chunk: Buffer) => onLegData(leg, chunk));
@@ -157,12 +173,27 @@ export function followOwner(
   };
 
   const onLegResponse = (leg: Leg, h: http2.IncomingHttpHeaders, endStream: boolean): void => {
+    log.debug({ leg: describe(leg.target), status: h[':status'], grpcStatus: h['grpc-status'], endStream, isCurrent: leg === current, isPending: leg === pending, responded }, 'owner-following leg answered');
     if (finished) return;
     if (h[PEER_NOT_OWNER] !== undefined) {
-      // The peer lost the session meanwhile: this leg is void; the next ownership event decides.
+      // The peer does not hold the session (yet: its claim may be a moment ahead of its session
+      // table, or it lost it). Nothing reached its gateway: void the leg, keep what was sent to it,
+      // and look again shortly.
       leg.up.close(NGHTTP2_CANCEL);
-      if (leg === pending) pending = undefined;
-      else if (leg === current && !responded) void retarget({ kind: 'local', epoch: null, reason: 'no-owner' });
+      if (leg === pending) {
+        pending = undefined;
+        setTimeout(onOwnershipChange, NOT_OWNER_RECHECK_MS).unref();
+      } else if (leg === current && !(replay && responded)) {
+        if (!replay) queued.unshift(...(leg.unconfirmed ?? []));
+        current = undefined;
+        down.pause();
+        setTimeout(() => {
+          ctx.router.resolve(sandboxId, { fresh: true }).then(
+            (t) => retarget(t),
+            () => retarget({ kind: 'local', epoch: null, reason: 'no-owner' }),
+          );
+        }, NOT_OWNER_RECHECK_MS).unref();
+      }
       return;
     }
     leg.answered = true;
@@ -257,7 +288,10 @@ export function followOwner(
     if (!current) {
       current = leg;
       if (!replay) {
-        for (const m of queued.splice(0)) leg.up.write(m);
+        for (const m of queued.splice(0)) {
+          leg.unconfirmed?.push(m);
+          leg.up.write(m);
+        }
         if (requestEnded) leg.up.end();
         else down.resume();
       }
@@ -315,10 +349,44 @@ export function followOwner(
   const start = async (): Promise<void> => {
     if (startedLeg || finished) return;
     startedLeg = true;
-    const target = await ctx.router.resolve(sandboxId).catch((): Target => ({ kind: 'local', epoch: null, reason: 'no-owner' }));
+    let target = await ctx.router.resolve(sandboxId).catch((): Target => ({ kind: 'local', epoch: null, reason: 'no-owner' }));
+    if (!replay && target.kind === 'local' && target.reason === 'no-owner') {
+      // The supervisor opens its log push just before its ConnectSupervisor (reference §8): wait
+      // (bounded) for the owner it is about to have, so its first batches land on the owner's bus.
+      // The client stays paused meanwhile, so HTTP/2 flow control bounds what it can send.
+      target = await waitForOwner();
+    }
     log.debug({ target: describe(target) }, 'owner-following stream opened');
-    await retarget(target);
+    // An ownership event may have opened the first leg meanwhile; it knows better than this lookup.
+    if (!current) await retarget(target);
   };
+  const waitForOwner = (): Promise<Target> =>
+    new Promise((resolve) => {
+      const noOwner: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
+      let done = false;
+      const finishWait = (t: Target): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        stop();
+        resolve(t);
+      };
+      const timer = setTimeout(() => finishWait(noOwner), ctx.config.ownerWaitMs);
+      timer.unref();
+      const check = (): void => {
+        ctx.router.resolve(sandboxId, { fresh: true }).then(
+          (t) => {
+            if (t.kind === 'peer' || t.reason === 'owner') finishWait(t);
+          },
+          () => undefined,
+        );
+      };
+      const stop = ctx.store.onChange((id) => {
+        if (id === sandboxId) check();
+      });
+      down.once('close', () => finishWait(noOwner));
+      check();
+    });
   // A watch request is replayed whole, so it is read first and its leg opens once it ended; a log
   // push streams, so its leg opens at once and the client is read once the leg exists.
   if (replay) {

@@ -18,6 +18,17 @@ import { writeHttpError } from './tunnel.ts';
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
+/**
+ * The HTTP client and http-proxy-3 tune the socket they are given (Nagle, keepalive): on a tunnel
+ * stream those TCP options belong to the peer connection underneath, so they are no-ops here.
+ */
+function asSocket(stream: http2.ClientHttp2Stream): Duplex {
+  const tunnel = stream as http2.ClientHttp2Stream & { setNoDelay?: () => unknown; setKeepAlive?: () => unknown };
+  tunnel.setNoDelay = () => tunnel;
+  tunnel.setKeepAlive = () => tunnel;
+  return tunnel;
+}
+
 /** One HTTP/1.1 connection's worth of bytes to the owner's gateway, through its sidecar. */
 class PeerTunnelAgent extends http.Agent {
   constructor(
@@ -47,7 +58,7 @@ class PeerTunnelAgent extends http.Agent {
         stream.once('response', (h) => {
           const status = Number(h[':status']);
           if (status === 200) {
-            done(null, stream);
+            done(null, asSocket(stream));
             return;
           }
           stream.close(http2.constants.NGHTTP2_CANCEL);

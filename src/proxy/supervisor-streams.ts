@@ -116,6 +116,7 @@ export async function supervisorControl(
   if (auth.via === 'seed-unauthenticated') warnSeedUnauthenticated(log);
   let epoch = 0;
   let previous: OwnerRecord | null = null;
+  const claimDone = ctx.localSessions.beginClaim(sandboxId);
   try {
     const claim = await ctx.store.claim(sandboxId);
     epoch = claim.owner.epoch;
@@ -137,6 +138,7 @@ export async function supervisorControl(
     // Shadows go with the real session, before the fence is acknowledged (reference §10).
     void ctx.shadows?.drop(sandboxId);
   });
+  claimDone();
   ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
   ctx.store.setSessionCount(ctx.localSessions.size);
   const release = (): void => {

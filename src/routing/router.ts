@@ -22,7 +22,30 @@ interface LocalSession {
 /** Supervisor sessions whose control stream passes through this sidecar, by sandbox. */
 export class LocalSessions {
   private readonly sessions = new Map<string, LocalSession>();
+  private readonly claiming = new Map<string, Promise<void>>();
   private seq = 0;
+
+  /**
+   * Marks an ownership claim in flight for a sandbox: other replicas hear of the claim (pub/sub) a
+   * moment before the session is registered here, and a request they forward meanwhile must not be
+   * answered "not owner". Returns the function that ends the mark.
+   */
+  beginClaim(sandboxId: string): () => void {
+    let end!: () => void;
+    const p = new Promise<void>((resolve) => {
+      end = resolve;
+    });
+    this.claiming.set(sandboxId, p);
+    return () => {
+      if (this.claiming.get(sandboxId) === p) this.claiming.delete(sandboxId);
+      end();
+    };
+  }
+
+  /** Resolves once no claim for the sandbox is in flight here (at once when none is). */
+  claimSettled(sandboxId: string): Promise<void> | undefined {
+    return this.claiming.get(sandboxId);
+  }
 
   /** Registers a supervisor stream; returns its id for removeSession. */
   set(sandboxId: string, epoch: number, close: () => void = () => undefined): number {
