@@ -8,9 +8,11 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { Cluster } from './cluster.ts';
 import { startGateway } from './gateway/server.ts';
-import { GatewayStore } from './gateway/store.ts';
+import { Gen2Store } from './gateway/gen2/store.ts';
+import { GatewayStore, type GatewayPersistence } from './gateway/store.ts';
+import { sshViaForwardTcp } from './forward-tcp-client.ts';
 import { startProcess, tsEntry } from './process.ts';
-import { startSupervisorFleet } from './supervisor/fleet.ts';
+import { DEFAULT_ECHO_TARGET_PORT, startSupervisorFleet } from './supervisor/fleet.ts';
 import { sshViaGateway } from './ssh-client.ts';
 
 const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
@@ -62,6 +64,16 @@ async function createDatabase(adminUrl: string): Promise<{ url: string; drop: ()
   };
 }
 
+interface DevSandbox {
+  id: string;
+  name: string;
+  workspace: string;
+  /** An SSH session token (CreateSshSession) for it. */
+  token: string;
+  /** Service hostnames (2026-08) that reach its HTTP/WebSocket echo through the Service. */
+  services: string[];
+}
+
 async function metricSum(adminPort: number, name: string, filter: (labels: string) => boolean): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   let sum = 0;
@@ -83,8 +95,15 @@ export async function runDevCluster(argv: string[]): Promise<void> {
       'redis-url': { type: 'string' },
       'log-level': { type: 'string', default: 'warn' },
       embedded: { type: 'boolean', default: false },
+      protocol: { type: 'string', default: '2026-08' },
     },
   });
+  const protocol = values.protocol;
+  if (protocol !== '2026-04' && protocol !== '2026-08') {
+    console.error(`dev-cluster: --protocol must be 2026-04 or 2026-08, got ${protocol}`);
+    process.exit(2);
+  }
+  const gen2 = protocol === '2026-08';
   const replicas = Math.max(1, Number(values.replicas));
   const sandboxCount = Math.max(1, Number(values.sandboxes));
   const say = (line: string): void => {
@@ -100,6 +119,8 @@ export async function runDevCluster(argv: string[]): Promise<void> {
     }
   }
   if (!db) {
+    // The 2026-08 emulator keeps its state in Postgres only; in memory the seed generation runs.
+    if (gen2) say('no database: the embedded replica speaks the 2026-04 generation (the 2026-08 emulator needs Postgres)');
     await runEmbedded(sandboxCount, values.json ?? false, values['log-level'] ?? 'warn', say);
     return;
   }
@@ -108,11 +129,12 @@ export async function runDevCluster(argv: string[]): Promise<void> {
   say(`postgres: ${db.url}`);
   say(useRedis ? `redis: ${redisUrl}` : `redis: not reachable at ${redisUrl}; sidecars run without the Redis cache`);
 
-  const store = new GatewayStore(db.url);
+  const store: GatewayPersistence & { pool: pg.Pool } = gen2 ? new Gen2Store(db.url) : new GatewayStore(db.url);
   await store.migrate();
   const cluster = await Cluster.start({
     replicas,
     databaseUrl: db.url,
+    protocol,
     logLevel: values['log-level'] ?? 'warn',
     gatewayCommand: [...emulatorCommand(), 'gateway'],
     sidecars: {
@@ -121,11 +143,38 @@ export async function runDevCluster(argv: string[]): Promise<void> {
       ...(useRedis ? { redisUrl, redisKeyPrefix: `ohs-dev:${randomBytes(3).toString('hex')}:` } : {}),
     },
   });
-  const ids: string[] = [];
-  for (let i = 0; i < sandboxCount; i++) ids.push((await store.createSandbox({ name: `demo-${i + 1}` })).id);
-  const fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: ids });
+  const sandboxes: DevSandbox[] = [];
+  for (let i = 0; i < sandboxCount; i++) {
+    const name = `demo-${i + 1}`;
+    const row = await store.createSandbox({ name });
+    sandboxes.push({ id: row.id, name, workspace: 'default', token: '', services: [] });
+  }
+  // At 2026-08 the fleet also plays the compute driver: a sandbox created through the Service (CLI,
+  // SDK) gets its supervisor too; each sandbox serves an HTTP/WebSocket echo on port 8080.
+  const fleet = await startSupervisorFleet({
+    endpoint: cluster.endpoint,
+    sandboxIds: sandboxes.map((s) => s.id),
+    protocol,
+    ...(gen2 ? { jwtKeyDir: cluster.jwtKeyDir, echoService: true, watchDatabaseUrl: db.url } : {}),
+  });
   await fleet.waitAllConnected(30_000);
-  const tokens = await Promise.all(ids.map((id) => store.createSshSession(id, 86_400)));
+  for (const s of sandboxes) {
+    s.token = (await store.createSshSession(s.id, 86_400)).token;
+    if (store instanceof Gen2Store) {
+      await store.upsertServiceEndpoint({ workspace: s.workspace, sandboxId: s.id, sandboxName: s.name, service: 'web', targetPort: DEFAULT_ECHO_TARGET_PORT, domain: true });
+      s.services.push(`${s.workspace}--${s.name}--web.openshell.localhost`);
+    }
+  }
+  const ssh = (port: number, s: DevSandbox): Promise<{ ok: boolean; why: string }> =>
+    gen2
+      ? sshViaForwardTcp({ endpoint: `127.0.0.1:${port}`, sandboxId: s.id, token: s.token, command: 'sandbox-id' }).then((r) => ({
+          ok: r.grpcCode === null && r.stdout.trim() === s.id,
+          why: r.grpcCode === null ? 'wrong sandbox' : r.grpcDetails,
+        }))
+      : sshViaGateway({ host: '127.0.0.1', port, sandboxId: s.id, token: s.token, command: 'sandbox-id' }).then((r) => ({
+          ok: r.status === 200 && r.stdout.trim() === s.id,
+          why: String(r.status),
+        }));
 
   const shutdown = async (): Promise<void> => {
     say('stopping dev cluster…');
@@ -145,6 +194,7 @@ export async function runDevCluster(argv: string[]): Promise<void> {
       `${JSON.stringify({
         database: db.url,
         redis: useRedis ? redisUrl : null,
+        protocol,
         balancer: `127.0.0.1:${cluster.balancer.port}`,
         replicas: cluster.replicas.map((r) => ({
           name: r.name,
@@ -153,12 +203,12 @@ export async function runDevCluster(argv: string[]): Promise<void> {
           admin: `127.0.0.1:${r.sidecarPorts?.admin}`,
           gateway: `127.0.0.1:${r.gatewayPort}`,
         })),
-        sandboxes: tokens.map((t) => ({ id: t.sandboxId, token: t.token })),
+        sandboxes,
       })}\n`,
     );
   } else {
     say('');
-    say(`OpenShell HA dev cluster: ${replicas} replicas (gateway emulator + sidecar each), ${sandboxCount} sandboxes`);
+    say(`OpenShell HA dev cluster (${protocol} generation): ${replicas} replicas (gateway emulator + sidecar each), ${sandboxCount} sandboxes`);
     say(`  Service (round-robin balancer): 127.0.0.1:${cluster.balancer.port}`);
     for (const r of cluster.replicas) {
       say(`  ${r.name}: public 127.0.0.1:${r.publicPort}  peer 127.0.0.1:${r.sidecarPorts?.peer}  admin http://127.0.0.1:${r.sidecarPorts?.admin}/metrics  gateway 127.0.0.1:${r.gatewayPort}`);
@@ -166,20 +216,19 @@ export async function runDevCluster(argv: string[]): Promise<void> {
     const own = await owners();
     say('');
     say('Ownership (sandbox → replica@epoch), claimed when each supervisor connected through the Service:');
-    for (const t of tokens) say(`  ${t.sandboxId}  →  ${own.get(t.sandboxId) ?? 'none'}`);
+    for (const s of sandboxes) say(`  ${s.workspace}/${s.name} ${s.id}  →  ${own.get(s.id) ?? 'none'}`);
     say('');
-    say('SSH to every sandbox through every replica (CONNECT /connect/ssh, real ssh2 client):');
+    say(`SSH to every sandbox through every replica (${gen2 ? 'gRPC ForwardTcp' : 'CONNECT /connect/ssh'}, real ssh2 client):`);
     let ok = 0;
     let total = 0;
-    for (const t of tokens) {
+    for (const s of sandboxes) {
       for (const r of cluster.replicas) {
         total++;
-        const res = await sshViaGateway({ host: '127.0.0.1', port: r.publicPort, sandboxId: t.sandboxId, token: t.token, command: 'sandbox-id' });
-        const good = res.status === 200 && res.stdout.trim() === t.sandboxId;
-        if (good) ok++;
-        const owner = (own.get(t.sandboxId) ?? '').split('@')[0];
+        const res = await ssh(r.publicPort, s);
+        if (res.ok) ok++;
+        const owner = (own.get(s.id) ?? '').split('@')[0];
         const path = owner === r.name ? 'owner, local gateway' : `forwarded to ${owner}`;
-        say(`  via ${r.name}: ${t.sandboxId.slice(0, 8)}… ${path.padEnd(22)} → ${good ? 'ok' : `FAILED (${res.status})`}`);
+        say(`  via ${r.name}: ${s.name.padEnd(8)} ${path.padEnd(22)} → ${res.ok ? 'ok' : `FAILED (${res.why})`}`);
       }
     }
     say(`  ${ok}/${total} succeeded`);
@@ -193,9 +242,15 @@ export async function runDevCluster(argv: string[]): Promise<void> {
     }
     say('');
     say('Try it yourself (one sandbox):');
-    const t = tokens[0]!;
-    say(`  printf 'CONNECT /connect/ssh HTTP/1.1\\r\\nx-sandbox-id: ${t.sandboxId}\\r\\nx-sandbox-token: ${t.token}\\r\\n\\r\\n' | nc 127.0.0.1 ${cluster.balancer.port} | head -1`);
-    say('  (SSH user "sandbox", password "openshell"; metrics on each admin port)');
+    const s = sandboxes[0]!;
+    if (gen2) {
+      say(`  curl -s -H 'Host: ${s.services[0]}' http://127.0.0.1:${cluster.balancer.port}/hello     # the sandbox's service, by subdomain`);
+      say(`  ssh -o ProxyCommand='openshell ssh-proxy --gateway http://127.0.0.1:${cluster.balancer.port} --sandbox-id ${s.id} --token ${s.token}' sandbox@${s.name}`);
+      say('  (with the upstream CLI; SSH user "sandbox", password "openshell"; metrics on each admin port)');
+    } else {
+      say(`  printf 'CONNECT /connect/ssh HTTP/1.1\\r\\nx-sandbox-id: ${s.id}\\r\\nx-sandbox-token: ${s.token}\\r\\n\\r\\n' | nc 127.0.0.1 ${cluster.balancer.port} | head -1`);
+      say('  (SSH user "sandbox", password "openshell"; metrics on each admin port)');
+    }
     say('');
     say('Cluster is up; Ctrl-C (SIGINT) or SIGTERM stops it.');
   }
@@ -239,7 +294,8 @@ async function runEmbedded(sandboxCount: number, json: boolean, logLevel: string
         redis: null,
         balancer: `127.0.0.1:${publicPort}`,
         replicas: [{ name: 'embedded', public: `127.0.0.1:${publicPort}`, peer: null, admin: `127.0.0.1:${adminPort}`, gateway: `127.0.0.1:${gw.port}` }],
-        sandboxes: tokens.map((t) => ({ id: t.sandboxId, token: t.token })),
+        protocol: '2026-04',
+        sandboxes: tokens.map((t, i) => ({ id: t.sandboxId, name: `demo-${i + 1}`, workspace: 'default', token: t.token, services: [] })),
       })}\n`,
     );
   } else {

@@ -8,12 +8,15 @@ import { afterAll, expect, it } from 'vitest';
 import { tsEntry } from '../../emulator/process.ts';
 import { TEST_DATABASE_URL } from '../helpers/services.ts';
 import { sshViaGateway } from '../../emulator/ssh-client.ts';
+import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
+import { httpGet } from '../helpers/gen2.ts';
 
 interface DevClusterDoc {
   database: string;
+  protocol: string;
   balancer: string;
   replicas: Array<{ name: string; public: string; peer: string; admin: string; gateway: string }>;
-  sandboxes: Array<{ id: string; token: string }>;
+  sandboxes: Array<{ id: string; name: string; workspace: string; token: string; services: string[] }>;
 }
 
 const [exe, ...args] = tsEntry('emulator/main.ts');
@@ -24,7 +27,7 @@ afterAll(() => {
   if (child.exitCode === null) child.kill('SIGKILL');
 });
 
-it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', async () => {
+it('dev-cluster --json (2026-08 by default) describes a working cluster and cleans up on SIGTERM', async () => {
   const doc = await new Promise<DevClusterDoc>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('dev-cluster printed no JSON in time')), 60_000);
     createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -37,14 +40,21 @@ it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', as
   });
   expect(doc.replicas).toHaveLength(2);
   expect(doc.sandboxes).toHaveLength(2);
+  expect(doc.protocol).toBe('2026-08');
   const [host, port] = doc.balancer.split(':');
   for (const s of doc.sandboxes) {
+    expect(s).toMatchObject({ workspace: 'default', name: expect.stringMatching(/^demo-\d$/) });
+    expect(s.services).toEqual([`default--${s.name}--web.openshell.localhost`]);
     for (let i = 0; i < 2; i++) {
-      const res = await sshViaGateway({ host: host!, port: Number(port), sandboxId: s.id, token: s.token, command: 'sandbox-id' });
-      expect(res.status).toBe(200);
+      const res = await sshViaForwardTcp({ endpoint: doc.balancer, sandboxId: s.id, token: s.token, command: 'sandbox-id' });
+      expect(res.grpcCode).toBeNull();
       expect(res.stdout.trim()).toBe(s.id);
+      const page = await httpGet(Number(port), s.services[0]!, '/hello');
+      expect(page.status).toBe(200);
+      expect((JSON.parse(page.body) as { sandboxId: string }).sandboxId).toBe(s.id);
     }
   }
+  expect(host).toBe('127.0.0.1');
   const metrics = await (await fetch(`http://${doc.replicas[0]!.admin}/metrics`)).text();
   expect(metrics).toContain('ohs_requests_total');
 
@@ -59,6 +69,35 @@ it('dev-cluster --json describes a working cluster and cleans up on SIGTERM', as
     expect(res.rowCount).toBe(0);
   } finally {
     await c.end();
+  }
+}, 120_000);
+
+it('dev-cluster --protocol 2026-04 runs the seed generation: CONNECT tunnels through the Service', async () => {
+  const [e, ...a] = tsEntry('emulator/main.ts');
+  const proc = spawn(e!, [...a, 'dev-cluster', '--protocol', '2026-04', '--replicas', '2', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const done = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  try {
+    const doc = await new Promise<DevClusterDoc>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no JSON in time')), 60_000);
+      createInterface({ input: proc.stdout! }).on('line', (line) => {
+        if (line.startsWith('{')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line) as DevClusterDoc);
+        }
+      });
+    });
+    expect(doc.protocol).toBe('2026-04');
+    const [host, port] = doc.balancer.split(':');
+    for (const s of doc.sandboxes) {
+      expect(s.services).toEqual([]);
+      const res = await sshViaGateway({ host: host!, port: Number(port), sandboxId: s.id, token: s.token, command: 'sandbox-id' });
+      expect(res.status).toBe(200);
+      expect(res.stdout.trim()).toBe(s.id);
+    }
+    proc.kill('SIGTERM');
+    expect(await done).toBe(0);
+  } finally {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
   }
 }, 120_000);
 
