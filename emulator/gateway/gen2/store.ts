@@ -114,8 +114,9 @@ function isUniqueViolation(err: unknown): boolean {
 export class Gen2Store implements GatewayPersistence {
   readonly pool: pg.Pool;
 
-  constructor(databaseUrl: string) {
-    this.pool = new pg.Pool({ connectionString: databaseUrl, max: 8, connectionTimeoutMillis: 5000 });
+  /** `poolSize`: most connections this store opens (default 5; tests and watchers need fewer). */
+  constructor(databaseUrl: string, opts: { poolSize?: number } = {}) {
+    this.pool = new pg.Pool({ connectionString: databaseUrl, max: opts.poolSize ?? 5, connectionTimeoutMillis: 5000 });
     this.pool.on('error', () => undefined);
   }
 
