@@ -218,6 +218,13 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'healthy', version: ctx.version }));
+    } else if (path === '/debug/reconcile' && req.method === 'POST' && gen2) {
+      // Emulator-only: a reconcile sweep now, on the lease holder (tests that need one at a known time).
+      const reconciler = gen2.reconciler;
+      reconciler.sweepNow().then(
+        (swept) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept })),
+        (err: unknown) => res.writeHead(409, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept: false, error: String(err) })),
+      );
     } else if (path === '/debug/sessions') {
       // Emulator-only introspection for tests and the demo.
       // 2026-08: `lease` says whether this replica holds the reconciler lease (and what it did with it).

@@ -108,7 +108,9 @@ describe('the holder sweeps with its own session registry', () => {
   const ids: Record<string, string> = {};
 
   beforeAll(async () => {
-    pair = await startPair('gen2_reconcile_sweep', 1_000);
+    // The periodic sweep is far off: each test sweeps when it wants to (sweepNow), so that a sweep
+    // never races a supervisor's connect write here (upstream's does; one CAS attempt each).
+    pair = await startPair('gen2_reconcile_sweep', 600_000);
     const s = pair.store;
     ids.onHolder = (await s.insertSandbox({ name: 'on-holder' })).id;
     ids.elsewhere = (await s.insertSandbox({ name: 'elsewhere' })).id;
@@ -123,14 +125,16 @@ describe('the holder sweeps with its own session registry', () => {
     }
     await supervise(pair, pair.holder, [ids.onHolder!]);
     await supervise(pair, pair.other, [ids.elsewhere!]);
+    for (const id of [ids.onHolder!, ids.elsewhere!]) {
+      await waitUntil('Ready from the connect', () => pair!.store.phaseHistory(id), (w) => w.length === 1 && w[0]?.phase === Phase.READY, { timeoutMs: 5_000 });
+    }
   }, 30_000);
 
   afterAll(() => stopPair(pair));
 
   it('a sandbox whose session is on another replica is demoted by the holder, and its SSH refused', async () => {
     const p = pair!;
-    // Ready from its connect on the other replica first, then the holder's sweep.
-    await expect.poll(async () => (await p.store.phaseHistory(ids.elsewhere!)).map((w) => w.phase), { timeout: 5_000 }).toEqual([Phase.READY, Phase.PROVISIONING]);
+    expect(await p.holder.gen2!.reconciler.sweepNow()).toBe(true);
     expect(await phaseOf(p.store, ids.elsewhere!)).toBe(Phase.PROVISIONING);
     expect(await readyReason(p.store, ids.elsewhere!)).toBe('SupervisorNotConnected');
     const writes = await p.store.phaseHistory(ids.elsewhere!);
@@ -149,7 +153,10 @@ describe('the holder sweeps with its own session registry', () => {
 
   it('the session on the holder stays Ready; Stopped, Error, Starting and Deleting are not demoted', async () => {
     const p = pair!;
-    await waitUntil('two more sweeps', async () => p.holder.gen2!.reconciler.stats().sweeps, (n) => n >= 3, { timeoutMs: 5_000 });
+    expect(await p.holder.gen2!.reconciler.sweepNow()).toBe(true);
+    expect(await p.holder.gen2!.reconciler.sweepNow()).toBe(true);
+    // The lease-gain sweep and three more.
+    expect(p.holder.gen2!.reconciler.stats()).toMatchObject({ holder: true, sweeps: 4, demotions: 1, conflicts: 0 });
     expect(await phaseOf(p.store, ids.onHolder!)).toBe(Phase.READY);
     expect((await p.store.phaseHistory(ids.onHolder!)).map((w) => w.phase)).toEqual([Phase.READY]);
     for (const [key, phase] of [
@@ -167,6 +174,7 @@ describe('the holder sweeps with its own session registry', () => {
     expect((await p.store.sandboxById(ids.errored!))?.resourceVersion).toBeGreaterThan(1);
     expect(await readyReason(p.store, ids.idle!)).toBe('SupervisorNotConnected');
     expect(p.other.gen2!.reconciler.stats()).toMatchObject({ holder: false, sweeps: 0, snapshotWrites: 0 });
+    expect(await p.other.gen2!.reconciler.sweepNow()).toBe(false);
   });
 
   it('when the lease moves, the new holder sweeps at once and restores Ready for its own sessions', async () => {

@@ -173,6 +173,17 @@ export class ReconcilerCoordinator {
     return { replicaId: this.replicaId, holder: this.holds(), heldSinceMs: this.holds() ? this.heldSinceMs : null, ...this.counters };
   }
 
+  /**
+   * Emulator-only (tests): one sweep now, as the reconcile loop would run it, if this replica holds the
+   * lease. Resolves false when it does not; rejects when the sweep stopped on an error (a CAS conflict).
+   */
+  async sweepNow(): Promise<boolean> {
+    const run = this.run;
+    if (!run || run.cancelled) return false;
+    await this.sweep(run);
+    return true;
+  }
+
   /** Graceful shutdown: a holder deletes the lease row (delete_if resource_version) and stops its loops. */
   async close(): Promise<void> {
     this.closed = true;
