@@ -38,6 +38,7 @@ export interface ClusterOptions {
 
 export interface Replica {
   index: number;
+  /** `r0`, `r1`, …: the sidecar's --replica-id and the gateway's OPENSHELL_REPLICA_ID (lease holder id). */
   name: string;
   gateway: ManagedProcess;
   gatewayPort: number;
@@ -111,7 +112,9 @@ export class Cluster {
         ...(this.jwtKeyDir ? ['--jwt-key-dir', this.jwtKeyDir] : []),
         ...(this.opts.gatewayExtraArgs ?? []),
       ],
-      { echo: this.opts.echo ?? false },
+      // 2026-08: the reconciler-lease holder id is the replica's name, the same string as its sidecar's
+      // --replica-id, so a lease holder read from the table maps to a replica (reference §10).
+      { echo: this.opts.echo ?? false, env: { OPENSHELL_REPLICA_ID: name } },
     );
     const gatewayPort = gateway.ready.port as number;
     const gatewayHealthPort = gateway.ready.healthPort as number;

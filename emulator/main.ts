@@ -1,7 +1,8 @@
 // openshell-emulator: the gateway and supervisor emulators and the local dev cluster, a product of
 // their own (a test double for anyone fronting an OpenShell gateway). The sidecar never imports
 // this folder, and its production build and image do not carry it.
-const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] [--protocol 2026-04|2026-08] [--jwt-key-dir DIR] ...
+const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] [--protocol 2026-04|2026-08] [--jwt-key-dir DIR]
+           [--replica-id ID] [--lease-ttl-secs S] [--lease-renew-secs S] [--lease-acquire-secs S] [--reconcile-interval-secs S] ...
        openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--json]`;
 
 async function main(): Promise<void> {

@@ -29,8 +29,31 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
       'service-base-domain': { type: 'string', multiple: true },
       // 2026-08: refuse calls without a bearer instead of treating them as the local dev user.
       'require-user-auth': { type: 'boolean', default: false },
+      // 2026-08 reconciler lease: holder id (default OPENSHELL_REPLICA_ID, else HOSTNAME, else a random
+      // UUID) and timings in seconds, fractions allowed (defaults upstream's 30 / 10 / 5 / 60).
+      'replica-id': { type: 'string' },
+      'lease-ttl-secs': { type: 'string' },
+      'lease-renew-secs': { type: 'string' },
+      'lease-acquire-secs': { type: 'string' },
+      'reconcile-interval-secs': { type: 'string' },
     },
   });
+  const secs = (flag: 'lease-ttl-secs' | 'lease-renew-secs' | 'lease-acquire-secs' | 'reconcile-interval-secs'): number | undefined => {
+    const raw = values[flag];
+    if (raw === undefined) return undefined;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n < 0) {
+      console.error(`gateway emulator: --${flag} must be a number of seconds`);
+      process.exit(2);
+    }
+    return Math.round(n * 1000);
+  };
+  const leaseTimings = {
+    ...(secs('lease-ttl-secs') === undefined ? {} : { ttlMs: secs('lease-ttl-secs') }),
+    ...(secs('lease-renew-secs') === undefined ? {} : { renewMs: secs('lease-renew-secs') }),
+    ...(secs('lease-acquire-secs') === undefined ? {} : { acquireMs: secs('lease-acquire-secs') }),
+    ...(secs('reconcile-interval-secs') === undefined ? {} : { reconcileIntervalMs: secs('reconcile-interval-secs') }),
+  };
   const databaseUrl = values['database-url'] ?? process.env.OPENSHELL_DB_URL;
   if (!databaseUrl) {
     console.error('gateway emulator: --database-url is required');
@@ -55,6 +78,8 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     ...(values['sandbox-jwt-ttl-secs'] ? { sandboxJwtTtlSecs: Number(values['sandbox-jwt-ttl-secs']) } : {}),
     ...(values['service-base-domain'] ? { serviceBaseDomains: values['service-base-domain'] } : {}),
     allowUnauthenticatedUsers: !values['require-user-auth'],
+    ...(values['replica-id'] !== undefined ? { replicaId: values['replica-id'] } : {}),
+    lease: leaseTimings,
     databaseUrl,
     replica: values.replica ?? 'gateway',
     host: values.host ?? '127.0.0.1',
@@ -65,7 +90,7 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     ...(tlsOpts ? { tls: tlsOpts } : {}),
   });
   process.stdout.write(
-    `${JSON.stringify({ event: 'ready', role: 'gateway', protocol: gateway.protocol, replica: gateway.replica, port: gateway.port, healthPort: gateway.healthPort, pid: process.pid })}\n`,
+    `${JSON.stringify({ event: 'ready', role: 'gateway', protocol: gateway.protocol, replica: gateway.replica, ...(gateway.gen2 ? { replicaId: gateway.gen2.reconciler.replicaId } : {}), port: gateway.port, healthPort: gateway.healthPort, pid: process.pid })}\n`,
   );
   const shutdown = (): void => {
     void gateway.close().finally(() => process.exit(0));

@@ -14,9 +14,11 @@ import { SessionRegistry } from './registry.ts';
 import { gatewayServiceImplementation, type GatewayContext } from './service.ts';
 import { SshSlots, handleSshConnect, writeStatus } from './ssh-tunnel.ts';
 import { GatewayStore, MemoryGatewayStore, type GatewayPersistence } from './store.ts';
-import { DEFAULT_SERVICE_BASE_DOMAIN, type Gen2Context } from './gen2/context.ts';
+import { DEFAULT_SERVICE_BASE_DOMAIN, SyncLock, type Gen2Context } from './gen2/context.ts';
 import { gen2HttpHandler, gen2UpgradeHandler } from './gen2/http.ts';
 import { DEFAULT_GATEWAY_ID, SandboxJwt, createJwtKeyDir } from './gen2/jwt.ts';
+import { replicaIdFromEnv, type LeaseTimings } from './gen2/lease.ts';
+import { ReconcilerCoordinator } from './gen2/reconciler.ts';
 import { gen2ServiceImplementation } from './gen2/service.ts';
 import { Gen2Store } from './gen2/store.ts';
 
@@ -47,6 +49,13 @@ export interface GatewayOptions {
   allowUnauthenticatedUsers?: boolean;
   /** 2026-08: base domains of sandbox service hosts (default openshell.localhost). */
   serviceBaseDomains?: string[];
+  /**
+   * 2026-08: the reconciler-lease holder id; default OPENSHELL_REPLICA_ID, else HOSTNAME, else a random
+   * UUID (lease.rs@v0.0.111:249-253). `replica` stays the emulator's display name (logs, phase writes).
+   */
+  replicaId?: string;
+  /** 2026-08: lease and reconcile timings (default upstream's: TTL 30 s, renew 10 s, acquire 5 s, sweep 60 s). */
+  lease?: Partial<LeaseTimings>;
 }
 
 export interface Gateway {
@@ -55,8 +64,8 @@ export interface Gateway {
   replica: string;
   protocol: Protocol;
   store: GatewayPersistence;
-  /** 2026-08 only: the typed store and the JWT key directory in use. */
-  gen2?: { store: Gen2Store; jwtKeyDir: string; jwt: SandboxJwt };
+  /** 2026-08 only: the typed store, the JWT key directory in use and the reconciler-lease coordinator. */
+  gen2?: { store: Gen2Store; jwtKeyDir: string; jwt: SandboxJwt; reconciler: ReconcilerCoordinator };
   registry: SessionRegistry;
   logs: LogBus;
   slots: SshSlots;
@@ -106,7 +115,6 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       gatewayId: opts.gatewayId ?? DEFAULT_GATEWAY_ID,
       ...(opts.sandboxJwtTtlSecs === undefined ? {} : { ttlSecs: opts.sandboxJwtTtlSecs }),
     });
-    gen2 = { store: gen2Store, jwtKeyDir, jwt };
     gen2Ctx = {
       ...ctx,
       store: gen2Store,
@@ -114,8 +122,16 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       jwt,
       auth: { jwt, allowUnauthenticatedUsers: opts.allowUnauthenticatedUsers ?? true },
       serviceBaseDomains: opts.serviceBaseDomains ?? [DEFAULT_SERVICE_BASE_DOMAIN],
+      syncLock: new SyncLock(),
       inflight: new Set(),
     };
+    // Postgres: the reconciler-lease coordinator (the emulator's 2026-08 generation has no SQLite mode).
+    const reconciler = new ReconcilerCoordinator(gen2Ctx, {
+      replicaId: opts.replicaId ?? replicaIdFromEnv(),
+      databaseUrl: opts.databaseUrl as string,
+      ...(opts.lease ? { timings: opts.lease } : {}),
+    });
+    gen2 = { store: gen2Store, jwtKeyDir, jwt, reconciler };
   }
 
   const grpcServer = new grpc.Server({
@@ -202,10 +218,24 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'healthy', version: ctx.version }));
+    } else if (path === '/debug/reconcile' && req.method === 'POST' && gen2) {
+      // Emulator-only: a reconcile sweep now, on the lease holder (tests that need one at a known time).
+      const reconciler = gen2.reconciler;
+      reconciler.sweepNow().then(
+        (swept) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept })),
+        (err: unknown) => res.writeHead(409, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept: false, error: String(err) })),
+      );
     } else if (path === '/debug/sessions') {
       // Emulator-only introspection for tests and the demo.
+      // 2026-08: `lease` says whether this replica holds the reconciler lease (and what it did with it).
+      const lease = gen2?.reconciler.stats();
       res.writeHead(200, { 'content-type': 'application/json' }).end(
-        JSON.stringify({ replica: opts.replica, sandboxes: registry.sandboxIds(), slots: slots.held() }),
+        JSON.stringify({
+          replica: opts.replica,
+          sandboxes: registry.sandboxIds(),
+          slots: slots.held(),
+          ...(lease ? { replicaId: lease.replicaId, leaseHolder: lease.holder, lease } : {}),
+        }),
       );
     } else {
       res.writeHead(404).end();
@@ -213,6 +243,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   });
   const healthPort = await listen(health, host, opts.healthPort ?? 0);
   logger.info({ port: boundPort, healthPort }, 'gateway emulator listening');
+  gen2?.reconciler.start();
 
   let closed = false;
   return {
@@ -228,6 +259,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     async close() {
       if (closed) return;
       closed = true;
+      // A lease holder deletes the lease row before anything else goes (run_as_holder on shutdown).
+      await gen2?.reconciler.close();
       registry.close();
       server.close();
       health.close();

@@ -108,7 +108,7 @@ export async function startSupervisorFleet(opts: SupervisorFleetOptions): Promis
   let watchStore: Gen2Store | undefined;
   let watching: Promise<void> = Promise.resolve();
   if (opts.watchDatabaseUrl) {
-    watchStore = new Gen2Store(opts.watchDatabaseUrl);
+    watchStore = new Gen2Store(opts.watchDatabaseUrl, { poolSize: 1 });
     let lastSeq = 0;
     const poll = async (): Promise<void> => {
       if (!watchStore || stopping) return;

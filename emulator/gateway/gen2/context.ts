@@ -10,6 +10,20 @@ import type { Gen2Store } from './store.ts';
 /** Default service-routing base domain (crates/openshell-core/src/config.rs@v0.0.111, reference §2.7). */
 export const DEFAULT_SERVICE_BASE_DOMAIN = 'openshell.localhost';
 
+/**
+ * The gateway's per-process `sync_lock` (compute/mod.rs@v0.0.111:567,691-700): session phase writes and
+ * the reconciler's snapshot applies of one replica run one at a time. Not shared between replicas.
+ */
+export class SyncLock {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
 export interface Gen2Context {
   replica: string;
   version: string;
@@ -25,6 +39,8 @@ export interface Gen2Context {
   auth: AuthOptions;
   /** Base domains of sandbox service hosts, first one used for URLs. */
   serviceBaseDomains: string[];
+  /** This replica's sync_lock. */
+  syncLock: SyncLock;
   /** Phase writes in flight, awaited before the store closes on shutdown. */
   inflight: Set<Promise<unknown>>;
   /** The gateway's bind address and scheme (CreateSshSession, service URLs). */

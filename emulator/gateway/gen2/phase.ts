@@ -1,13 +1,25 @@
 // Phase writes of the 2026-08 gateway. Every write is a single compare-and-swap on the row's
 // resource_version (no retry, a conflict is only logged), records itself in the
 // `emulator_phase_writes` instrumentation table and notifies only this process's watch bus
-// (reference §2.8, §8). A reconciler-lease holder's sweep (reference §10) would be one more
-// caller of `casPhase`; it is deliberately not modelled yet.
+// (reference §2.8, §8). The reconciler-lease holder's snapshot writes (reference §10) are in
+// reconciler.ts; both run under this replica's sync_lock.
 import { status as Status } from '@grpc/grpc-js';
 import { Phase, type PhaseValue } from '../../proto.ts';
 import { GatewayError } from '../registry.ts';
 import type { Gen2Context } from './context.ts';
 import type { Gen2Sandbox, SandboxMessage } from './store.ts';
+
+export const PHASE_NAMES: Record<number, string> = {
+  0: 'Unspecified',
+  1: 'Provisioning',
+  2: 'Ready',
+  3: 'Error',
+  4: 'Deleting',
+  5: 'Unknown',
+  6: 'Stopping',
+  7: 'Stopped',
+  8: 'Starting',
+};
 
 /** Phases a supervisor connect/disconnect never overwrites (compute/mod.rs@v0.0.111:2831-2839). */
 const SESSION_WRITE_SKIP: readonly PhaseValue[] = [Phase.DELETING, Phase.ERROR, Phase.STOPPING, Phase.STOPPED];
@@ -24,7 +36,7 @@ export function decideSessionPhase(current: PhaseValue, connected: boolean): Ses
   return { write: true, phase: connected ? Phase.READY : Phase.PROVISIONING };
 }
 
-function upsertReadyCondition(msg: SandboxMessage, status: 'True' | 'False', reason: string, message: string): void {
+export function upsertReadyCondition(msg: SandboxMessage, status: 'True' | 'False', reason: string, message: string): void {
   const st = (msg.status ??= {});
   st.sandbox_name ??= msg.metadata?.name ?? '';
   const conditions = (st.conditions ??= []);
@@ -55,7 +67,7 @@ export async function casPhase(
 
 /** supervisor_session_connected / _disconnected (compute/mod.rs@v0.0.111:2800-2890). */
 export function supervisorSessionChanged(ctx: Gen2Context, sandboxId: string, connected: boolean, instanceId?: string): Promise<void> {
-  const p = sessionWrite(ctx, sandboxId, connected, instanceId);
+  const p = ctx.syncLock.run(() => sessionWrite(ctx, sandboxId, connected, instanceId));
   ctx.inflight.add(p);
   void p.finally(() => ctx.inflight.delete(p));
   return p;

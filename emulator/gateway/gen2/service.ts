@@ -14,7 +14,8 @@ import { GatewayError, type LiveSession } from '../registry.ts';
 import { relayDuplex } from '../relay-duplex.ts';
 import { ensureSandboxPrincipalScope, ensureSandboxScope, type Principal } from './auth.ts';
 import type { Gen2Context } from './context.ts';
-import { supervisorSessionChanged, writeLifecyclePhase } from './phase.ts';
+import { PHASE_NAMES, supervisorSessionChanged, writeLifecyclePhase } from './phase.ts';
+import { emitDriverEvent } from './reconciler.ts';
 import { execSandbox, execSandboxInteractive, forwardTcp } from './relay-calls.ts';
 import { clientStreamRpc, invalid, streamRpc, unaryRpc } from './rpc.ts';
 import { endpointKey, normalizeWorkspace, type Gen2Sandbox, type ServiceEndpointRow } from './store.ts';
@@ -24,18 +25,6 @@ export const SSH_SESSION_TTL_SECS = 86_400;
 export const MAX_LOG_LINES_PER_BATCH = 100;
 const DEFAULT_LOG_LINES = 2000;
 const DEFAULT_WATCH_LOG_TAIL = 200;
-
-const PHASE_NAMES: Record<number, string> = {
-  0: 'Unspecified',
-  1: 'Provisioning',
-  2: 'Ready',
-  3: 'Error',
-  4: 'Deleting',
-  5: 'Unknown',
-  6: 'Stopping',
-  7: 'Stopped',
-  8: 'Starting',
-};
 
 const notFound = (what = 'sandbox not found'): GatewayError => new GatewayError(Status.NOT_FOUND, what);
 
@@ -88,6 +77,8 @@ async function createSandbox(ctx: Gen2Context, req: CreateSandboxRequest): Promi
   // spec.sandbox_token; the emulator's "driver" is a table a supervisor fleet can watch.
   const token = await ctx.jwt.mint(sandbox.id);
   await ctx.store.recordSandboxToken(sandbox.id, token);
+  // The driver's watch reports the new (still pending) backend to the lease holder, wherever that is.
+  emitDriverEvent(ctx, sandbox.id, 'created');
   ctx.watch.notify(sandbox.id);
   ctx.logger.info({ sandboxId: sandbox.id, name: sandbox.name, workspace: sandbox.workspace }, 'sandbox created');
   return { sandbox: sandbox.message };
@@ -126,6 +117,7 @@ async function stopSandbox(ctx: Gen2Context, req: { name: string; workspace: str
     current.phase === Phase.STOPPING ? current : await writeLifecyclePhase(ctx, current, Phase.STOPPING, 'Stopping', 'Sandbox stop requested');
   const stopped = await writeLifecyclePhase(ctx, stopping, Phase.STOPPED, 'Stopped', 'Sandbox compute is stopped');
   await dropSessions(ctx, stopped);
+  emitDriverEvent(ctx, stopped.id, 'stopped');
   return { sandbox: stopped.message };
 }
 
@@ -143,6 +135,7 @@ async function startSandbox(ctx: Gen2Context, req: { name: string; workspace: st
   const starting =
     current.phase === Phase.STARTING ? current : await writeLifecyclePhase(ctx, current, Phase.STARTING, 'Starting', 'Sandbox start requested');
   ctx.registry.disconnect(starting.id);
+  emitDriverEvent(ctx, starting.id, 'started');
   const latest = await ctx.store.sandboxById(starting.id);
   return { sandbox: (latest ?? starting).message };
 }

@@ -55,6 +55,8 @@ export interface Gen2Sandbox {
   workspace: string;
   phase: PhaseValue;
   resourceVersion: number;
+  /** The row's `updated_at_ms` (the reconcile sweep skips rows written after it started). */
+  updatedAtMs: number;
   message: SandboxMessage;
 }
 
@@ -94,12 +96,15 @@ export function sandboxPhase(msg: SandboxMessage): PhaseValue {
   return (msg.status?.phase ?? Phase.UNSPECIFIED) as PhaseValue;
 }
 
-function toSandbox(row: { id: string; name: string; workspace: string; payload: Buffer; resource_version: string }): Gen2Sandbox {
+type SandboxDbRow = { id: string; name: string; workspace: string; payload: Buffer; resource_version: string; updated_at_ms: string };
+const SANDBOX_COLUMNS = 'id, name, workspace, payload, resource_version, updated_at_ms';
+
+function toSandbox(row: SandboxDbRow): Gen2Sandbox {
   const message = decode<SandboxMessage>('Sandbox', row.payload);
   const resourceVersion = Number(row.resource_version);
   // The stored row's counter is authoritative; callers see it in metadata like upstream's reads.
   message.metadata = { ...message.metadata, resource_version: resourceVersion, workspace: row.workspace };
-  return { id: row.id, name: row.name, workspace: row.workspace, phase: sandboxPhase(message), resourceVersion, message };
+  return { id: row.id, name: row.name, workspace: row.workspace, phase: sandboxPhase(message), resourceVersion, updatedAtMs: Number(row.updated_at_ms), message };
 }
 
 function isUniqueViolation(err: unknown): boolean {
@@ -109,8 +114,9 @@ function isUniqueViolation(err: unknown): boolean {
 export class Gen2Store implements GatewayPersistence {
   readonly pool: pg.Pool;
 
-  constructor(databaseUrl: string) {
-    this.pool = new pg.Pool({ connectionString: databaseUrl, max: 8, connectionTimeoutMillis: 5000 });
+  /** `poolSize`: most connections this store opens (default 5; tests and watchers need fewer). */
+  constructor(databaseUrl: string, opts: { poolSize?: number } = {}) {
+    this.pool = new pg.Pool({ connectionString: databaseUrl, max: opts.poolSize ?? 5, connectionTimeoutMillis: 5000 });
     this.pool.on('error', () => undefined);
   }
 
@@ -162,12 +168,12 @@ export class Gen2Store implements GatewayPersistence {
       if (isUniqueViolation(err)) throw new GatewayError(Status.ALREADY_EXISTS, `sandbox '${name}' already exists`);
       throw err;
     }
-    return { id, name, workspace, phase: sandboxPhase(message), resourceVersion: 1, message };
+    return { id, name, workspace, phase: sandboxPhase(message), resourceVersion: 1, updatedAtMs: now, message };
   }
 
   async sandboxById(id: string): Promise<Gen2Sandbox | null> {
-    const res = await this.pool.query<{ id: string; name: string; workspace: string; payload: Buffer; resource_version: string }>(
-      `SELECT id, name, workspace, payload, resource_version FROM objects WHERE object_type = 'sandbox' AND id = $1`,
+    const res = await this.pool.query<SandboxDbRow>(
+      `SELECT ${SANDBOX_COLUMNS} FROM objects WHERE object_type = 'sandbox' AND id = $1`,
       [id],
     );
     const row = res.rows[0];
@@ -175,8 +181,8 @@ export class Gen2Store implements GatewayPersistence {
   }
 
   async sandboxByName(workspace: string, name: string): Promise<Gen2Sandbox | null> {
-    const res = await this.pool.query<{ id: string; name: string; workspace: string; payload: Buffer; resource_version: string }>(
-      `SELECT id, name, workspace, payload, resource_version FROM objects WHERE object_type = 'sandbox' AND workspace = $1 AND name = $2`,
+    const res = await this.pool.query<SandboxDbRow>(
+      `SELECT ${SANDBOX_COLUMNS} FROM objects WHERE object_type = 'sandbox' AND workspace = $1 AND name = $2`,
       [normalizeWorkspace(workspace), name],
     );
     const row = res.rows[0];
@@ -185,8 +191,8 @@ export class Gen2Store implements GatewayPersistence {
 
   /** `workspace` null lists every workspace. */
   async listSandboxes(workspace: string | null, limit: number, offset: number): Promise<Gen2Sandbox[]> {
-    const res = await this.pool.query<{ id: string; name: string; workspace: string; payload: Buffer; resource_version: string }>(
-      `SELECT id, name, workspace, payload, resource_version FROM objects
+    const res = await this.pool.query<SandboxDbRow>(
+      `SELECT ${SANDBOX_COLUMNS} FROM objects
        WHERE object_type = 'sandbox' AND ($1::text IS NULL OR workspace = $1)
        ORDER BY created_at_ms, id LIMIT $2 OFFSET $3`,
       [workspace, limit, offset],
@@ -209,14 +215,15 @@ export class Gen2Store implements GatewayPersistence {
     const message = structuredClone(current.message);
     mutate(message);
     message.metadata = { ...message.metadata, resource_version: expectedVersion + 1 };
+    const now = Date.now();
     const res = await this.pool.query<{ resource_version: string }>(
       `UPDATE objects SET payload = $3, updated_at_ms = $4, resource_version = resource_version + 1
        WHERE object_type = 'sandbox' AND id = $1 AND resource_version = $2 RETURNING resource_version`,
-      [id, expectedVersion, encode('Sandbox', message), Date.now()],
+      [id, expectedVersion, encode('Sandbox', message), now],
     );
     const row = res.rows[0];
     if (!row) return (await this.sandboxById(id)) ? 'conflict' : null;
-    return { ...current, message, phase: sandboxPhase(message), resourceVersion: Number(row.resource_version) };
+    return { ...current, message, phase: sandboxPhase(message), resourceVersion: Number(row.resource_version), updatedAtMs: now };
   }
 
   async deleteSandboxRow(id: string): Promise<boolean> {
