@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit demo bench drill clean
+.PHONY: install build typecheck lint test test-unit demo bench drill drill-readiness clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -33,6 +33,12 @@ bench: build
 
 drill: build
 	node --import tsx bench/drill.ts
+	node --import tsx bench/readiness-drill.ts
+
+# The 2026-08 readiness drill alone (reference §10): baseline without shadows, then 10 minutes of load
+# with the lease holder stopped and killed (READINESS_DRILL_MINUTES, READINESS_SWEEP_SECS).
+drill-readiness: build
+	node --import tsx bench/readiness-drill.ts
 
 clean:
 	rm -rf dist coverage .vitest-report.json

@@ -53,6 +53,8 @@ export interface SidecarMetrics {
   readonly readinessDemotionsTotal: Counter;
   /** Shadow re-registrations made to restore Ready after a demotion. */
   readonly readinessRepairsTotal: Counter;
+  /** Requests refused "not ready" for a sandbox with a live session, held for Ready and sent again. */
+  readonly notReadyHoldsTotal: Counter;
   /** 1 for the gateway replica holding the reconciler lease (label holder). */
   readonly reconcilerLeaseHolder: Gauge<'holder'>;
 }
@@ -212,6 +214,11 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     readinessRepairsTotal: new Counter({
       name: 'ohs_readiness_repairs_total',
       help: 'Shadow re-registrations made to restore Ready after a demotion.',
+      registers,
+    }),
+    notReadyHoldsTotal: new Counter({
+      name: 'ohs_not_ready_holds_total',
+      help: 'Requests the gateway refused "not ready" for a sandbox with a live session, held until Ready and sent again.',
       registers,
     }),
     reconcilerLeaseHolder: new Gauge({

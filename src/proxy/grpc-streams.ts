@@ -7,7 +7,8 @@ import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
 import type { LimitRule } from '../limits/rules.ts';
 import { peerHeaders, PEER_NOT_OWNER, PEER_OWNER_HINT } from '../peers/protocol.ts';
-import type { PeerTarget, Target } from '../routing/router.ts';
+import { describe, type PeerTarget, type Target } from '../routing/router.ts';
+import { PHASE_READY } from '../wire/gateway-payloads.ts';
 import { FirstMessageBuffer } from '../wire/grpc-frame.ts';
 import { extractRoutingKey, type RequestKey } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
@@ -216,30 +217,74 @@ export async function routeKeyed(
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
-  // At most: one hop to an owner that proves unreachable, a held re-resolve, and one retry after
-  // a "not owner" answer (DESIGN §4: re-resolve and retry once).
-  for (let attempt = 0; attempt < 3; attempt++) {
+  let notReadyWaited = false;
+  // At most: one hop to an owner that proves unreachable, a held re-resolve, one retry after a
+  // "not owner" answer (DESIGN §4: re-resolve and retry once), and one wait for Ready.
+  for (let attempt = 0; attempt < 4; attempt++) {
     if (stream.destroyed) return;
-    if (target.kind === 'local') {
-      log.debug({ target: 'local', reason: target.reason }, 'routing');
-      await forwardLocal(ctx, stream, headers, cls, log, prefix);
-      return;
-    }
-    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, prefix, log);
+    const isOwner = target.kind === 'peer' || target.reason === 'owner';
+    log.debug({ target: describe(target) }, 'routing');
+    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, { retryNotReady: isOwner && !notReadyWaited });
     if (outcome.kind === 'done') return;
-    if (outcome.why === 'not-owner') {
+    prefix = outcome.replay.bytes;
+    if (outcome.why === 'not-ready') {
+      // The owner holds a live session, yet its gateway says "not ready": a handoff's Ready write or
+      // a readiness repair is moments away (reference §6, §10). The gateway refused before opening
+      // anything, so the request is sent again once the phase is Ready (bounded).
+      notReadyWaited = true;
+      await waitForReady(ctx, sandboxId, log);
+    } else if (outcome.why === 'not-owner') {
       if (notOwnerRetried) break;
       notOwnerRetried = true;
+    } else {
+      exclude = target as PeerTarget;
     }
-    // Nothing reached a gateway, so re-resolve (holding if needed) and send it again.
-    prefix = outcome.replay.bytes;
-    if (outcome.why === 'unreachable') exclude = target;
+    // Nothing reached a sandbox, so re-resolve (holding if needed) and send it again.
     const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
-    log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: outcome.why }, 're-resolved owner');
+    log.info({ from: describe(target), to: describe(next), why: outcome.why }, 're-resolved owner');
     target = next;
   }
   ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
   respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
+}
+
+/** How long a request waits for a live sandbox to be Ready again before its refusal goes out. */
+const NOT_READY_WAIT_MS = 10_000;
+const NOT_READY_POLL_MS = 100;
+
+async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger): Promise<void> {
+  const started = Date.now();
+  ctx.metrics.notReadyHoldsTotal.inc();
+  ctx.metrics.heldRequests.inc();
+  try {
+    while (Date.now() - started < NOT_READY_WAIT_MS) {
+      const state = await ctx.gatewayObjects.sandboxState(sandboxId);
+      if (state?.phase === PHASE_READY) {
+        log.info({ waitedMs: Date.now() - started }, 'sandbox Ready again; sending the request once more');
+        return;
+      }
+      await new Promise((r) => setTimeout(r, state === undefined ? 5 * NOT_READY_POLL_MS : NOT_READY_POLL_MS).unref());
+    }
+    log.warn({ waitedMs: Date.now() - started }, 'sandbox not Ready within the wait bound; the gateway answers');
+  } finally {
+    ctx.metrics.heldRequests.dec();
+  }
+}
+
+/** The gateway's refusal of a sandbox-scoped call for a sandbox whose phase is not Ready (reference §2.3). */
+function isNotReady(headers: http2.IncomingHttpHeaders): boolean {
+  if (headers['grpc-status'] !== '9') return false;
+  const raw = headers['grpc-message'];
+  const message = typeof raw === 'string' ? safeDecode(raw) : '';
+  return message.includes('not ready');
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }
 
 /**
@@ -293,84 +338,110 @@ async function routeAffine(
   frameBytes: Buffer,
   log: Logger,
 ): Promise<void> {
-  const target = await ctx.router.resolve(sandboxId);
-  if (target.kind === 'peer') {
-    const outcome = await forwardToPeer(ctx, stream, headers, cls, sandboxId, target, frameBytes, log);
+  let target = await ctx.router.resolve(sandboxId);
+  let prefix = frameBytes;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, {
+      retryNotReady: attempt === 0 && (target.kind === 'peer' || target.reason === 'owner'),
+    });
     if (outcome.kind === 'done') return;
-    return forwardLocal(ctx, stream, headers, cls, log, outcome.replay.bytes);
+    prefix = outcome.replay.bytes;
+    if (outcome.why === 'not-ready') await waitForReady(ctx, sandboxId, log);
+    // Another attempt: the owner again once Ready, else (not owner, unreachable) the local gateway.
+    target = outcome.why === 'not-ready' ? await ctx.router.resolve(sandboxId, { fresh: true }) : NO_OWNER;
   }
-  return forwardLocal(ctx, stream, headers, cls, log, frameBytes);
+  return forwardLocal(ctx, stream, headers, cls, log, prefix);
 }
 
-type PeerOutcome = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: string };
+type Attempt = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: 'not-owner' | 'unreachable' | 'not-ready' };
 
-export function forwardToPeer(
+/**
+ * One attempt at a target: the local gateway, or the owner's sidecar over the peer protocol. Comes
+ * back with what was sent when nothing reached a sandbox and another attempt makes sense: a peer that
+ * is not the owner, an unreachable peer, or (with `retryNotReady`) a gateway that refused at once
+ * because the sandbox is not Ready.
+ */
+export function forwardAttempt(
   ctx: ProxyContext,
   stream: http2.ServerHttp2Stream,
   headers: http2.OutgoingHttpHeaders,
   cls: TrafficClass,
   sandboxId: string,
-  target: PeerTarget,
+  target: Target,
   prefix: Buffer,
   log: Logger,
-): Promise<PeerOutcome> {
+  opts: { retryNotReady: boolean },
+): Promise<Attempt> {
+  const peer = target.kind === 'peer' ? target : undefined;
+  const where = peer ? 'peer' : 'local';
   return new Promise((resolve) => {
-    const plog = log.child({ target: target.replicaId });
-    ctx.peerPool.get(target.peerUrl).then(
+    const plog = peer ? log.child({ target: peer.replicaId }) : log;
+    const session = peer ? ctx.peerPool.get(peer.peerUrl) : ctx.gatewayPool.get(ctx.gatewayOrigin);
+    session.then(
       (session) => {
         if (stream.destroyed) return resolve({ kind: 'done' });
-        const done = track(ctx, cls, 'peer');
+        const done = track(ctx, cls, where);
         let settled = false;
-        const handle = forwardStream(
-          stream,
-          session,
-          {
-            ...headers,
-            ...peerHeaders({
-              secret: ctx.peerSecret ?? '',
-              origin: ctx.store.replicaId,
-              sandboxId,
-              epoch: target.epoch,
-              cls,
-              hop: 1,
-            }),
-          },
-          {
+        const retry = (why: 'not-owner' | 'not-ready'): boolean => {
+          const replay = handle.abandon();
+          done(why === 'not-owner' ? 'not_owner' : 'not_ready');
+          settled = true;
+          if (replay) resolve({ kind: 'retry', replay, why });
+          else {
+            respondGrpcError(stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : 'sandbox is not ready');
+            resolve({ kind: 'done' });
+          }
+          return false;
+        };
+        const upHeaders = peer
+          ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }) }
+          : headers;
+        let handle: ReturnType<typeof forwardStream>;
+        try {
+          handle = forwardStream(stream, session, upHeaders, {
             prefix,
-            onResponse: (res) => {
-              if (res[PEER_NOT_OWNER] === undefined) {
-                settled = true;
-                ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'ok' });
-                resolve({ kind: 'done' });
-                return true;
+            onResponse: (res, endStream) => {
+              if (peer && res[PEER_NOT_OWNER] !== undefined) {
+                ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'not_owner' });
+                plog.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
+                return retry('not-owner');
               }
-              const replay = handle.abandon();
-              done('not_owner');
-              ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'not_owner' });
-              plog.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
+              if (opts.retryNotReady && endStream && isNotReady(res)) {
+                plog.info('gateway says the sandbox is not ready while its session is live; waiting for Ready');
+                return retry('not-ready');
+              }
               settled = true;
-              if (replay) resolve({ kind: 'retry', replay, why: 'not-owner' });
-              else {
-                respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
-                resolve({ kind: 'done' });
-              }
-              return false;
+              if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'ok' });
+              resolve({ kind: 'done' });
+              return true;
             },
             onUpstreamError: (err) => {
               if (settled) return;
               settled = true;
-              ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'error' });
-              plog.warn({ err: err.message }, 'peer stream failed before a response');
-              respondGrpcError(stream, 14, `owner replica ${target.replicaId} unavailable`);
+              if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'error' });
+              plog.warn({ err: err.message }, peer ? 'peer stream failed before a response' : 'gateway stream failed before a response');
+              respondGrpcError(stream, 14, peer ? `owner replica ${peer.replicaId} unavailable` : `upstream failed: ${err.message}`);
               resolve({ kind: 'done' });
             },
             onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
-          },
-        );
+          });
+        } catch (err) {
+          // The session began closing (GOAWAY) between get() and request(): nothing was sent.
+          done('OHS_ERR_UPSTREAM');
+          plog.info({ err: (err as Error).message }, 'session closing; trying again');
+          resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
+        }
       },
       (err: unknown) => {
+        if (!peer) {
+          log.warn({ err: (err as Error).message }, 'local gateway unreachable');
+          ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+          respondGrpcError(stream, 14, 'gateway unavailable');
+          resolve({ kind: 'done' });
+          return;
+        }
         // Could not even connect: nothing was sent anywhere, so the request can go elsewhere.
-        ctx.metrics.forwardsTotal.inc({ class: cls, peer: target.replicaId, outcome: 'unreachable' });
+        ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'unreachable' });
         plog.warn({ err: (err as Error).message }, 'owner replica unreachable');
         resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
       },

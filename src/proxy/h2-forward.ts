@@ -59,7 +59,7 @@ export interface ForwardOptions {
    * Called with the upstream response headers before anything reaches downstream. Returning
    * false means "do not relay" (e.g. a peer's not-owner answer); the caller takes over.
    */
-  onResponse?: (headers: http2.IncomingHttpHeaders) => boolean;
+  onResponse?: (headers: http2.IncomingHttpHeaders, endStream: boolean) => boolean;
   /** Upstream failed before any response headers arrived; the caller decides what to answer. */
   onUpstreamError?: (err: Error) => void;
   /** Response headers to drop when relaying (internal x-ohs-* headers). */
@@ -129,7 +129,7 @@ export function forwardStream(
 
   up.on('response', (resHeaders, flags) => {
     if (abandoned) return;
-    if (opts.onResponse && !opts.onResponse(resHeaders)) return;
+    if (opts.onResponse && !opts.onResponse(resHeaders, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)) return;
     responded = true;
     if (down.destroyed || down.closed) {
       up.close(NGHTTP2_CANCEL);
