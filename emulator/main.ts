@@ -2,7 +2,8 @@
 // their own (a test double for anyone fronting an OpenShell gateway). The sidecar never imports
 // this folder, and its production build and image do not carry it.
 const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] ...
-       openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--json]`;
+       openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--json]
+       openshell-emulator compute-driver --socket PATH --endpoint URL [--supervisor-bin PATH] ... (--help)`;
 
 async function main(): Promise<void> {
   const [cmd, ...rest] = process.argv.slice(2);
@@ -15,6 +16,11 @@ async function main(): Promise<void> {
     case 'dev-cluster': {
       const { runDevCluster } = await import('./dev-cluster.ts');
       await runDevCluster(rest);
+      return;
+    }
+    case 'compute-driver': {
+      const { runComputeDriver } = await import('./compute-driver/cli.ts');
+      await runComputeDriver(rest);
       return;
     }
     default:
