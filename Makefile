@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit demo bench drill clean
+.PHONY: install build typecheck lint test test-unit interop demo bench drill clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -23,6 +23,11 @@ test: typecheck lint build
 
 test-unit: install
 	npx vitest run test/unit
+
+# The sidecar in front of upstream's real gateway, supervisor and CLI (docs/interop.md). Needs
+# OPENSHELL_GATEWAY_BIN, OPENSHELL_SANDBOX_BIN and OPENSHELL_CLI_BIN; without them it prints one line and skips.
+interop: install
+	npx vitest run test/interop/real-gateway.test.ts --reporter=verbose
 
 # A real local cluster: gateway emulators + sidecars + supervisors. Ctrl-C to stop.
 demo: build
