@@ -3,7 +3,8 @@
 // this folder, and its production build and image do not carry it.
 const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] ...
        openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--json]
-       openshell-emulator compute-driver --socket PATH --endpoint URL [--supervisor-bin PATH] ... (--help)`;
+       openshell-emulator compute-driver --socket PATH --endpoint URL [--supervisor-bin PATH] ... (--help)
+       openshell-emulator balancer --listen HOST:PORT --backend HOST:PORT [--backend HOST:PORT ...]`;
 
 async function main(): Promise<void> {
   const [cmd, ...rest] = process.argv.slice(2);
@@ -16,6 +17,11 @@ async function main(): Promise<void> {
     case 'dev-cluster': {
       const { runDevCluster } = await import('./dev-cluster.ts');
       await runDevCluster(rest);
+      return;
+    }
+    case 'balancer': {
+      const { runBalancer } = await import('./balancer-cli.ts');
+      await runBalancer(rest);
       return;
     }
     case 'compute-driver': {

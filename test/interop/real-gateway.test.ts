@@ -505,6 +505,11 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
       (c) => c.atMs > killedAtTl && c.from === PHASE_READY && c.to === 1 && victims.some((v) => v.id === c.sandboxId) && !sweepWindows.some((s) => c.atMs >= s && c.atMs - s < 5_000),
     );
     const notReadyNow = victims.filter((s) => !ready(s));
+    // Where the time went, from the sidecars' own logs: kill → the survivor's claim → fence done.
+    const victimIds = new Set(victims.map((v) => v.id));
+    const afterKill = (e: Record<string, unknown>): number => Date.parse(String(e.time)) - killedAt;
+    const claims = cluster.sidecarLogEntries((e) => e.msg === 'supervisor connected; ownership claimed' && victimIds.has(String(e.sandbox)) && Date.parse(String(e.time)) >= killedAt);
+    const fences = cluster.sidecarLogEntries((e) => e.msg === 'ownership handoff fenced' && victimIds.has(String(e.sandbox)) && Date.parse(String(e.time)) >= killedAt);
     const movedTo = JSON.stringify(
       victims.reduce<Record<string, number>>((a, s) => ((a[ownersAfter.get(s.id)?.replicaId ?? 'none'] = (a[ownersAfter.get(s.id)?.replicaId ?? 'none'] ?? 0) + 1), a), {}),
     );
@@ -513,6 +518,10 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
         `real ssh right after: ${recovered.filter((r) => r.sshAfter).length}/${recovered.length} ${recovered.filter((r) => !r.sshAfter).map((r) => r.sshFailure).join(', ')}; failed probes after recovery: ${recovered.reduce((a, r) => a + r.failuresAfter, 0)}; ` +
         `new owners ${movedTo} (lease holder ${holderAfter}); Ready 3 s later: ${victims.length - notReadyNow.length}/${victims.length}; ` +
         `Ready→Provisioning not explained by a sweep: ${lateProvisioning.length}; sweeps since the kill: ${sweepWindows.length}`,
+    );
+    note(
+      `kill -9 breakdown: kill → survivor claims ${fmtStats(claims.map(afterKill))}; kill → fence done ${fmtStats(fences.map(afterKill))} ` +
+        `(reasons ${JSON.stringify(fences.reduce<Record<string, number>>((a, e) => ((a[String(e.reason)] = (a[String(e.reason)] ?? 0) + 1), a), {}))})`,
     );
     expect(recovered.length).toBe(victims.length);
     expect(recovered.every((r) => r.sshAfter)).toBe(true);

@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { startBalancer, type Balancer } from '../../../emulator/balancer.ts';
 import { startComputeDriver, type ComputeDriver, type DriverEvent } from '../../../emulator/compute-driver/driver.ts';
@@ -391,6 +392,29 @@ export class RealCluster {
     return out;
   }
 
+  /** Every sidecar's JSON log entries (pino) for which `keep` holds. */
+  sidecarLogEntries(keep: (entry: Record<string, unknown>) => boolean): Array<Record<string, unknown>> {
+    const out: Array<Record<string, unknown>> = [];
+    for (const r of this.replicas) {
+      let text = '';
+      try {
+        text = readFileSync(join(this.runDir, `sidecar-${r.id}.log`), 'utf8');
+      } catch {
+        continue;
+      }
+      for (const line of text.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        try {
+          const entry = JSON.parse(line) as Record<string, unknown>;
+          if (keep(entry)) out.push(entry);
+        } catch {
+          // a line cut by a kill -9
+        }
+      }
+    }
+    return out;
+  }
+
   /** Lines of every live upstream and sidecar process, for failure reports. */
   diagnostics(lines = 15): string {
     const parts: string[] = [];
@@ -408,7 +432,24 @@ export class RealCluster {
     await this.direct?.close();
     await this.pool?.end().catch(() => undefined);
     await this.db?.drop().catch(() => undefined);
+    await dropRedisKeys(this.redisPrefix).catch(() => undefined);
     if (!this.opts.keepRunDir) rmSync(this.runDir, { recursive: true, force: true });
+  }
+}
+
+/** The sidecars' Redis keys of this run (owner cache, limit slots). */
+async function dropRedisKeys(prefix: string): Promise<void> {
+  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
   }
 }
 
