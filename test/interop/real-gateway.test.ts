@@ -357,6 +357,9 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
       note(
         `limit per sandbox: ${openPerSandbox} of 21 tunnels (7 tokens × 3) held; tunnel 21 → ${last && !last.open ? `${Status[last.error.code]} "${last.error.details}"` : 'opened (limit not enforced)'}`,
       );
+      // Who refused: the ingress sidecar logs each refusal (its message is the gateway's own).
+      const refusals = cluster.sidecarLogEntries((e) => e.msg === 'stream refused by limit' && e.sandbox === sb.id);
+      note(`limit refusals logged by sidecars: ${refusals.map((e) => `${String(e.replica)}:${String(e.rule)}`).join(', ') || 'none (the gateway refused)'}`);
       expect(perSandbox.slice(0, 20).every((o) => o.open)).toBe(true);
       expect(last && !last.open ? last.error.code : undefined).toBe(Status.RESOURCE_EXHAUSTED);
     } finally {
