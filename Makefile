@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit demo bench drill drill-readiness clean
+.PHONY: install build typecheck lint test test-unit interop demo bench drill drill-readiness clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -18,11 +18,18 @@ lint: install
 	npx eslint --max-warnings 0 .
 
 # typecheck + lint + every test; writes vitest's JSON report for .ci/run's summary line.
+# test/interop runs under `make interop` only, so exported upstream binaries never turn this into a
+# minutes-long run against real programs.
 test: typecheck lint build
-	npx vitest run --reporter=default --reporter=json --outputFile.json=.vitest-report.json
+	npx vitest run --exclude 'test/interop/**' --reporter=default --reporter=json --outputFile.json=.vitest-report.json
 
 test-unit: install
 	npx vitest run test/unit
+
+# The sidecar in front of upstream's real gateway, supervisor and CLI (docs/interop.md). Needs
+# OPENSHELL_GATEWAY_BIN, OPENSHELL_SANDBOX_BIN and OPENSHELL_CLI_BIN; without them it prints one line and skips.
+interop: install
+	npx vitest run test/interop/real-gateway.test.ts --reporter=verbose
 
 # A real local cluster: gateway emulators + sidecars + supervisors. Ctrl-C to stop.
 demo: build

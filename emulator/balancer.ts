@@ -15,7 +15,7 @@ export interface Balancer {
   close(): Promise<void>;
 }
 
-export async function startBalancer(initial: Backend[], host = '127.0.0.1'): Promise<Balancer> {
+export async function startBalancer(initial: Backend[], host = '127.0.0.1', listenPort = 0): Promise<Balancer> {
   let backends = [...initial];
   let next = 0;
   const counts: number[] = backends.map(() => 0);
@@ -52,7 +52,7 @@ export async function startBalancer(initial: Backend[], host = '127.0.0.1'): Pro
   server.on('error', () => undefined);
   const port = await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, host, () => resolve((server.address() as net.AddressInfo).port));
+    server.listen(listenPort, host, () => resolve((server.address() as net.AddressInfo).port));
   });
   return {
     port,
