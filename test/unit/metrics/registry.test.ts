@@ -47,6 +47,7 @@ describe('createMetrics', () => {
         'ohs_readiness_demotions_total',
         'ohs_readiness_repairs_total',
         'ohs_reconciler_lease_holder',
+        'ohs_not_ready_holds_total',
       ].sort(),
     );
     const text = await m.registry.metrics();
