@@ -155,6 +155,7 @@ interface Op {
   sandbox: string;
   ok: boolean;
   code: string;
+  detail: string;
   ms: number;
 }
 
@@ -190,11 +191,13 @@ async function withFix(): Promise<Record<string, unknown>> {
         const at = t();
         let ok = false;
         let code = 'OK';
+        let detail = '';
         try {
           if (kind === 'ssh') {
             const r = await sshViaForwardTcp({ endpoint: cluster.endpoint, sandboxId: id, token: tokens.get(id)!, command: 'sandbox-id', timeoutMs: 40_000 });
             ok = r.grpcCode === null && r.stdout.trim() === id;
             code = r.grpcCode === null ? (ok ? 'OK' : 'WRONG_OUTPUT') : (grpc.status[r.grpcCode] ?? String(r.grpcCode));
+            detail = r.grpcDetails;
           } else {
             const r = await exec(client, id, ['sandbox-id']);
             ok = r.exitCode === 0 && r.stdout.trim() === id;
@@ -203,8 +206,9 @@ async function withFix(): Promise<Record<string, unknown>> {
         } catch (err) {
           const e = err as grpc.ServiceError;
           code = typeof e.code === 'number' ? (grpc.status[e.code] ?? String(e.code)) : (err as Error).message;
+          detail = e.details ?? (err as Error).message;
         }
-        ops.push({ at, kind, sandbox: id, ok, code, ms: t() - at });
+        ops.push({ at, kind, sandbox: id, ok, code, detail, ms: t() - at });
       }
     } finally {
       client.close();
@@ -287,7 +291,10 @@ async function withFix(): Promise<Record<string, unknown>> {
   const failed = ops.filter((o) => !o.ok);
   const byCode: Record<string, number> = {};
   for (const o of failed) byCode[o.code] = (byCode[o.code] ?? 0) + 1;
-  const podKilled = new Set(events.flatMap((e) => e.affected ?? []));
+  // A window is the event's own when its sandbox's session was on the pod (or supervisor) that the
+  // event took down and it opened within 30 s of the event: that sandbox really was disconnected.
+  const ownWindow = (w: (typeof windows)[number]): boolean =>
+    events.some((e) => (e.affected ?? []).includes(w.sandbox) && w.from >= e.at - 1000 && w.from <= e.at + 30_000);
   const longest = (ws: typeof windows): number => ws.reduce((m, w) => Math.max(m, w.to - w.from), 0);
   const result = {
     minutes: MINUTES,
@@ -296,9 +303,10 @@ async function withFix(): Promise<Record<string, unknown>> {
     failed: failed.length,
     refusedForPhase: failed.filter((o) => o.code === 'FAILED_PRECONDITION').length,
     failuresByCode: byCode,
-    failuresNearEvents: failed.map((o) => ({ at: o.at, kind: o.kind, code: o.code, sandbox: o.sandbox.slice(0, 8) })).slice(0, 50),
+    failures: failed.map((o) => ({ at: o.at, ms: o.ms, kind: o.kind, code: o.code, detail: o.detail, sandbox: o.sandbox.slice(0, 8) })).slice(0, 100),
     longestNonReadyMs: longest(windows),
-    longestNonReadyMsOutsideKilledPods: longest(windows.filter((w) => !podKilled.has(w.sandbox))),
+    longestNonReadyMsOutsideKilledPods: longest(windows.filter((w) => !ownWindow(w))),
+    nonReadyWindowsOutsideKilledPods: windows.filter((w) => !ownWindow(w)).length,
     nonReadyWindows: windows.map((w) => ({ sandbox: w.sandbox.slice(0, 8), fromS: +(w.from / 1000).toFixed(1), ms: w.to - w.from })),
     events,
     killedSupervisor: killed,

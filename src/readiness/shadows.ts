@@ -145,7 +145,12 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
           const wasAccepted = shadow.accepted;
           shadow.accepted = false;
           updateGauge();
-          if (wasAccepted) log.info({ sandbox: entry.sandboxId, replica: shadow.replicaId }, 'shadow registration ended; renewing');
+          if (wasAccepted) {
+            log.info({ sandbox: entry.sandboxId, replica: shadow.replicaId }, 'shadow registration ended; renewing');
+            // That gateway's cleanup of a current session writes Provisioning (reference §6): look
+            // at the phase soon instead of at the next tick.
+            checkSoon();
+          }
           scheduleRetry(entry, shadow);
         });
         stream.write(entry.hello);
@@ -205,7 +210,8 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
    * old stream closes (superseded, so its cleanup writes nothing).
    */
   const repair = (entry: Entry, leaseHolder: string | undefined): void => {
-    const candidates = [...entry.shadows.values()];
+    // A registration that exists now (its replica is up), the lease holder's first.
+    const candidates = [...entry.shadows.values()].filter((s) => s.accepted);
     const shadow = candidates.find((s) => s.replicaId === leaseHolder) ?? candidates[0];
     if (!shadow) return;
     const old = shadow.stream;
@@ -242,20 +248,27 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
     }
   };
 
+  let soon: NodeJS.Timeout | undefined;
+  const checkSoon = (): void => {
+    if (soon || closed) return;
+    soon = setTimeout(() => {
+      soon = undefined;
+      runCheck();
+    }, 250);
+    soon.unref();
+  };
   const reconcileTimer = setInterval(() => void reconcile(), opts.reconcileIntervalMs ?? 2_000);
   reconcileTimer.unref();
   const repairEvery = opts.repairIntervalMs ?? 1_000;
   let checking = false;
-  const repairTimer =
-    repairEvery > 0
-      ? setInterval(() => {
-          if (checking) return;
-          checking = true;
-          checkPhases().finally(() => {
-            checking = false;
-          });
-        }, repairEvery)
-      : undefined;
+  const runCheck = (): void => {
+    if (checking || repairEvery <= 0) return;
+    checking = true;
+    checkPhases().finally(() => {
+      checking = false;
+    });
+  };
+  const repairTimer = repairEvery > 0 ? setInterval(runCheck, repairEvery) : undefined;
   repairTimer?.unref();
   void reconcile();
 
@@ -291,6 +304,7 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
     async close() {
       closed = true;
       clearInterval(reconcileTimer);
+      clearTimeout(soon);
       if (repairTimer) clearInterval(repairTimer);
       const all = [...entries.values()];
       entries.clear();
