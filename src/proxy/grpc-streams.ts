@@ -233,10 +233,13 @@ export async function routeKeyed(
       // anything, so the request is sent again once the phase is Ready (bounded).
       notReadyWaited = true;
       await waitForReady(ctx, sandboxId, log);
-    } else if (outcome.why === 'not-owner') {
-      if (notOwnerRetried) break;
-      notOwnerRetried = true;
     } else {
+      // Unreachable, or it says it holds no session (its record is stale: it is shutting down, or
+      // lost the supervisor a moment ago): hold for an owner other than this one.
+      if (outcome.why === 'not-owner') {
+        if (notOwnerRetried) break;
+        notOwnerRetried = true;
+      }
       exclude = target as PeerTarget;
     }
     // Nothing reached a sandbox, so re-resolve (holding if needed) and send it again.

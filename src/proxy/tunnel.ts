@@ -118,7 +118,8 @@ async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, r
       if (notOwnerRetried) break;
       notOwnerRetried = true;
     }
-    if (result === 'unreachable') exclude = target;
+    // Unreachable, or holding no session (a stale record): hold for another owner.
+    exclude = target;
     const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
     log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');
     target = next;
