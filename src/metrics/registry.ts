@@ -53,6 +53,8 @@ export interface SidecarMetrics {
   readonly readinessDemotionsTotal: Counter;
   /** Shadow re-registrations made to restore Ready after a demotion. */
   readonly readinessRepairsTotal: Counter;
+  /** Status watches sent a sandbox's stored state that another replica wrote (their gateway stayed silent). */
+  readonly watchRefreshesTotal: Counter;
   /** Requests refused "not ready" for a sandbox with a live session, held for Ready and sent again. */
   readonly notReadyHoldsTotal: Counter;
   /** 1 for the gateway replica holding the reconciler lease (label holder). */
@@ -214,6 +216,11 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     readinessRepairsTotal: new Counter({
       name: 'ohs_readiness_repairs_total',
       help: 'Shadow re-registrations made to restore Ready after a demotion.',
+      registers,
+    }),
+    watchRefreshesTotal: new Counter({
+      name: 'ohs_watch_refreshes_total',
+      help: "Status watches sent a sandbox's stored state written by another replica, which their gateway never notifies.",
       registers,
     }),
     notReadyHoldsTotal: new Counter({

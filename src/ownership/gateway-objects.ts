@@ -34,6 +34,8 @@ export interface GatewayObjects {
   serviceSandboxId(workspace: string, endpointKey: string): Promise<string | null | undefined>;
   /** The `ssh_session` row for a token; null when none. */
   sshSession(token: string): Promise<SshSessionPayload | null | undefined>;
+  /** The stored `Sandbox` payload as the gateway would send it in a watch; null when the row is gone. */
+  sandboxPayload(sandboxId: string): Promise<Buffer | null | undefined>;
   /** Phases of several sandboxes in one query (rows that do not exist are absent from the map). */
   sandboxPhases(sandboxIds: readonly string[]): Promise<Map<string, number> | undefined>;
   /** The reconciler-lease row (HEAD on Postgres, reference §10): who holds it and how fresh it is; null when none. */
@@ -51,6 +53,7 @@ const UNKNOWN: GatewayObjects = {
   sandboxIdByName: async () => undefined,
   serviceSandboxId: async () => undefined,
   sshSession: async () => undefined,
+  sandboxPayload: async () => undefined,
   sandboxPhases: async () => undefined,
   reconcilerLease: async () => undefined,
   hasNativeOwnerRecords: async () => undefined,
@@ -148,6 +151,10 @@ export function createGatewayObjects(databaseUrl: string | undefined, logger: Lo
       } catch {
         return null;
       }
+    },
+    async sandboxPayload(sandboxId) {
+      const row = await payloadOf('sandbox', sandboxId);
+      return row === undefined ? undefined : (row?.payload ?? null);
     },
     async sandboxPhases(sandboxIds) {
       if (sandboxIds.length === 0) return new Map();

@@ -16,6 +16,7 @@ import type { OhsError } from '../errors.ts';
 import { PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
 import { describe, type Target } from '../routing/router.ts';
 import { GrpcMessageSplitter } from '../wire/grpc-frame.ts';
+import { PHASE_READY, sandboxPayloadPhase, sandboxSignature, statusEventFrame, streamEventSandbox, watchRequestFlags } from '../wire/gateway-payloads.ts';
 import type { ProxyContext } from './context.ts';
 import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
 
@@ -23,6 +24,10 @@ const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR } = http2.cons
 
 /** The gateway's own decode limit (reference §1.1) bounds every message we hold. */
 const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/** How often a status watch compares what it delivered with the gateway's table. */
+const STATUS_REFRESH_INTERVAL_MS = 1_000;
+/** How long the table may be ahead of what the watch delivered before the sidecar sends it. */
+const STATUS_REFRESH_GRACE_MS = 1_000;
 /** After a "not owner" answer, how long before the owner is looked up again. */
 const NOT_OWNER_RECHECK_MS = 150;
 /** How long an abandoned log-push leg may take to acknowledge its last batches. */
@@ -75,6 +80,7 @@ export function followOwner(
   const finish = (outcome: string): void => {
     if (finished) return;
     finished = true;
+    if (refresh) clearInterval(refresh.timer);
     unsubscribe();
     for (const leg of [current, pending]) if (leg && !leg.up.closed) leg.up.close(NGHTTP2_CANCEL);
     ctx.metrics.activeStreams.dec({ class: cls, target: 'follow' });
@@ -243,11 +249,72 @@ export function followOwner(
       return;
     }
     for (const m of messages) {
+      if (refresh) noteStatus(m);
       if (!down.write(m)) {
         leg.up.pause();
         down.once('drain', () => leg.up.resume());
       }
     }
+  };
+
+  // ---- status the owner's gateway cannot tell this watcher -------------------------------------
+  // A gateway notifies its watchers only of its own writes (reference §2.8). With shadows, or after
+  // a Ready write lost to a compare-and-swap conflict, the write that made the sandbox Ready may come
+  // from another replica, and a watcher on the owner would never hear of it (the CLI's `sandbox
+  // create` then hangs). So a status watch compares what it delivered with the gateway's table and,
+  // when the table moved on and the gateway stayed silent, sends the stored sandbox itself: exactly
+  // the event the gateway sends for its own writes (the stored message).
+  let refresh: { stopOnTerminal: boolean; delivered: string | undefined; pendingSince: number | undefined; timer: NodeJS.Timeout } | undefined;
+  const noteStatus = (m: Buffer): void => {
+    if (!refresh) return;
+    try {
+      const sb = streamEventSandbox(m.subarray(5));
+      if (sb) {
+        refresh.delivered = sandboxSignature(sb);
+        refresh.pendingSince = undefined;
+      }
+    } catch {
+      // not a message we can read: leave it to the gateway
+    }
+  };
+  const endOk = (outcome: string): void => {
+    trailers = { 'grpc-status': '0' };
+    if (!down.writableEnded) down.end();
+    finish(outcome);
+  };
+  const checkStatus = async (): Promise<void> => {
+    if (!refresh || finished || !responded) return;
+    const payload = await ctx.gatewayObjects.sandboxPayload(sandboxId);
+    if (!refresh || finished || payload === undefined) return;
+    if (payload === null) {
+      // The row is gone: a watch ends then (reference §8), wherever the delete was made.
+      log.info('sandbox row deleted; ending the watch');
+      endOk('row_gone');
+      return;
+    }
+    let signature: string;
+    try {
+      signature = sandboxSignature(payload);
+    } catch {
+      return;
+    }
+    if (signature === refresh.delivered) {
+      refresh.pendingSince = undefined;
+      return;
+    }
+    const now = Date.now();
+    if (refresh.pendingSince === undefined) {
+      // Give the gateway's own notification a moment to arrive first.
+      refresh.pendingSince = now;
+      return;
+    }
+    if (now - refresh.pendingSince < STATUS_REFRESH_GRACE_MS) return;
+    refresh.delivered = signature;
+    refresh.pendingSince = undefined;
+    ctx.metrics.watchRefreshesTotal.inc();
+    log.info({ signature }, 'watch: the sandbox changed by another replica\'s write; sending its stored state');
+    down.write(statusEventFrame(payload));
+    if (refresh.stopOnTerminal && sandboxPayloadPhase(payload).phase === PHASE_READY) endOk('stop_on_terminal');
   };
 
   const onLegClose = (leg: Leg): void => {
@@ -349,6 +416,26 @@ export function followOwner(
   const start = async (): Promise<void> => {
     if (startedLeg || finished) return;
     startedLeg = true;
+    if (replay && requestMessages[0]) {
+      let flags = { followStatus: false, stopOnTerminal: false };
+      try {
+        flags = watchRequestFlags(requestMessages[0].subarray(5));
+      } catch {
+        // the gateway will refuse it
+      }
+      if (flags.followStatus) {
+        let checking = false;
+        const timer = setInterval(() => {
+          if (checking) return;
+          checking = true;
+          checkStatus().finally(() => {
+            checking = false;
+          });
+        }, STATUS_REFRESH_INTERVAL_MS);
+        timer.unref();
+        refresh = { stopOnTerminal: flags.stopOnTerminal, delivered: undefined, pendingSince: undefined, timer };
+      }
+    }
     let target = await ctx.router.resolve(sandboxId).catch((): Target => ({ kind: 'local', epoch: null, reason: 'no-owner' }));
     if (!replay && target.kind === 'local' && target.reason === 'no-owner') {
       // The supervisor opens its log push just before its ConnectSupervisor (reference §8): wait

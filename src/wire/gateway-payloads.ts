@@ -95,3 +95,68 @@ export function serviceEndpointSandboxId(payload: Uint8Array): string {
   });
   return id;
 }
+
+/** `WatchSandboxRequest{follow_status=2, stop_on_terminal=7}` (reference §2.8). */
+export function watchRequestFlags(message: Uint8Array): { followStatus: boolean; stopOnTerminal: boolean } {
+  const out = { followStatus: false, stopOnTerminal: false };
+  forEachField(message, (field, wireType, reader) => {
+    if (wireType !== WireType.Varint || (field !== 2 && field !== 7)) return false;
+    const v = reader.bool();
+    if (field === 2) out.followStatus = v;
+    else out.stopOnTerminal = v;
+    return true;
+  });
+  return out;
+}
+
+/** The `Sandbox` of a `SandboxStreamEvent{sandbox=1}` (a status event), or undefined for logs and events. */
+export function streamEventSandbox(message: Uint8Array): Uint8Array | undefined {
+  let sandbox: Uint8Array | undefined;
+  forEachField(message, (field, wireType, reader) => {
+    if (field !== 1 || wireType !== WireType.LengthDelimited) {
+      if (field === 2 || field === 3 || field === 4) sandbox = undefined; // a later oneof member wins
+      return false;
+    }
+    sandbox = reader.bytes();
+    return true;
+  });
+  return sandbox;
+}
+
+/** A `SandboxStreamEvent{sandbox=1}` carrying `sandbox` (the stored payload), framed as one gRPC message. */
+export function statusEventFrame(sandbox: Uint8Array): Buffer {
+  const len = varint(sandbox.length);
+  const body = Buffer.concat([Buffer.from([0x0a]), len, sandbox]);
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+function varint(n: number): Buffer {
+  const out: number[] = [];
+  let v = n;
+  while (v > 0x7f) {
+    out.push((v & 0x7f) | 0x80);
+    v = Math.floor(v / 128);
+  }
+  out.push(v);
+  return Buffer.from(out);
+}
+
+/**
+ * What identifies one written state of a `Sandbox`: its phase and, at HEAD, `metadata.resource_version`
+ * (bumped by every write, reference §3.1). Two encodings of the same state give the same signature.
+ */
+export function sandboxSignature(payload: Uint8Array): string {
+  let version = '';
+  forEachField(payload, (field, wireType, reader) => {
+    if (field !== 1 || wireType !== WireType.LengthDelimited) return false;
+    forEachField(reader.bytes(), (f, wt, r) => {
+      if (f !== 5 || wt !== WireType.Varint) return false;
+      version = r.uint64().toString();
+      return true;
+    });
+    return true;
+  });
+  return `${sandboxPayloadPhase(payload).phase}:${version}`;
+}

@@ -268,6 +268,30 @@ describe('2026-08 routing through sidecars', () => {
   }, 60_000);
 });
 
+describe('status the owner cannot tell its watchers', () => {
+  it("a phase written by another replica reaches a watch on the owner, and a delete elsewhere ends it", async () => {
+    const row = await store.createSandbox({ name: 'foreign-writes' });
+    const client = clientFor(cluster.replica(0));
+    try {
+      const watching = collectStream<{ sandbox?: { status?: { phase?: number } } }>(client, 'WatchSandbox', { id: row.id, follow_status: true }, { untilMs: 20_000 });
+      await new Promise((r) => setTimeout(r, 500));
+      // Another replica's write (a shadow's connect, a lost compare-and-swap elsewhere): only the
+      // writer's own watchers are notified by the gateway (reference §2.8).
+      await store.writePhase(row.id, Phase.READY, 'elsewhere', 'test: a foreign write');
+      await new Promise((r) => setTimeout(r, 3_500));
+      await store.deleteSandboxRow(row.id);
+      const seen = await watching;
+      const phases = seen.messages.map((m) => m.sandbox?.status?.phase);
+      console.log(`watch on a replica that made none of the writes: phases ${phases.join(',')}, ended by the delete: ${!seen.cancelled}`);
+      expect(phases).toEqual([Phase.PROVISIONING, Phase.READY]);
+      expect(seen.cancelled).toBe(false);
+      expect(seen.status?.code).toBe(Status.OK);
+    } finally {
+      client.close();
+    }
+  }, 60_000);
+});
+
 describe('authentication before any side effect', () => {
   it('1,000 forged Hellos (no token, garbage, another sandbox\'s token) change no ownership and evict nobody', async () => {
     const victim = sandboxes[8]!;

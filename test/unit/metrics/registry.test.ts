@@ -48,6 +48,7 @@ describe('createMetrics', () => {
         'ohs_readiness_repairs_total',
         'ohs_reconciler_lease_holder',
         'ohs_not_ready_holds_total',
+        'ohs_watch_refreshes_total',
       ].sort(),
     );
     const text = await m.registry.metrics();

@@ -2,7 +2,7 @@
 // payload with a wire reader; fixtures are encoded by protobufjs from the emulator's .proto.
 import { describe, expect, it } from 'vitest';
 import { sandboxPhase } from '../../../src/ownership/gateway-objects.ts';
-import { sandboxPayloadPhase, serviceEndpointSandboxId, sshSessionPayload, sshSessionValidFor } from '../../../src/wire/gateway-payloads.ts';
+import { sandboxPayloadPhase, sandboxSignature, serviceEndpointSandboxId, sshSessionPayload, sshSessionValidFor, statusEventFrame, streamEventSandbox, watchRequestFlags } from '../../../src/wire/gateway-payloads.ts';
 import { Phase, encodeMessage } from '../../../emulator/proto.ts';
 
 describe('sandboxPhase', () => {
@@ -75,3 +75,22 @@ function varint(n: number): Buffer {
   } while (v > 0n);
   return Buffer.from(out);
 }
+
+describe('watch payloads', () => {
+  it('reads follow_status and stop_on_terminal from a WatchSandboxRequest', () => {
+    // { id=1 "a", follow_status=2 true, stop_on_terminal=7 true }
+    expect(watchRequestFlags(Buffer.from([0x0a, 0x01, 0x61, 0x10, 0x01, 0x38, 0x01]))).toEqual({ followStatus: true, stopOnTerminal: true });
+    expect(watchRequestFlags(Buffer.from([0x0a, 0x01, 0x61, 0x18, 0x01]))).toEqual({ followStatus: false, stopOnTerminal: false });
+  });
+
+  it('a status event framed by the sidecar reads back as the stored sandbox, with its signature', () => {
+    // Sandbox{ metadata=1 { id=1 "a", resource_version=5 7 }, status=3 { phase=6 READY } }
+    const payload = Buffer.from([0x0a, 0x05, 0x0a, 0x01, 0x61, 0x28, 0x07, 0x1a, 0x02, 0x30, 0x02]);
+    const frame = statusEventFrame(payload);
+    expect(frame.readUInt32BE(1)).toBe(frame.length - 5);
+    expect(Buffer.from(streamEventSandbox(frame.subarray(5))!)).toEqual(payload);
+    expect(sandboxSignature(payload)).toBe('2:7');
+    // A log event (field 2) is not a status event.
+    expect(streamEventSandbox(Buffer.from([0x12, 0x00]))).toBeUndefined();
+  });
+});
