@@ -34,6 +34,11 @@ export interface ClusterOptions {
   jwtKeyDir?: string;
   /** Extra CLI flags for every gateway emulator. */
   gatewayExtraArgs?: string[];
+  /**
+   * Probe each sidecar's /readyz this often and list only ready replicas in the Service, as
+   * Kubernetes does with a pod's endpoint (a draining replica leaves the Service). Off by default.
+   */
+  readinessProbeMs?: number;
 }
 
 export interface Replica {
@@ -77,6 +82,7 @@ export class Cluster {
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
       cluster.refreshBalancer();
+      if (opts.readinessProbeMs && opts.sidecars) cluster.startReadinessProbe(opts.readinessProbeMs);
     } catch (err) {
       await cluster.close();
       throw err;
@@ -161,9 +167,55 @@ export class Cluster {
     return replica;
   }
 
+  private readonly notReady = new Set<string>();
+  private probeTimer: NodeJS.Timeout | undefined;
+
   private refreshBalancer(): void {
-    const backends: Backend[] = this.replicas.map((r) => ({ host: '127.0.0.1', port: r.publicPort }));
+    const backends: Backend[] = this.replicas.filter((r) => !this.notReady.has(r.name)).map((r) => ({ host: '127.0.0.1', port: r.publicPort }));
     this.balancer.setBackends(backends);
+  }
+
+  private startReadinessProbe(everyMs: number): void {
+    const probe = async (): Promise<void> => {
+      let changed = false;
+      await Promise.all(
+        this.replicas.map(async (r) => {
+          const admin = r.sidecarPorts?.admin;
+          if (!admin) return;
+          let ready = false;
+          try {
+            ready = (await fetch(`http://127.0.0.1:${admin}/readyz`, { signal: AbortSignal.timeout(everyMs) })).status === 200;
+          } catch {
+            ready = false;
+          }
+          if (ready === this.notReady.has(r.name)) {
+            changed = true;
+            if (ready) this.notReady.delete(r.name);
+            else this.notReady.add(r.name);
+          }
+        }),
+      );
+      if (changed) this.refreshBalancer();
+    };
+    const loop = (): void => {
+      this.probeTimer = setTimeout(() => void probe().finally(loop), everyMs);
+      this.probeTimer.unref();
+    };
+    loop();
+  }
+
+  /**
+   * Stops a replica the way Kubernetes stops a pod with the sidecar injected: SIGTERM to the sidecar
+   * (it drains), and to the gateway only once the sidecar is gone (the gateway's preStop waits for
+   * it). Resolves with how long the sidecar took to exit.
+   */
+  async terminate(i: number, timeoutMs = 60_000): Promise<number> {
+    const r = this.replica(i);
+    const started = Date.now();
+    if (r.sidecar) await r.sidecar.kill('SIGTERM', timeoutMs);
+    const took = Date.now() - started;
+    await r.gateway.kill('SIGTERM', 10_000);
+    return took;
   }
 
   /** kill -9 (or another signal) the replica's processes: `which` picks gateway, sidecar or both. */
@@ -180,11 +232,13 @@ export class Cluster {
     await this.kill(i, 'SIGKILL');
     const fresh = await this.launch(i);
     this.replicas[i] = fresh;
+    this.notReady.delete(fresh.name);
     this.refreshBalancer();
     return fresh;
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.probeTimer);
     await Promise.all(this.replicas.map((_, i) => this.kill(i, 'SIGKILL').catch(() => undefined)));
     await this.balancer.close();
     if (this.ownsJwtKeyDir && this.jwtKeyDir) rmSync(this.jwtKeyDir, { recursive: true, force: true });

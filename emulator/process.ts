@@ -19,7 +19,8 @@ export interface ManagedProcess {
   /** stderr/stdout lines kept for diagnosis (bounded). */
   readonly output: string[];
   alive(): boolean;
-  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Sends `signal`, then SIGKILL if the process has not exited after `graceMs` (default 10 s). */
+  kill(signal?: NodeJS.Signals, graceMs?: number): Promise<void>;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -99,10 +100,10 @@ export async function startProcess(
     exited,
     output,
     alive: () => child.exitCode === null && child.signalCode === null,
-    async kill(signal: NodeJS.Signals = 'SIGTERM') {
+    async kill(signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000) {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill(signal);
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       timer.unref();
       await exited;
       clearTimeout(timer);

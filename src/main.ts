@@ -36,13 +36,17 @@ async function runSidecar(argv: string[]): Promise<void> {
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down');
+    logger.info({ signal }, 'shutting down: draining first');
     const force = setTimeout(() => process.exit(1), config.shutdownGraceMs);
     force.unref();
-    void sidecar.close().then(() => {
-      logger.info('stopped');
-      process.exit(0);
-    });
+    void sidecar
+      .drain(signal)
+      .catch((err: unknown) => logger.warn({ err }, 'drain failed'))
+      .then(() => sidecar.close())
+      .then(() => {
+        logger.info('stopped');
+        process.exit(0);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

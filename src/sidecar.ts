@@ -4,6 +4,8 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
+import { createDrainer, type DrainReport } from './drain/drain.ts';
+import { startRebalancer } from './drain/rebalance.ts';
 import { createSandboxJwtVerifier } from './auth/sandbox-jwt.ts';
 import { createSshTokenCheck } from './auth/ssh-tokens.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
@@ -33,6 +35,8 @@ export interface Sidecar {
   peerUrl: string;
   metrics: SidecarMetrics;
   store: OwnershipStore;
+  /** Graceful drain (DESIGN §6); resolves when it is over. close() afterwards. */
+  drain(reason: string): Promise<DrainReport>;
   close(): Promise<void>;
 }
 
@@ -149,6 +153,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           reconcileIntervalMs: config.replicaHeartbeatIntervalMs,
         })
       : undefined;
+  const drainState = { draining: false };
   const gatewayWatch = watchGateway({ objects: gatewayObjects, gatewayPool, gatewayOrigin, metrics, logger: logger.child({ component: 'gateway-watch' }) });
   const ctx: ProxyContext = {
     config,
@@ -165,6 +170,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     shadowUpstreams,
     shadows,
     gatewayWatch,
+    drainState,
     gatewayOrigin,
     gatewayHost,
     gatewayPort,
@@ -175,8 +181,31 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   };
   ctxRef.ctx = ctx;
 
-  let draining = false;
   const publicListener: PublicListener = createPublicListener(ctx);
+  // The pod's grace period bounds the drain; a little of it is kept for closing down.
+  const drainer = createDrainer({
+    state: drainState,
+    localSessions,
+    store,
+    metrics,
+    logger: logger.child({ component: 'drain' }),
+    graceMs: Math.max(0, config.shutdownGraceMs - 2_000),
+    shedShare: config.drainShedShare,
+    goawayClients: () => publicListener.goawayClients(),
+  });
+  const rebalancer =
+    config.mode === 'cluster' && config.rebalanceMode === 'on'
+      ? startRebalancer({
+          localSessions,
+          store,
+          metrics,
+          logger: logger.child({ component: 'rebalance' }),
+          draining: () => drainState.draining,
+          intervalMs: config.rebalanceIntervalMs,
+          marginPct: config.rebalanceMarginPct,
+          cooldownMs: config.rebalanceCooldownMs,
+        })
+      : undefined;
   const admin = createAdminServer({
     logger,
     metrics,
@@ -186,7 +215,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     gatewayPort,
     replicaId: config.replicaId,
     mode: config.mode,
-    draining: () => draining,
+    draining: () => drainState.draining,
+    drain: (reason) => drainer.start(reason),
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -199,24 +229,29 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     peerUrl,
     metrics,
     store,
+    drain: (reason) => drainer.start(reason),
     close() {
       closing ??= (async () => {
-        draining = true;
-        await publicListener.close();
-        if (peerServer) {
-          const p = closeServer(peerServer);
-          await Promise.race([p, new Promise((r) => setTimeout(r, 1000).unref())]);
-        }
+        drainState.draining = true;
+        rebalancer?.close();
         gatewayWatch.close();
-        await shadows?.close();
-        await shadowUpstreams.close();
-        await gatewayPool.close();
-        await peerPool.close();
-        await closeServer(admin);
         clearInterval(liveTimer);
-        await limiter.close().catch(() => undefined);
-        await store.close().catch(() => undefined);
-        await gatewayObjects.close();
+        // Listeners first (nothing new comes in), then every pool and store at once.
+        admin.closeAllConnections();
+        await Promise.all([
+          publicListener.close(),
+          peerServer ? Promise.race([closeServer(peerServer), new Promise((r) => setTimeout(r, 1000).unref())]) : undefined,
+          closeServer(admin),
+        ]);
+        await shadows?.close();
+        await Promise.all([
+          shadowUpstreams.close(),
+          gatewayPool.close(),
+          peerPool.close(),
+          limiter.close().catch(() => undefined),
+          store.close().catch(() => undefined),
+          gatewayObjects.close(),
+        ]);
       })();
       return closing;
     },

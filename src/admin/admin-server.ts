@@ -16,6 +16,8 @@ export interface AdminDeps {
   replicaId: string;
   mode: string;
   draining: () => boolean;
+  /** Starts (or joins) the drain; resolves with its report when it is over. */
+  drain: (reason: string) => Promise<unknown>;
 }
 
 function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
@@ -49,6 +51,17 @@ export function createAdminServer(deps: AdminDeps): http.Server {
         res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(
           JSON.stringify({ ready, draining: deps.draining(), checks: { gateway, postgres: store.postgres, redis: store.redis } }),
         );
+      } else if (path === '/drain' && req.method === 'POST') {
+        // The preStop hook's call: leave the Service and move every session away. `?wait=1` returns
+        // only when the drain is over (so the hook holds the pod until then).
+        const wait = new URL(req.url ?? '/', 'http://admin').searchParams.get('wait') === '1';
+        const done = deps.drain('preStop');
+        if (wait) {
+          const report = await done;
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ draining: true, report }));
+        } else {
+          res.writeHead(202, { 'content-type': 'application/json' }).end(JSON.stringify({ draining: true }));
+        }
       } else if (path === '/metrics') {
         res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(await deps.metrics.registry.metrics());
       } else if (path === '/debug/sessions') {

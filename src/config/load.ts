@@ -18,7 +18,7 @@ export interface LoadConfigOptions {
   randomHex?: () => string;
 }
 
-type ValueKind = 'string' | 'int' | 'list';
+type ValueKind = 'string' | 'int' | 'list' | 'number';
 
 interface OptionSpec {
   /** Key in the config object; two elements for the nested tls / gatewayTls settings. */
@@ -80,6 +80,11 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['serviceBaseDomains'], '--service-base-domains', 'OHS_SERVICE_BASE_DOMAINS', 'list'),
   opt(['gatewayJwtIssuer'], '--gateway-jwt-issuer', 'OHS_GATEWAY_JWT_ISSUER'),
   opt(['readinessMode'], '--readiness-mode', 'OHS_READINESS_MODE'),
+  opt(['drainShedShare'], '--drain-shed-share', 'OHS_DRAIN_SHED_SHARE', 'number'),
+  opt(['rebalanceMode'], '--rebalance', 'OHS_REBALANCE'),
+  opt(['rebalanceMarginPct'], '--rebalance-margin-pct', 'OHS_REBALANCE_MARGIN_PCT', 'int'),
+  opt(['rebalanceIntervalMs'], '--rebalance-interval-ms', 'OHS_REBALANCE_INTERVAL_MS', 'int'),
+  opt(['rebalanceCooldownMs'], '--rebalance-cooldown-ms', 'OHS_REBALANCE_COOLDOWN_MS', 'int'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -122,6 +127,13 @@ export const CONFIG_DEFAULTS = {
   // The gateway's default `base_domains` (reference §2.7); set it to the gateway's wildcard SANs.
   serviceBaseDomains: ['openshell.localhost'],
   readinessMode: 'shadow',
+  // Sessions move within the first half of the grace period; the rest is for relays to finish.
+  drainShedShare: 0.5,
+  rebalanceMode: 'on',
+  rebalanceMarginPct: 20,
+  rebalanceIntervalMs: 500,
+  // Each shed costs the supervisor one step of its reconnect backoff, which never resets (reference §2.1).
+  rebalanceCooldownMs: 600_000,
 } as const;
 
 type Layer = Record<string, unknown>;
@@ -268,6 +280,10 @@ function defaultReplicaId(env: Readonly<Record<string, string | undefined>>, ran
 function convert(spec: OptionSpec, value: string, source: string): string | number | string[] {
   if (spec.kind === 'string') return value;
   if (spec.kind === 'list') return value.split(',').map((v) => v.trim()).filter((v) => v !== '');
+  if (spec.kind === 'number') {
+    if (!/^\d+(\.\d+)?$/.test(value)) throw new OhsError('OHS_ERR_CONFIG', `${source}: expected a non-negative number, got '${value}'`);
+    return Number(value);
+  }
   if (!/^\d+$/.test(value)) {
     throw new OhsError('OHS_ERR_CONFIG', `${source}: expected a non-negative integer, got '${value}'`);
   }

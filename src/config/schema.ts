@@ -122,6 +122,16 @@ const scalarShape = {
    * lease holder demotes sessions it does not hold); `off` leaves the gateway's behaviour as is.
    */
   readinessMode: z.enum(['shadow', 'off']),
+  /** Share of the drain's grace period within which every owned supervisor session is shed (DESIGN §6). */
+  drainShedShare: z.number().gt(0).lte(1),
+  /** Paced rebalancing of supervisor sessions towards each replica's fair share. */
+  rebalanceMode: z.enum(['on', 'off']),
+  /** A replica sheds while it holds more than fair share × (1 + margin / 100). */
+  rebalanceMarginPct: int(0, 1000),
+  /** Least time between two sheds of one replica (jittered ±50 %). */
+  rebalanceIntervalMs: int(50, 600_000),
+  /** A session a replica shed is not shed again by it within this time. */
+  rebalanceCooldownMs: int(0, 86_400_000),
 };
 
 /**
@@ -203,6 +213,11 @@ export interface SidecarConfig {
   readonly serviceBaseDomains: readonly string[];
   readonly gatewayJwtIssuer?: string;
   readonly readinessMode: 'shadow' | 'off';
+  readonly drainShedShare: number;
+  readonly rebalanceMode: 'on' | 'off';
+  readonly rebalanceMarginPct: number;
+  readonly rebalanceIntervalMs: number;
+  readonly rebalanceCooldownMs: number;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */

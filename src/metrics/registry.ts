@@ -53,6 +53,14 @@ export interface SidecarMetrics {
   readonly readinessDemotionsTotal: Counter;
   /** Shadow re-registrations made to restore Ready after a demotion. */
   readonly readinessRepairsTotal: Counter;
+  /** Supervisor sessions shed (drain, rebalance) or refused while draining, by reason. */
+  readonly sessionsShedTotal: Counter<'reason'>;
+  /** 1 while this replica drains. */
+  readonly draining: Gauge;
+  /** How long the last drain took, from its start to exit readiness. */
+  readonly drainDurationSeconds: Gauge;
+  /** This replica's sessions over its fair share (sessions / live replicas); 1 is balanced. */
+  readonly sessionImbalance: Gauge;
   /** Status watches sent a sandbox's stored state that another replica wrote (their gateway stayed silent). */
   readonly watchRefreshesTotal: Counter;
   /** Requests refused "not ready" for a sandbox with a live session, held for Ready and sent again. */
@@ -216,6 +224,19 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     readinessRepairsTotal: new Counter({
       name: 'ohs_readiness_repairs_total',
       help: 'Shadow re-registrations made to restore Ready after a demotion.',
+      registers,
+    }),
+    sessionsShedTotal: new Counter({
+      name: 'ohs_sessions_shed_total',
+      help: 'Supervisor sessions shed by this replica, by reason (draining, rebalance), and supervisors refused while draining (refused-draining).',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    draining: new Gauge({ name: 'ohs_draining', help: '1 while this replica drains.', registers }),
+    drainDurationSeconds: new Gauge({ name: 'ohs_drain_duration_seconds', help: 'Duration of the last drain, from its start until it was empty or its deadline.', registers }),
+    sessionImbalance: new Gauge({
+      name: 'ohs_session_imbalance',
+      help: "This replica's supervisor sessions over its fair share (cluster sessions / live active replicas); 1 is balanced.",
       registers,
     }),
     watchRefreshesTotal: new Counter({

@@ -108,6 +108,8 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
   const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const started = Date.now();
+  // A session this replica shed a moment ago: its gateway's disconnect write is being awaited.
+  await ctx.localSessions.shedSettled(sandboxId);
   const before = await ctx.gatewayObjects.sandboxState(sandboxId);
   const closed = ctx.localSessions.closeIf(sandboxId, epoch);
   let sawWrite: boolean | null = null;

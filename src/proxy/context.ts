@@ -41,6 +41,8 @@ export interface ProxyContext {
   shadowUpstreams: SpreadPool;
   /** Shadow registrations of this replica's supervisor sessions on the other replicas' gateways. */
   shadows: ShadowRegistry | undefined;
+  /** Set once the replica drains (SIGTERM, POST /drain): no new supervisor sessions. */
+  drainState: { draining: boolean };
   /** Lease holder and native-HA detection for the local gateway. */
   gatewayWatch: GatewayWatch;
   /** Shared secret for the peer protocol; undefined only in embedded mode. */

@@ -217,22 +217,21 @@ export async function routeKeyed(
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
-  let notReadyWaited = false;
+  const notReadyUntil = Date.now() + NOT_READY_WAIT_MS;
   // At most: one hop to an owner that proves unreachable, a held re-resolve, one retry after a
-  // "not owner" answer (DESIGN §4: re-resolve and retry once), and one wait for Ready.
-  for (let attempt = 0; attempt < 4; attempt++) {
+  // "not owner" answer (DESIGN §4: re-resolve and retry once), and waits for Ready within one bound.
+  for (let attempt = 0; attempt < 6; attempt++) {
     if (stream.destroyed) return;
     const isOwner = target.kind === 'peer' || target.reason === 'owner';
     log.debug({ target: describe(target) }, 'routing');
-    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, { retryNotReady: isOwner && !notReadyWaited });
+    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, { retryNotReady: isOwner && Date.now() < notReadyUntil });
     if (outcome.kind === 'done') return;
     prefix = outcome.replay.bytes;
     if (outcome.why === 'not-ready') {
       // The owner holds a live session, yet its gateway says "not ready": a handoff's Ready write or
       // a readiness repair is moments away (reference §6, §10). The gateway refused before opening
-      // anything, so the request is sent again once the phase is Ready (bounded).
-      notReadyWaited = true;
-      await waitForReady(ctx, sandboxId, log);
+      // anything, so the request is sent again once the phase is Ready (one bound for all waits).
+      await waitForReady(ctx, sandboxId, log, notReadyUntil);
     } else {
       // Unreachable, or it says it holds no session (its record is stale: it is shutting down, or
       // lost the supervisor a moment ago): hold for an owner other than this one.
@@ -255,12 +254,12 @@ export async function routeKeyed(
 const NOT_READY_WAIT_MS = 10_000;
 const NOT_READY_POLL_MS = 100;
 
-async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger): Promise<void> {
+async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger, until = Date.now() + NOT_READY_WAIT_MS): Promise<void> {
   const started = Date.now();
   ctx.metrics.notReadyHoldsTotal.inc();
   ctx.metrics.heldRequests.inc();
   try {
-    while (Date.now() - started < NOT_READY_WAIT_MS) {
+    while (Date.now() < until) {
       const state = await ctx.gatewayObjects.sandboxState(sandboxId);
       if (state?.phase === PHASE_READY) {
         log.info({ waitedMs: Date.now() - started }, 'sandbox Ready again; sending the request once more');

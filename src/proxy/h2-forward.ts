@@ -80,6 +80,12 @@ export interface ForwardHandle {
    * Returns what was sent so far, or null when more than the replay cap was sent.
    */
   abandon(): Replay | null;
+  /**
+   * Ends the exchange on the proxy's own terms: upstream is cancelled and downstream gets `code`
+   * and `message` as its final status (trailers when the response has begun). Used to shed a
+   * supervisor session: a non-OK status makes the supervisor reconnect (an OK end would stop it).
+   */
+  terminate(code: number, message: string): void;
 }
 
 /** Bytes kept for a possible retry while no response has arrived (a not-owner answer is immediate). */
@@ -217,6 +223,26 @@ export function forwardStream(
       down.pause();
       if (!up.destroyed) up.close(NGHTTP2_CANCEL);
       return recorded ? { bytes: Buffer.concat(recorded), ended: down.readableEnded } : null;
+    },
+    terminate(code, message) {
+      if (finished) return;
+      abandoned = true;
+      down.off('data', onData);
+      down.off('end', onEnd);
+      up.unpipe(down);
+      if (!up.destroyed) up.close(NGHTTP2_CANCEL);
+      grpcStatus = String(code);
+      if (down.destroyed || down.closed) {
+        finish(true);
+        return;
+      }
+      if (!responded) {
+        respondGrpcError(down, code, message);
+      } else {
+        trailers = { 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) };
+        if (!down.writableEnded) down.end();
+      }
+      finish(false);
     },
   };
 }

@@ -18,6 +18,11 @@ export interface PublicListener {
   server: net.Server;
   close(): Promise<void>;
   connections(): number;
+  /**
+   * Graceful GOAWAY to every client HTTP/2 connection (streams in flight finish, new ones go
+   * elsewhere). Supervisor connections are left alone: their relays must still open on them.
+   */
+  goawayClients(): void;
 }
 
 export function createPublicListener(ctx: ProxyContext): PublicListener {
@@ -28,8 +33,11 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     settings: { initialWindowSize: ctx.config.h2InitialWindowBytes, maxHeaderListSize: ctx.config.maxHeaderBytes },
     maxSessionMemory: 64,
   });
+  const h2Conns = new Set<DownstreamConnection>();
   h2.on('session', (session) => {
     const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session };
+    h2Conns.add(conn);
+    session.once('close', () => h2Conns.delete(conn));
     conn.log = log.child({ conn: conn.id, proto: 'h2' });
     session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
     try {
@@ -118,6 +126,9 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   return {
     server,
     connections: () => sockets.size,
+    goawayClients: () => {
+      for (const c of h2Conns) if (!c.supervisorUpstream && !c.session.closed) c.session.close();
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -8,10 +8,11 @@ import { authorizeHello } from '../auth/hello-auth.ts';
 import { fencePreviousOwner } from '../peers/handoff.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ProxyContext } from './context.ts';
-import { forwardStream, respondGrpcError } from './h2-forward.ts';
+import { forwardStream, respondGrpcError, type ForwardHandle } from './h2-forward.ts';
 import { connectSession } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
 import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
+import { PHASE_READY } from '../wire/gateway-payloads.ts';
 import { track } from './stream-tracking.ts';
 
 /** State of one downstream HTTP/2 connection. */
@@ -24,6 +25,8 @@ export interface DownstreamConnection {
    * gateway that carries this supervisor's control stream and all its RelayStreams (DESIGN §3).
    */
   supervisorUpstream?: Promise<http2.ClientHttp2Session>;
+  /** RelayStreams open on this connection (a shed session keeps them until they finish). */
+  activeRelays?: number;
 }
 
 function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
@@ -63,7 +66,7 @@ export async function forwardOnSupervisorConnection(
   prefix?: Buffer,
   onDone?: () => void,
   onAnswered?: () => void,
-): Promise<void> {
+): Promise<ForwardHandle | undefined> {
   let up: http2.ClientHttp2Session;
   try {
     up = await connectSupervisorUpstream(ctx, conn);
@@ -73,10 +76,12 @@ export async function forwardOnSupervisorConnection(
     respondGrpcError(stream, 14, 'gateway unavailable');
     onDone?.();
     conn.session.destroy();
-    return;
+    return undefined;
   }
   const done = track(ctx, cls, 'local');
-  forwardStream(stream, up, headers, {
+  const relay = cls === 'supervisor-relay';
+  if (relay) conn.activeRelays = (conn.activeRelays ?? 0) + 1;
+  return forwardStream(stream, up, headers, {
     ...(prefix ? { prefix } : {}),
     ...(onAnswered
       ? {
@@ -88,6 +93,7 @@ export async function forwardOnSupervisorConnection(
         }
       : {}),
     onDone: ({ reset, grpcStatus }) => {
+      if (relay) conn.activeRelays = (conn.activeRelays ?? 1) - 1;
       done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
       onDone?.();
     },
@@ -114,6 +120,14 @@ export async function supervisorControl(
     return;
   }
   if (auth.via === 'seed-unauthenticated') warnSeedUnauthenticated(log);
+  if (ctx.drainState.draining) {
+    // A draining replica takes no new sessions: UNAVAILABLE (never an OK end, which would stop the
+    // supervisor's reconnect loop) sends it back through the Service, which no longer lists us.
+    ctx.metrics.sessionsShedTotal.inc({ reason: 'refused-draining' });
+    log.info('supervisor refused: this replica is draining');
+    respondGrpcError(stream, 14, 'gateway replica is draining; reconnect');
+    return;
+  }
   let epoch = 0;
   let previous: OwnerRecord | null = null;
   const claimDone = ctx.localSessions.beginClaim(sandboxId);
@@ -132,12 +146,29 @@ export async function supervisorControl(
   }
   // Closing the downstream connection and its 1:1 upstream is what a fence asks of us: the
   // gateway sees the disconnect and makes its Provisioning write (reference §6).
-  const sessionId = ctx.localSessions.set(sandboxId, epoch, () => {
-    conn.session.destroy();
-    void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
-    // Shadows go with the real session, before the fence is acknowledged (reference §10).
-    void ctx.shadows?.drop(sandboxId);
-  });
+  /** The control stream's forward, set once the Hello went to the gateway. */
+  const control: { handle?: ForwardHandle } = {};
+  const shed = (reason: string): void => {
+    // The control stream ends with UNAVAILABLE (the supervisor reconnects through the Service); the
+    // connection and its open relays stay until they finish. Our gateway's disconnect write must land
+    // before anyone else's Ready: the ownership row stays until it did, and fences wait for it.
+    const waited = waitForDisconnectWrite(ctx, sandboxId, log);
+    ctx.localSessions.markShedding(sandboxId, waited);
+    ctx.metrics.sessionsShedTotal.inc({ reason });
+    log.info({ reason, relays: conn.activeRelays ?? 0 }, 'shedding supervisor session');
+    control.handle?.terminate(14, `gateway replica ${reason}; reconnect`);
+  };
+  const sessionId = ctx.localSessions.set(
+    sandboxId,
+    epoch,
+    () => {
+      conn.session.destroy();
+      void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
+      // Shadows go with the real session, before the fence is acknowledged (reference §10).
+      void ctx.shadows?.drop(sandboxId);
+    },
+    { shed, relays: () => conn.activeRelays ?? 0 },
+  );
   claimDone();
   ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
   ctx.store.setSessionCount(ctx.localSessions.size);
@@ -149,7 +180,10 @@ export async function supervisorControl(
     ctx.store.setSessionCount(ctx.localSessions.size);
     log.info({ epoch: held }, 'supervisor disconnected; releasing ownership');
     void ctx.shadows?.drop(sandboxId);
-    if (held > 0) releaseOwnership(ctx, sandboxId, held, log);
+    if (held <= 0) return;
+    const shedding = ctx.localSessions.shedSettled(sandboxId);
+    if (shedding) void shedding.then(() => releaseOwnership(ctx, sandboxId, held, log));
+    else releaseOwnership(ctx, sandboxId, held, log);
   };
   // Once the local gateway took the session, mirror it on the other replicas' gateways so that the
   // reconciler-lease holder, wherever it is, sees it (reference §10). Only for sessions proven by a
@@ -166,7 +200,24 @@ export async function supervisorControl(
     return;
   }
   log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
-  await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, mirror);
+  control.handle = await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, mirror);
+}
+
+const DISCONNECT_WRITE_WAIT_MS = 5_000;
+
+/** Resolves once the gateway's row for the sandbox changed (its disconnect write), bounded. */
+async function waitForDisconnectWrite(ctx: ProxyContext, sandboxId: string, log: Logger): Promise<void> {
+  const before = await ctx.gatewayObjects.sandboxState(sandboxId);
+  // At HEAD the disconnect write happens only over Ready (reference §8); unknown state: a short grace.
+  if (!before) return new Promise((r) => setTimeout(r, 200).unref());
+  if (before.layout === 'head' && before.phase !== PHASE_READY) return;
+  const deadline = Date.now() + DISCONNECT_WRITE_WAIT_MS;
+  while (Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 25).unref());
+    const now = await ctx.gatewayObjects.sandboxState(sandboxId);
+    if (now && now.fingerprint !== before.fingerprint) return;
+  }
+  log.warn({ waitedMs: DISCONNECT_WRITE_WAIT_MS }, "shed session: gateway's disconnect write not seen within the bound");
 }
 
 /** The Hello alone, as framed (the buffered bytes may already hold what followed it). */

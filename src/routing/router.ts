@@ -17,6 +17,19 @@ interface LocalSession {
   epoch: number;
   /** Closes the supervisor's connection and its 1:1 upstream to the gateway. */
   close: () => void;
+  /** Ends the control stream so the supervisor reconnects elsewhere; its open relays go on. */
+  shed?: (reason: string) => void;
+  /** Relays open on the supervisor's connection. */
+  relays?: () => number;
+  sinceMs: number;
+}
+
+/** One local session as drain and rebalance see it. */
+export interface LocalSessionInfo {
+  sandboxId: string;
+  epoch: number;
+  relays: number;
+  sinceMs: number;
 }
 
 /** Supervisor sessions whose control stream passes through this sidecar, by sandbox. */
@@ -48,10 +61,44 @@ export class LocalSessions {
   }
 
   /** Registers a supervisor stream; returns its id for removeSession. */
-  set(sandboxId: string, epoch: number, close: () => void = () => undefined): number {
+  set(
+    sandboxId: string,
+    epoch: number,
+    close: () => void = () => undefined,
+    controls: { shed?: (reason: string) => void; relays?: () => number } = {},
+  ): number {
     const id = ++this.seq;
-    this.sessions.set(sandboxId, { id, epoch, close });
+    this.sessions.set(sandboxId, { id, epoch, close, ...controls, sinceMs: Date.now() });
     return id;
+  }
+
+  list(): LocalSessionInfo[] {
+    return [...this.sessions].map(([sandboxId, s]) => ({ sandboxId, epoch: s.epoch, relays: s.relays?.() ?? 0, sinceMs: s.sinceMs }));
+  }
+
+  /** Sheds a session (drain, rebalance); false when there is none or it cannot be shed. */
+  shed(sandboxId: string, reason: string): boolean {
+    const s = this.sessions.get(sandboxId);
+    if (!s?.shed) return false;
+    s.shed(reason);
+    return true;
+  }
+
+  private readonly sheds = new Map<string, Promise<void>>();
+
+  /**
+   * A shed session's gateway makes its disconnect write after the control stream ended: until it
+   * landed, the ownership row stays and a new owner's fence waits for it (DESIGN §4).
+   */
+  markShedding(sandboxId: string, done: Promise<void>): void {
+    this.sheds.set(sandboxId, done);
+    void done.finally(() => {
+      if (this.sheds.get(sandboxId) === done) this.sheds.delete(sandboxId);
+    });
+  }
+
+  shedSettled(sandboxId: string): Promise<void> | undefined {
+    return this.sheds.get(sandboxId);
   }
 
   /** Removes the stream's entry if it is still current; returns the epoch it held. */
@@ -96,10 +143,19 @@ export class LocalSessions {
 
 /** How long (in hold bounds) a previous owner counts as evidence that a new one is coming. */
 const OWNER_MEMORY_FACTOR = 4;
+/** Sandboxes whose last ownership change is remembered at most. */
+const MAX_CHANGE_MEMORY = 100_000;
 
 export class OwnerRouter {
   /** Last owner resolved per sandbox: routing keeps working from it while the store is down. */
   private readonly lastKnown = new Map<string, { target: Target; atMs: number }>();
+
+  /**
+   * When each sandbox's ownership last changed anywhere in the cluster (claims and releases are
+   * published to every replica): a sandbox in motion, even one this replica never routed, is
+   * worth holding a request for.
+   */
+  private readonly lastChange = new Map<string, number>();
 
   constructor(
     private readonly store: OwnershipStore,
@@ -108,7 +164,18 @@ export class OwnerRouter {
     private readonly metrics: SidecarMetrics,
     private readonly logger: Logger,
     private readonly ownerWaitMs: number,
-  ) {}
+  ) {
+    store.onChange((id) => {
+      const now = Date.now();
+      this.lastChange.delete(id);
+      this.lastChange.set(id, now);
+      // Oldest first (insertion order): drop what is past the memory window, and bound the map.
+      for (const [k, at] of this.lastChange) {
+        if (now - at < this.ownerWaitMs * OWNER_MEMORY_FACTOR && this.lastChange.size <= MAX_CHANGE_MEMORY) break;
+        this.lastChange.delete(k);
+      }
+    });
+  }
 
   /**
    * Resolves the target for a sandbox. A session held here always wins when it is at least as
@@ -157,7 +224,10 @@ export class OwnerRouter {
     // Hold only with evidence that an owner is moving: it just proved unreachable, or the sandbox
     // had an owner recently. A sandbox that never had one (unknown, never connected, cleanly
     // gone) gets the gateway's own answer at once (404, 412, …).
-    const recentlyOwned = known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR;
+    const changedAt = this.lastChange.get(sandboxId);
+    const recentlyOwned =
+      (known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR) ||
+      (changedAt !== undefined && Date.now() - changedAt < this.ownerWaitMs * OWNER_MEMORY_FACTOR);
     if (!opts.exclude && !recentlyOwned) return first;
     if (first.kind === 'local' && (await this.gatewayObjects.sandboxExists(sandboxId)) === false) return first;
     // The store says "no live owner" but we knew one: its lease may only have lapsed (e.g. right

@@ -49,6 +49,10 @@ describe('createMetrics', () => {
         'ohs_reconciler_lease_holder',
         'ohs_not_ready_holds_total',
         'ohs_watch_refreshes_total',
+        'ohs_sessions_shed_total',
+        'ohs_draining',
+        'ohs_drain_duration_seconds',
+        'ohs_session_imbalance',
       ].sort(),
     );
     const text = await m.registry.metrics();

@@ -1,0 +1,108 @@
+// Graceful drain (DESIGN §6): a replica stopped the way Kubernetes stops a pod (SIGTERM to the
+// sidecar, the gateway only after it) leaves the Service, sheds its supervisor sessions in paced
+// steps and exits, while SSH and exec to every sandbox through the Service keep working.
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Cluster } from '../../emulator/cluster.ts';
+import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
+import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
+import { Phase } from '../../emulator/proto.ts';
+import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
+import { exec, gatewayClient } from '../helpers/grpc-client.ts';
+import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
+import { waitUntil } from '../helpers/wait.ts';
+
+let db: TestDatabase;
+let store: Gen2Store;
+let cluster: Cluster;
+let fleet: SupervisorFleet;
+const ids: string[] = [];
+
+async function owners(): Promise<Map<string, string>> {
+  const res = await store.pool.query<{ sandbox_id: string; replica_id: string }>('SELECT sandbox_id, replica_id FROM ohs_owners');
+  return new Map(res.rows.map((r) => [r.sandbox_id, r.replica_id]));
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase('drain');
+  store = new Gen2Store(db.url, { poolSize: 3 });
+  await store.migrate();
+  cluster = await Cluster.start({
+    replicas: 3,
+    databaseUrl: db.url,
+    protocol: '2026-08',
+    readinessProbeMs: 200,
+    logLevel: 'info',
+    // An 8 s grace: sessions move within its first half (--drain-shed-share 0.5).
+    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('drain'), extraArgs: ['--shutdown-grace-ms', '8000', '--rebalance', 'off'] },
+  });
+  for (let i = 0; i < 12; i++) ids.push((await store.createSandbox({ name: `drain-${i}` })).id);
+  fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: ids, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
+  await fleet.waitAllConnected(30_000);
+  for (const id of ids) await waitUntil(`${id} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 15_000 });
+}, 90_000);
+
+afterAll(async () => {
+  await fleet?.stop();
+  await cluster?.close();
+  await store?.close();
+  await db?.drop();
+});
+
+it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec through the Service fails', async () => {
+  const before = await owners();
+  const counts = new Map<string, number>();
+  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
+  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
+  const moving = ids.filter((id) => before.get(id) === victim.name);
+  expect(moving.length).toBeGreaterThan(0);
+
+  let stop = false;
+  const failures: string[] = [];
+  let ops = 0;
+  const worker = async (w: number): Promise<void> => {
+    const client = gatewayClient(cluster.endpoint);
+    try {
+      for (let n = 0; !stop; n++) {
+        // The sandboxes in motion most of the time: that is what the drain must not break.
+        const id = n % 3 === 0 ? ids[(n + w) % ids.length]! : moving[(n + w) % moving.length]!;
+        ops++;
+        if ((n + w) % 2 === 0) {
+          // A session token per SSH, as the CLI mints one per connection (the per-token cap is 3).
+          const token = (await store.createSshSession(id, 3600)).token;
+          const r = await sshViaForwardTcp({ endpoint: cluster.endpoint, sandboxId: id, token, command: 'sandbox-id', timeoutMs: 30_000 });
+          if (r.grpcCode !== null || r.stdout.trim() !== id) failures.push(`ssh ${id.slice(0, 8)}: ${r.grpcCode === null ? r.stdout : `${grpc.status[r.grpcCode]} ${r.grpcDetails}`}`);
+        } else {
+          const r = await exec(client, id, ['sandbox-id']).catch((err: grpc.ServiceError) => ({ exitCode: null, stdout: `${grpc.status[err.code]} ${err.details}` }));
+          if (r.exitCode !== 0 || r.stdout.trim() !== id) failures.push(`exec ${id.slice(0, 8)}: ${r.stdout}`);
+        }
+      }
+    } finally {
+      client.close();
+    }
+  };
+  const load = Array.from({ length: 4 }, (_, w) => worker(w));
+  await new Promise((r) => setTimeout(r, 1000));
+  const took = await cluster.terminate(victim.index);
+  // The drained replica is gone; every one of its sandboxes has a new owner and stays reachable.
+  await waitUntil('sessions moved', async () => {
+    const now = await owners();
+    return moving.every((id) => now.get(id) !== undefined && now.get(id) !== victim.name);
+  }, (x) => x, { timeoutMs: 20_000 });
+  await new Promise((r) => setTimeout(r, 1500));
+  stop = true;
+  await Promise.all(load);
+  const drainLine = victim.sidecar!.output.find((l) => l.includes('drain complete') || l.includes('drain deadline'));
+  const after = await owners();
+  console.log(
+    `drain: ${victim.name} held ${moving.length} sessions; sidecar exited ${took} ms after SIGTERM; new owners ${JSON.stringify(
+      moving.map((id) => after.get(id)),
+    )}; ${ops} operations, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 5).join('; ')}` : ''}; ${drainLine ?? 'no drain line'}`,
+  );
+  expect(failures).toEqual([]);
+  expect(drainLine).toContain('drain complete');
+  expect(took).toBeLessThan(8_000);
+  // The stopped gateway's cleanups demote what it held shadows of; the owners repair that at once.
+  for (const id of ids) await waitUntil(`${id.slice(0, 8)} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 5_000 });
+  await cluster.restart(victim.index);
+}, 120_000);
