@@ -73,6 +73,8 @@ describe('supervisor sessions', () => {
     const sandbox = (await gwA.store.createSandbox()).id;
     const onA = rawSession(gwA.port, sandbox);
     await onA.accepted;
+    // A's Ready write follows its SessionAccepted: let it land before the supervisor moves.
+    await expect.poll(async () => (await gwA.store.phaseHistory(sandbox)).length).toBe(1);
     // The supervisor reconnects to B while A still holds its (half-dead) stream.
     const onB = rawSession(gwB.port, sandbox);
     await onB.accepted;
