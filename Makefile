@@ -40,6 +40,7 @@ bench: build
 
 drill: build
 	node --import tsx bench/drill.ts
+	node --import tsx bench/rolling-drill.ts
 	node --import tsx bench/readiness-drill.ts
 
 # The 2026-08 readiness drill alone (reference §10): baseline without shadows, then 10 minutes of load

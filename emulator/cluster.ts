@@ -227,6 +227,14 @@ export class Cluster {
     await Promise.all(jobs);
   }
 
+  /** Scale-up: one more replica (gateway and sidecar), added to the Service. */
+  async add(): Promise<Replica> {
+    const fresh = await this.launch(this.replicas.length);
+    this.replicas.push(fresh);
+    this.refreshBalancer();
+    return fresh;
+  }
+
   /** Starts the replica again (new processes, new ports) and points the balancer at it. */
   async restart(i: number): Promise<Replica> {
     await this.kill(i, 'SIGKILL');
