@@ -124,7 +124,7 @@ function startLoad(env: Env, workers: number): { ops: Op[]; stop: () => Promise<
 }
 
 function latency(ops: Op[]): { p50: number; p95: number; max: number; n: number } {
-  const ms = ops.filter((o) => o.ok).map((o) => o.ms);
+  const ms = ops.filter((o) => o.ok).map((o) => o.ms).sort((a, b) => a - b);
   return { p50: percentile(ms, 50), p95: percentile(ms, 95), max: ms.reduce((a, b) => Math.max(a, b), 0), n: ms.length };
 }
 
@@ -193,7 +193,7 @@ async function scaleUp(): Promise<Record<string, unknown>> {
   await env.cluster.add();
   let balancedMs: number | null = null;
   let counts: Record<string, number> = {};
-  for (let i = 0; i < 600 && balancedMs === null; i++) {
+  for (let i = 0; i < 960 && balancedMs === null; i++) {
     counts = await perReplica(env.store);
     const values = env.cluster.replicas.map((r) => counts[r.name] ?? 0);
     if (values.every((n) => n >= 10 * 0.8 && n <= 10 * 1.2)) balancedMs = Date.now() - started;

@@ -132,8 +132,9 @@ export const CONFIG_DEFAULTS = {
   rebalanceMode: 'on',
   rebalanceMarginPct: 20,
   rebalanceIntervalMs: 500,
-  // Each shed costs the supervisor one step of its reconnect backoff, which never resets (reference §2.1).
-  rebalanceCooldownMs: 600_000,
+  // Each shed costs the supervisor one step of its reconnect backoff, which never resets (reference §2.1):
+  // a replica sheds one session at most once a minute.
+  rebalanceCooldownMs: 60_000,
 } as const;
 
 type Layer = Record<string, unknown>;

@@ -123,7 +123,7 @@ function waitBounded(p: Promise<void>, ms: number): Promise<void> {
 
 /** A stream for a sandbox this replica should own at `epoch`: answered "not owner" unless it does. */
 function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, epoch: number, cls: string): void {
-  const held = ctx.localSessions.epoch(sandboxId);
+  const held = ctx.localSessions.isShedding(sandboxId) ? undefined : ctx.localSessions.epoch(sandboxId);
   if (held === undefined || held !== epoch) {
     // Not (or no longer) the owner at that epoch: answer at once, nothing reached the gateway.
     ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'not_owner' });

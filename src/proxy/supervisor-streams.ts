@@ -27,6 +27,8 @@ export interface DownstreamConnection {
   supervisorUpstream?: Promise<http2.ClientHttp2Session>;
   /** RelayStreams open on this connection (a shed session keeps them until they finish). */
   activeRelays?: number;
+  /** RelayStreams ever opened on this connection. */
+  relaysOpened?: number;
 }
 
 function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
@@ -80,7 +82,10 @@ export async function forwardOnSupervisorConnection(
   }
   const done = track(ctx, cls, 'local');
   const relay = cls === 'supervisor-relay';
-  if (relay) conn.activeRelays = (conn.activeRelays ?? 0) + 1;
+  if (relay) {
+    conn.activeRelays = (conn.activeRelays ?? 0) + 1;
+    conn.relaysOpened = (conn.relaysOpened ?? 0) + 1;
+  }
   return forwardStream(stream, up, headers, {
     ...(prefix ? { prefix } : {}),
     ...(onAnswered
@@ -149,14 +154,19 @@ export async function supervisorControl(
   /** The control stream's forward, set once the Hello went to the gateway. */
   const control: { handle?: ForwardHandle } = {};
   const shed = (reason: string): void => {
-    // The control stream ends with UNAVAILABLE (the supervisor reconnects through the Service); the
-    // connection and its open relays stay until they finish. Our gateway's disconnect write must land
-    // before anyone else's Ready: the ownership row stays until it did, and fences wait for it.
-    const waited = waitForDisconnectWrite(ctx, sandboxId, log);
-    ctx.localSessions.markShedding(sandboxId, waited);
+    // First no new requests (they wait for the next owner), and a moment for relays the gateway just
+    // asked for to arrive; then the control stream ends with UNAVAILABLE and the supervisor
+    // reconnects through the Service. The connection and its open relays stay until they finish.
+    // Our gateway's disconnect write must land before anyone else's Ready: the ownership row stays
+    // until it did, and fences wait for it.
     ctx.metrics.sessionsShedTotal.inc({ reason });
     log.info({ reason, relays: conn.activeRelays ?? 0 }, 'shedding supervisor session');
-    control.handle?.terminate(14, `gateway replica ${reason}; reconnect`);
+    const waited = (async () => {
+      await quietRelays(conn);
+      control.handle?.terminate(14, `gateway replica ${reason}; reconnect`);
+      await waitForDisconnectWrite(ctx, sandboxId, log);
+    })();
+    ctx.localSessions.markShedding(sandboxId, waited);
   };
   const sessionId = ctx.localSessions.set(
     sandboxId,
@@ -204,6 +214,24 @@ export async function supervisorControl(
 }
 
 const DISCONNECT_WRITE_WAIT_MS = 5_000;
+/** Before a shed ends its control stream: relays the gateway asked for arrive within this. */
+const SHED_RELAY_SETTLE_MS = 300;
+const SHED_RELAY_SETTLE_MAX_MS = 3_000;
+
+/**
+ * Waits until no relay stream has opened on the connection for a short while (bounded): a relay the
+ * gateway requested just before the shed is then on its way, not lost with the control stream.
+ */
+async function quietRelays(conn: DownstreamConnection): Promise<void> {
+  const deadline = Date.now() + SHED_RELAY_SETTLE_MAX_MS;
+  let last = conn.relaysOpened ?? 0;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, SHED_RELAY_SETTLE_MS).unref());
+    const now = conn.relaysOpened ?? 0;
+    if (now === last || Date.now() >= deadline) return;
+    last = now;
+  }
+}
 
 /** Resolves once the gateway's row for the sandbox changed (its disconnect write), bounded. */
 async function waitForDisconnectWrite(ctx: ProxyContext, sandboxId: string, log: Logger): Promise<void> {

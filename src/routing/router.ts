@@ -22,6 +22,8 @@ interface LocalSession {
   /** Relays open on the supervisor's connection. */
   relays?: () => number;
   sinceMs: number;
+  /** Set when a shed began: no new requests are sent to this session. */
+  shedding?: boolean;
 }
 
 /** One local session as drain and rebalance see it. */
@@ -79,9 +81,15 @@ export class LocalSessions {
   /** Sheds a session (drain, rebalance); false when there is none or it cannot be shed. */
   shed(sandboxId: string, reason: string): boolean {
     const s = this.sessions.get(sandboxId);
-    if (!s?.shed) return false;
+    if (!s?.shed || s.shedding) return false;
+    s.shedding = true;
     s.shed(reason);
     return true;
+  }
+
+  /** A session being shed takes no new requests: they wait for the supervisor's next owner. */
+  isShedding(sandboxId: string): boolean {
+    return this.sessions.get(sandboxId)?.shedding === true;
   }
 
   private readonly sheds = new Map<string, Promise<void>>();
@@ -183,7 +191,8 @@ export class OwnerRouter {
    * 'no-owner'.
    */
   async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
-    const localEpoch = this.local.epoch(sandboxId);
+    // A session being shed is leaving: requests wait for the next owner instead (hold).
+    const localEpoch = this.local.isShedding(sandboxId) ? undefined : this.local.epoch(sandboxId);
     let result;
     try {
       result = await this.store.lookup(sandboxId, opts);
@@ -199,7 +208,7 @@ export class OwnerRouter {
     if (!owner) {
       target = { kind: 'local', epoch: localEpoch ?? null, reason: localEpoch !== undefined ? 'owner' : 'no-owner' };
     } else if (owner.replicaId === this.store.replicaId) {
-      target = { kind: 'local', epoch: owner.epoch, reason: 'owner' };
+      target = this.local.isShedding(sandboxId) ? { kind: 'local', epoch: null, reason: 'no-owner' } : { kind: 'local', epoch: owner.epoch, reason: 'owner' };
     } else if (localEpoch !== undefined && localEpoch >= owner.epoch) {
       target = { kind: 'local', epoch: localEpoch, reason: 'owner' };
     } else {
@@ -226,6 +235,7 @@ export class OwnerRouter {
     // gone) gets the gateway's own answer at once (404, 412, …).
     const changedAt = this.lastChange.get(sandboxId);
     const recentlyOwned =
+      this.local.isShedding(sandboxId) ||
       (known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR) ||
       (changedAt !== undefined && Date.now() - changedAt < this.ownerWaitMs * OWNER_MEMORY_FACTOR);
     if (!opts.exclude && !recentlyOwned) return first;
