@@ -55,6 +55,8 @@ const STATEMENT_TIMEOUT_MS = 10_000;
 
 export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions): OwnershipStore {
   const log = opts.logger;
+  /** How long a replica's registered peer address is trusted before it is read again. */
+  const PEER_URL_CACHE_MS = 10_000;
   const redisCacheTtlMs = opts.redisCacheTtlMs ?? DEFAULT_REDIS_CACHE_TTL_MS;
   const connectTimeoutMs = opts.pgConnectTimeoutMs ?? 2000;
   const memory = new TtlCache<OwnerRecord | null>({ now: () => performance.now() });
@@ -310,7 +312,15 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     let redisOwner: OwnerRecord | null = null;
     if (redis !== null) {
       const read = await redis.read(sandboxId);
-      if (read.kind === 'hit') {
+      if (read.kind === 'hit' && !(await registeredPeer(read.owner))) {
+        // Whoever can write Redis must not be able to receive forwarded traffic and the peer
+        // secret: an owner whose peer address is not its replica's registered one is ignored.
+        poisoned++;
+        if (poisoned === 1 || poisoned % 100 === 0) {
+          log.warn({ sandbox: sandboxId, replica: read.owner.replicaId, count: poisoned }, 'owner record in Redis names a peer address the replica never registered; ignoring it and reading Postgres');
+        }
+        await redis.invalidate(sandboxId, false).catch(() => undefined);
+      } else if (read.kind === 'hit') {
         if (!fresh) {
           memory.set(sandboxId, read.owner, Math.min(opts.cacheTtlMs, read.ttlMs), token);
           return { owner: read.owner, source: 'redis' };
@@ -323,6 +333,21 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     // Fresh lookups follow a "not owner" answer, i.e. a cache that was wrong: correct it for everyone.
     if (redisOwner !== null && redis !== null && !sameOwner(redisOwner, owner)) await redis.invalidate(sandboxId, true);
     return owner === null ? { owner: null, source: 'miss' } : { owner, source: 'postgres' };
+  }
+
+  /** Registered peer addresses by replica, read from Postgres and kept briefly. */
+  const peerUrls = new Map<string, { url: string | null; atMs: number }>();
+  let poisoned = 0;
+  async function registeredPeer(owner: OwnerRecord): Promise<boolean> {
+    const now = performance.now();
+    let entry = peerUrls.get(owner.replicaId);
+    if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (entry.url !== owner.peerUrl && now - entry.atMs > 1_000)) {
+      const res = await requirePool().query<{ peer_url: string }>(sql.REPLICA_PEER_URL, [owner.replicaId]);
+      entry = { url: res.rows[0]?.peer_url ?? null, atMs: now };
+      peerUrls.set(owner.replicaId, entry);
+      if (peerUrls.size > 10_000) peerUrls.delete(peerUrls.keys().next().value as string);
+    }
+    return entry.url === owner.peerUrl;
   }
 
   async function ownerEpoch(sandboxId: string): Promise<number | null> {

@@ -95,6 +95,9 @@ export const LOOKUP_OWNER = `
   WHERE o.sandbox_id = $1`;
 
 /** $1 sandbox_id. */
+/** The peer address a replica registered (whatever its liveness): what a cached owner record must say. */
+export const REPLICA_PEER_URL = `SELECT peer_url FROM ohs_replicas WHERE replica_id = $1`;
+
 export const OWNER_EPOCH = `SELECT epoch::float8 AS epoch FROM ohs_owners WHERE sandbox_id = $1`;
 
 /** $1 lease TTL in ms. */

@@ -70,6 +70,25 @@ async function closeStore(store: OwnershipStore): Promise<void> {
 }
 
 describe('postgres ownership store', () => {
+  it('an owner record poisoned in Redis (a peer address the replica never registered) is ignored for Postgres', async () => {
+    const a = await openStore('poison-a');
+    const b = await openStore('poison-b');
+    const s = sandbox();
+    await a.claim(s);
+    // Whoever can write Redis rewrites the cached owner to point at an address of their own.
+    const r = new Redis(TEST_REDIS_URL);
+    try {
+      await r.set(`${prefix}owner:${s}`, JSON.stringify({ sandboxId: s, replicaId: 'poison-a', peerUrl: 'http://attacker.example:8443', epoch: 1, claimedAtMs: Date.now() }), 'PX', 60_000);
+      const seen = await b.lookup(s);
+      expect(seen.owner).toMatchObject({ replicaId: 'poison-a', peerUrl: 'https://poison-a.peers:8443' });
+      expect(seen.source).toBe('postgres');
+      // The poisoned entry is gone, so the next lookup is served from a trustworthy cache.
+      expect((await r.get(`${prefix}owner:${s}`)) ?? '').not.toContain('attacker');
+    } finally {
+      r.disconnect();
+    }
+  });
+
   it('a claim takes the sandbox at the next epoch and reports who had it', async () => {
     const a = await openStore('claim-a');
     const b = await openStore('claim-b');
