@@ -5,6 +5,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
+import { ROUTE_POLICY } from '../classify/classify.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
 import type { ProxyContext } from '../proxy/context.ts';
@@ -22,6 +23,13 @@ import {
   PEER_SANDBOX,
   peerSecretMatches,
 } from './protocol.ts';
+
+/** Classes a peer may name; anything else is labelled `other` (bounded metric labels). */
+const PEER_CLASSES = new Set<string>([...Object.keys(ROUTE_POLICY), SHADOW_CLASS, 'handoff']);
+
+function peerClassLabel(value: string | string[] | undefined): string {
+  return typeof value === 'string' && PEER_CLASSES.has(value) ? value : 'other';
+}
 
 function refuse(stream: http2.ServerHttp2Stream, status: number, error: string, extra: http2.OutgoingHttpHeaders = {}): void {
   if (stream.destroyed || stream.headersSent) return;
@@ -68,14 +76,15 @@ function handlePeerStream(
 ): void {
   if (!ctx.peerSecret || !peerSecretMatches(headers[PEER_AUTH], ctx.peerSecret)) {
     onAuthFailure();
-    ctx.metrics.forwardsTotal.inc({ class: String(headers[PEER_CLASS] ?? 'unknown'), peer: 'inbound', outcome: 'auth_failed' });
+    // Unauthenticated input never becomes a label value: the label set stays bounded.
+    ctx.metrics.forwardsTotal.inc({ class: 'unauthenticated', peer: 'inbound', outcome: 'auth_failed' });
     refuse(stream, 401, 'peer-auth');
     return;
   }
   const hop = Number(headers[PEER_HOP] ?? '0');
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
   const epoch = Number(headers[PEER_EPOCH] ?? '-1');
-  const cls = String(headers[PEER_CLASS] ?? '');
+  const cls = peerClassLabel(headers[PEER_CLASS]);
   const log = baseLog.child({ origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
   if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
     refuse(stream, 508, 'hop-limit');

@@ -10,7 +10,7 @@ import type { ProxyContext } from './context.ts';
 import { handlePublicStream } from './grpc-streams.ts';
 import { createServiceHttp } from './service-http.ts';
 import type { DownstreamConnection } from './supervisor-streams.ts';
-import { handleConnect, requestHead, splice, writeHttpError } from './tunnel.ts';
+import { handleConnect, requestHead, spliceAfterResponseHead, writeHttpError } from './tunnel.ts';
 
 const PREFACE_TIMEOUT_MS = 10_000;
 
@@ -163,9 +163,10 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
 /** Upgrades (e.g. /_ws_tunnel) are passed through byte for byte to the local gateway. */
 function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', () => undefined);
+  socket.pause();
   const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort }, () => {
     upstream.write(Buffer.concat([requestHead(req), head]));
-    splice(socket, upstream, () => undefined);
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined);
   });
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
 }

@@ -25,6 +25,18 @@ export function requestHead(req: IncomingMessage): Buffer {
   return Buffer.from(`${head}\r\n`, 'latin1');
 }
 
+/** The first of `names` that occurs more than once in a raw header list (any case), if any. */
+export function duplicatedHeader(rawHeaders: readonly string[], names: readonly string[]): string | undefined {
+  const seen = new Set<string>();
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    if (!names.includes(name)) continue;
+    if (seen.has(name)) return name;
+    seen.add(name);
+  }
+  return undefined;
+}
+
 export function writeHttpError(socket: Duplex, status: number, reason: string, body: string): void {
   if (socket.destroyed) return;
   const text = `${body}\n`;
@@ -53,9 +65,96 @@ export function splice(a: Duplex, b: Duplex, onClose: () => void, onBytes?: (dir
   b.pipe(a);
 }
 
+/** Longest response head read from an upstream before a tunnel is opened. */
+const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
+
+/**
+ * Opens a tunnel only once the upstream agreed: reads its response head, relays it to the client,
+ * and splices the two only when `accept(status)` (200 for CONNECT, 101 for an upgrade). A refusal
+ * is relayed and the connection closed: bytes the client pipelined after a refused request never
+ * reach the gateway raw, past classification, limits and header stripping.
+ */
+export function spliceAfterResponseHead(
+  client: Duplex,
+  upstream: Duplex,
+  accept: (status: number) => boolean,
+  onClose: () => void,
+  onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void,
+): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let closed = false;
+  const giveUp = (): void => {
+    if (closed) return;
+    closed = true;
+    upstream.off('data', onData);
+    client.destroy();
+    upstream.destroy();
+    onClose();
+  };
+  const onData = (chunk: Buffer): void => {
+    chunks.push(chunk);
+    size += chunk.length;
+    const all = chunks.length === 1 ? chunk : Buffer.concat(chunks, size);
+    const end = all.indexOf('\r\n\r\n');
+    if (end < 0) {
+      if (size > MAX_RESPONSE_HEAD_BYTES) giveUp();
+      return;
+    }
+    upstream.off('data', onData);
+    upstream.off('end', giveUp);
+    upstream.off('close', giveUp);
+    upstream.pause();
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(all.subarray(0, Math.min(end, 64)).toString('latin1'))?.[1] ?? 0);
+    if (accept(status)) {
+      // From here splice owns both sides and calls onClose once.
+      closed = true;
+      client.write(all);
+      splice(client, upstream, onClose, onBytes);
+      upstream.resume();
+      return;
+    }
+    // Refused: the client gets the gateway's whole answer, and nothing of its own goes upstream.
+    closed = true;
+    client.removeAllListeners('data');
+    client.write(all);
+    upstream.on('data', (c: Buffer) => client.write(c));
+    const finish = (): void => {
+      client.end();
+      upstream.destroy();
+      onClose();
+    };
+    upstream.once('end', finish);
+    upstream.once('close', () => {
+      if (!client.writableEnded) finish();
+    });
+    upstream.on('error', () => undefined);
+    upstream.resume();
+  };
+  upstream.on('data', onData);
+  upstream.once('end', giveUp);
+  upstream.once('close', giveUp);
+  upstream.on('error', () => undefined);
+  client.on('error', () => undefined);
+  client.once('close', () => {
+    if (!closed) giveUp();
+  });
+}
+
+const isSuccess = (status: number): boolean => status >= 200 && status < 300;
+
 export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', (err) => connLog.debug({ err: err.message }, 'tunnel client socket error'));
   const cls = classifyHttp1(req.method ?? '', req.url ?? '');
+  // One value each: duplicates would make the key we route and count by differ from the one the
+  // gateway reads (it takes the first), so they are refused outright.
+  const dup = cls === 'ssh-tunnel' ? duplicatedHeader(req.rawHeaders, ['x-sandbox-id', 'x-sandbox-token']) : undefined;
+  if (dup) {
+    connLog.info({ header: dup }, 'CONNECT with a duplicated header refused');
+    ctx.metrics.classifyErrorsTotal.inc({ reason: 'OHS_ERR_BAD_REQUEST' });
+    writeHttpError(socket, 400, 'Bad Request', `duplicate ${dup} header`);
+    return;
+  }
   const rawHead = Buffer.concat([requestHead(req), head]);
   const sandboxHeader = req.headers['x-sandbox-id'];
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
@@ -143,12 +242,11 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(rawHead);
-    splice(socket, upstream, () => {
+    spliceAfterResponseHead(socket, upstream, isSuccess, () => {
       ctx.metrics.activeTunnels.dec({ target: 'local' });
       ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
       ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
     }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
-    socket.resume();
   });
   upstream.once('error', (err) => {
     if (connected) return;
@@ -210,12 +308,11 @@ function tunnelToPeer(
           const start = process.hrtime.bigint();
           // The peer answered before touching its gateway; now the replayed CONNECT goes through.
           stream.write(rawHead);
-          splice(socket, stream, () => {
+          spliceAfterResponseHead(socket, stream, isSuccess, () => {
             ctx.metrics.activeTunnels.dec({ target: 'peer' });
             ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
             ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
           }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
-          socket.resume();
           resolve('done');
         });
       }),

@@ -456,4 +456,26 @@ describe('peer authentication and owner fencing between sidecars', () => {
     expect(res.stdout.trim()).toBe(sandboxA);
     expect(await notOwnerOut('ssh-tunnel')).toBe(sshOut + 1);
   });
+  it("peer calls with invented classes do not grow the metrics' label set", async () => {
+    const peerPort = r(0).sidecarPorts!.peer;
+    const session = http2.connect(`http://127.0.0.1:${peerPort}`);
+    session.on('error', () => undefined);
+    try {
+      for (let i = 0; i < 20; i++) {
+        await new Promise<void>((resolve) => {
+          const req = session.request({ ':method': 'POST', ':path': '/x', 'x-ohs-class': `invented-${i}`, 'x-ohs-peer-auth': 'wrong' });
+          req.on('response', () => req.close());
+          req.on('close', () => resolve());
+          req.on('error', () => resolve());
+          req.end();
+        });
+      }
+    } finally {
+      session.close();
+    }
+    const text = await (await fetch(`http://127.0.0.1:${r(0).sidecarPorts!.admin}/metrics`)).text();
+    expect(text).not.toMatch(/invented-/);
+    expect(Number(/ohs_forwards_total\{class="unauthenticated",peer="inbound",outcome="auth_failed"\} (\d+)/.exec(text)?.[1] ?? 0)).toBeGreaterThanOrEqual(20);
+  });
+
 });

@@ -311,6 +311,30 @@ describe('sidecar robustness against bad clients', () => {
     ssh.end();
   });
 
+  it('a CONNECT with a duplicated x-sandbox-id or x-sandbox-token is refused 400 and takes no slot', async () => {
+    const sbx = sandbox(1);
+    const { token } = await unary<{ token: string }>(client, 'CreateSshSession', { sandbox_id: sbx });
+    for (const extra of [`X-Sandbox-Id: ${sandbox(0)}`, `x-sandbox-token: ${token}`]) {
+      const head = `CONNECT /connect/ssh HTTP/1.1\r\nHost: x\r\nx-sandbox-id: ${sbx}\r\nx-sandbox-token: ${token}\r\n${extra}\r\n\r\n`;
+      const { reply } = await rawExchange(port, Buffer.from(head, 'latin1'));
+      expect(reply.toString('latin1')).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n[\s\S]*duplicate x-sandbox-(id|token) header/);
+    }
+    expect(gw.slots.held().sandboxes[sbx]).toBeUndefined();
+  });
+
+  it('a request pipelined after a refused CONNECT never reaches the gateway raw', async () => {
+    // The gateway refuses the CONNECT (401, unknown token); the bytes after it are a gRPC preface
+    // that, spliced through, would reach the gateway unclassified and with x-ohs-* headers intact.
+    const head = `CONNECT /connect/ssh HTTP/1.1\r\nHost: x\r\nx-sandbox-id: ${sandbox(1)}\r\nx-sandbox-token: not-a-token\r\n\r\n`;
+    const pipelined = 'GET /healthz HTTP/1.1\r\nHost: x\r\nx-ohs-peer-auth: forged\r\n\r\n';
+    const { reply, closedByPeer } = await rawExchange(port, Buffer.from(head + pipelined, 'latin1'));
+    const text = reply.toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 401 /);
+    // Exactly one response: the gateway's refusal; the pipelined request got no answer of its own.
+    expect(text.match(/HTTP\/1\.1 /g)?.length).toBe(1);
+    expect(closedByPeer).toBe(true);
+  });
+
   it('after all of the above, the long-lived session, a fresh ssh and an exec still work', async () => {
     if (!longLived) throw new Error('long-lived session missing');
     expect((await sshExec(longLived.ssh, 'sandbox-id')).trim()).toBe(sandbox(0));
