@@ -50,7 +50,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 async function openWork(metrics: SidecarMetrics): Promise<{ tunnels: number; streams: number; relays: number }> {
   let tunnels = 0;
   for (const v of (await metrics.activeTunnels.get()).values) tunnels += v.value;
+  // Requests held for an owner (or for Ready) are in flight too: cutting them loses them.
   let streams = 0;
+  for (const v of (await metrics.heldRequests.get()).values) streams += v.value;
   let relays = 0;
   for (const v of (await metrics.activeStreams.get()).values) {
     const cls = String(v.labels.class ?? '');

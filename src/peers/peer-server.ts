@@ -148,12 +148,26 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
     peerTunnel(ctx, log, stream);
     return;
   }
+  const answered = ctx.localSessions.beginRequest(sandboxId);
   ctx.gatewayPool.get(ctx.gatewayOrigin).then(
     (session) => {
-      if (stream.destroyed) return;
-      forwardStream(stream, session, copyRequestHeaders(headers));
+      if (stream.destroyed) return answered();
+      try {
+        forwardStream(stream, session, copyRequestHeaders(headers), {
+          onResponse: () => {
+            answered();
+            return true;
+          },
+          onDone: answered,
+        });
+      } catch (err) {
+        answered();
+        log.info({ err: (err as Error).message }, 'local gateway session closing');
+        respondGrpcError(stream, 14, 'owner gateway unavailable');
+      }
     },
     (err: unknown) => {
+      answered();
       log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');
       respondGrpcError(stream, 14, 'owner gateway unavailable');
     },

@@ -398,11 +398,14 @@ export function forwardAttempt(
         const upHeaders = peer
           ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }) }
           : headers;
+        // To our own gateway for a session held here: a shed waits until the gateway answered.
+        const answered = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
         let handle: ReturnType<typeof forwardStream>;
         try {
           handle = forwardStream(stream, session, upHeaders, {
             prefix,
             onResponse: (res, endStream) => {
+              answered();
               if (peer && res[PEER_NOT_OWNER] !== undefined) {
                 ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'not_owner' });
                 plog.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
@@ -418,6 +421,7 @@ export function forwardAttempt(
               return true;
             },
             onUpstreamError: (err) => {
+              answered();
               if (settled) return;
               settled = true;
               if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'error' });
@@ -425,10 +429,14 @@ export function forwardAttempt(
               respondGrpcError(stream, 14, peer ? `owner replica ${peer.replicaId} unavailable` : `upstream failed: ${err.message}`);
               resolve({ kind: 'done' });
             },
-            onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+            onDone: ({ reset, grpcStatus }) => {
+              answered();
+              done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+            },
           });
         } catch (err) {
           // The session began closing (GOAWAY) between get() and request(): nothing was sent.
+          answered();
           done('OHS_ERR_UPSTREAM');
           plog.info({ err: (err as Error).message }, 'session closing; trying again');
           resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });

@@ -162,7 +162,7 @@ export async function supervisorControl(
     ctx.metrics.sessionsShedTotal.inc({ reason });
     log.info({ reason, relays: conn.activeRelays ?? 0 }, 'shedding supervisor session');
     const waited = (async () => {
-      await quietRelays(conn);
+      await settleBeforeShed(ctx, conn, sandboxId);
       control.handle?.terminate(14, `gateway replica ${reason}; reconnect`);
       await waitForDisconnectWrite(ctx, sandboxId, log);
     })();
@@ -219,16 +219,18 @@ const SHED_RELAY_SETTLE_MS = 300;
 const SHED_RELAY_SETTLE_MAX_MS = 3_000;
 
 /**
- * Waits until no relay stream has opened on the connection for a short while (bounded): a relay the
- * gateway requested just before the shed is then on its way, not lost with the control stream.
+ * Waits (bounded) until no request is on its way to the gateway for this sandbox and no relay stream
+ * has opened on the connection for a short while: a RelayOpen the gateway sent just before the shed
+ * then reaches the supervisor, and its relay arrives, instead of being lost with the control stream.
  */
-async function quietRelays(conn: DownstreamConnection): Promise<void> {
+async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, sandboxId: string): Promise<void> {
   const deadline = Date.now() + SHED_RELAY_SETTLE_MAX_MS;
   let last = conn.relaysOpened ?? 0;
   for (;;) {
     await new Promise((r) => setTimeout(r, SHED_RELAY_SETTLE_MS).unref());
     const now = conn.relaysOpened ?? 0;
-    if (now === last || Date.now() >= deadline) return;
+    const quiet = now === last && ctx.localSessions.inflightRequests(sandboxId) === 0;
+    if (quiet || Date.now() >= deadline) return;
     last = now;
   }
 }

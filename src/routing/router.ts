@@ -87,6 +87,28 @@ export class LocalSessions {
     return true;
   }
 
+  private readonly inflight = new Map<string, number>();
+
+  /**
+   * A request on its way to this replica's gateway for a sandbox whose session is here, until the
+   * gateway answered (it has then sent its RelayOpen): a shed waits for these. Returns the end.
+   */
+  beginRequest(sandboxId: string): () => void {
+    this.inflight.set(sandboxId, (this.inflight.get(sandboxId) ?? 0) + 1);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      const n = (this.inflight.get(sandboxId) ?? 1) - 1;
+      if (n <= 0) this.inflight.delete(sandboxId);
+      else this.inflight.set(sandboxId, n);
+    };
+  }
+
+  inflightRequests(sandboxId: string): number {
+    return this.inflight.get(sandboxId) ?? 0;
+  }
+
   /** A session being shed takes no new requests: they wait for the supervisor's next owner. */
   isShedding(sandboxId: string): boolean {
     return this.sessions.get(sandboxId)?.shedding === true;
