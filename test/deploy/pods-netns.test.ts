@@ -6,6 +6,10 @@
 // over the Ready pods (readiness from the manifest's own probes), supervisors and clients dial the
 // Service. SSH (ForwardTcp) and exec reach every sandbox with peer forwarding over the pod IPs; then
 // one pod's link goes down like a dead node, and the test records what happens.
+//
+// Known gap it shows (sidecar, not deployment): pooled peer HTTP/2 sessions have no liveness check,
+// so requests forwarded to the cut pod before its sessions moved, and the handoff fence towards it,
+// hang until their own timeouts instead of being held and re-sent; the printout counts them.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -46,8 +50,9 @@ const pods: Array<{ net: PodNet; pod: RunningPod; name: string; ready: boolean }
 const sandboxes: Array<{ id: string; name: string; token: string }> = [];
 let endpointTimer: NodeJS.Timeout | undefined;
 const events: string[] = [];
+/** When each pod last left the Service endpoints (ms since the epoch). */
+const removedAt = new Map<string, number>();
 const t0 = Date.now();
-const cutResult = { held: -1, failedAfterMove: -1 };
 const stamp = (): string => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
 
 /** The endpoints controller: a pod is in the Service while every container's readiness probe passes. */
@@ -66,6 +71,7 @@ function watchEndpoints(): void {
         const ready = ok ? true : n >= 2 ? false : p.ready;
         if (ready !== p.ready) {
           p.ready = ready;
+          if (!ready) removedAt.set(p.name, Date.now());
           events.push(`${stamp()} ${p.name} ${ready ? 'added to' : 'removed from'} the Service endpoints`);
         }
       }),
@@ -344,25 +350,26 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
     const isAffected = (a: { sandbox: string }): boolean => affected.some((s) => s.name === a.sandbox);
     const onAffected = attempts.filter(isAffected);
     const onOthers = attempts.filter((a) => !isAffected(a));
-    const held = onAffected.filter((a) => a.ok && a.end - a.start > 2);
+    // Held then served: in flight when its sandbox's session moved, and answered after that.
+    const movedAt = (name: string): number => moved.get(name) ?? Infinity;
+    const held = onAffected.filter((a) => a.ok && a.start < movedAt(a.sandbox) && a.end > movedAt(a.sandbox));
+    const lost = onAffected.filter((a) => !a.ok && a.start < movedAt(a.sandbox) && a.end > movedAt(a.sandbox));
     const failed = onAffected.filter((a) => !a.ok);
     const fmt = (x: number): string => `${x.toFixed(1)}s`;
     console.log(
       [
         `link cut: ${victim.name} (${victim.net.ip}) owned ${affected.length}/${SANDBOXES} sandboxes`,
-        ...events.filter((e) => e.includes('removed') || e.includes('set down')),
+        `it left the Service endpoints ${fmt(((removedAt.get(victim.name) ?? NaN) - cutAt) / 1000)} after the cut (readiness probe: period 2 s, failureThreshold 2)`,
         `sessions moved (owner row changed) after ${[...moved.values()].sort((a, b) => a - b).map(fmt).join(', ')}`,
         `first SSH to one of its sandboxes served again at ${firstProbeOk === undefined ? 'never' : fmt(firstProbeOk)} (3 s probes); the 20 s retry loops succeeded at ${servedAt.map((t) => (t === undefined ? 'never' : fmt(t))).join(', ')}`,
-        `requests for its sandboxes (20 s client timeout): ${onAffected.length} attempts, ${onAffected.length - failed.length} ok (${held.length} held > 2 s then served, ` +
-          `longest ${fmt(Math.max(0, ...held.map((a) => a.end - a.start)))}), ${failed.length} failed (started ${failed.map((a) => fmt(a.start)).join(', ')})`,
+        `requests for its sandboxes (20 s client timeout): ${onAffected.length} attempts, ${onAffected.length - failed.length} ok, ${failed.length} failed ` +
+          `(started ${failed.map((a) => fmt(a.start)).join(', ')}); in flight when the session moved: ${held.length} held and served, ${lost.length} ran into the client timeout`,
         `failures: ${[...new Set(failed.map((a) => a.detail.replace(/[0-9a-f-]{36}/g, '<id>').replace(/,name resolution.*$/, '')))].slice(0, 5).join(' | ') || 'none'}`,
         `other sandboxes meanwhile: ${onOthers.filter((a) => a.ok).length}/${onOthers.length} SSH ok` +
           (onOthers.some((a) => !a.ok) ? ` (failed: ${onOthers.filter((a) => !a.ok).map((a) => `at ${fmt(a.start)} ${a.detail.replace(/,name resolution.*$/, '')}`).join('; ')})` : ''),
       ].join('\n  '),
     );
     if (process.env.OHS_POD_TEST_VERBOSE === '1') for (const a of onAffected) console.log(`  ${a.kind} ${a.sandbox} ${fmt(a.start)}→${fmt(a.end)} ${a.ok ? 'ok' : a.detail}`);
-    cutResult.held = held.length;
-    cutResult.failedAfterMove = failed.filter((a) => a.start >= Math.max(...moved.values())).length;
     // What must hold: the pod leaves the Service, every session moves, every sandbox is served again.
     expect(pods.find((p) => p === victim)?.ready).toBe(false);
     expect(moved.size).toBe(affected.length);
@@ -395,12 +402,4 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
     console.log(`${events.at(-1) ?? ''}; then SSH+exec through the Service and exec via its own address: ${healed}/${SANDBOXES * 3} ok; sandboxes it owns: ${stillOwned}`);
     expect(healed).toBe(SANDBOXES * 3);
   }, 180_000);
-
-  // Known gap of the sidecar, recorded here so that it shows when it is closed: a request forwarded
-  // to a peer whose link died hangs on the pooled HTTP/2 session (no PING liveness, no response
-  // deadline), so it is neither held until the new owner appears nor re-sent; it ends only with the
-  // client's own deadline. `it.fails` turns red once such requests are held and served.
-  it.fails('known gap: requests in flight to a peer whose link died are held and served once the session moves', () => {
-    expect(cutResult.held).toBeGreaterThan(0);
-  });
 });
