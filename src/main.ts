@@ -1,4 +1,5 @@
 // openshell-ha-sidecar CLI: runs the sidecar. The local dev cluster lives with the emulators (emulator/main.ts).
+import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { createLogger } from './log/logger.ts';
@@ -54,10 +55,15 @@ async function runSidecar(argv: string[]): Promise<void> {
 
 async function main(): Promise<void> {
   const [cmd] = process.argv.slice(2);
+  if (cmd === 'inject') {
+    process.exitCode = await runInject(process.argv.slice(3));
+    return;
+  }
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
     console.error(
       'usage: openshell-ha-sidecar [--listen host:port] [--gateway url] [--peer-listen host:port] [--peer-url url]\n' +
-        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...',
+        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...\n' +
+        '       openshell-ha-sidecar inject [--mode native|native-alias|container] ... < rendered.yaml   (Helm post-renderer; inject --help)',
     );
     return;
   }

@@ -14,6 +14,8 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '0' },
       'health-port': { type: 'string', default: '0' },
+      // Health listener address when it differs from --host (upstream HEAD: TOML health_bind_address 0.0.0.0:8081).
+      'health-host': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'tls-client-ca': { type: 'string' },
@@ -85,6 +87,7 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     host: values.host ?? '127.0.0.1',
     port: Number(values.port),
     healthPort: Number(values['health-port']),
+    ...(values['health-host'] ? { healthHost: values['health-host'] } : {}),
     heartbeatIntervalSecs: Number(values['heartbeat-interval-secs']),
     logger,
     ...(tlsOpts ? { tls: tlsOpts } : {}),

@@ -33,6 +33,8 @@ export interface GatewayOptions {
   host?: string;
   port?: number;
   healthPort?: number;
+  /** Address of the health listener; default `host` (upstream's TOML sets it apart: 0.0.0.0:8081 at HEAD). */
+  healthHost?: string;
   tls?: { certFile: string; keyFile: string; clientCaFile?: string };
   heartbeatIntervalSecs?: number;
   logger?: Logger;
@@ -241,7 +243,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       res.writeHead(404).end();
     }
   });
-  const healthPort = await listen(health, host, opts.healthPort ?? 0);
+  const healthPort = await listen(health, opts.healthHost ?? host, opts.healthPort ?? 0);
   logger.info({ port: boundPort, healthPort }, 'gateway emulator listening');
   gen2?.reconciler.start();
 
