@@ -74,9 +74,11 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const peerServer = config.mode === 'cluster' ? createPeerServerLazy(ctxRef) : undefined;
   const peerPort = peerServer ? await listen(peerServer, config.peerListen) : 0;
   const peerHost = parseHostPort(config.peerListen).host;
+  // An IPv6 pod address needs brackets in a URL, which `http://$(POD_IP):8443` in a manifest cannot
+  // give: with peerHost the URL is built here.
   const peerUrl =
     config.peerUrl ??
-    `http://${formatHostPort({ host: isWildcardHost(peerHost) ? '127.0.0.1' : peerHost, port: peerPort })}`;
+    `http://${formatHostPort({ host: config.peerHost ?? (isWildcardHost(peerHost) ? '127.0.0.1' : peerHost), port: peerPort })}`;
 
   const store: OwnershipStore =
     config.mode === 'cluster' && config.databaseUrl
@@ -189,7 +191,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     store,
     metrics,
     logger: logger.child({ component: 'drain' }),
-    graceMs: Math.max(0, config.shutdownGraceMs - 2_000),
+    graceMs: drainBudgetMs(config, 'SIGTERM'),
     shedShare: config.drainShedShare,
     goawayClients: () => publicListener.goawayClients(),
   });
@@ -216,7 +218,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     replicaId: config.replicaId,
     mode: config.mode,
     draining: () => drainState.draining,
-    drain: (reason) => drainer.start(reason),
+    drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -229,7 +231,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     peerUrl,
     metrics,
     store,
-    drain: (reason) => drainer.start(reason),
+    drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
     close() {
       closing ??= (async () => {
         drainState.draining = true;
@@ -256,6 +258,22 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
       return closing;
     },
   };
+}
+
+/** What the gateway's stop takes after a preStop drain (deployment reference §3.5). */
+const GATEWAY_STOP_MS = 10_000;
+const MARGIN_MS = 5_000;
+
+/**
+ * How long a drain may take. Started by the gateway's preStop (Kubernetes), it must end by the pod's
+ * grace − the gateway's stop − a margin, counted from its start; started by our own SIGTERM
+ * (compose, or Kubernetes without the hook), by our shutdown grace less what closing needs.
+ */
+export function drainBudgetMs(config: Pick<SidecarConfig, 'terminationGraceSeconds' | 'shutdownGraceMs'>, reason: string): number {
+  if (reason === 'preStop' && config.terminationGraceSeconds !== undefined) {
+    return Math.max(1_000, config.terminationGraceSeconds * 1000 - GATEWAY_STOP_MS - MARGIN_MS);
+  }
+  return Math.max(0, config.shutdownGraceMs - 2_000);
 }
 
 /**

@@ -76,9 +76,15 @@ class Link {
     private readonly onClosed: (link: Link) => void,
   ) {}
 
-  /** Relays outlive their control stream, as in the Rust supervisor; the connection goes when both are done. */
+  /** Relays whose target is being dialled: like open relays, they keep the connection (below). */
+  dialling = 0;
+
+  /**
+   * Relays outlive their control stream, as in the Rust supervisor (each relay task holds a clone of
+   * the channel from the moment it handles the RelayOpen); the connection goes when both are done.
+   */
   closeIfIdle(): void {
-    if (this.sessionOver && this.relays.size === 0) this.closeClient();
+    if (this.sessionOver && this.relays.size === 0 && this.dialling === 0) this.closeClient();
   }
 
   /** Abrupt end: every call on this connection is cancelled. */
@@ -311,22 +317,32 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       port = this.opts.servicePorts?.[open.tcp.port] ?? open.tcp.port;
     }
     const sock = net.connect({ host, port });
+    link.dialling++;
+    const dialled = (): void => {
+      link.dialling--;
+    };
     const onError = (err: Error): void => {
+      dialled();
       sock.destroy();
       log.info({ err: err.message, port }, 'relay target dial failed');
       this.pushLog(`relay target dial failed: ${err.message}`, 'WARN');
       write({ relay_open_result: { channel_id: channelId, success: false, error: `failed to connect to relay target: ${err.message}` } });
+      link.closeIfIdle();
     };
     sock.once('error', onError);
     sock.once('connect', () => {
       sock.off('error', onError);
-      if (link.sessionOver && link.relays.size === 0 && this.stopped) {
+      if (this.stopped) {
+        dialled();
         sock.destroy();
+        link.closeIfIdle();
         return;
       }
       write({ relay_open_result: { channel_id: channelId, success: true, error: '' } });
       this.pushLog(`relay opened: ${channelId}`);
       this.bridgeRelay(link, channelId, () => sock);
+      dialled();
+      link.closeIfIdle();
     });
   }
 

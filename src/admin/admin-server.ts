@@ -46,15 +46,17 @@ export function createAdminServer(deps: AdminDeps): http.Server {
         ]);
         deps.metrics.storeUp.set({ store: 'postgres' }, store.postgres ? 1 : 0);
         if (store.redis !== null) deps.metrics.storeUp.set({ store: 'redis' }, store.redis ? 1 : 0);
-        // Redis is a cache: its absence degrades, never blocks, readiness.
-        const ready = gateway && store.postgres && !deps.draining();
+        // The stores are reported, never gating: routing keeps working from caches through an outage,
+        // and a Postgres outage must not take every replica out of the Service at once.
+        const ready = gateway && !deps.draining();
         res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(
           JSON.stringify({ ready, draining: deps.draining(), checks: { gateway, postgres: store.postgres, redis: store.redis } }),
         );
-      } else if (path === '/drain' && req.method === 'POST') {
-        // The preStop hook's call: leave the Service and move every session away. `?wait=1` returns
-        // only when the drain is over (so the hook holds the pod until then).
-        const wait = new URL(req.url ?? '/', 'http://admin').searchParams.get('wait') === '1';
+      } else if ((path === '/drain' && req.method === 'POST') || (path === '/drain/wait' && req.method === 'GET')) {
+        // The preStop hook's call (kubelet hooks can only GET: /drain/wait): leave the Service and move
+        // every session away. Idempotent (hooks are delivered at least once); /drain/wait and
+        // `POST /drain?wait=1` answer when the drain is over, so the hook holds the pod until then.
+        const wait = path === '/drain/wait' || new URL(req.url ?? '/', 'http://admin').searchParams.get('wait') === '1';
         const done = deps.drain('preStop');
         if (wait) {
           const report = await done;

@@ -85,6 +85,9 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['rebalanceMarginPct'], '--rebalance-margin-pct', 'OHS_REBALANCE_MARGIN_PCT', 'int'),
   opt(['rebalanceIntervalMs'], '--rebalance-interval-ms', 'OHS_REBALANCE_INTERVAL_MS', 'int'),
   opt(['rebalanceCooldownMs'], '--rebalance-cooldown-ms', 'OHS_REBALANCE_COOLDOWN_MS', 'int'),
+  opt(['terminationGraceSeconds'], '--termination-grace-seconds', 'OHS_TERMINATION_GRACE_SECONDS', 'int'),
+  opt(['peerHost'], '--peer-host', 'OHS_PEER_HOST'),
+  opt(['tls', 'clientCertMode'], '--tls-client-cert', 'OHS_TLS_CLIENT_CERT'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';

@@ -58,8 +58,14 @@ const gatewayTlsShape = {
 const tlsShape = {
   certFile: filePath,
   keyFile: filePath,
-  /** When set, the public listener requires client certificates signed by this CA (mTLS). */
+  /** When set, the public listener asks for client certificates signed by this CA (mTLS). */
   clientCaFile: filePath.optional(),
+  /**
+   * `required` (default): no certificate, no connection. `optional`: verified when presented, as
+   * the 2026-08 gateway does with a client CA and OIDC (reference §1.2); user identity is then the
+   * gateway's business, and only a verified certificate counts for the seed Hello rule.
+   */
+  clientCertMode: z.enum(['required', 'optional']).optional(),
 };
 
 const scalarShape = {
@@ -132,6 +138,13 @@ const scalarShape = {
   rebalanceIntervalMs: int(50, 600_000),
   /** A session a replica shed is not shed again by it within this time. */
   rebalanceCooldownMs: int(0, 86_400_000),
+  /**
+   * The pod's terminationGracePeriodSeconds: the drain the gateway's preStop starts (GET /drain/wait)
+   * ends by grace − gateway stop − margin (deployment reference §3.5).
+   */
+  terminationGraceSeconds: int(1, 86_400).optional(),
+  /** This pod's own address (e.g. $(POD_IP)); with it the peer URL is built here, IPv6 included. */
+  peerHost: z.string().min(1).max(253).optional(),
 };
 
 /**
@@ -160,6 +173,7 @@ export interface PublicTlsConfig {
   readonly certFile: string;
   readonly keyFile: string;
   readonly clientCaFile?: string;
+  readonly clientCertMode?: 'required' | 'optional';
 }
 
 export interface SidecarConfig {
@@ -218,6 +232,8 @@ export interface SidecarConfig {
   readonly rebalanceMarginPct: number;
   readonly rebalanceIntervalMs: number;
   readonly rebalanceCooldownMs: number;
+  readonly terminationGraceSeconds?: number;
+  readonly peerHost?: string;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */
@@ -246,13 +262,13 @@ export const configInputSchema = z
           'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET)',
       });
     }
-    if (cfg.databaseUrl !== undefined && cfg.peerUrl === undefined && peerListenIsWildcard(cfg.peerListen)) {
+    if (cfg.databaseUrl !== undefined && cfg.peerUrl === undefined && cfg.peerHost === undefined && peerListenIsWildcard(cfg.peerListen)) {
       ctx.addIssue({
         code: 'custom',
         path: ['peerUrl'],
         message:
           `peerUrl is required in cluster mode when peerListen (${cfg.peerListen}) binds a wildcard ` +
-          'address: other replicas need an address they can dial, e.g. http://<pod-ip>:8443',
+          'address: other replicas need an address they can dial: set peerHost to the pod IP (OHS_PEER_HOST=$(POD_IP)) or peerUrl, e.g. http://<pod-ip>:8443',
       });
     }
     if (cfg.replicaHeartbeatIntervalMs >= cfg.replicaLeaseTtlMs) {

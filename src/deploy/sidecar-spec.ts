@@ -63,7 +63,8 @@ export function sidecarEnv(plan: SidecarPlan): Array<Record<string, unknown>> {
     { name: 'OHS_PEER_LISTEN', value: `0.0.0.0:${o.peerPort}` },
     // Peers dial the pod IP: at seed the StatefulSet's serviceName is the non-headless Service, so
     // per-pod DNS names do not exist (reference §3.7). IPv4 only as written (IPv6 needs brackets).
-    { name: 'OHS_PEER_URL', value: `http://$(POD_IP):${o.peerPort}` },
+    // The sidecar builds its peer URL from the pod IP itself, so an IPv6 address gets its brackets.
+    { name: 'OHS_PEER_HOST', value: '$(POD_IP)' },
     // The kubelet sends the gateway's preStop and the probes to the pod IP: wildcard, not loopback.
     { name: 'OHS_ADMIN_LISTEN', value: `0.0.0.0:${o.adminPort}` },
     { name: 'OHS_GATEWAY_URL', value: `${scheme}://127.0.0.1:${o.gatewayPort}` },

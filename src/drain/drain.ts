@@ -25,7 +25,7 @@ export interface DrainReport {
 export interface Drainer {
   readonly state: { draining: boolean };
   /** Starts the drain (once; later calls get the same run) and resolves when it is over. */
-  start(reason: string): Promise<DrainReport>;
+  start(reason: string, budgetMs?: number): Promise<DrainReport>;
   /** null before a drain started. */
   report(): DrainReport | null;
 }
@@ -69,9 +69,9 @@ export function createDrainer(deps: DrainDeps): Drainer {
   let last: DrainReport | null = null;
   const log = deps.logger;
 
-  const drain = async (reason: string): Promise<DrainReport> => {
+  const drain = async (reason: string, graceMs: number): Promise<DrainReport> => {
     const started = Date.now();
-    const deadline = started + deps.graceMs;
+    const deadline = started + graceMs;
     state.draining = true;
     deps.metrics.draining.set(1);
     await deps.store.setState('draining').catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not mark the replica draining in the store'));
@@ -79,9 +79,9 @@ export function createDrainer(deps: DrainDeps): Drainer {
     const sessions = deps.localSessions.list();
     // Sessions with no relay in flight first: they move without cutting anything.
     sessions.sort((a, b) => a.relays - b.relays || a.sinceMs - b.sinceMs);
-    const shedWindowMs = deps.graceMs * deps.shedShare;
+    const shedWindowMs = graceMs * deps.shedShare;
     const paceMs = sessions.length > 0 ? Math.max(20, Math.floor(shedWindowMs / sessions.length)) : 0;
-    log.info({ reason, sessions: sessions.length, graceMs: deps.graceMs, shedWindowMs, paceMs }, 'drain started: leaving the Service, shedding supervisor sessions');
+    log.info({ reason, sessions: sessions.length, graceMs, shedWindowMs, paceMs }, 'drain started: leaving the Service, shedding supervisor sessions');
     let shed = 0;
     const attempted = new Set<string>();
     for (const s of sessions) {
@@ -123,8 +123,8 @@ export function createDrainer(deps: DrainDeps): Drainer {
 
   return {
     state,
-    start(reason) {
-      run ??= drain(reason);
+    start(reason, budgetMs) {
+      run ??= drain(reason, budgetMs ?? deps.graceMs);
       return run;
     },
     report: () => last,

@@ -5,7 +5,8 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
-import { ROUTE_POLICY } from '../classify/classify.ts';
+import { ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
+import { track } from '../proxy/stream-tracking.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
 import type { ProxyContext } from '../proxy/context.ts';
@@ -152,16 +153,22 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   ctx.gatewayPool.get(ctx.gatewayOrigin).then(
     (session) => {
       if (stream.destroyed) return answered();
+      // Counted like the ingress' own streams: a drain lets them finish.
+      const done = track(ctx, cls as TrafficClass, 'local');
       try {
         forwardStream(stream, session, copyRequestHeaders(headers), {
           onResponse: () => {
             answered();
             return true;
           },
-          onDone: answered,
+          onDone: ({ reset, grpcStatus }) => {
+            answered();
+            done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+          },
         });
       } catch (err) {
         answered();
+        done('OHS_ERR_UPSTREAM');
         log.info({ err: (err as Error).message }, 'local gateway session closing');
         respondGrpcError(stream, 14, 'owner gateway unavailable');
       }

@@ -113,7 +113,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
         cert: readFileSync(t.certFile),
         key: readFileSync(t.keyFile),
         ALPNProtocols: ['h2', 'http/1.1'],
-        ...(ca ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+        ...(ca ? { ca, requestCert: true, rejectUnauthorized: t.clientCertMode !== 'optional' } : {}),
       },
       dispatch,
     );

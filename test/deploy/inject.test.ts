@@ -135,10 +135,10 @@ describe('the injected pod', () => {
   it('pod identity: replica id from the pod name, peer URL from the pod IP, defined before they are referenced', () => {
     const { sc } = injected('head-ha.helm3-input.yaml');
     const names = (sc['env'] as Json[]).map((e) => e['name']);
-    expect(names.indexOf('POD_IP')).toBeLessThan(names.indexOf('OHS_PEER_URL'));
+    expect(names.indexOf('POD_IP')).toBeLessThan(names.indexOf('OHS_PEER_HOST'));
     expect(names.indexOf('POD_NAME')).toBeLessThan(names.indexOf('OHS_REPLICA_ID'));
     expect(envValue(sc, 'POD_IP')).toEqual({ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } });
-    expect(envValue(sc, 'OHS_PEER_URL')?.['value']).toBe('http://$(POD_IP):8443');
+    expect(envValue(sc, 'OHS_PEER_HOST')?.['value']).toBe('$(POD_IP)');
     expect(envValue(sc, 'OHS_REPLICA_ID')?.['value']).toBe('$(POD_NAME)');
   });
 

@@ -232,7 +232,7 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
     for (const p of pods) {
       const sc = p.pod.containers.find((c) => c.name === 'ohs-sidecar');
       expect(sc?.nativeSidecar).toBe(true);
-      expect(sc?.env['OHS_PEER_URL']).toBe(`http://${p.net.ip}:8443`);
+      expect(sc?.env['OHS_PEER_HOST']).toBe(p.net.ip);
       expect(sc?.env['OHS_REPLICA_ID']).toBe(p.name);
       expect(p.pod.containers.find((c) => c.name === 'openshell-gateway')?.env['OPENSHELL_BIND_ADDRESS']).toBe('127.0.0.1');
     }
