@@ -39,6 +39,11 @@ export interface ClusterOptions {
    * Kubernetes does with a pod's endpoint (a draining replica leaves the Service). Off by default.
    */
   readinessProbeMs?: number;
+  /**
+   * Gateways serve TLS with this certificate (as a gateway without disable_tls does) and sidecars
+   * reach them over `https://`, trusting `ca`. Clients still talk plaintext to the sidecars.
+   */
+  gatewayTls?: { cert: string; key: string; ca: string };
 }
 
 export interface Replica {
@@ -116,6 +121,7 @@ export class Cluster {
         this.opts.logLevel ?? 'warn',
         ...(this.opts.protocol ? ['--protocol', this.opts.protocol] : []),
         ...(this.jwtKeyDir ? ['--jwt-key-dir', this.jwtKeyDir] : []),
+        ...(this.opts.gatewayTls ? ['--tls-cert', this.opts.gatewayTls.cert, '--tls-key', this.opts.gatewayTls.key] : []),
         ...(this.opts.gatewayExtraArgs ?? []),
       ],
       // 2026-08: the reconciler-lease holder id is the replica's name, the same string as its sidecar's
@@ -137,7 +143,8 @@ export class Cluster {
         '--admin-listen',
         '127.0.0.1:0',
         '--gateway',
-        `http://127.0.0.1:${gatewayPort}`,
+        `${this.opts.gatewayTls ? 'https' : 'http'}://127.0.0.1:${gatewayPort}`,
+        ...(this.opts.gatewayTls ? ['--gateway-ca', this.opts.gatewayTls.ca] : []),
         '--log-level',
         this.opts.logLevel ?? 'warn',
       ];

@@ -19,6 +19,7 @@ import { createPostgresOwnershipStore } from './ownership/postgres-store.ts';
 import type { OwnershipStore } from './ownership/types.ts';
 import { createPeerServer } from './peers/peer-server.ts';
 import type { ProxyContext } from './proxy/context.ts';
+import { createGatewayTransport } from './proxy/gateway-transport.ts';
 import { SessionPool, SpreadPool } from './proxy/h2-sessions.ts';
 import { watchGateway } from './readiness/gateway-watch.ts';
 import { createShadowRegistry } from './readiness/shadows.ts';
@@ -57,11 +58,11 @@ function closeServer(server: net.Server | http.Server | http2.Http2Server): Prom
 
 export async function startSidecar(config: SidecarConfig, logger: Logger): Promise<Sidecar> {
   const metrics = createMetrics();
-  const gatewayUrl = new URL(config.gatewayUrl);
-  const gatewayHost = gatewayUrl.hostname.replace(/^\[|\]$/g, '');
-  const gatewayPort = Number(gatewayUrl.port || (gatewayUrl.protocol === 'https:' ? 443 : 80));
+  const gateway = createGatewayTransport(config.gatewayUrl, config.gatewayTls);
+  const gatewayHost = gateway.host;
+  const gatewayPort = gateway.port;
   const localSessions = new LocalSessions();
-  const sessionOpts = { connectTimeoutMs: config.upstreamConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes };
+  const sessionOpts = { connectTimeoutMs: config.upstreamConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
   const peerPool = new SessionPool(
     { connectTimeoutMs: config.peerConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes },
@@ -134,9 +135,10 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     fallbackPolicy: config.limitFallbackPolicy,
   });
   const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
-  const gatewayOrigin = `http://${formatHostPort({ host: gatewayHost, port: gatewayPort })}`;
+  const gatewayOrigin = gateway.origin;
   const jwt = createSandboxJwtVerifier({
     gatewayOrigin,
+    ...(gateway.tls ? { tls: gateway.tls } : {}),
     ...(config.gatewayJwtIssuer ? { issuer: config.gatewayJwtIssuer } : {}),
     logger: logger.child({ component: 'sandbox-jwt' }),
   });
@@ -173,6 +175,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     shadows,
     gatewayWatch,
     drainState,
+    gateway,
     gatewayOrigin,
     gatewayHost,
     gatewayPort,

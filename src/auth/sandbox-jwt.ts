@@ -5,7 +5,8 @@
 // tokens refused, iss = aud = `openshell-gateway:<id>`, exp required with 60 s leeway (0 = never).
 import { compactVerify, createRemoteJWKSet, customFetch, decodeProtectedHeader, type FetchImplementation } from 'jose';
 import type { Logger } from 'pino';
-import { fetch as undiciFetch, request } from 'undici';
+import type tls from 'node:tls';
+import { Agent, fetch as undiciFetch, request } from 'undici';
 
 /** Header `typ` of extension tokens: signed by the same key, never valid for a sandbox (upstream sandbox_jwt.rs). */
 const EXTENSION_JWT_TYP = 'openshell-ext+jwt';
@@ -27,6 +28,8 @@ export interface SandboxJwtVerifierOptions {
   gatewayOrigin: string;
   /** Expected `openshell-gateway:<id>`; when unset any issuer of that form whose aud equals it. */
   issuer?: string;
+  /** TLS settings when the gateway speaks https (its CA, a client certificate). */
+  tls?: tls.ConnectionOptions;
   logger: Logger;
   /** How long fetched keys are trusted before a refetch (default 10 min); an unknown kid refetches sooner. */
   cacheMaxAgeMs?: number;
@@ -78,11 +81,15 @@ export function createSandboxJwtVerifier(opts: SandboxJwtVerifierOptions): Sandb
   const url = new URL(JWKS_PATH, opts.gatewayOrigin);
   const timeoutMs = opts.timeoutMs ?? 2_000;
   const now = opts.now ?? Date.now;
+  // One undici agent for both JWKS reads, carrying the gateway hop's TLS settings when it has them.
+  const dispatcher = opts.tls ? new Agent({ connect: opts.tls as Agent.Options['connect'] }) : undefined;
+  const fetchJwks: FetchImplementation = ((input: string, init: Record<string, unknown>) =>
+    undiciFetch(input, { ...(init as object), ...(dispatcher ? { dispatcher } : {}) })) as unknown as FetchImplementation;
   const jwks = createRemoteJWKSet(url, {
     cacheMaxAge: opts.cacheMaxAgeMs ?? 600_000,
     cooldownDuration: opts.cooldownMs ?? 30_000,
     timeoutDuration: timeoutMs,
-    [customFetch]: undiciFetch as unknown as FetchImplementation,
+    [customFetch]: fetchJwks,
   });
   let issuesJwts: { value: boolean; atMs: number } | undefined;
 
@@ -125,7 +132,7 @@ export function createSandboxJwtVerifier(opts: SandboxJwtVerifierOptions): Sandb
     async gatewayIssuesJwts() {
       if (issuesJwts && now() - issuesJwts.atMs < 60_000) return issuesJwts.value;
       try {
-        const res = await request(url, { method: 'GET', headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+        const res = await request(url, { method: 'GET', headersTimeout: timeoutMs, bodyTimeout: timeoutMs, ...(dispatcher ? { dispatcher } : {}) });
         const body = await res.body.text();
         let value = false;
         if (res.statusCode === 200) {

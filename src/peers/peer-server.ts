@@ -2,7 +2,6 @@
 // authenticated, hop-limited and checked against the sessions this replica really holds; a
 // "not owner" answer goes out before anything reaches the gateway, so the sender may retry.
 import http2 from 'node:http2';
-import net from 'node:net';
 import type { Logger } from 'pino';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
 import { ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
@@ -184,7 +183,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
 /** A forwarded tunnel: 200 first (we are the owner), then raw bytes to the local gateway. */
 function peerTunnel(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream): void {
   stream.respond({ ':status': 200 });
-  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort });
+  const upstream = ctx.gateway.connect();
   upstream.setNoDelay(true);
   upstream.once('error', (err) => log.warn({ err: err.message }, 'local gateway unreachable for peer tunnel'));
   ctx.metrics.activeTunnels.inc({ target: 'local' });

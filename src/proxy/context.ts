@@ -9,6 +9,7 @@ import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
 import type { SandboxKeys } from '../routing/sandbox-keys.ts';
+import type { GatewayTransport } from './gateway-transport.ts';
 import type { SessionPool, SpreadPool } from './h2-sessions.ts';
 import type { GatewayWatch } from '../readiness/gateway-watch.ts';
 import type { ShadowRegistry } from '../readiness/shadows.ts';
@@ -30,7 +31,9 @@ export interface ProxyContext {
   jwt: SandboxJwtVerifier;
   /** SSH session tokens checked against the gateway's table before a slot is taken. */
   sshTokens: SshTokenCheck;
-  /** h2c origin of the local gateway, e.g. http://127.0.0.1:18080. */
+  /** The local gateway: origin (http:// or https://), TLS settings, raw connections. */
+  gateway: GatewayTransport;
+  /** Origin of the local gateway, e.g. http://127.0.0.1:18080 (https:// when it speaks TLS). */
   gatewayOrigin: string;
   gatewayHost: string;
   gatewayPort: number;

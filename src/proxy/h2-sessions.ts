@@ -1,18 +1,22 @@
 // HTTP/2 client sessions to the local gateway and to peers: a pool with one live session per
 // origin (no per-request handshakes), and dedicated sessions for supervisor connections.
 import http2 from 'node:http2';
+import type tls from 'node:tls';
 import { OhsError } from '../errors.ts';
 
 export interface SessionOptions {
   connectTimeoutMs: number;
   /** Stream and connection receive window (DESIGN §3: 1 MiB moves ~40 % more through tunnels). */
   windowBytes: number;
+  /** TLS settings for an `https://` origin (CA, client certificate, server name). */
+  tls?: tls.ConnectionOptions;
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
 export function connectSession(origin: string, opts: SessionOptions): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
     const session = http2.connect(origin, {
+      ...(opts.tls ?? {}),
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },
       maxSessionMemory: 64,
     });

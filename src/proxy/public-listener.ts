@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
+import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
@@ -141,8 +142,9 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
 function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: http.ServerResponse): void {
   const headers: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !k.startsWith('x-ohs-')) headers[k] = v;
-  const up = http.request(
-    { host: ctx.gatewayHost, port: ctx.gatewayPort, method: req.method, path: req.url, headers, timeout: ctx.config.upstreamConnectTimeoutMs },
+  const request = ctx.gateway.tls ? https.request : http.request;
+  const up = request(
+    { ...(ctx.gateway.tls ?? {}), host: ctx.gatewayHost, port: ctx.gatewayPort, method: req.method, path: req.url, headers, timeout: ctx.config.upstreamConnectTimeoutMs },
     (upRes) => {
       res.writeHead(upRes.statusCode ?? 502, upRes.headers);
       upRes.pipe(res);
@@ -164,7 +166,7 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
 function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', () => undefined);
   socket.pause();
-  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort }, () => {
+  const upstream = ctx.gateway.connect(() => {
     upstream.write(Buffer.concat([requestHead(req), head]));
     spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined);
   });

@@ -6,9 +6,10 @@
 // stream to that replica's sidecar, which splices it to its gateway), with the client's own Host.
 import http from 'node:http';
 import http2 from 'node:http2';
+import https from 'node:https';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { createProxyServer } from 'http-proxy-3';
+import { createProxyServer, type ProxyTarget } from 'http-proxy-3';
 import type { Logger } from 'pino';
 import { parseServiceHost, type ServiceHost } from '../classify/service-host.ts';
 import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
@@ -94,14 +95,21 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
   });
 
   /** Where the request goes, and how: the local gateway, or the owner through a peer tunnel. */
-  const route = async (req: http.IncomingMessage, host: ServiceHost): Promise<{ target: string; agent?: http.Agent; where: string }> => {
+  // In front of a TLS gateway the local hop is https with the gateway's CA (peer tunnels are spliced
+  // to the owner's gateway by its own sidecar, which speaks TLS there).
+  // The agent carries the gateway's TLS settings, its server name included: left to Node, the TLS
+  // server name would come from the client's Host (the service subdomain), not the gateway's name.
+  const localAgent = ctx.gateway.tls ? new https.Agent({ ...ctx.gateway.tls, keepAlive: true }) : undefined;
+  const local = { target: ctx.gateway.origin, ...(localAgent ? { agent: localAgent } : {}), where: 'local' };
+  const route = async (req: http.IncomingMessage, host: ServiceHost): Promise<{ target: ProxyTarget; agent?: http.Agent; where: string }> => {
     for (const name of Object.keys(req.headers)) if (name.startsWith('x-ohs-')) delete req.headers[name];
     const sandboxId = await ctx.sandboxKeys.byServiceHost(host);
     // Unknown service: the local gateway answers 404 as it would without us.
-    if (sandboxId === undefined) return { target: ctx.gatewayOrigin, where: 'local' };
+    if (sandboxId === undefined) return local;
     const target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
-    if (target.kind === 'local') return { target: ctx.gatewayOrigin, where: 'local' };
-    return { target: ctx.gatewayOrigin, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };
+    if (target.kind === 'local') return local;
+    // Through a peer tunnel the bytes are plain HTTP/1.1 to the owner's sidecar.
+    return { target: `http://${ctx.gatewayHost}:${ctx.gatewayPort}`, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };
   };
 
   return {

@@ -36,6 +36,7 @@ function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection
     const p = connectSession(ctx.gatewayOrigin, {
       connectTimeoutMs: ctx.config.upstreamConnectTimeoutMs,
       windowBytes: ctx.config.h2InitialWindowBytes,
+      ...(ctx.gateway.tls ? { tls: ctx.gateway.tls } : {}),
     });
     conn.supervisorUpstream = p;
     p.then(

@@ -3,7 +3,7 @@
 // the client's request and the client sees the gateway's own answer (401/404/412/429/502/200).
 import type { IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
-import net from 'node:net';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { classifyHttp1 } from '../classify/classify.ts';
@@ -230,15 +230,8 @@ async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, r
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
 function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, cls: string): void {
-  const upstream = net.connect({ host: ctx.gatewayHost, port: ctx.gatewayPort });
-  upstream.setNoDelay(true);
-  socket.setNoDelay(true);
-  const start = process.hrtime.bigint();
-  ctx.metrics.activeTunnels.inc({ target: 'local' });
-  const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
-  connectTimer.unref();
   let connected = false;
-  upstream.once('connect', () => {
+  const upstream = ctx.gateway.connect(() => {
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(rawHead);
@@ -248,6 +241,12 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
       ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
     }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
   });
+  upstream.setNoDelay(true);
+  socket.setNoDelay(true);
+  const start = process.hrtime.bigint();
+  ctx.metrics.activeTunnels.inc({ target: 'local' });
+  const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
+  connectTimer.unref();
   upstream.once('error', (err) => {
     if (connected) return;
     clearTimeout(connectTimer);

@@ -51,7 +51,9 @@ beforeAll(async () => {
     protocol: '2026-08',
     echo: process.env.OHS_TEST_ECHO === '1',
     ...(process.env.OHS_TEST_LOG_LEVEL ? { logLevel: process.env.OHS_TEST_LOG_LEVEL } : {}),
-    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('gen2_routing') },
+    // Ownership must stay where the supervisors connected for the owner-before/after checks; moving
+    // sessions for balance has its own test (rebalance.test.ts).
+    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('gen2_routing'), extraArgs: ['--rebalance', 'off'] },
   });
   for (let i = 0; i < SANDBOXES; i++) {
     const row = await store.createSandbox({ name: `box-${i}` });
