@@ -3,6 +3,8 @@ import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { createLogger } from './log/logger.ts';
 import { startSidecar } from './sidecar.ts';
+import { runExplain } from './cli/explain.ts';
+import { runStatus } from './cli/status.ts';
 
 async function runSidecar(argv: string[]): Promise<void> {
   let config;
@@ -53,8 +55,15 @@ async function main(): Promise<void> {
   if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
     console.error(
       'usage: openshell-ha-sidecar [--listen host:port] [--gateway url] [--peer-listen host:port] [--peer-url url]\n' +
-        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...',
+        '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...\n' +
+        '       openshell-ha-sidecar status [--json] [--admin http://host:port]   the cluster as a table (exit 1 when unhealthy)\n' +
+        '       openshell-ha-sidecar explain SANDBOX [--json] [--admin http://host:port]   why requests for a sandbox go where they go',
     );
+    return;
+  }
+  // Operator commands (docs/operations.md); anything else starts the sidecar.
+  if (cmd === 'status' || cmd === 'explain') {
+    process.exitCode = await (cmd === 'status' ? runStatus : runExplain)(process.argv.slice(3));
     return;
   }
   await runSidecar(process.argv.slice(2));

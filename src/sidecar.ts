@@ -4,6 +4,7 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
+import { createOperatorSurface } from './admin/operator.ts';
 import { createSandboxJwtVerifier } from './auth/sandbox-jwt.ts';
 import { createSshTokenCheck } from './auth/ssh-tokens.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
@@ -177,6 +178,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
 
   let draining = false;
   const publicListener: PublicListener = createPublicListener(ctx);
+  ctx.inspect = { config, version: VERSION, startedAtMs: Date.now(), store, localSessions, router, shadows, limiter, rules, gatewayObjects, gatewayWatch, metrics, draining: () => draining };
+  const operator = createOperatorSurface(ctx.inspect, logger.child({ component: 'admin' }));
   const admin = createAdminServer({
     logger,
     metrics,
@@ -187,6 +190,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     replicaId: config.replicaId,
     mode: config.mode,
     draining: () => draining,
+    ops: operator.ops,
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -213,6 +217,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
         await gatewayPool.close();
         await peerPool.close();
         await closeServer(admin);
+        await operator.close();
         clearInterval(liveTimer);
         await limiter.close().catch(() => undefined);
         await store.close().catch(() => undefined);

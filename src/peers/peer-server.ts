@@ -4,6 +4,7 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
@@ -80,6 +81,14 @@ function handlePeerStream(
   if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
     refuse(stream, 508, 'hop-limit');
     log.warn({ hop }, 'peer request over the hop limit refused');
+    return;
+  }
+  if (isPeerInspect(headers)) {
+    // status / explain / live page: read-only, answered from this replica's own state.
+    handlePeerInspect(ctx.inspect, stream, headers).catch((err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'inspect failed');
+      refuse(stream, 500, 'inspect-failed');
+    });
     return;
   }
   if (!sandboxId) {

@@ -95,7 +95,7 @@ export class LocalSessions {
 }
 
 /** How long (in hold bounds) a previous owner counts as evidence that a new one is coming. */
-const OWNER_MEMORY_FACTOR = 4;
+export const OWNER_MEMORY_FACTOR = 4;
 
 export class OwnerRouter {
   /** Last owner resolved per sandbox: routing keeps working from it while the store is down. */
@@ -109,6 +109,12 @@ export class OwnerRouter {
     private readonly logger: Logger,
     private readonly ownerWaitMs: number,
   ) {}
+
+  /** The last owner this replica resolved for a sandbox and how long ago, without changing anything (explain). */
+  peekLastKnown(sandboxId: string): { target: Target; ageMs: number } | undefined {
+    const k = this.lastKnown.get(sandboxId);
+    return k ? { target: k.target, ageMs: Date.now() - k.atMs } : undefined;
+  }
 
   /**
    * Resolves the target for a sandbox. A session held here always wins when it is at least as
