@@ -101,6 +101,7 @@ footer { padding:0 20px 16px; color:var(--muted); font-size:12px; }
 
 export const UI_JS = `'use strict';
 const POLL_MS = 2000;
+const HANDOFF_NAMES = { none: 'first claim (no previous owner)', 'same-replica': 'same replica (reconnect)', acknowledged: 'previous owner acknowledged', 'peer-refused': 'previous owner gone (port refused)', 'lease-expired': 'previous owner lease expired', timeout: 'timeout (unfenced)', skipped: 'skipped (handoff-mode off)' };
 let prev = null;
 const history = [];
 
@@ -213,12 +214,12 @@ function render(st) {
     const pts = history.map((v, i) => (i * 300 / 59).toFixed(1) + ',' + (48 - 46 * v / max).toFixed(1)).join(' ');
     document.querySelector('#spark polyline').setAttribute('points', pts);
   }
-  const perMinute = (m, before) => [...m.keys()].sort().map((k) => {
+  const perMinute = (m, before, names) => [...m.keys()].sort().map((k) => {
     const tr = el('tr');
-    tr.append(el('td', k), el('td', rate(m, before, k, dtS, 60).toFixed(1), 'num'), el('td', m.get(k), 'num'));
+    tr.append(el('td', (names && names[k]) || k), el('td', rate(m, before, k, dtS, 60).toFixed(1), 'num'), el('td', m.get(k), 'num'));
     return tr;
   });
-  fill(document.querySelector('#handoffs tbody'), perMinute(handoffs, prev && prev.handoffs).filter((tr) => tr.lastChild.textContent !== '0'));
+  fill(document.querySelector('#handoffs tbody'), perMinute(handoffs, prev && prev.handoffs, HANDOFF_NAMES).filter((tr) => tr.lastChild.textContent !== '0'));
   fill(document.querySelector('#refusals tbody'), perMinute(refusals, prev && prev.refusals));
   fill(document.querySelector('#limit-users tbody'), st.topLimitUsers.map((u) => {
     const tr = el('tr');

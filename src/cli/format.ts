@@ -20,7 +20,7 @@ export function table(rows: string[][]): string[] {
 export function renderStatus(st: ClusterStatus & { self?: string }): string {
   const out: string[] = [];
   const seen = st.self ? `; seen from ${st.self}` : '';
-  out.push(`cluster: ${st.healthy ? 'HEALTHY' : 'UNHEALTHY'}  (${st.totals.live}/${st.totals.replicas} replicas live, ${st.totals.ownedSandboxes} sandboxes owned${seen})`);
+  out.push(`cluster: ${st.healthy ? 'HEALTHY' : 'UNHEALTHY'} (${st.totals.live}/${st.totals.replicas} replicas live, ${st.totals.ownedSandboxes} sandboxes owned${seen})`);
   const redis = st.store.redis === null ? 'not configured' : st.store.redis ? 'up' : 'DOWN';
   const lease = st.leaseHolder ? `${st.leaseHolder.holder} (renewed ${seconds(st.leaseHolder.renewedAgoMs)} ago)` : 'none seen';
   out.push(`store: postgres ${st.store.postgres ? 'up' : 'DOWN'}, redis ${redis}    reconciler lease: ${lease}`);
