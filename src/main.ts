@@ -2,7 +2,8 @@
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { createLogger } from './log/logger.ts';
-import { startSidecar } from './sidecar.ts';
+import { startSidecar, VERSION } from './sidecar.ts';
+import { startConfiguredTracing } from './tracing/tracing.ts';
 import { runExplain } from './cli/explain.ts';
 import { runStatus } from './cli/status.ts';
 
@@ -19,6 +20,8 @@ async function runSidecar(argv: string[]): Promise<void> {
     logger.warn('no database configured: running in embedded single-replica mode with an in-memory ownership store and local limits');
   }
   logger.info({ config: describeConfig(config) }, 'starting');
+  const tracing = await startConfiguredTracing(config, VERSION);
+  if (tracing) logger.info({ otlpTracesUrl: config.otlpTracesUrl }, 'tracing on: spans exported over OTLP/HTTP');
   const sidecar = await startSidecar(config, logger);
   const ready = {
     event: 'ready',
@@ -41,7 +44,8 @@ async function runSidecar(argv: string[]): Promise<void> {
     logger.info({ signal }, 'shutting down');
     const force = setTimeout(() => process.exit(1), config.shutdownGraceMs);
     force.unref();
-    void sidecar.close().then(() => {
+    void sidecar.close().then(async () => {
+      await tracing?.shutdown();
       logger.info('stopped');
       process.exit(0);
     });

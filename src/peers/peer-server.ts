@@ -8,6 +8,7 @@ import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
+import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan, withSpan } from '../tracing/tracing.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import {
@@ -73,10 +74,16 @@ function handlePeerStream(
     refuse(stream, 401, 'peer-auth');
     return;
   }
-  const hop = Number(headers[PEER_HOP] ?? '0');
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
-  const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const cls = String(headers[PEER_CLASS] ?? '');
+  // The ingress sidecar's forward span is the parent (traceparent on the peer hop).
+  const span = streamSpan('ohs.peer', stream, headers, { [ATTR_SANDBOX]: sandboxId, [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.origin': String(headers[PEER_ORIGIN] ?? '') });
+  withSpan(span, () => handleAuthenticatedPeerStream(ctx, baseLog, stream, headers, sandboxId, cls));
+}
+
+function handleAuthenticatedPeerStream(ctx: ProxyContext, baseLog: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, cls: string): void {
+  const hop = Number(headers[PEER_HOP] ?? '0');
+  const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const log = baseLog.child({ origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
   if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
     refuse(stream, 508, 'hop-limit');
@@ -151,7 +158,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   ctx.gatewayPool.get(ctx.gatewayOrigin).then(
     (session) => {
       if (stream.destroyed) return;
-      forwardStream(stream, session, copyRequestHeaders(headers));
+      forwardStream(stream, session, { ...copyRequestHeaders(headers), ...activeTraceHeaders() });
     },
     (err: unknown) => {
       log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');

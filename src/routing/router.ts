@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
+import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan } from '../tracing/tracing.ts';
 
 export type Target =
   | { kind: 'local'; epoch: number | null; reason: 'owner' | 'no-owner' }
@@ -122,6 +123,16 @@ export class OwnerRouter {
    * 'no-owner'.
    */
   async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
+    const span = startSpan('ohs.owner_lookup', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.fresh': opts.fresh === true });
+    const target = await this.resolveUntraced(sandboxId, opts);
+    if (span) {
+      span.setAttribute('ohs.target', describe(target));
+      endSpan(span);
+    }
+    return target;
+  }
+
+  private async resolveUntraced(sandboxId: string, opts: { fresh?: boolean }): Promise<Target> {
     const localEpoch = this.local.epoch(sandboxId);
     let result;
     try {
@@ -175,6 +186,7 @@ export class OwnerRouter {
     const log = this.logger.child({ sandbox: sandboxId });
     log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');
     this.metrics.heldRequests.inc();
+    const span = startSpan('ohs.hold', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.wait_ms': this.ownerWaitMs });
     try {
       const target = await new Promise<Target | null>((resolve) => {
         let done = false;
@@ -218,9 +230,11 @@ export class OwnerRouter {
       });
       log.info({ heldMs: Date.now() - started, target: target ? describe(target) : 'none' }, target ? 'owner appeared; releasing held request' : 'no owner within the wait bound');
       this.metrics.heldSeconds.observe((Date.now() - started) / 1000);
+      span?.setAttribute('ohs.target', target ? describe(target) : 'none');
       return target;
     } finally {
       this.metrics.heldRequests.dec();
+      endSpan(span);
     }
   }
 }

@@ -28,7 +28,7 @@ async function exportedNames(): Promise<Set<string>> {
   const surface = createOperatorSurface({ config, metrics, store: { replicaId: 'r0', lastHeartbeatAtMs: () => Date.now() } } as unknown as InspectDeps, pino({ level: 'silent' }));
   await surface.close();
   const names = new Set<string>();
-  for (const m of (await metrics.registry.getMetricsAsJSON()) as Array<{ name: string; type: string }>) {
+  for (const m of (await metrics.registry.getMetricsAsJSON()) as unknown as Array<{ name: string; type: string }>) {
     names.add(m.name);
     if (m.type === 'histogram') for (const s of ['_bucket', '_sum', '_count']) names.add(m.name + s);
   }
