@@ -8,7 +8,7 @@ import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
-import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan, withSpan } from '../tracing/tracing.ts';
+import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import {
@@ -77,6 +77,7 @@ function handlePeerStream(
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
   const cls = String(headers[PEER_CLASS] ?? '');
   // The ingress sidecar's forward span is the parent (traceparent on the peer hop).
+  if (!tracingEnabled()) return handleAuthenticatedPeerStream(ctx, baseLog, stream, headers, sandboxId, cls);
   const span = streamSpan('ohs.peer', stream, headers, { [ATTR_SANDBOX]: sandboxId, [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.origin': String(headers[PEER_ORIGIN] ?? '') });
   withSpan(span, () => handleAuthenticatedPeerStream(ctx, baseLog, stream, headers, sandboxId, cls));
 }
@@ -158,7 +159,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   ctx.gatewayPool.get(ctx.gatewayOrigin).then(
     (session) => {
       if (stream.destroyed) return;
-      forwardStream(stream, session, { ...copyRequestHeaders(headers), ...activeTraceHeaders() });
+      forwardStream(stream, session, tracingEnabled() ? { ...copyRequestHeaders(headers), ...activeTraceHeaders() } : copyRequestHeaders(headers));
     },
     (err: unknown) => {
       log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');

@@ -17,7 +17,7 @@ import { forwardLocal } from './local-forward.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError, type Replay } from './h2-forward.ts';
 import { track } from './stream-tracking.ts';
 import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnection } from './supervisor-streams.ts';
-import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, withSpan } from '../tracing/tracing.ts';
+import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
   stream.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream stream error'));
@@ -53,6 +53,7 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
   const cls = method.cls;
   const log = conn.log.child({ class: cls, path });
   // One trace per sandbox-scoped stream (the client's traceparent honoured); nothing while tracing is off.
+  if (!tracingEnabled()) return dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log);
   const span = streamSpan('ohs.request', stream, headers, { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'rpc.method': path });
   withSpan(span, () => dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log));
 }
@@ -86,7 +87,7 @@ function dispatchGrpc(ctx: ProxyContext, conn: DownstreamConnection, stream: htt
 function readAndRoute(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, upHeaders: http2.OutgoingHttpHeaders, method: GrpcMethod, log: Logger): void {
   const cls = method.cls;
   const policy = ROUTE_POLICY[cls];
-  const classify = startSpan('ohs.classify', { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId });
+  const classify = tracingEnabled() ? startSpan('ohs.classify', { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId }) : undefined;
   readFirstMessage(ctx, stream, cls, log, bindContext((message: Buffer, frameBytes: Buffer) => {
     let key: RequestKey;
     try {
@@ -131,7 +132,7 @@ async function routeByKey(
     sandboxId = key.sandboxId;
   }
   const slog = log.child({ sandbox: sandboxId });
-  annotateActive({ [ATTR_SANDBOX]: sandboxId });
+  if (tracingEnabled()) annotateActive({ [ATTR_SANDBOX]: sandboxId });
   switch (ROUTE_POLICY[cls]) {
     case 'supervisor':
       return supervisorControl(ctx, conn, stream, headers, sandboxId, frameBytes, slog);
@@ -390,12 +391,10 @@ export function forwardAttempt(
 ): Promise<Attempt> {
   const peer = target.kind === 'peer' ? target : undefined;
   const where = peer ? 'peer' : 'local';
-  const span = startSpan('ohs.forward', { [ATTR_CLASS]: cls, [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.target': peer ? peer.replicaId : 'local' });
-  const traced = (a: Attempt): Attempt => {
-    if (span && a.kind === 'retry') endSpan(span, a.why);
-    return a;
-  };
-  return new Promise<Attempt>((resolve) => {
+  const span = tracingEnabled()
+    ? startSpan('ohs.forward', { [ATTR_CLASS]: cls, [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.target': peer ? peer.replicaId : 'local' })
+    : undefined;
+  const attempt = new Promise<Attempt>((resolve) => {
     const plog = peer ? log.child({ target: peer.replicaId }) : log;
     const session = peer ? ctx.peerPool.get(peer.peerUrl) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
@@ -479,5 +478,10 @@ export function forwardAttempt(
         resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
       },
     );
-  }).then(traced);
+  });
+  if (!span) return attempt;
+  return attempt.then((a) => {
+    if (a.kind === 'retry') endSpan(span, a.why);
+    return a;
+  });
 }

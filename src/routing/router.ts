@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
-import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan } from '../tracing/tracing.ts';
+import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan, tracingEnabled } from '../tracing/tracing.ts';
 
 export type Target =
   | { kind: 'local'; epoch: number | null; reason: 'owner' | 'no-owner' }
@@ -123,12 +123,11 @@ export class OwnerRouter {
    * 'no-owner'.
    */
   async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
+    if (!tracingEnabled()) return this.resolveUntraced(sandboxId, opts);
     const span = startSpan('ohs.owner_lookup', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.fresh': opts.fresh === true });
     const target = await this.resolveUntraced(sandboxId, opts);
-    if (span) {
-      span.setAttribute('ohs.target', describe(target));
-      endSpan(span);
-    }
+    span?.setAttribute('ohs.target', describe(target));
+    endSpan(span);
     return target;
   }
 
@@ -186,7 +185,7 @@ export class OwnerRouter {
     const log = this.logger.child({ sandbox: sandboxId });
     log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');
     this.metrics.heldRequests.inc();
-    const span = startSpan('ohs.hold', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.wait_ms': this.ownerWaitMs });
+    const span = !tracingEnabled() ? undefined : startSpan('ohs.hold', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.wait_ms': this.ownerWaitMs });
     try {
       const target = await new Promise<Target | null>((resolve) => {
         let done = false;
