@@ -211,7 +211,8 @@ function render(st) {
     history.push(total);
     if (history.length > 60) history.shift();
     const max = Math.max(1, ...history);
-    const pts = history.map((v, i) => (i * 300 / 59).toFixed(1) + ',' + (48 - 46 * v / max).toFixed(1)).join(' ');
+    const step = 300 / Math.max(1, history.length - 1);
+    const pts = history.map((v, i) => (i * step).toFixed(1) + ',' + (48 - 46 * v / max).toFixed(1)).join(' ');
     document.querySelector('#spark polyline').setAttribute('points', pts);
   }
   const perMinute = (m, before, names) => [...m.keys()].sort().map((k) => {
