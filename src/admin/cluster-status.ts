@@ -106,17 +106,19 @@ export async function topLimitUsers(redis: NonNullable<StatusSources['redis']>, 
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
     cursor = next;
-    for (const key of keys) {
-      if (++scanned > MAX_SCANNED_KEYS) break;
+    const batch = keys.slice(0, Math.max(0, MAX_SCANNED_KEYS - scanned));
+    scanned += batch.length;
+    // One round trip per scan batch: the counts are sent together on the one connection.
+    const counts = await Promise.all(batch.map((key) => redis.zcount(key, `(${nowMs}`, '+inf')));
+    batch.forEach((key, i) => {
       const rest = key.slice(prefix.length);
       const colon = rest.indexOf(':');
-      if (colon < 0) continue;
-      const rule = rest.slice(0, colon);
+      const held = counts[i] ?? 0;
+      if (colon < 0 || held <= 0) return;
       const part = rest.slice(colon + 1);
-      const held = await redis.zcount(key, `(${nowMs}`, '+inf');
-      if (held > 0) out.push({ rule, key: part.startsWith('sha256-') ? `token ${part.slice(0, 15)}…` : part, held });
-    }
-  } while (cursor !== '0' && scanned <= MAX_SCANNED_KEYS);
+      out.push({ rule: rest.slice(0, colon), key: part.startsWith('sha256-') ? `token ${part.slice(0, 15)}…` : part, held });
+    });
+  } while (cursor !== '0' && scanned < MAX_SCANNED_KEYS);
   return out.sort((a, b) => b.held - a.held || a.key.localeCompare(b.key)).slice(0, n);
 }
 

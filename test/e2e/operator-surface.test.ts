@@ -138,6 +138,10 @@ describe('operator surface', () => {
     expect(e.summary).toContain(`${owner.name} would hold`);
     const st = await cli(runStatus, ['--admin', adminOf(owner)]);
     expect(st.out).toMatch(/held requests 1/);
+    // The held SSH holds its limit slots: the sandbox by id, the token only as a digest.
+    expect(st.out).toMatch(new RegExp(`ssh-per-sandbox\\s+${s.id}\\s+1 slot`));
+    expect(st.out).toMatch(/ssh-per-token\s+token sha256-\S+…\s+1 slot/);
+    expect(st.out).not.toContain(s.token);
     await held;
   }, 30_000);
 
