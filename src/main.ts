@@ -3,7 +3,10 @@ import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { createLogger } from './log/logger.ts';
-import { startSidecar } from './sidecar.ts';
+import { startSidecar, VERSION } from './sidecar.ts';
+import { startConfiguredTracing } from './tracing/tracing.ts';
+import { runExplain } from './cli/explain.ts';
+import { runStatus } from './cli/status.ts';
 
 async function runSidecar(argv: string[]): Promise<void> {
   let config;
@@ -18,6 +21,8 @@ async function runSidecar(argv: string[]): Promise<void> {
     logger.warn('no database configured: running in embedded single-replica mode with an in-memory ownership store and local limits');
   }
   logger.info({ config: describeConfig(config) }, 'starting');
+  const tracing = await startConfiguredTracing(config, VERSION);
+  if (tracing) logger.info({ otlpTracesUrl: config.otlpTracesUrl }, 'tracing on: spans exported over OTLP/HTTP');
   const sidecar = await startSidecar(config, logger);
   const ready = {
     event: 'ready',
@@ -44,7 +49,8 @@ async function runSidecar(argv: string[]): Promise<void> {
       .drain(signal)
       .catch((err: unknown) => logger.warn({ err }, 'drain failed'))
       .then(() => sidecar.close())
-      .then(() => {
+      .then(async () => {
+        await tracing?.shutdown();
         logger.info('stopped');
         process.exit(0);
       });
@@ -63,8 +69,15 @@ async function main(): Promise<void> {
     console.error(
       'usage: openshell-ha-sidecar [--listen host:port] [--gateway url] [--peer-listen host:port] [--peer-url url]\n' +
         '                            [--admin-listen host:port] [--database-url url] [--redis-url url] [--replica-id id] ...\n' +
-        '       openshell-ha-sidecar inject [--mode native|native-alias|container] ... < rendered.yaml   (Helm post-renderer; inject --help)',
+        '       openshell-ha-sidecar inject [--mode native|native-alias|container] ... < rendered.yaml   (Helm post-renderer; inject --help)\n' +
+        '       openshell-ha-sidecar status [--json] [--admin http://host:port]   the cluster as a table (exit 1 when unhealthy)\n' +
+        '       openshell-ha-sidecar explain SANDBOX [--json] [--admin http://host:port]   why requests for a sandbox go where they go',
     );
+    return;
+  }
+  // Operator commands (docs/operations.md); anything else starts the sidecar.
+  if (cmd === 'status' || cmd === 'explain') {
+    process.exitCode = await (cmd === 'status' ? runStatus : runExplain)(process.argv.slice(3));
     return;
   }
   await runSidecar(process.argv.slice(2));

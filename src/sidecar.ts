@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
 import { createDrainer, type DrainReport } from './drain/drain.ts';
 import { startRebalancer } from './drain/rebalance.ts';
+import { createOperatorSurface } from './admin/operator.ts';
 import { createSandboxJwtVerifier } from './auth/sandbox-jwt.ts';
 import { createSshTokenCheck } from './auth/ssh-tokens.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './config/host-port.ts';
@@ -211,6 +212,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           cooldownMs: config.rebalanceCooldownMs,
         })
       : undefined;
+  ctx.inspect = { config, version: VERSION, startedAtMs: Date.now(), store, localSessions, router, shadows, limiter, rules, gatewayObjects, gatewayWatch, metrics, draining: () => drainState.draining };
+  const operator = createOperatorSurface(ctx.inspect, logger.child({ component: 'admin' }));
   const admin = createAdminServer({
     logger,
     metrics,
@@ -222,6 +225,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     mode: config.mode,
     draining: () => drainState.draining,
     drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
+    ops: operator.ops,
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -253,6 +257,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           shadowUpstreams.close(),
           gatewayPool.close(),
           peerPool.close(),
+          operator.close(),
           limiter.close().catch(() => undefined),
           store.close().catch(() => undefined),
           gatewayObjects.close(),

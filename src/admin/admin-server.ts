@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions } from '../routing/router.ts';
+import type { OpsRoutes } from './ops-routes.ts';
 
 export interface AdminDeps {
   logger: Logger;
@@ -18,6 +19,8 @@ export interface AdminDeps {
   draining: () => boolean;
   /** Starts (or joins) the drain; resolves with its report when it is over. */
   drain: (reason: string) => Promise<unknown>;
+  /** Operator endpoints (/v1/status, /v1/explain, /ui), behind the admin access check. */
+  ops?: OpsRoutes;
 }
 
 function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
@@ -70,7 +73,7 @@ export function createAdminServer(deps: AdminDeps): http.Server {
         res.writeHead(200, { 'content-type': 'application/json' }).end(
           JSON.stringify({ replicaId: deps.replicaId, mode: deps.mode, sessions: Object.fromEntries(deps.localSessions.entries()) }),
         );
-      } else {
+      } else if (!(await deps.ops?.handle(req, res, path ?? ''))) {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
       }
     })().catch((err: unknown) => {

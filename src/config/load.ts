@@ -88,6 +88,11 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['terminationGraceSeconds'], '--termination-grace-seconds', 'OHS_TERMINATION_GRACE_SECONDS', 'int'),
   opt(['peerHost'], '--peer-host', 'OHS_PEER_HOST'),
   opt(['tls', 'clientCertMode'], '--tls-client-cert', 'OHS_TLS_CLIENT_CERT'),
+  opt(['adminAllowCidrs'], '--admin-allow-cidrs', 'OHS_ADMIN_ALLOW_CIDRS', 'list'),
+  opt(['adminToken'], '--admin-token', 'OHS_ADMIN_TOKEN'),
+  opt(['adminTokenFile'], '--admin-token-file', 'OHS_ADMIN_TOKEN_FILE'),
+  opt(['tracing'], '--tracing', 'OHS_TRACING'),
+  opt(['otlpTracesUrl'], '--otlp-traces-url', 'OHS_OTLP_TRACES_URL'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -138,6 +143,8 @@ export const CONFIG_DEFAULTS = {
   // Each shed costs the supervisor one step of its reconnect backoff, which never resets (reference §2.1):
   // a replica sheds one session at most once a minute.
   rebalanceCooldownMs: 60_000,
+  adminAllowCidrs: [],
+  tracing: 'off',
 } as const;
 
 type Layer = Record<string, unknown>;
@@ -159,7 +166,7 @@ export function loadConfig(options: LoadConfigOptions): SidecarConfig {
 
   let merged = defaults;
   for (const [source, layer] of layers) {
-    merged = mergeLayer(merged, resolvePeerSecretFile(layer, source, readFile));
+    merged = mergeLayer(merged, resolveSecretFile(resolvePeerSecretFile(layer, source, readFile), source, readFile, 'adminTokenFile', 'adminToken'));
   }
 
   const parsed = sidecarConfigSchema.safeParse(merged, { reportInput: true });
@@ -171,6 +178,7 @@ export function loadConfig(options: LoadConfigOptions): SidecarConfig {
 export function describeConfig(cfg: SidecarConfig): Record<string, unknown> {
   const out: Record<string, unknown> = structuredClone({ ...cfg });
   if (cfg.peerSecret !== undefined) out['peerSecret'] = '[redacted]';
+  if (cfg.adminToken !== undefined) out['adminToken'] = '[redacted]';
   if (cfg.databaseUrl !== undefined) out['databaseUrl'] = redactUrl(cfg.databaseUrl);
   if (cfg.redisUrl !== undefined) out['redisUrl'] = redactUrl(cfg.redisUrl);
   if (cfg.gatewayDatabaseUrl !== undefined) out['gatewayDatabaseUrl'] = redactUrl(cfg.gatewayDatabaseUrl);
@@ -272,6 +280,20 @@ function resolvePeerSecretFile(layer: Layer, source: string, readFile: (p: strin
   }
   const { peerSecretFile: _dropped, ...rest } = layer;
   return { ...rest, peerSecret: secret };
+}
+
+function resolveSecretFile(layer: Layer, source: string, readFile: (p: string) => string, fileKey: string, valueKey: string): Layer {
+  const file = layer[fileKey];
+  if (typeof file !== 'string') return layer;
+  if (layer[valueKey] !== undefined) throw new OhsError('OHS_ERR_CONFIG', `${source}: set either ${valueKey} or ${fileKey}, not both`);
+  let value: string;
+  try {
+    value = readFile(file).replace(/[\r\n]+$/, '');
+  } catch (err) {
+    throw new OhsError('OHS_ERR_CONFIG', `${source}: cannot read ${fileKey} ${file}`, { cause: err });
+  }
+  const { [fileKey]: _dropped, ...rest } = layer;
+  return { ...rest, [valueKey]: value };
 }
 
 function defaultReplicaId(env: Readonly<Record<string, string | undefined>>, randomHex: () => string): string {

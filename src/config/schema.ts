@@ -1,6 +1,7 @@
 // The sidecar's configuration schema. Every object is strict, so a misspelt key in the config
 // file is an error at start instead of a silently ignored setting. Units live in the names.
 
+import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { formatHostPort, isWildcardHost, parseHostPort } from './host-port.ts';
 
@@ -10,6 +11,16 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export type SidecarMode = 'embedded' | 'cluster';
 
 export const PEER_SECRET_MIN_LENGTH = 16;
+
+function isCidr(value: string): boolean {
+  const slash = value.lastIndexOf('/');
+  const address = slash < 0 ? value : value.slice(0, slash);
+  const max = isIPv4(address) ? 32 : isIPv6(address) ? 128 : -1;
+  if (max < 0) return false;
+  if (slash < 0) return true;
+  const bits = value.slice(slash + 1);
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= max;
+}
 
 const hostPort = z.string().refine((value) => {
   try {
@@ -145,6 +156,14 @@ const scalarShape = {
   terminationGraceSeconds: int(1, 86_400).optional(),
   /** This pod's own address (e.g. $(POD_IP)); with it the peer URL is built here, IPv6 included. */
   peerHost: z.string().min(1).max(253).optional(),
+  /** Besides loopback, who may use the admin port's operator endpoints (/v1/*, /ui): CIDRs. */
+  adminAllowCidrs: z.array(z.string().refine(isCidr, 'expected an IPv4 or IPv6 CIDR, e.g. 10.0.0.0/8')).max(64),
+  /** A bearer token that opens the operator endpoints from any address. */
+  adminToken: z.string().min(16).optional(),
+  /** `otlp` exports traces (W3C traceparent across the peer hop) to otlpTracesUrl; off creates no spans at all. */
+  tracing: z.enum(['off', 'otlp']),
+  /** OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces. */
+  otlpTracesUrl: httpUrl.optional(),
 };
 
 /**
@@ -158,6 +177,7 @@ export const configFileSchema = z
     gatewayTls: z.strictObject(gatewayTlsShape).partial().optional(),
     tls: z.strictObject(tlsShape).partial().optional(),
     peerSecretFile: filePath.optional(),
+    adminTokenFile: filePath.optional(),
   });
 
 export type ConfigFileInput = z.input<typeof configFileSchema>;
@@ -234,6 +254,10 @@ export interface SidecarConfig {
   readonly rebalanceCooldownMs: number;
   readonly terminationGraceSeconds?: number;
   readonly peerHost?: string;
+  readonly adminAllowCidrs: readonly string[];
+  readonly adminToken?: string;
+  readonly tracing: 'off' | 'otlp';
+  readonly otlpTracesUrl?: string;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */
@@ -277,6 +301,9 @@ export const configInputSchema = z
         path: ['replicaHeartbeatIntervalMs'],
         message: 'replicaHeartbeatIntervalMs must be less than replicaLeaseTtlMs, or every lease expires between beats',
       });
+    }
+    if (cfg.tracing === 'otlp' && cfg.otlpTracesUrl === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['otlpTracesUrl'], message: 'tracing is otlp but otlpTracesUrl is not set' });
     }
     if (cfg.gatewayTls !== undefined && !cfg.gatewayUrl.startsWith('https:')) {
       ctx.addIssue({

@@ -24,6 +24,7 @@ export interface TtlCacheOptions {
 interface Entry<V> {
   value: V;
   expiresAtMs: number;
+  storedAtMs: number;
 }
 
 interface Invalidation {
@@ -61,6 +62,14 @@ export class TtlCache<V> {
     return { value: entry.value };
   }
 
+  /** What `get` would answer, with the entry's age and remaining TTL; never evicts (for explain). */
+  peek(key: string): { value: V; ageMs: number; ttlLeftMs: number } | undefined {
+    const entry = this.#entries.get(key);
+    const now = this.#now();
+    if (entry === undefined || entry.expiresAtMs <= now) return undefined;
+    return { value: entry.value, ageMs: now - entry.storedAtMs, ttlLeftMs: entry.expiresAtMs - now };
+  }
+
   beginRead(): ReadToken {
     return { seq: this.#seq, atMs: this.#now() };
   }
@@ -74,7 +83,7 @@ export class TtlCache<V> {
     if (!(ttlMs > 0)) return false;
     if (token !== undefined && !this.#unchangedSince(key, token, now)) return false;
     this.#entries.delete(key); // re-insert at the end: Map order is our eviction order
-    this.#entries.set(key, { value, expiresAtMs: now + ttlMs });
+    this.#entries.set(key, { value, expiresAtMs: now + ttlMs, storedAtMs: now });
     while (this.#entries.size > this.#maxEntries) {
       const oldest = this.#entries.keys().next();
       if (oldest.done === true) break;

@@ -7,10 +7,12 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import {
+  sandboxPayloadConditions,
   sandboxPayloadPhase,
   serviceEndpointSandboxId,
   sshSessionPayload,
   type PayloadLayout,
+  type SandboxCondition,
   type SshSessionPayload,
 } from '../wire/gateway-payloads.ts';
 
@@ -24,10 +26,22 @@ export interface SandboxState {
   layout: PayloadLayout;
 }
 
+/** The gateway's sandbox row as `explain` shows it. */
+export interface SandboxRecord {
+  /** -1 when the payload could not be decoded. */
+  phase: number;
+  layout: PayloadLayout;
+  conditions: SandboxCondition[];
+  /** The row's `updated_at_ms` (the writing gateway's clock). */
+  updatedAtMs: number;
+}
+
 export interface GatewayObjects {
   /** true/false when known, undefined when the table cannot be read. */
   sandboxExists(sandboxId: string): Promise<boolean | undefined>;
   sandboxState(sandboxId: string): Promise<SandboxState | undefined>;
+  /** Phase, layout, conditions and last write time of the row; null when the row is gone. */
+  sandboxRecord?(sandboxId: string): Promise<SandboxRecord | null | undefined>;
   /** The sandbox id for a name (workspace ignored on a seed schema); null when no such sandbox. */
   sandboxIdByName(name: string, workspace: string): Promise<string | null | undefined>;
   /** The sandbox behind a `service_endpoint` row (workspace + endpoint key); null when none. */
@@ -50,6 +64,7 @@ const QUERY_TIMEOUT_MS = 2_000;
 const UNKNOWN: GatewayObjects = {
   sandboxExists: async () => undefined,
   sandboxState: async () => undefined,
+  sandboxRecord: async () => undefined,
   sandboxIdByName: async () => undefined,
   serviceSandboxId: async () => undefined,
   sshSession: async () => undefined,
@@ -127,6 +142,19 @@ export function createGatewayObjects(databaseUrl: string | undefined, logger: Lo
       }
       const fingerprint = createHash('sha256').update(row.payload).update(String(row.updated_at_ms)).digest('hex');
       return { fingerprint, ...decoded };
+    },
+    async sandboxRecord(sandboxId) {
+      const row = await payloadOf('sandbox', sandboxId);
+      if (row === undefined || row === null) return row;
+      let decoded: { phase: number; layout: PayloadLayout } = { phase: -1, layout: 'unknown' };
+      let conditions: SandboxCondition[] = [];
+      try {
+        decoded = sandboxPayloadPhase(row.payload);
+        conditions = sandboxPayloadConditions(row.payload);
+      } catch {
+        // shown as undecodable (-1)
+      }
+      return { ...decoded, conditions, updatedAtMs: Number(row.updated_at_ms) };
     },
     async sandboxIdByName(name, workspace) {
       const row = await byName('sandbox', workspace, name);

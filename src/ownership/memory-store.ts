@@ -103,6 +103,17 @@ export function createMemoryOwnershipStore(opts: MemoryOwnershipStoreOptions): O
       sessions = n;
     },
 
+    async inspect(sandboxId) {
+      const owner = owners.get(sandboxId);
+      return {
+        memory: owner === undefined ? { state: 'miss' } : { state: 'hit', owner: { ...owner }, ageMs: now() - owner.claimedAtMs, ttlLeftMs: Number.POSITIVE_INFINITY },
+        redis: { state: 'not-configured' },
+        postgres: { state: 'none' },
+      };
+    },
+
+    lastHeartbeatAtMs: () => (running ? now() : undefined),
+
     async health(): Promise<StoreHealth> {
       // No database to be unhealthy: the in-process store is the whole truth.
       return { postgres: running, redis: null };

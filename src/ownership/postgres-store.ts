@@ -14,6 +14,7 @@ import * as sql from './sql.ts';
 import type {
   ClaimResult,
   LookupResult,
+  OwnerLayers,
   OwnerRecord,
   OwnershipStore,
   ReplicaRecord,
@@ -68,6 +69,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   let heartbeatTimer: NodeJS.Timeout | null = null;
   let heartbeatInFlight: Promise<void> | null = null;
   let heartbeatFailing = false;
+  let lastHeartbeatAtMs: number | undefined;
   let state: ReplicaState = 'active';
   let sessions = 0;
   let running = false;
@@ -125,6 +127,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     heartbeatInFlight = (async () => {
       try {
         await p.query(sql.HEARTBEAT, replicaParams());
+        lastHeartbeatAtMs = Date.now();
         if (heartbeatFailing) {
           heartbeatFailing = false;
           log.info('heartbeat recovered');
@@ -190,6 +193,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
       const dropped = await transaction(async (c) => {
         const res = await c.query<{ sandbox_id: string }>(sql.DROP_OWN_OWNERS, [opts.replicaId]);
         await c.query(sql.REGISTER_REPLICA, replicaParams());
+        lastHeartbeatAtMs = Date.now();
         return res.rows.map((r) => r.sandbox_id);
       });
       if (dropped.length > 0) log.info({ count: dropped.length }, 'dropped ownerships left by a previous run of this replica');
@@ -368,6 +372,35 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     }));
   }
 
+  async function inspect(sandboxId: string): Promise<OwnerLayers> {
+    const cached = memory.peek(sandboxId);
+    const memoryLayer: OwnerLayers['memory'] = cached === undefined ? { state: 'miss' } : { state: 'hit', owner: cached.value, ageMs: cached.ageMs, ttlLeftMs: cached.ttlLeftMs };
+    let redisLayer: OwnerLayers['redis'] = { state: 'not-configured' };
+    if (redis !== null) {
+      const read = await redis.read(sandboxId);
+      redisLayer = read.kind === 'hit' ? { state: 'hit', owner: read.owner, ttlLeftMs: read.ttlMs } : read.kind === 'miss' ? { state: 'miss' } : { state: 'unavailable' };
+    }
+    let postgresLayer: OwnerLayers['postgres'];
+    try {
+      const row = (await requirePool().query<sql.InspectOwnerRow>(sql.INSPECT_OWNER, [sandboxId, opts.leaseTtlMs])).rows[0];
+      postgresLayer =
+        row === undefined
+          ? { state: 'none' }
+          : {
+              state: 'row',
+              replicaId: row.replica_id,
+              epoch: row.epoch,
+              claimedAgeMs: row.claimed_age_ms,
+              peerUrl: row.peer_url,
+              leaseLeftMs: row.lease_left_ms,
+              live: row.peer_url !== null && row.lease_left_ms !== null && row.lease_left_ms >= 0,
+            };
+    } catch (err) {
+      postgresLayer = { state: 'unavailable', error: err instanceof Error ? err.message : String(err) };
+    }
+    return { memory: memoryLayer, redis: redisLayer, postgres: postgresLayer };
+  }
+
   async function health(): Promise<StoreHealth> {
     const p = pool;
     const r = redis;
@@ -396,6 +429,8 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
       sessions = Math.max(0, Math.floor(n));
     },
     health,
+    inspect,
+    lastHeartbeatAtMs: () => lastHeartbeatAtMs,
   };
 }
 

@@ -135,3 +135,18 @@ export interface ReplicaRow {
   started_at_ms: number;
   version: string;
 }
+
+/** $1 sandbox_id, $2 lease TTL in ms. LOOKUP_OWNER plus the claim's age, both on the database clock (explain). */
+export const INSPECT_OWNER = `
+  SELECT o.replica_id, o.epoch::float8 AS epoch, (extract(epoch FROM now() - o.claimed_at) * 1000)::float8 AS claimed_age_ms, r.peer_url,
+         (extract(epoch FROM r.heartbeat_at - now()) * 1000)::float8 + $2::float8 AS lease_left_ms
+  FROM ohs_owners o LEFT JOIN ohs_replicas r ON r.replica_id = o.replica_id
+  WHERE o.sandbox_id = $1`;
+
+export interface InspectOwnerRow {
+  replica_id: string;
+  epoch: number;
+  claimed_age_ms: number;
+  peer_url: string | null;
+  lease_left_ms: number | null;
+}

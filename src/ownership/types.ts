@@ -45,6 +45,32 @@ export interface StoreHealth {
 
 export type ReplicaState = 'active' | 'draining';
 
+/**
+ * Every layer's answer for one sandbox, read without touching any cache (for `explain`). Ages and
+ * lease times of the Postgres row are judged with the database clock.
+ */
+export interface OwnerLayers {
+  memory: { state: 'hit'; owner: OwnerRecord | null; ageMs: number; ttlLeftMs: number } | { state: 'miss' };
+  redis:
+    | { state: 'hit'; owner: OwnerRecord; ttlLeftMs: number }
+    | { state: 'miss' }
+    | { state: 'unavailable' }
+    | { state: 'not-configured' };
+  postgres:
+    | {
+        state: 'row';
+        replicaId: string;
+        epoch: number;
+        claimedAgeMs: number;
+        peerUrl: string | null;
+        /** How much longer the owner's replica counts as live; negative: expired; null: no replica row. */
+        leaseLeftMs: number | null;
+        live: boolean;
+      }
+    | { state: 'none' }
+    | { state: 'unavailable'; error: string };
+}
+
 export interface OwnershipStore {
   readonly replicaId: string;
   /** Creates tables idempotently, registers this replica (active), starts the heartbeat, subscribes to invalidations. */
@@ -74,4 +100,8 @@ export interface OwnershipStore {
   /** Reported with the next heartbeat. */
   setSessionCount(n: number): void;
   health(): Promise<StoreHealth>;
+  /** Each lookup layer's answer for a sandbox, side-effect free (explain). */
+  inspect?(sandboxId: string): Promise<OwnerLayers>;
+  /** Wall-clock ms of this replica's last heartbeat that reached the store (undefined: none yet). */
+  lastHeartbeatAtMs?(): number | undefined;
 }

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { PHASE_READY } from '../ownership/gateway-objects.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ProxyContext } from '../proxy/context.ts';
+import { ATTR_REPLICA, ATTR_SANDBOX, activeTraceHeaders, endSpan, startSpan, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 import { PEER_EPOCH, PEER_ORIGIN, PEER_SANDBOX, peerHeaders } from './protocol.ts';
 
 export const RELEASE_PATH = '/ohs/v1/release';
@@ -28,6 +29,7 @@ function requestRelease(ctx: ProxyContext, previous: OwnerRecord, sandboxId: str
             ':method': 'POST',
             ':path': RELEASE_PATH,
             ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: previous.epoch, cls: 'handoff', hop: 1 }),
+            ...activeTraceHeaders(),
           },
           { endStream: true },
         );
@@ -60,7 +62,10 @@ function isRefused(err: unknown): boolean {
  */
 export async function fencePreviousOwner(ctx: ProxyContext, sandboxId: string, previous: OwnerRecord | null, log: Logger): Promise<HandoffReason> {
   const started = Date.now();
-  const reason = await fence(ctx, sandboxId, previous, log);
+  const span = !tracingEnabled() ? undefined : startSpan('ohs.handoff', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.previous_owner': previous ? `${previous.replicaId}@${previous.epoch}` : 'none' });
+  const reason = await withSpan(span, () => fence(ctx, sandboxId, previous, log));
+  span?.setAttribute('ohs.fence', reason);
+  endSpan(span);
   const ms = Date.now() - started;
   ctx.metrics.handoffsTotal.inc({ reason });
   ctx.metrics.handoffDurationSeconds.observe({ reason }, ms / 1000);

@@ -3,11 +3,13 @@
 // "not owner" answer goes out before anything reaches the gateway, so the sender may retry.
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
+import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
 import { ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
 import { track } from '../proxy/stream-tracking.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
+import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import {
@@ -81,14 +83,29 @@ function handlePeerStream(
     refuse(stream, 401, 'peer-auth');
     return;
   }
-  const hop = Number(headers[PEER_HOP] ?? '0');
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
-  const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const cls = peerClassLabel(headers[PEER_CLASS]);
+  // The ingress sidecar's forward span is the parent (traceparent on the peer hop).
+  if (!tracingEnabled()) return handleAuthenticatedPeerStream(ctx, baseLog, stream, headers, sandboxId, cls);
+  const span = streamSpan('ohs.peer', stream, headers, { [ATTR_SANDBOX]: sandboxId, [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.origin': String(headers[PEER_ORIGIN] ?? '') });
+  withSpan(span, () => handleAuthenticatedPeerStream(ctx, baseLog, stream, headers, sandboxId, cls));
+}
+
+function handleAuthenticatedPeerStream(ctx: ProxyContext, baseLog: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, cls: string): void {
+  const hop = Number(headers[PEER_HOP] ?? '0');
+  const epoch = Number(headers[PEER_EPOCH] ?? '-1');
   const log = baseLog.child({ origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
   if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
     refuse(stream, 508, 'hop-limit');
     log.warn({ hop }, 'peer request over the hop limit refused');
+    return;
+  }
+  if (isPeerInspect(headers)) {
+    // status / explain / live page: read-only, answered from this replica's own state.
+    handlePeerInspect(ctx.inspect, stream, headers).catch((err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'inspect failed');
+      refuse(stream, 500, 'inspect-failed');
+    });
     return;
   }
   if (!sandboxId) {
@@ -155,7 +172,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
       // Counted like the ingress' own streams: a drain lets them finish.
       const done = track(ctx, cls as TrafficClass, 'local');
       try {
-        forwardStream(stream, session, copyRequestHeaders(headers), {
+        forwardStream(stream, session, tracingEnabled() ? { ...copyRequestHeaders(headers), ...activeTraceHeaders() } : copyRequestHeaders(headers), {
           onResponse: () => {
             answered();
             return true;

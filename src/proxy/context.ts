@@ -1,6 +1,7 @@
 // What every proxy handler needs, built once by the sidecar's composition root.
 import type { Logger } from 'pino';
 import type { SandboxJwtVerifier } from '../auth/sandbox-jwt.ts';
+import type { InspectDeps } from '../admin/inspect.ts';
 import type { SshTokenCheck } from '../auth/ssh-tokens.ts';
 import type { SidecarConfig } from '../config/schema.ts';
 import type { SlotLimiter } from '../limits/slots.ts';
@@ -51,4 +52,6 @@ export interface ProxyContext {
   /** Shared secret for the peer protocol; undefined only in embedded mode. */
   peerSecret: string | undefined;
   nextConnId(): string;
+  /** What the peer port's inspect endpoint reads (status, explain, live page). */
+  inspect?: InspectDeps;
 }

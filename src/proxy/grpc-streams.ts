@@ -17,6 +17,7 @@ import { forwardLocal } from './local-forward.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError, type Replay } from './h2-forward.ts';
 import { track } from './stream-tracking.ts';
 import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnection } from './supervisor-streams.ts';
+import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
   stream.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream stream error'));
@@ -51,6 +52,14 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
   }
   const cls = method.cls;
   const log = conn.log.child({ class: cls, path });
+  // One trace per sandbox-scoped stream (the client's traceparent honoured); nothing while tracing is off.
+  if (!tracingEnabled()) return dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log);
+  const span = streamSpan('ohs.request', stream, headers, { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'rpc.method': path });
+  withSpan(span, () => dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log));
+}
+
+function dispatchGrpc(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, upHeaders: http2.OutgoingHttpHeaders, method: GrpcMethod, log: Logger): void {
+  const cls = method.cls;
   if (cls === 'supervisor-relay') {
     // Relays ride the same upstream connection as their control stream, so they reach the
     // gateway replica that issued the RelayOpen (reference §2.2, binding rule). A relay on a
@@ -78,11 +87,15 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
 function readAndRoute(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, upHeaders: http2.OutgoingHttpHeaders, method: GrpcMethod, log: Logger): void {
   const cls = method.cls;
   const policy = ROUTE_POLICY[cls];
-  readFirstMessage(ctx, stream, cls, log, (message, frameBytes) => {
+  const classify = tracingEnabled() ? startSpan('ohs.classify', { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId }) : undefined;
+  readFirstMessage(ctx, stream, cls, log, bindContext((message: Buffer, frameBytes: Buffer) => {
     let key: RequestKey;
     try {
       key = extractRoutingKey(method.key, message, method.name);
+      if (classify && 'sandboxId' in key) classify.setAttribute(ATTR_SANDBOX, key.sandboxId);
+      endSpan(classify);
     } catch (err) {
+      endSpan(classify, toOhsError(err).code);
       // Calls any replica can serve go to the local gateway, which answers as it always does; so
       // do log batches with an empty sandbox id, which the gateway skips (reference §2.0).
       if (policy === 'affine' || (cls === 'logs-push' && toOhsError(err).code === 'OHS_ERR_MISSING_ROUTING_KEY')) {
@@ -92,7 +105,7 @@ function readAndRoute(ctx: ProxyContext, conn: DownstreamConnection, stream: htt
       return rejectStream(ctx, stream, cls, log, err);
     }
     void routeByKey(ctx, conn, stream, upHeaders, method, key, frameBytes, log);
-  });
+  }));
 }
 
 async function routeByKey(
@@ -119,6 +132,7 @@ async function routeByKey(
     sandboxId = key.sandboxId;
   }
   const slog = log.child({ sandbox: sandboxId });
+  if (tracingEnabled()) annotateActive({ [ATTR_SANDBOX]: sandboxId });
   switch (ROUTE_POLICY[cls]) {
     case 'supervisor':
       return supervisorControl(ctx, conn, stream, headers, sandboxId, frameBytes, slog);
@@ -376,12 +390,18 @@ export function forwardAttempt(
 ): Promise<Attempt> {
   const peer = target.kind === 'peer' ? target : undefined;
   const where = peer ? 'peer' : 'local';
-  return new Promise((resolve) => {
+  const span = tracingEnabled()
+    ? startSpan('ohs.forward', { [ATTR_CLASS]: cls, [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.target': peer ? peer.replicaId : 'local' })
+    : undefined;
+  const attempt = new Promise<Attempt>((resolve) => {
     const plog = peer ? log.child({ target: peer.replicaId }) : log;
     const session = peer ? ctx.peerPool.get(peer.peerUrl) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
       (session) => {
-        if (stream.destroyed) return resolve({ kind: 'done' });
+        if (stream.destroyed) {
+          endSpan(span, 'client gone');
+          return resolve({ kind: 'done' });
+        }
         const done = track(ctx, cls, where);
         let settled = false;
         const retry = (why: 'not-owner' | 'not-ready'): boolean => {
@@ -396,8 +416,10 @@ export function forwardAttempt(
           return false;
         };
         const upHeaders = peer
-          ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }) }
-          : headers;
+          ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }), ...traceHeaders(span) }
+          : span
+            ? { ...headers, ...traceHeaders(span) }
+            : headers;
         // To our own gateway for a session held here: a shed waits until the gateway answered.
         const answered = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
         let handle: ReturnType<typeof forwardStream>;
@@ -432,6 +454,10 @@ export function forwardAttempt(
             onDone: ({ reset, grpcStatus }) => {
               answered();
               done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+              if (span && settled) {
+                span.setAttribute('ohs.outcome', reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+                endSpan(span);
+              }
             },
           });
         } catch (err) {
@@ -444,6 +470,7 @@ export function forwardAttempt(
       },
       (err: unknown) => {
         if (!peer) {
+          endSpan(span, 'gateway unreachable');
           log.warn({ err: (err as Error).message }, 'local gateway unreachable');
           ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
           respondGrpcError(stream, 14, 'gateway unavailable');
@@ -456,5 +483,10 @@ export function forwardAttempt(
         resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'unreachable' });
       },
     );
+  });
+  if (!span) return attempt;
+  return attempt.then((a) => {
+    if (a.kind === 'retry') endSpan(span, a.why);
+    return a;
   });
 }

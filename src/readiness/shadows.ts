@@ -74,6 +74,8 @@ export interface ShadowRegistry {
   drop(sandboxId: string): Promise<void>;
   /** Shadows with an accepted registration, per replica (for metrics, status and tests). */
   held(): Map<string, number>;
+  /** The shadows of one sandbox's session (none: not a session of this replica), for explain. */
+  forSandbox(sandboxId: string): { epoch: number; sinceMs: number; shadows: Array<{ replicaId: string; accepted: boolean; failures: number }> } | undefined;
   close(): Promise<void>;
 }
 
@@ -300,6 +302,11 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
       const out = new Map<string, number>();
       for (const e of entries.values()) for (const s of e.shadows.values()) if (s.accepted) out.set(s.replicaId, (out.get(s.replicaId) ?? 0) + 1);
       return out;
+    },
+    forSandbox(sandboxId) {
+      const e = entries.get(sandboxId);
+      if (!e) return undefined;
+      return { epoch: e.epoch, sinceMs: e.sinceMs, shadows: [...e.shadows.values()].map((s) => ({ replicaId: s.replicaId, accepted: s.accepted, failures: s.failures })) };
     },
     async close() {
       closed = true;

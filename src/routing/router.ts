@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
+import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan, tracingEnabled } from '../tracing/tracing.ts';
 
 export type Target =
   | { kind: 'local'; epoch: number | null; reason: 'owner' | 'no-owner' }
@@ -172,7 +173,7 @@ export class LocalSessions {
 }
 
 /** How long (in hold bounds) a previous owner counts as evidence that a new one is coming. */
-const OWNER_MEMORY_FACTOR = 4;
+export const OWNER_MEMORY_FACTOR = 4;
 /** Sandboxes whose last ownership change is remembered at most. */
 const MAX_CHANGE_MEMORY = 100_000;
 
@@ -207,12 +208,27 @@ export class OwnerRouter {
     });
   }
 
+  /** The last owner this replica resolved for a sandbox and how long ago, without changing anything (explain). */
+  peekLastKnown(sandboxId: string): { target: Target; ageMs: number } | undefined {
+    const k = this.lastKnown.get(sandboxId);
+    return k ? { target: k.target, ageMs: Date.now() - k.atMs } : undefined;
+  }
+
   /**
    * Resolves the target for a sandbox. A session held here always wins when it is at least as
    * new as the store's record; otherwise the store decides. No live owner → local with reason
    * 'no-owner'.
    */
   async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
+    if (!tracingEnabled()) return this.resolveUntraced(sandboxId, opts);
+    const span = startSpan('ohs.owner_lookup', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.fresh': opts.fresh === true });
+    const target = await this.resolveUntraced(sandboxId, opts);
+    span?.setAttribute('ohs.target', describe(target));
+    endSpan(span);
+    return target;
+  }
+
+  private async resolveUntraced(sandboxId: string, opts: { fresh?: boolean }): Promise<Target> {
     // A session being shed is leaving: requests wait for the next owner instead (hold).
     const localEpoch = this.local.isShedding(sandboxId) ? undefined : this.local.epoch(sandboxId);
     let result;
@@ -271,6 +287,7 @@ export class OwnerRouter {
     const log = this.logger.child({ sandbox: sandboxId });
     log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');
     this.metrics.heldRequests.inc();
+    const span = !tracingEnabled() ? undefined : startSpan('ohs.hold', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.wait_ms': this.ownerWaitMs });
     try {
       const target = await new Promise<Target | null>((resolve) => {
         let done = false;
@@ -314,9 +331,11 @@ export class OwnerRouter {
       });
       log.info({ heldMs: Date.now() - started, target: target ? describe(target) : 'none' }, target ? 'owner appeared; releasing held request' : 'no owner within the wait bound');
       this.metrics.heldSeconds.observe((Date.now() - started) / 1000);
+      span?.setAttribute('ohs.target', target ? describe(target) : 'none');
       return target;
     } finally {
       this.metrics.heldRequests.dec();
+      endSpan(span);
     }
   }
 }

@@ -160,3 +160,38 @@ export function sandboxSignature(payload: Uint8Array): string {
   });
   return `${sandboxPayloadPhase(payload).phase}:${version}`;
 }
+
+export interface SandboxCondition {
+  type: string;
+  status: string;
+  reason: string;
+  message: string;
+}
+
+/**
+ * `Sandbox.status(3).conditions(5)` (`SandboxCondition`: type 1, status 2, reason 3, message 4), the
+ * same place in both layouts. Throws on undecodable bytes.
+ */
+export function sandboxPayloadConditions(payload: Uint8Array): SandboxCondition[] {
+  const out: SandboxCondition[] = [];
+  forEachField(payload, (field, wireType, reader) => {
+    if (field !== 3 || wireType !== WireType.LengthDelimited) return false;
+    forEachField(reader.bytes(), (f, wt, r) => {
+      if (f !== 5 || wt !== WireType.LengthDelimited) return false;
+      const c: SandboxCondition = { type: '', status: '', reason: '', message: '' };
+      forEachField(r.bytes(), (cf, cwt, cr) => {
+        if (cwt !== WireType.LengthDelimited || cf < 1 || cf > 4) return false;
+        const v = cr.string();
+        if (cf === 1) c.type = v;
+        else if (cf === 2) c.status = v;
+        else if (cf === 3) c.reason = v;
+        else c.message = v;
+        return true;
+      });
+      out.push(c);
+      return true;
+    });
+    return true;
+  });
+  return out;
+}

@@ -94,3 +94,15 @@ describe('watch payloads', () => {
     expect(streamEventSandbox(Buffer.from([0x12, 0x00]))).toBeUndefined();
   });
 });
+
+describe('sandboxPayloadConditions (explain)', () => {
+  it('reads status.conditions in the seed layout and next to status.phase at HEAD', async () => {
+    const { sandboxPayloadConditions } = await import('../../../src/wire/gateway-payloads.ts');
+    const payload = encodeMessage('Sandbox', {
+      metadata: { id: 'a' },
+      status: { sandbox_name: 'n', conditions: [{ type: 'Ready', status: 'False', reason: 'SupervisorNotConnected', message: 'no session' }], phase: Phase.PROVISIONING },
+    });
+    expect(sandboxPayloadConditions(payload)).toEqual([{ type: 'Ready', status: 'False', reason: 'SupervisorNotConnected', message: 'no session' }]);
+    expect(sandboxPayloadConditions(encodeMessage('Sandbox', { metadata: { id: 'a' }, phase: Phase.READY }))).toEqual([]);
+  });
+});
