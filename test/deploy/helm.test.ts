@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
 import { INJECT_DEFAULTS, type InjectMode } from '../../src/deploy/inject-options.ts';
 import { parseManifestStream } from '../../src/deploy/manifest-stream.ts';
 import { checkInvariants, containersOf, docsOf, findContainer, fixture, injectedWorkload, podSpecOf, repoRoot } from './support/manifests.ts';
@@ -121,8 +122,10 @@ describe.skipIf(skipUnless(H3))('the own chart under real Helm 3', () => {
 
     const full = run(H3.bin as string, [
       'template', 'ha', OWN_CHART, '-n', 'openshell', '--api-versions', 'monitoring.coreos.com/v1/ServiceMonitor',
+      '--api-versions', 'monitoring.coreos.com/v1/PrometheusRule',
       '--set', 'secret.peerSecret=0123456789abcdef0123', '--set', 'secret.redisUrl=redis://redis:6379',
       '--set', 'secret.databaseUrl=postgres://u@pg:5432/openshell', '--set', 'serviceMonitor.enabled=true',
+      '--set', 'prometheusRule.enabled=true', '--set', 'grafanaDashboard.enabled=true', '--set', 'grafanaDashboard.folder=OpenShell',
     ]);
     expect(full.code).toBe(0);
     const fdocs = docsOf(full.stdout);
@@ -132,6 +135,14 @@ describe.skipIf(skipUnless(H3))('the own chart under real Helm 3', () => {
     const sm = fdocs.find((d) => d['kind'] === 'ServiceMonitor') as Json;
     expect((sm['spec'] as Json)['selector']).toEqual({ matchLabels: { 'app.kubernetes.io/component': 'openshell-ha', 'openshell-ha.io/peers': 'true' } });
     expect((sm['spec'] as Json)['endpoints']).toEqual([{ port: 'ohs-admin', path: '/metrics', interval: '30s', scrapeTimeout: '10s' }]);
+    // The shipped alert rules and dashboard, as the files promtool and the dashboard test check.
+    const rule = fdocs.find((d) => d['kind'] === 'PrometheusRule') as Json;
+    const rulesFile = parseYaml(readFileSync(path.join(OWN_CHART, 'files/alerts/openshell-ha-rules.yaml'), 'utf8')) as Json;
+    expect(rule['spec']).toEqual(rulesFile);
+    const dash = fdocs.find((d) => d['kind'] === 'ConfigMap' && (d['metadata'] as Json)['name'] === 'ha-openshell-ha-dashboard') as Json;
+    expect(((dash['metadata'] as Json)['labels'] as Json)['grafana_dashboard']).toBe('1');
+    expect(((dash['metadata'] as Json)['annotations'] as Json)['grafana_folder']).toBe('OpenShell');
+    expect(JSON.parse((dash['data'] as Record<string, string>)['openshell-ha.json']!)).toEqual(JSON.parse(readFileSync(path.join(OWN_CHART, 'files/dashboards/openshell-ha.json'), 'utf8')));
     console.log(`helm v3 template openshell-ha: default → ${docs.length} object (Secret); all values → ${fdocs.map((d) => d['kind']).join(', ')}`);
   });
 
@@ -148,6 +159,7 @@ describe.skipIf(skipUnless(H3))('the own chart under real Helm 3', () => {
     expect(bad(['--kube-version', '1.31.0'])).toMatch(/injection.mode=native needs Kubernetes >= 1.32/);
     expect(bad(['--kube-version', '1.28.0', '--set', 'injection.mode=native-alias'])).toMatch(/needs native sidecars/);
     expect(bad(['--set', 'serviceMonitor.enabled=true'])).toMatch(/no monitoring.coreos.com\/v1 ServiceMonitor/);
+    expect(bad(['--set', 'prometheusRule.enabled=true'])).toMatch(/no monitoring.coreos.com\/v1 PrometheusRule/);
   });
 });
 
