@@ -4,6 +4,8 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
+import { ByteBudget } from './proxy/byte-budget.ts';
+import { H2Liveness } from './proxy/liveness.ts';
 import { createDrainer, type DrainReport } from './drain/drain.ts';
 import { startRebalancer } from './drain/rebalance.ts';
 import { createOperatorSurface } from './admin/operator.ts';
@@ -63,12 +65,17 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const gatewayHost = gateway.host;
   const gatewayPort = gateway.port;
   const localSessions = new LocalSessions();
-  const sessionOpts = { connectTimeoutMs: config.upstreamConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes, ...(gateway.tls ? { tls: gateway.tls } : {}) };
+  // Upstream connections (gateway and peers) are PINGed while silent: a peer whose pod vanished
+  // without closing its connections is noticed in seconds, not after the kernel's TCP timeout.
+  const upstreamLiveness = new H2Liveness({
+    pingIntervalMs: config.h2PingIntervalMs,
+    pingTimeoutMs: config.h2PingTimeoutMs,
+    onClose: (why) => metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' }),
+  });
+  const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness };
+  const sessionOpts = { ...upstreamCommon, connectTimeoutMs: config.upstreamConnectTimeoutMs, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
-  const peerPool = new SessionPool(
-    { connectTimeoutMs: config.peerConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes },
-    (n) => metrics.peerSessions.set(n),
-  );
+  const peerPool = new SessionPool({ ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs }, (n) => metrics.peerSessions.set(n));
   let connSeq = 0;
 
   // The peer port is bound first so the advertised peer URL is known before the store starts.
@@ -135,7 +142,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     registry: metrics.registry,
     fallbackPolicy: config.limitFallbackPolicy,
   });
-  const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
+  const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs, config.maxHeldRequests);
   const gatewayOrigin = gateway.origin;
   const jwt = createSandboxJwtVerifier({
     gatewayOrigin,
@@ -183,6 +190,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     gatewayPool,
     peerPool,
     peerSecret: config.peerSecret,
+    bufferBudget: new ByteBudget(config.totalBufferBytes),
     nextConnId: () => `c${++connSeq}`,
   };
   ctxRef.ctx = ctx;
@@ -226,6 +234,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     draining: () => drainState.draining,
     drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
     ops: operator.ops,
+    access: operator.access,
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -245,6 +254,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
         rebalancer?.close();
         gatewayWatch.close();
         clearInterval(liveTimer);
+        upstreamLiveness.close();
         // Listeners first (nothing new comes in), then every pool and store at once.
         admin.closeAllConnections();
         await Promise.all([

@@ -95,6 +95,27 @@ const scalarShape = {
   maxFirstMessageBytes: int(1024, 16 * 1024 * 1024),
   firstMessageTimeoutMs: int(100, 600_000),
   maxHeaderBytes: int(1024, 1024 * 1024),
+  /** Client connections open at once on the public port; beyond it new ones are closed at accept. */
+  maxConnections: int(1, 1_000_000),
+  /** HTTP/2 streams open at once on one client connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  h2MaxConcurrentStreams: int(1, 1_000_000),
+  /** An HTTP/1.1 request's head must be complete within this long (slow-header clients are cut). */
+  headersTimeoutMs: int(100, 600_000),
+  /** An HTTP/1.1 request's body must be complete within this long (0 = no bound). */
+  requestTimeoutMs: int(0, 86_400_000),
+  /** A client HTTP/2 connection with no open stream is closed after this long (0 = never). */
+  connectionIdleTimeoutMs: int(0, 86_400_000),
+  /** TCP keepalive on every accepted and dialled socket: first probe after this much idle time. */
+  tcpKeepaliveMs: int(1000, 7_200_000),
+  /** HTTP/2 PING on idle client and peer connections every this long; no answer within pingTimeoutMs closes it (0 = off). */
+  h2PingIntervalMs: int(0, 3_600_000),
+  h2PingTimeoutMs: int(100, 600_000),
+  /** Requests held at once while their sandbox has no reachable owner; beyond it the local gateway answers. */
+  maxHeldRequests: int(0, 1_000_000),
+  /** First-message bytes one client connection may have buffered at once (streams beyond it are refused). */
+  connectionBufferBytes: int(65_536, 2 ** 31 - 1),
+  /** First-message bytes all client connections together may have buffered at once. */
+  totalBufferBytes: int(65_536, 2 ** 40),
   hopLimit: int(1, 8),
   ownerCacheTtlMs: int(0, 600_000),
   replicaHeartbeatIntervalMs: int(100, 60_000),
@@ -222,6 +243,17 @@ export interface SidecarConfig {
   readonly maxFirstMessageBytes: number;
   readonly firstMessageTimeoutMs: number;
   readonly maxHeaderBytes: number;
+  readonly maxConnections: number;
+  readonly h2MaxConcurrentStreams: number;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly connectionIdleTimeoutMs: number;
+  readonly tcpKeepaliveMs: number;
+  readonly h2PingIntervalMs: number;
+  readonly h2PingTimeoutMs: number;
+  readonly maxHeldRequests: number;
+  readonly connectionBufferBytes: number;
+  readonly totalBufferBytes: number;
   readonly hopLimit: number;
   readonly ownerCacheTtlMs: number;
   readonly replicaHeartbeatIntervalMs: number;

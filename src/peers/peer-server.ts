@@ -241,11 +241,17 @@ async function hostShadow(ctx: ProxyContext, log: Logger, stream: http2.ServerHt
     respondGrpcError(stream, 14, 'gateway unavailable');
     return;
   }
-  ctx.metrics.shadowsHosted.inc();
-  forwardStream(stream, lease.session, copyRequestHeaders(headers), {
-    onDone: () => {
-      lease.release();
-      ctx.metrics.shadowsHosted.dec();
-    },
-  });
+  try {
+    forwardStream(stream, lease.session, copyRequestHeaders(headers), {
+      onDone: () => {
+        lease.release();
+        ctx.metrics.shadowsHosted.dec();
+      },
+    });
+    ctx.metrics.shadowsHosted.inc();
+  } catch (err) {
+    lease.release();
+    log.info({ err: (err as Error).message }, 'gateway connection closing; shadow refused');
+    respondGrpcError(stream, 14, 'gateway unavailable');
+  }
 }

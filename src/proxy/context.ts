@@ -10,6 +10,7 @@ import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
 import type { SandboxKeys } from '../routing/sandbox-keys.ts';
+import type { ByteBudget } from './byte-budget.ts';
 import type { GatewayTransport } from './gateway-transport.ts';
 import type { SessionPool, SpreadPool } from './h2-sessions.ts';
 import type { GatewayWatch } from '../readiness/gateway-watch.ts';
@@ -51,6 +52,8 @@ export interface ProxyContext {
   gatewayWatch: GatewayWatch;
   /** Shared secret for the peer protocol; undefined only in embedded mode. */
   peerSecret: string | undefined;
+  /** First-message bytes all client connections together may have buffered (config totalBufferBytes). */
+  bufferBudget: ByteBudget;
   nextConnId(): string;
   /** What the peer port's inspect endpoint reads (status, explain, live page). */
   inspect?: InspectDeps;

@@ -1,8 +1,10 @@
 // HTTP/2 client sessions to the local gateway and to peers: a pool with one live session per
 // origin (no per-request handshakes), and dedicated sessions for supervisor connections.
 import http2 from 'node:http2';
-import type tls from 'node:tls';
+import net from 'node:net';
+import tls from 'node:tls';
 import { OhsError } from '../errors.ts';
+import type { H2Liveness } from './liveness.ts';
 
 export interface SessionOptions {
   connectTimeoutMs: number;
@@ -10,6 +12,10 @@ export interface SessionOptions {
   windowBytes: number;
   /** TLS settings for an `https://` origin (CA, client certificate, server name). */
   tls?: tls.ConnectionOptions;
+  /** TCP keepalive on the connection (first probe after this much idle time). */
+  keepaliveMs?: number;
+  /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
+  liveness?: H2Liveness;
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
@@ -19,6 +25,9 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
       ...(opts.tls ?? {}),
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },
       maxSessionMemory: 64,
+      // The socket is ours so that it can carry TCP keepalive and no Nagle delay (an HTTP/2
+      // session's socket refuses both once it is wrapped).
+      createConnection: (authority: URL) => dial(authority, opts),
     });
     let settled = false;
     const timer = setTimeout(() => {
@@ -38,6 +47,7 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
         // window already at least this large
       }
       session.off('error', onError);
+      opts.liveness?.watch(session);
       // Errors after connect surface as stream errors and 'close'; never crash the process.
       session.on('error', () => undefined);
       resolve(session);
@@ -53,13 +63,29 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
   });
 }
 
+function dial(authority: URL, opts: SessionOptions): net.Socket {
+  const host = authority.hostname.replace(/^\[|\]$/g, '');
+  const secure = authority.protocol === 'https:';
+  const port = Number(authority.port || (secure ? 443 : 80));
+  const socket = secure ? tls.connect({ ...(opts.tls ?? {}), host, port, ALPNProtocols: ['h2'] }) : net.connect({ host, port });
+  socket.setNoDelay(true);
+  if (opts.keepaliveMs) socket.setKeepAlive(true, opts.keepaliveMs);
+  return socket;
+}
+
 export function sessionUsable(s: http2.ClientHttp2Session): boolean {
   return !s.closed && !s.destroyed && !(s as { goawayReceived?: boolean }).goawayReceived;
 }
 
-/** One shared session per origin, reconnected lazily after it closes. */
+/**
+ * Shared sessions per origin: as few connections as the server's SETTINGS_MAX_CONCURRENT_STREAMS
+ * allows (hyper's default is 200 per connection). Long-lived streams (watches, ForwardTcp, exec)
+ * would otherwise fill one connection and queue every later request behind them; when every
+ * connection is full, another is opened. Closed and GOAWAY'd connections are dropped and replaced
+ * lazily.
+ */
 export class SessionPool {
-  private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
+  private readonly origins = new Map<string, PoolEntry[]>();
   private closed = false;
 
   constructor(
@@ -67,56 +93,77 @@ export class SessionPool {
     private readonly onCountChange?: (n: number) => void,
   ) {}
 
+  /** Connections open or opening, all origins together. */
   get size(): number {
-    return this.sessions.size;
+    let n = 0;
+    for (const list of this.origins.values()) n += list.length;
+    return n;
   }
 
   async get(origin: string): Promise<http2.ClientHttp2Session> {
-    if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
-    const existing = this.sessions.get(origin);
-    if (existing) {
-      const s = await existing.catch(() => undefined);
-      if (s && sessionUsable(s)) return s;
-      if (this.sessions.get(origin) === existing) this.sessions.delete(origin);
-    }
-    const pending = connectSession(origin, this.opts);
-    this.sessions.set(origin, pending);
-    this.onCountChange?.(this.sessions.size);
-    try {
-      const session = await pending;
-      const forget = (): void => {
-        if (this.sessions.get(origin) === pending) {
-          this.sessions.delete(origin);
-          this.onCountChange?.(this.sessions.size);
-        }
-      };
-      session.once('close', forget);
-      session.once('goaway', forget);
-      return session;
-    } catch (err) {
-      if (this.sessions.get(origin) === pending) {
-        this.sessions.delete(origin);
-        this.onCountChange?.(this.sessions.size);
+    // Bounded: each round either returns, joins a connect in flight, or starts one.
+    for (let round = 0; round < 4; round++) {
+      if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
+      const list = this.origins.get(origin) ?? [];
+      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active < streamLimit(e.session));
+      if (ready?.session) return ready.session;
+      // A connect in flight with room to spare is joined rather than racing another one.
+      const pending = list.find((e) => e.session === undefined);
+      if (pending) {
+        await pending.connecting.catch(() => undefined);
+        continue;
       }
-      throw err;
+      await this.open(origin).connecting;
     }
+    // Still no room (many callers raced for the same slots): a fresh connection of our own.
+    const entry = this.open(origin);
+    return entry.connecting;
   }
 
-  /** Drops a session that misbehaved so the next get() reconnects. */
+  private open(origin: string): PoolEntry {
+    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0 };
+    const list = this.origins.get(origin) ?? [];
+    list.push(entry);
+    this.origins.set(origin, list);
+    this.onCountChange?.(this.size);
+    entry.connecting.then(
+      (session) => {
+        entry.session = session;
+        countStreams(session, entry);
+        const forget = (): void => this.remove(origin, entry);
+        session.once('close', forget);
+        session.once('goaway', forget);
+        if (this.closed) session.destroy();
+      },
+      () => this.remove(origin, entry),
+    );
+    return entry;
+  }
+
+  private remove(origin: string, entry: PoolEntry): void {
+    const list = this.origins.get(origin);
+    const i = list?.indexOf(entry) ?? -1;
+    if (!list || i < 0) return;
+    list.splice(i, 1);
+    if (list.length === 0) this.origins.delete(origin);
+    this.onCountChange?.(this.size);
+  }
+
+  /** Drops an origin's connections that misbehaved so the next get() reconnects. */
   evict(origin: string): void {
-    const p = this.sessions.get(origin);
-    this.sessions.delete(origin);
-    this.onCountChange?.(this.sessions.size);
-    void p?.then((s) => s.close(), () => undefined);
+    const list = this.origins.get(origin) ?? [];
+    this.origins.delete(origin);
+    this.onCountChange?.(this.size);
+    for (const e of list) void e.connecting.then((s) => s.close(), () => undefined);
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    const all = [...this.sessions.values()];
-    this.sessions.clear();
+    const all = [...this.origins.values()].flat();
+    this.origins.clear();
     await Promise.all(
-      all.map((p) =>
-        p.then(
+      all.map((e) =>
+        e.connecting.then(
           (s) => new Promise<void>((resolve) => {
             if (s.destroyed) return resolve();
             s.close(() => resolve());
@@ -130,6 +177,34 @@ export class SessionPool {
       ),
     );
   }
+}
+
+interface PoolEntry {
+  connecting: Promise<http2.ClientHttp2Session>;
+  session: http2.ClientHttp2Session | undefined;
+  /** Streams open on the session, counted as they are requested and closed. */
+  active: number;
+}
+
+/** Assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2 recommends at least 100). */
+const DEFAULT_STREAM_LIMIT = 100;
+
+function streamLimit(session: http2.ClientHttp2Session): number {
+  return session.remoteSettings?.maxConcurrentStreams ?? DEFAULT_STREAM_LIMIT;
+}
+
+/**
+ * The pool must see every stream opened on its sessions to know which has room; callers open them
+ * with session.request() (forwardStream and friends), so the session's request() is wrapped once.
+ */
+function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry): void {
+  const request = session.request.bind(session);
+  session.request = ((headers?: http2.OutgoingHttpHeaders, options?: http2.ClientSessionRequestOptions) => {
+    const stream = request(headers, options);
+    entry.active++;
+    stream.once('close', () => entry.active--);
+    return stream;
+  }) as typeof session.request;
 }
 
 /**

@@ -271,11 +271,19 @@ function tunnelToPeer(
   return ctx.peerPool.get(target.peerUrl).then(
     (session) =>
       new Promise<PeerTunnelResult>((resolve) => {
-        const stream = session.request({
-          ':method': 'CONNECT',
-          ':authority': 'openshell-ssh-tunnel',
-          ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
-        });
+        let stream: http2.ClientHttp2Stream;
+        try {
+          stream = session.request({
+            ':method': 'CONNECT',
+            ':authority': 'openshell-ssh-tunnel',
+            ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
+          });
+        } catch (err) {
+          // The peer connection began closing (GOAWAY) after get(): nothing was sent.
+          plog.info({ err: (err as Error).message }, 'peer connection closing');
+          resolve('unreachable');
+          return;
+        }
         let responded = false;
         stream.on('error', (err) => {
           if (responded) return;

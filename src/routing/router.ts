@@ -178,6 +178,9 @@ export const OWNER_MEMORY_FACTOR = 4;
 const MAX_CHANGE_MEMORY = 100_000;
 
 export class OwnerRouter {
+  /** Requests held right now (bounded by maxHeld). */
+  private holding = 0;
+  private lastHoldRefusalLog = 0;
   /** Last owner resolved per sandbox: routing keeps working from it while the store is down. */
   private readonly lastKnown = new Map<string, { target: Target; atMs: number }>();
 
@@ -195,6 +198,8 @@ export class OwnerRouter {
     private readonly metrics: SidecarMetrics,
     private readonly logger: Logger,
     private readonly ownerWaitMs: number,
+    /** Requests held at once at most; past it the local gateway answers at once (its own refusal). */
+    private readonly maxHeld = Number.POSITIVE_INFINITY,
   ) {
     store.onChange((id) => {
       const now = Date.now();
@@ -283,6 +288,23 @@ export class OwnerRouter {
     // try it; a not-owner answer or a refused connection brings us back here with it excluded.
     if (known && known.target.kind === 'peer' && recentlyOwned && usable(known.target)) return known.target;
     if (this.ownerWaitMs <= 0) return null;
+    if (this.holding >= this.maxHeld) {
+      this.metrics.protectionsTotal.inc({ reason: 'held_requests' });
+      if (Date.now() - this.lastHoldRefusalLog > 1000) {
+        this.lastHoldRefusalLog = Date.now();
+        this.logger.warn({ sandbox: sandboxId, maxHeld: this.maxHeld }, 'too many requests held for an owner; this one is not held (the local gateway answers)');
+      }
+      return null;
+    }
+    this.holding++;
+    try {
+      return await this.hold(sandboxId, usable, opts);
+    } finally {
+      this.holding--;
+    }
+  }
+
+  private async hold(sandboxId: string, usable: (t: Target) => boolean, opts: { exclude?: PeerTarget }): Promise<Target | null> {
     const started = Date.now();
     const log = this.logger.child({ sandbox: sandboxId });
     log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');

@@ -34,7 +34,7 @@ describe('defaults', () => {
     expect(cfg).toMatchObject(CONFIG_DEFAULTS);
     expect(cfg.listen).toBe('0.0.0.0:8080');
     expect(cfg.peerListen).toBe('0.0.0.0:8443');
-    expect(cfg.adminListen).toBe('0.0.0.0:9091');
+    expect(cfg.adminListen).toBe('127.0.0.1:9091');
     expect(cfg.gatewayUrl).toBe('http://127.0.0.1:18080');
     expect(cfg.maxFirstMessageBytes).toBe(65536);
     expect(cfg.hopLimit).toBe(2);
