@@ -188,7 +188,11 @@ export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): P
   const h1 = http.createServer({ requireHostHeader: false }, (req, res) => {
     seen.push({ proto: 'http1', method: req.method ?? '', path: req.url ?? '', headers: pairs(req.rawHeaders) });
     req.resume();
-    res.writeHead(200, { 'content-type': 'text/plain' }).end('fake gateway\n');
+    // `/slow/<ms>`: a slow but healthy answer (a long poll), sent after <ms>.
+    const slow = /^\/slow\/(\d+)/.exec(req.url ?? '');
+    const answer = (): void => void res.writeHead(200, { 'content-type': 'text/plain' }).end('fake gateway\n');
+    if (slow) setTimeout(answer, Number(slow[1])).unref();
+    else answer();
   });
   h1.on('connect', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
     seen.push({ proto: 'http1', method: req.method ?? '', path: req.url ?? '', headers: pairs(req.rawHeaders) });
@@ -289,6 +293,11 @@ export interface Attacker {
 export async function startAttacker(): Promise<Attacker> {
   const a: Attacker = { url: '', connections: 0, streams: [], close: async () => undefined };
   const server = http2.createServer();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on('session', (sess) => {
+    sessions.add(sess);
+    sess.once('close', () => sessions.delete(sess));
+  });
   server.on('connection', () => a.connections++);
   server.on('stream', (stream, headers) => {
     a.streams.push({ ...headers });
@@ -300,7 +309,11 @@ export async function startAttacker(): Promise<Attacker> {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   a.url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-  a.close = () => new Promise<void>((r) => server.close(() => r()));
+  a.close = () =>
+    new Promise<void>((r) => {
+      server.close(() => r());
+      for (const sess of sessions) sess.destroy();
+    });
   return a;
 }
 
