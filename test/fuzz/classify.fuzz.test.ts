@@ -19,7 +19,7 @@ import {
   type Preface,
 } from '../../src/classify/classify.ts';
 import { DEFAULT_SERVICE_BASE_DOMAINS, endpointKey, parseServiceHost } from '../../src/classify/service-host.ts';
-import { counted, FUZZ_TIMEOUT_MS, fuzzParams, reportCounts } from './support.ts';
+import { counted, FUZZ_TIMEOUT_MS, fuzzAssert, reportCounts } from './support.ts';
 
 reportCounts('classify');
 
@@ -51,8 +51,8 @@ const pathLike: fc.Arbitrary<string> = fc.oneof(
 );
 
 describe('gRPC path classification', () => {
-  it('only the exact paths of the method table are sandbox-scoped, and the class matches the method', () => {
-    fc.assert(
+  it('only the exact paths of the method table are sandbox-scoped, and the class matches the method', async () => {
+    await fuzzAssert(
       fc.property(pathLike, (path) => {
         const m = grpcMethod(path);
         const cls = classifyGrpcPath(path);
@@ -66,29 +66,27 @@ describe('gRPC path classification', () => {
           expect(cls).toBe('passthrough');
         }
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('isGrpcContentType is exactly a case-insensitive application/grpc prefix', () => {
+  it('isGrpcContentType is exactly a case-insensitive application/grpc prefix', async () => {
     const ct = fc.oneof(
       fc.constantFrom('application/grpc', 'application/grpc+proto', 'application/grpc-web', 'application/json', 'text/plain', ''),
       fc.constantFrom('application/grpc', 'application/grpc+proto').chain(recased),
       fc.string({ maxLength: 30 }),
     );
-    fc.assert(
+    await fuzzAssert(
       fc.property(fc.option(ct, { nil: undefined }), (value) => {
         const got = isGrpcContentType(value);
         counted('isGrpcContentType', String(got));
         expect(got).toBe(value !== undefined && value.toLowerCase().startsWith('application/grpc'));
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
 
 describe('HTTP/1.1 classification', () => {
-  it("only CONNECT with exactly the SSH path is an ssh tunnel (case, authority-form, suffixes don't match)", () => {
+  it("only CONNECT with exactly the SSH path is an ssh tunnel (case, authority-form, suffixes don't match)", async () => {
     const method = fc.oneof(fc.constantFrom('CONNECT', 'GET', 'POST', 'PUT'), fc.constant('CONNECT').chain(recased), fc.stringMatching(/^[A-Z]{1,10}$/));
     const target = fc.oneof(
       fc.constant(DEFAULT_SSH_CONNECT_PATH),
@@ -96,13 +94,12 @@ describe('HTTP/1.1 classification', () => {
       fc.constantFrom('/connect/ssh/', '/connect/ssh?x=1', '//connect/ssh', 'gateway:8080', '/connect/ssh#', '/connect%2Fssh', 'http://h/connect/ssh'),
       fc.string({ maxLength: 30 }),
     );
-    fc.assert(
+    await fuzzAssert(
       fc.property(method, target, (m, t) => {
         const cls = classifyHttp1(m, t);
         counted('classifyHttp1', cls);
         expect(cls).toBe(m === 'CONNECT' && t === DEFAULT_SSH_CONNECT_PATH ? 'ssh-tunnel' : 'passthrough');
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
@@ -132,20 +129,19 @@ describe('connection preface detection', () => {
     return buf.length <= 20 ? 'need-more' : 'garbage';
   }
 
-  it('matches the preface rules, never throws, and is decided within 24 bytes', () => {
-    fc.assert(
+  it('matches the preface rules, never throws, and is decided within 24 bytes', async () => {
+    await fuzzAssert(
       fc.property(prefaceBytes, (bytes) => {
         const got = detectPreface(bytes);
         counted('detectPreface', got);
         expect(got).toBe(expected(bytes));
         if (bytes.length >= H2_PREFACE.length) expect(got).not.toBe('need-more');
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('a decision taken on a prefix never changes as more bytes arrive (the listener acts on prefixes)', () => {
-    fc.assert(
+  it('a decision taken on a prefix never changes as more bytes arrive (the listener acts on prefixes)', async () => {
+    await fuzzAssert(
       fc.property(prefaceBytes, (bytes) => {
         let decided: Preface | undefined;
         for (let i = 0; i <= bytes.length; i++) {
@@ -155,7 +151,6 @@ describe('connection preface detection', () => {
         }
         counted('detectPreface prefix-stability', decided ?? 'need-more');
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
@@ -168,8 +163,8 @@ describe('internal header stripping', () => {
   ).filter((n) => !n.toLowerCase().startsWith(INTERNAL_HEADER_PREFIX));
   const headers = fc.dictionary(fc.oneof(internalName, otherName), fc.oneof(fc.string({ maxLength: 10 }), fc.array(fc.string({ maxLength: 5 }), { maxLength: 3 })), { maxKeys: 12 });
 
-  it('removes every x-ohs-* header in any case, keeps every other one, and is idempotent', () => {
-    fc.assert(
+  it('removes every x-ohs-* header in any case, keeps every other one, and is idempotent', async () => {
+    await fuzzAssert(
       fc.property(headers, (original) => {
         const h: Record<string, unknown> = { ...original };
         const removed = stripInternalHeaders(h);
@@ -180,7 +175,6 @@ describe('internal header stripping', () => {
         expect(Object.keys(h).length + Object.keys(removed).length).toBe(Object.keys(original).length);
         expect(stripInternalHeaders(h)).toEqual({});
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
@@ -192,8 +186,8 @@ describe('service host parsing', () => {
   const bases = fc.uniqueArray(base, { minLength: 1, maxLength: 3 });
   const port = fc.option(fc.integer({ min: 0, max: 65535 }), { nil: undefined });
 
-  it('a host built from workspace, sandbox and service parses back to exactly them', () => {
-    fc.assert(
+  it('a host built from workspace, sandbox and service parses back to exactly them', async () => {
+    await fuzzAssert(
       fc.property(label, label, fc.option(label, { nil: undefined }), bases, fc.nat(), port, (ws, sb, svc, bs, pick, p) => {
         const b = bs[pick % bs.length] as string;
         const host = `${ws}--${sb}${svc === undefined ? '' : `--${svc}`}.${b}${p === undefined ? '' : `:${p}`}`;
@@ -205,11 +199,10 @@ describe('service host parsing', () => {
         if (matched === b) expect(got).toEqual({ workspace: ws, sandbox: sb, service: svc ?? '' });
         else if (got) expect(`${got.workspace}--${endpointKey(got)}.${matched}`).toBe(host.split(':')[0]);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('any host: never throws; what it parses re-encodes to the host name and has no "--" inside a part', () => {
+  it('any host: never throws; what it parses re-encodes to the host name and has no "--" inside a part', async () => {
     const anyHost = fc.oneof(
       fc.string({ maxLength: 60 }),
       fc.tuple(fc.string({ maxLength: 20 }), base).map(([s, b]) => `${s}.${b}`),
@@ -221,7 +214,7 @@ describe('service host parsing', () => {
           .map(([parts, b, p]) => `${parts.join('')}.${b}${p}`),
       },
     );
-    fc.assert(
+    await fuzzAssert(
       fc.property(anyHost, bases, (host, bs) => {
         const got = parseServiceHost(host, bs);
         counted('parseServiceHost arbitrary', got ? 'service-host' : 'not-service');
@@ -236,7 +229,6 @@ describe('service host parsing', () => {
         expect(got.sandbox.includes('--')).toBe(false);
         expect(got.service.includes('--')).toBe(false);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });

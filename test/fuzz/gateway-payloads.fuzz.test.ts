@@ -15,7 +15,7 @@ import {
   streamEventSandbox,
   watchRequestFlags,
 } from '../../src/wire/gateway-payloads.ts';
-import { counted, FUZZ_TIMEOUT_MS, fuzzParams, reportCounts } from './support.ts';
+import { counted, FUZZ_TIMEOUT_MS, fuzzAssert, reportCounts } from './support.ts';
 import { anyText, encode, msg, mutated, scattered, str, unknownEntry, utf8, vint, type Entry } from './proto-gen.ts';
 
 reportCounts('gateway-payloads');
@@ -66,18 +66,17 @@ const sandboxPayload = fc
   });
 
 describe('Sandbox payloads', () => {
-  it('the phase is read from either layout as protobuf defines it (seed field wins, last value wins, statuses merge)', () => {
-    fc.assert(
+  it('the phase is read from either layout as protobuf defines it (seed field wins, last value wins, statuses merge)', async () => {
+    await fuzzAssert(
       fc.property(sandboxPayload, ({ bytes, expected }) => {
         const got = sandboxPayloadPhase(bytes);
         counted('sandboxPayloadPhase', got.layout);
         expect(got).toEqual(expected);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('two encodings of one state (phase, resource_version) give one signature, and it names that state', () => {
+  it('two encodings of one state (phase, resource_version) give one signature, and it names that state', async () => {
     const state = fc.record({ phase: fc.integer({ min: 0, max: 6 }), version: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) });
     const encoding = (s: { phase: number; version: bigint }): fc.Arbitrary<Buffer> =>
       fc
@@ -90,19 +89,18 @@ describe('Sandbox payloads', () => {
           const known = statusFirst ? [msg(3, status), msg(1, meta)] : [msg(1, meta), msg(3, status)];
           return scattered<Entry>(known, unknownEntry([1, 3, 4]), 3).map(encode);
         });
-    fc.assert(
+    await fuzzAssert(
       fc.property(state.chain((s) => fc.tuple(fc.constant(s), encoding(s), encoding(s))), ([s, a, b]) => {
         counted('sandboxSignature', s.phase === 2 ? 'ready' : 'other-phase');
         expect(sandboxSignature(a)).toBe(sandboxSignature(b));
         expect(sandboxSignature(a)).toBe(`${s.phase}:${s.version}`);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
 
 describe('ssh_session, service_endpoint and watch payloads', () => {
-  it('SshSession fields read back (last occurrence wins) and the validity rule is the gateway\'s', () => {
+  it('SshSession fields read back (last occurrence wins) and the validity rule is the gateway\'s', async () => {
     type Occ = { id: string } | { exp: bigint } | { revoked: bigint };
     const occ: fc.Arbitrary<Occ> = fc.oneof(
       fc.oneof(fc.uuid(), anyText).map((id) => ({ id })),
@@ -110,7 +108,7 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
       fc.constantFrom(0n, 1n, 7n, 1n << 40n).map((revoked) => ({ revoked })),
     );
     const input = fc.tuple(fc.array(occ, { maxLength: 6 }).chain((o) => scattered<Occ | Entry>(o, unknownEntry([2, 4, 5]), 4)), fc.uuid(), fc.integer({ min: 0, max: 4_000_000_000_000 }), fc.boolean());
-    fc.assert(
+    await fuzzAssert(
       fc.property(input, ([all, askedFor, nowMs, askOwn]) => {
         const want = { sandboxId: '', expiresAtMs: 0, revoked: false };
         const entries = all.map((x): Entry => {
@@ -135,18 +133,17 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
         counted('sshSessionPayload/sshSessionValidFor', valid ? 'valid' : 'refused');
         expect(valid).toBe(!got.revoked && got.sandboxId === sandbox && (got.expiresAtMs <= 0 || nowMs <= got.expiresAtMs));
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('ServiceEndpoint.sandbox_id and WatchSandboxRequest flags read back (last occurrence wins)', () => {
+  it('ServiceEndpoint.sandbox_id and WatchSandboxRequest flags read back (last occurrence wins)', async () => {
     type Occ = { id: string } | { follow: bigint } | { stop: bigint };
     const occ: fc.Arbitrary<Occ> = fc.oneof(
       fc.oneof(fc.uuid(), anyText).map((id) => ({ id })),
       u64.map((follow) => ({ follow })),
       u64.map((stop) => ({ stop })),
     );
-    fc.assert(
+    await fuzzAssert(
       fc.property(fc.array(occ, { maxLength: 6 }).chain((o) => scattered<Occ | Entry>(o, unknownEntry([2, 7]), 4)), (all) => {
         let id = '';
         const flags = { followStatus: false, stopOnTerminal: false };
@@ -171,13 +168,12 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
         expect(serviceEndpointSandboxId(encode(endpoint))).toBe(id);
         expect(watchRequestFlags(encode(watch))).toEqual(flags);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('statusEventFrame round-trips through streamEventSandbox and frames its length correctly', () => {
+  it('statusEventFrame round-trips through streamEventSandbox and frames its length correctly', async () => {
     const sandbox = fc.oneof({ weight: 9, arbitrary: fc.uint8Array({ maxLength: 400 }) }, { weight: 1, arbitrary: fc.uint8Array({ minLength: 16_000, maxLength: 20_000 }) });
-    fc.assert(
+    await fuzzAssert(
       fc.property(sandbox, (sb) => {
         const f = statusEventFrame(sb);
         counted('statusEventFrame/streamEventSandbox', sb.length < 128 ? 'short' : 'long');
@@ -185,14 +181,13 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
         expect(f.readUInt32BE(1)).toBe(f.length - 5);
         expect(Buffer.from(streamEventSandbox(f.subarray(5)) ?? []).equals(Buffer.from(sb))).toBe(true);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('streamEventSandbox follows the oneof: a later log, event or warning member means no sandbox', () => {
+  it('streamEventSandbox follows the oneof: a later log, event or warning member means no sandbox', async () => {
     type Member = { f: 1 | 2 | 3 | 4; b: Uint8Array };
     const member = fc.record({ f: fc.constantFrom(1, 2, 3, 4) as fc.Arbitrary<1 | 2 | 3 | 4>, b: fc.uint8Array({ maxLength: 20 }) });
-    fc.assert(
+    await fuzzAssert(
       fc.property(fc.array(member, { maxLength: 3 }).chain((m) => scattered<Member | Entry>(m, unknownEntry([1, 2, 3, 4]), 3)), (all) => {
         let last: Member | undefined;
         const entries = all.map((x): Entry => {
@@ -205,15 +200,14 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
         if (last?.f === 1) expect(Buffer.from(got ?? []).equals(Buffer.from(last.b))).toBe(true);
         else expect(got).toBeUndefined();
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
 
 describe('arbitrary bytes', () => {
-  it('every reader returns well-typed values or throws an Error (never anything else)', () => {
+  it('every reader returns well-typed values or throws an Error (never anything else)', async () => {
     const bytes = fc.oneof(fc.uint8Array({ maxLength: 64 }), sandboxPayload.chain((p) => mutated(p.bytes)));
-    fc.assert(
+    await fuzzAssert(
       fc.property(bytes, (b) => {
         let threw = 0;
         const attempt = (fn: () => void): void => {
@@ -243,7 +237,6 @@ describe('arbitrary bytes', () => {
         });
         counted('payload readers on arbitrary bytes', threw === 0 ? 'all-returned' : threw === 6 ? 'all-threw' : 'some-threw');
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });

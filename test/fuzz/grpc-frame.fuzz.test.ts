@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { OhsError } from '../../src/errors.ts';
 import { FirstMessageBuffer, GRPC_FRAME_HEADER_BYTES, GrpcMessageSplitter } from '../../src/wire/grpc-frame.ts';
-import { counted, FUZZ_TIMEOUT_MS, fuzzParams, reportCounts } from './support.ts';
+import { counted, FUZZ_TIMEOUT_MS, fuzzAssert, reportCounts } from './support.ts';
 import { chunkings } from './proto-gen.ts';
 
 reportCounts('grpc-frame');
@@ -23,7 +23,7 @@ const cap = fc.oneof(fc.integer({ min: 0, max: 64 }), fc.constant(65_536));
 const body = fc.uint8Array({ maxLength: 80 });
 
 describe('FirstMessageBuffer', () => {
-  it('any chunking of a valid stream: need-more until the first message is whole, then every byte replayed', () => {
+  it('any chunking of a valid stream: need-more until the first message is whole, then every byte replayed', async () => {
     const input = fc
       .tuple(cap, body, fc.uint8Array({ maxLength: 40 }))
       .filter(([max, b]) => b.length <= max)
@@ -31,7 +31,7 @@ describe('FirstMessageBuffer', () => {
         const stream = Buffer.concat([frame(b), Buffer.from(after)]);
         return chunkings(stream).map((chunks) => ({ max, b, stream, chunks }));
       });
-    fc.assert(
+    await fuzzAssert(
       fc.property(input, ({ max, b, chunks }) => {
         const buf = new FirstMessageBuffer(max);
         const need = GRPC_FRAME_HEADER_BYTES + b.length;
@@ -58,11 +58,10 @@ describe('FirstMessageBuffer', () => {
         counted('FirstMessageBuffer valid stream', done ? 'complete' : 'need-more');
         expect(done).toBe(pushed >= need);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('a lying or oversized length prefix, or a compressed flag, is refused at the prefix and drops what it held', () => {
+  it('a lying or oversized length prefix, or a compressed flag, is refused at the prefix and drops what it held', async () => {
     const input = fc
       .tuple(
         cap,
@@ -71,7 +70,7 @@ describe('FirstMessageBuffer', () => {
         fc.uint8Array({ maxLength: 60 }),
       )
       .chain(([max, flag, len, b]) => chunkings(frame(b, flag, len)).map((chunks) => ({ max, flag, len, b, chunks })));
-    fc.assert(
+    await fuzzAssert(
       fc.property(input, ({ max, flag, len, b, chunks }) => {
         const buf = new FirstMessageBuffer(max);
         let pushed = 0;
@@ -107,13 +106,12 @@ describe('FirstMessageBuffer', () => {
         counted('FirstMessageBuffer lying/oversized prefix', outcome);
         void b;
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
 
 describe('GrpcMessageSplitter', () => {
-  it('any chunking of valid messages yields exactly those messages, in order, and holds only a partial one', () => {
+  it('any chunking of valid messages yields exactly those messages, in order, and holds only a partial one', async () => {
     const input = fc
       .tuple(fc.integer({ min: 0, max: 100 }), fc.array(body, { maxLength: 8 }))
       .map(([max, bodies]) => ({ max, bodies: bodies.filter((x) => x.length <= max) }))
@@ -121,7 +119,7 @@ describe('GrpcMessageSplitter', () => {
         const frames = bodies.map((x) => frame(x));
         return chunkings(Buffer.concat(frames)).map((chunks) => ({ max, frames, chunks }));
       });
-    fc.assert(
+    await fuzzAssert(
       fc.property(input, ({ max, frames, chunks }) => {
         const s = new GrpcMessageSplitter(max);
         const out: Buffer[] = [];
@@ -133,11 +131,10 @@ describe('GrpcMessageSplitter', () => {
         expect(out.map((m) => m.toString('hex'))).toEqual(frames.map((f) => f.toString('hex')));
         expect(s.bufferedBytes).toBe(0);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 
-  it('arbitrary bytes: only OhsError, every message out is whole, and bytes out + held = bytes in', () => {
+  it('arbitrary bytes: only OhsError, every message out is whole, and bytes out + held = bytes in', async () => {
     // Random bytes, and frames whose length prefixes lie (claim more or less than follows).
     const lying = fc
       .array(fc.tuple(fc.uint8Array({ maxLength: 30 }), fc.integer({ min: -3, max: 3 }), fc.integer({ min: 0, max: 255 })), { maxLength: 6 })
@@ -145,7 +142,7 @@ describe('GrpcMessageSplitter', () => {
         chunkings(Buffer.concat(frames.map(([b, lie, flag]) => frame(b, flag % 3 === 0 ? flag : 0, Math.max(0, b.length + lie))))),
       );
     const input = fc.tuple(fc.integer({ min: 0, max: 100 }), fc.oneof(fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 10 }), lying));
-    fc.assert(
+    await fuzzAssert(
       fc.property(input, ([max, chunks]) => {
         const s = new GrpcMessageSplitter(max);
         let inBytes = 0;
@@ -175,7 +172,6 @@ describe('GrpcMessageSplitter', () => {
         s.reset();
         expect(s.bufferedBytes).toBe(0);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });

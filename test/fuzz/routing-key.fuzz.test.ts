@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { grpcMethod, methodNamed, OPENSHELL_SERVICE_PREFIX } from '../../src/classify/classify.ts';
 import { OhsError } from '../../src/errors.ts';
 import { extractRoutingKey, sandboxIdProblem, validateSandboxId, type KeySpec, type RequestKey } from '../../src/wire/routing-key.ts';
-import { counted, FUZZ_TIMEOUT_MS, fuzzParams, reportCounts } from './support.ts';
+import { counted, FUZZ_TIMEOUT_MS, fuzzAssert, reportCounts } from './support.ts';
 import { anyText, containsBytes, encode, idLike, msg, mutated, scattered, str, unknownEntry, utf8, vint, type Entry } from './proto-gen.ts';
 
 reportCounts('routing-key');
@@ -198,7 +198,7 @@ function keyIsInBytes(key: RequestKey, bytes: Uint8Array): boolean {
 }
 
 describe('routing-key extraction', () => {
-  it('the fuzzed method list is the classifier table', () => {
+  it('the fuzzed method list is the classifier table', async () => {
     for (const name of METHOD_NAMES) expect(grpcMethod(`${OPENSHELL_SERVICE_PREFIX}${name}`)?.name).toBe(name);
   });
 
@@ -216,32 +216,30 @@ describe('routing-key extraction', () => {
     const label = names.length > 1 ? `${names[0]} (+${names.length - 1} same spec)` : (names[0] as string);
     const method = fc.constantFrom(...names);
 
-    it(`${label}: a well-formed message yields exactly the key protobuf gives it (any order, unknown and repeated fields)`, () => {
-      fc.assert(
+    it(`${label}: a well-formed message yields exactly the key protobuf gives it (any order, unknown and repeated fields)`, async () => {
+      await fuzzAssert(
         fc.property(validMessage(spec), method, ({ bytes, expected }, name) => {
           const got = run(spec, bytes, name);
           counted(`extractRoutingKey well-formed ${label}`, outcome(got));
           expect(got).toEqual(expected);
         }),
-        fuzzParams(),
       );
     }, FUZZ_TIMEOUT_MS);
 
-    it(`${label}: arbitrary and mutated bytes throw only OhsError and never yield a key the bytes lack`, () => {
+    it(`${label}: arbitrary and mutated bytes throw only OhsError and never yield a key the bytes lack`, async () => {
       const input = fc.oneof(fc.uint8Array({ maxLength: 64 }), validMessage(spec).chain((b) => mutated(b.bytes)));
-      fc.assert(
+      await fuzzAssert(
         fc.property(input, method, (bytes, name) => {
           const r = run(spec, bytes, name);
           counted(`extractRoutingKey arbitrary ${label}`, outcome(r));
           if ('key' in r) expect(keyIsInBytes(r.key, bytes)).toBe(true);
         }),
-        fuzzParams(),
       );
     }, FUZZ_TIMEOUT_MS);
   }
 
-  it('validateSandboxId accepts exactly 1..128 of [A-Za-z0-9._-] and throws only OhsError', () => {
-    fc.assert(
+  it('validateSandboxId accepts exactly 1..128 of [A-Za-z0-9._-] and throws only OhsError', async () => {
+    await fuzzAssert(
       fc.property(idLike, fc.constantFrom('header', 'message') as fc.Arbitrary<'header' | 'message'>, (id, origin) => {
         counted('validateSandboxId');
         const ok = /^[A-Za-z0-9._-]{1,128}$/.test(id);
@@ -256,7 +254,6 @@ describe('routing-key extraction', () => {
           expect(code).toBe(id === '' ? 'OHS_ERR_MISSING_ROUTING_KEY' : origin === 'header' ? 'OHS_ERR_BAD_REQUEST' : 'OHS_ERR_MALFORMED_MESSAGE');
         }
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });

@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { bearerToken, checkSandboxClaims } from '../../src/auth/sandbox-jwt.ts';
-import { counted, FUZZ_TIMEOUT_MS, fuzzParams, reportCounts } from './support.ts';
+import { counted, FUZZ_TIMEOUT_MS, fuzzAssert, reportCounts } from './support.ts';
 
 reportCounts('sandbox-jwt');
 
@@ -52,9 +52,9 @@ function model(c: Record<string, unknown>, now: number, pin: string | undefined)
 }
 
 describe('checkSandboxClaims', () => {
-  it('accepts exactly the claims the gateway accepts, for claims of any shape, and never throws', () => {
+  it('accepts exactly the claims the gateway accepts, for claims of any shape, and never throws', async () => {
     const pin = fc.option(fc.constantFrom('openshell-gateway:gw-1', 'openshell-gateway:other'), { nil: undefined, freq: 2 });
-    fc.assert(
+    await fuzzAssert(
       fc.property(claims, fc.integer({ min: NOW - 100, max: NOW + 100 }), pin, (c, now, p) => {
         const got = checkSandboxClaims(c, now, p);
         const want = model(c, now, p);
@@ -62,7 +62,6 @@ describe('checkSandboxClaims', () => {
         if (want === undefined) expect(got.ok).toBe(false);
         else expect(got).toEqual({ ok: true, sandboxId: want });
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });
@@ -80,8 +79,8 @@ describe('bearerToken', () => {
   );
   const header = fc.oneof(fc.constant(undefined), value, fc.array(value, { maxLength: 3 }));
 
-  it('extracts the token of the first value when it is `Bearer <token>`, and nothing otherwise', () => {
-    fc.assert(
+  it('extracts the token of the first value when it is `Bearer <token>`, and nothing otherwise', async () => {
+    await fuzzAssert(
       fc.property(header, (h) => {
         const got = bearerToken(h);
         counted('bearerToken', got === undefined ? 'none' : 'token');
@@ -96,7 +95,6 @@ describe('bearerToken', () => {
         // Round trip: the value it came from, re-made from the token, gives the token again.
         expect(bearerToken(`Bearer ${got}`)).toBe(got);
       }),
-      fuzzParams(),
     );
   }, FUZZ_TIMEOUT_MS);
 });

@@ -2,10 +2,11 @@
 // property OHS_FUZZ_RUNS times (default 1,000); `make fuzz` sets 100,000. OHS_FUZZ_SEED replays a
 // failing run (fast-check prints the seed and the shrunk counterexample on failure).
 import { appendFileSync } from 'node:fs';
-import type fc from 'fast-check';
+import fc from 'fast-check';
 import { afterAll } from 'vitest';
 
 export const FUZZ_RUNS = positiveInt(process.env.OHS_FUZZ_RUNS, 1000);
+const fcAssert = fc.assert as <Ts>(p: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>, params: fc.Parameters<Ts>) => Promise<void> | void;
 const SEED = process.env.OHS_FUZZ_SEED === undefined ? undefined : Number(process.env.OHS_FUZZ_SEED);
 
 /** Generous per-test timeout: about 2 ms per case, at least a minute. */
@@ -33,6 +34,24 @@ export function counted(target: string, outcome = ''): void {
 
 export function fuzzParams<T>(extra: fc.Parameters<T> = {}): fc.Parameters<T> {
   return { numRuns: FUZZ_RUNS, ...(SEED === undefined ? {} : { seed: SEED }), ...extra };
+}
+
+/** Runs per fc.assert call; between calls the worker yields, so long runs never starve vitest's RPC. */
+const CHUNK_RUNS = 5_000;
+
+/**
+ * Checks `property` for FUZZ_RUNS cases, in chunks of CHUNK_RUNS with a fresh random seed each (the
+ * failing chunk's seed is printed; replay it with OHS_FUZZ_SEED=<seed> OHS_FUZZ_RUNS=<runs>).
+ */
+export async function fuzzAssert<Ts>(property: fc.IProperty<Ts> | fc.IAsyncProperty<Ts>): Promise<void> {
+  if (SEED !== undefined) {
+    await fcAssert(property, fuzzParams());
+    return;
+  }
+  for (let done = 0; done < FUZZ_RUNS; done += CHUNK_RUNS) {
+    await fcAssert(property, { numRuns: Math.min(CHUNK_RUNS, FUZZ_RUNS - done) });
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 /** Prints the case counts of one test file when it ends, and appends them to OHS_FUZZ_REPORT if set. */
