@@ -172,7 +172,16 @@ describe('ssh_session, service_endpoint and watch payloads', () => {
   }, FUZZ_TIMEOUT_MS);
 
   it('statusEventFrame round-trips through streamEventSandbox and frames its length correctly', async () => {
-    const sandbox = fc.oneof({ weight: 9, arbitrary: fc.uint8Array({ maxLength: 400 }) }, { weight: 1, arbitrary: fc.uint8Array({ minLength: 16_000, maxLength: 20_000 }) });
+    // Large payloads (3-byte length varints) are built from a few random bytes: generating 20,000
+    // elements one by one would cost more than the property.
+    const large = fc
+      .tuple(fc.integer({ min: 16_000, max: 20_000 }), fc.uint8Array({ minLength: 1, maxLength: 16 }), fc.nat())
+      .map(([n, bytes, at]) => {
+        const b = Buffer.alloc(n, bytes[0]);
+        Buffer.from(bytes).copy(b, at % (n - bytes.length));
+        return new Uint8Array(b);
+      });
+    const sandbox = fc.oneof({ weight: 9, arbitrary: fc.uint8Array({ maxLength: 400 }) }, { weight: 1, arbitrary: large });
     await fuzzAssert(
       fc.property(sandbox, (sb) => {
         const f = statusEventFrame(sb);
