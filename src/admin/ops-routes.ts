@@ -3,7 +3,8 @@
 // goes through the access check (access.ts) first. Store connections for status are opened on first
 // use and kept small: these endpoints are for people and one open page, not for automation at rate.
 import type http from 'node:http';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { createRedisClient } from '../ownership/redis-connect.ts';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { AdminAccessCheck } from './access.ts';
@@ -53,7 +54,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const redisFor = (): Redis | null => {
     if (!config.redisUrl || config.mode !== 'cluster') return null;
     if (!redis) {
-      redis = new Redis(config.redisUrl, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 1, connectTimeout: 1_000, commandTimeout: 2_000, connectionName: `ohs-admin-${self.replace(/[^\w.:-]/g, '_')}` });
+      redis = createRedisClient(config.redisUrl, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 1, connectTimeout: 1_000, commandTimeout: 2_000, connectionName: `ohs-admin-${self.replace(/[^\w.:-]/g, '_')}` });
       redis.on('error', () => undefined);
     }
     return redis;

@@ -3,6 +3,7 @@
 
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
+import { sentinelOptions } from '../ownership/redis-connect.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './host-port.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -45,7 +46,16 @@ function urlWithScheme(schemes: readonly string[]) {
 
 const httpUrl = urlWithScheme(['http:', 'https:']);
 const postgresUrl = urlWithScheme(['postgres:', 'postgresql:']);
-const redisUrl = urlWithScheme(['redis:', 'rediss:']);
+const plainRedisUrl = urlWithScheme(['redis:', 'rediss:']);
+/** redis:// or rediss:// (one server), or redis+sentinel:// (a Sentinel-managed primary). */
+const redisUrl = z.string().refine((value) => {
+  if (plainRedisUrl.safeParse(value).success) return true;
+  try {
+    return sentinelOptions(value) !== undefined;
+  } catch {
+    return false;
+  }
+}, 'expected a redis://, rediss:// or redis+sentinel://host:port[,host:port…]/<master-name>[/<db>] URL');
 const filePath = z.string().min(1);
 const int = (min: number, max: number) => z.number().int().min(min).max(max);
 

@@ -193,7 +193,9 @@ function readFirstMessage(
       finish();
       ctx.metrics.protectionsTotal.inc({ reason: over });
       const scope = over === 'total_buffer' ? 'this replica' : 'this connection';
-      rejectStream(ctx, stream, cls, log, new OhsError('OHS_ERR_LIMIT', `too many bytes buffered for unrouted requests on ${scope}; retry later`));
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: 'OHS_ERR_LIMIT' });
+      log.info({ budget: over }, 'stream refused: buffered first-message bytes over budget');
+      respondGrpcError(stream, 8, `too many bytes buffered for unrouted requests on ${scope}; retry later`);
       return;
     }
     held += chunk.length;

@@ -208,8 +208,8 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
   socket.on('error', () => undefined);
   socket.pause();
   const upstream = ctx.gateway.connect(() => {
-    upstream.write(Buffer.concat([requestHead(req), head]));
-    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined);
+    upstream.write(requestHead(req));
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, undefined, head);
   });
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
 }

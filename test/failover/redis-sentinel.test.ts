@@ -4,20 +4,13 @@
 // own), the tunnels held across the failover stay open, and after the promotion the slot counts in
 // the new primary are exactly the tunnels open, so the per-token limit still refuses the 4th.
 //
-// The sidecar cannot take a Sentinel configuration yet (config/schema.ts accepts only redis: and
-// rediss: URLs; limits/slots.ts and ownership/redis-owner-cache.ts call `new Redis(url, …)`). Until it
-// does, this file runs the real sidecar with a test-only seam (test/failover/support/sentinel-shim.mjs)
-// that hands those two `new Redis` calls ioredis's `sentinels` + `name` options parsed from the
-// proposed URL form, redis+sentinel://h1:p1,h2:p2,h3:p3/<master>. With OHS_KNOWN_FAILURES=1 it runs
-// without the seam and passes that URL as --redis-url: a known failure until the sidecar parses it.
-import path from 'node:path';
+// The sidecars are configured with --redis-url redis+sentinel://h1:p1,h2:p2,h3:p3/<master>.
 import type net from 'node:net';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
-import { repoRoot, tsEntry } from '../../emulator/process.ts';
 import { openConnectTunnel, sshViaGateway } from '../../emulator/ssh-client.ts';
 import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { DEFAULT_LIMIT_RULES, type LimitRule } from '../../src/limits/rules.ts';
@@ -28,7 +21,6 @@ import { createTestDatabase, testRedisPrefix, type TestDatabase } from '../helpe
 import { waitUntil } from '../helpers/wait.ts';
 import { metric, sleep, withTimeout } from '../adversarial/support.ts';
 
-const WIRED = process.env.OHS_KNOWN_FAILURES === '1';
 const LEASE_TTL_MS = 3000;
 const TOKEN_RULE = DEFAULT_LIMIT_RULES.find((r) => r.name === 'ssh-per-token') as LimitRule;
 
@@ -62,16 +54,11 @@ beforeAll(async () => {
   store = new GatewayStore(db.url);
   await store.migrate();
   prefix = testRedisPrefix('redis-sentinel');
-  const shim = path.join(repoRoot, 'test/failover/support/sentinel-shim.mjs');
-  if (!WIRED) process.env.OHS_TEST_SENTINEL_URL = sentinel.url;
-  const [node, ...rest] = tsEntry('src/main.ts');
   cluster = await Cluster.start({
     replicas: 2,
     databaseUrl: db.url,
     sidecars: {
-      ...(WIRED ? {} : { command: [node as string, '--import', shim, ...rest] }),
-      // Without the seam the URL is only a placeholder that passes validation (the seam replaces it).
-      redisUrl: WIRED ? sentinel.url : `redis://127.0.0.1:${sentinel.primaryPort}`,
+      redisUrl: sentinel.url,
       redisKeyPrefix: prefix,
       extraArgs: ['--limit-lease-ttl-ms', String(LEASE_TTL_MS)],
     },
@@ -101,7 +88,6 @@ afterAll(async () => {
   await store?.close();
   await db?.drop();
   await sentinel?.stop();
-  delete process.env.OHS_TEST_SENTINEL_URL;
 });
 
 /** A client of whichever Redis the sentinels call primary now. */
@@ -224,7 +210,7 @@ it('the Redis primary killed under SSH and exec traffic: nothing lost, limits ex
     byPhase.set(key, p);
   }
   console.log(
-    `redis sentinel failover (${WIRED ? 'sidecar configured with the sentinel URL' : 'through the test seam'}): primary ${oldPrimary} killed, ` +
+    `redis sentinel failover (sidecars configured with ${sentinel.url}): primary ${oldPrimary} killed, ` +
       `sentinels promoted ${newPrimary} after ${promotedMs} ms, both sidecars back on global limits after ${globalAgainMs} ms; ` +
       [...byPhase].map(([k, v]) => `${k} ${v.ok} ok/${v.failed} failed (max ${v.maxMs} ms)`).join(', ') +
       `; held tunnels open ${heldOpen}/3, token slots in the new primary ${slotsAfter}/3, 4th tunnel for the token: ${fourth.status}, slots released after close: ${released}`,
