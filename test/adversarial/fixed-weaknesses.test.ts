@@ -18,7 +18,9 @@ import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/super
 import { CONFIG_DEFAULTS, loadConfig } from '../../src/config/load.ts';
 import { parseHostPort } from '../../src/config/host-port.ts';
 import { requestHead } from '../../src/proxy/tunnel.ts';
+import { encodeMessage } from '../../emulator/proto.ts';
 import { exec, gatewayClient } from '../helpers/grpc-client.ts';
+import { grpcFrame } from '../helpers/raw.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
 import { waitUntil } from '../helpers/wait.ts';
 import { metric, rawSession, RssSampler, sleep, startAttacker, startFakeGateway, withTimeout, type FakeGateway } from './support.ts';
@@ -333,4 +335,70 @@ describe('fixed weaknesses: peers and owner records (two-replica cluster)', () =
     const after = (await metric(admin, 'ohs_forwards_total')).series;
     expect(after - before).toBeLessThanOrEqual(20);
   }, 30_000);
+});
+
+describe.runIf(ENABLED)('known failures: one client\'s RST flood and the shared gateway connection', () => {
+  let db: TestDatabase;
+  let store: GatewayStore;
+  let cluster: Cluster;
+  let fleet: SupervisorFleet;
+  let sandbox: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase('known_failures_rst');
+    store = new GatewayStore(db.url);
+    await store.migrate();
+    cluster = await Cluster.start({ replicas: 1, databaseUrl: db.url, sidecars: { embedded: true } });
+    sandbox = (await store.createSandbox()).id;
+    fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${cluster.replica(0).publicPort}`, sandboxIds: [sandbox] });
+    await fleet.waitAllConnected(15_000);
+  }, 60_000);
+
+  afterAll(async () => {
+    await fleet?.stop();
+    await cluster?.close();
+    await store?.close();
+    await db?.drop();
+  });
+
+  // h2-forward.ts:120 turns every cancelled client stream into an RST_STREAM on the one pooled HTTP/2
+  // session to the gateway (proxy/h2-sessions.ts SessionPool: one session per origin). A client that
+  // opens and resets streams quickly (reconnecting when the sidecar's own nghttp2 reset limit drops
+  // it) makes the sidecar a rapid-reset client of the gateway; the gateway ends that shared session
+  // and every other client's stream on the replica fails ("UNAVAILABLE: upstream failed: Session
+  // closed with error code 2", seen in public-port.test.ts). Pass: five execs of other clients that
+  // span the flood all complete.
+  it('an RST flood from one client does not fail other clients\' streams', async () => {
+    const port = cluster.replica(0).publicPort;
+    const client = gatewayClient(`127.0.0.1:${port}`);
+    const legit = Array.from({ length: 5 }, () =>
+      withTimeout(exec(client, sandbox, ['sleep', '6']), 30_000).then(
+        (r) => `exit ${r.exitCode}`,
+        (err: Error) => err.message.split('\n')[0] ?? 'error',
+      ),
+    );
+    await sleep(500);
+    const body = grpcFrame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandbox, command: ['sleep', '5'] }));
+    let s: http2.ClientHttp2Session | undefined;
+    for (let i = 0; i < 5000; i++) {
+      if (!s || s.destroyed || s.closed) {
+        s = http2.connect(`http://127.0.0.1:${port}`);
+        s.on('error', () => undefined);
+        await new Promise((r) => s?.once('remoteSettings', r));
+      }
+      try {
+        const req = s.request({ ':method': 'POST', ':path': '/openshell.v1.OpenShell/ExecSandbox', 'content-type': 'application/grpc', te: 'trailers' });
+        req.on('error', () => undefined);
+        req.write(body);
+        req.close(http2.constants.NGHTTP2_CANCEL);
+      } catch {
+        s.destroy();
+      }
+      if (i % 100 === 99) await sleep(5);
+    }
+    s?.destroy();
+    const outcomes = await Promise.all(legit);
+    client.close();
+    expect(outcomes).toEqual(Array(5).fill('exit 0'));
+  }, 60_000);
 });

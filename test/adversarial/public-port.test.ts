@@ -302,7 +302,7 @@ describe('adversarial clients on the public port', () => {
     s.destroy();
     const member = fleet.supervisors.get(sandboxes[2] as string);
     await expect.poll(() => member?.supervisor.activeRelays, { timeout: 15_000, interval: 200 }).toBe(0);
-    await expectHealthyAfter(`RST flood (${total} exec streams reset at once)`, `${total} resets in ${floodMs} ms over ${connections} connection(s) (the sidecar drops a resetting connection: nghttp2's reset-rate limit); no stream or relay left behind`, rss, probe, 150);
+    await expectHealthyAfter(`RST flood (${total} exec streams reset at once)`, `${total} resets in ${floodMs} ms over ${connections} client connection(s) (the attacker reconnects when dropped); no stream or relay left behind (other clients' streams can fail: known-failures.test.ts)`, rss, probe, 150);
   }, 90_000);
 
   it('clients that stop reading an exec that produces 300 MB: flow control holds, memory stays bounded', async () => {
