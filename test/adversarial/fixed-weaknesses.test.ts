@@ -337,7 +337,11 @@ describe('fixed weaknesses: peers and owner records (two-replica cluster)', () =
   }, 30_000);
 });
 
-describe.runIf(ENABLED)('known failures: one client\'s RST flood and the shared gateway connection', () => {
+// Still open (OHS_KNOWN_FAILURES=1 runs it): the gateway ends the shared upstream connection under a
+// reset flood relayed from one client; see docs/hardening.md.
+const KNOWN_FAILURES = process.env.OHS_KNOWN_FAILURES === '1';
+
+describe.runIf(KNOWN_FAILURES)('known failure: one client\'s RST flood and the shared gateway connection', () => {
   let db: TestDatabase;
   let store: GatewayStore;
   let cluster: Cluster;
@@ -348,7 +352,7 @@ describe.runIf(ENABLED)('known failures: one client\'s RST flood and the shared 
     db = await createTestDatabase('known_failures_rst');
     store = new GatewayStore(db.url);
     await store.migrate();
-    cluster = await Cluster.start({ replicas: 1, databaseUrl: db.url, sidecars: { embedded: true } });
+    cluster = await Cluster.start({ replicas: 1, databaseUrl: db.url, echo: process.env.OHS_TEST_ECHO === '1', logLevel: process.env.OHS_TEST_LOG_LEVEL ?? 'warn', sidecars: { embedded: true } });
     sandbox = (await store.createSandbox()).id;
     fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${cluster.replica(0).publicPort}`, sandboxIds: [sandbox] });
     await fleet.waitAllConnected(15_000);
