@@ -31,10 +31,25 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
 type ControlCall = grpc.ClientDuplexStream<SupervisorMessage, GatewayMessage>;
 type RelayCall = grpc.ClientDuplexStream<RelayFrame, RelayFrame>;
 
+type UnaryCallback = (err: grpc.ServiceError | null, res?: Record<string, unknown>) => void;
+
 interface OpenShellRpcClient extends grpc.Client {
   ConnectSupervisor(metadata?: grpc.Metadata, options?: grpc.CallOptions): ControlCall;
   RelayStream(metadata?: grpc.Metadata, options?: grpc.CallOptions): RelayCall;
+  GetSandboxConfig(req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: UnaryCallback): grpc.ClientUnaryCall;
+  ReportPolicyStatus(req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: UnaryCallback): grpc.ClientUnaryCall;
 }
+
+const POLICY_STATUS_LOADED = 2;
+/** Codes upstream's supervisor retries (is_retryable_error, openshell-sandbox lib.rs@v0.0.111:2035-2052). */
+const RETRYABLE: readonly grpc.status[] = [
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.ABORTED,
+  grpc.status.INTERNAL,
+  grpc.status.UNKNOWN,
+];
 
 export interface SupervisorEmulatorOptions {
   /** host:port of the gateway or of the balancer in front of the replicas. */
@@ -56,6 +71,12 @@ export interface SupervisorEmulatorOptions {
   servicePorts?: Record<number, number>;
   /** 2026-08: run the lifetime PushSandboxLogs stream (default true). */
   logPush?: boolean;
+  /**
+   * 2026-08: upstream's start-up policy calls (default true): GetSandboxConfig before anything else,
+   * then GetSandboxConfig + ReportPolicyStatus(LOADED) on a connection of their own while the session
+   * connects (reference §8; docs/interop.md U1).
+   */
+  policySync?: boolean;
 }
 
 export interface SupervisorEmulatorEvents {
@@ -118,6 +139,11 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   /** 2026-08: one main-process instance id per supervisor process (reference §2.1 "Reconnect"). */
   private readonly fixedInstanceId: string | undefined;
   private logPusher: LogPusher | null = null;
+  /** The policy report started beside the first session attempt (2026-08). */
+  private policyReport: Promise<void> | null = null;
+  /** Clients of the start-up policy calls, closed by stop(). */
+  private readonly policyClients = new Set<grpc.Client>();
+  private readonly policyCalls = new Set<grpc.ClientUnaryCall>();
 
   constructor(opts: SupervisorEmulatorOptions) {
     super();
@@ -161,7 +187,75 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       this.logPusher.push('supervisor starting');
       this.logPusher.flush();
     }
-    this.loop = this.reconnectLoop();
+    this.loop = this.gen2 && (this.opts.policySync ?? true) ? this.startUp() : this.reconnectLoop();
+  }
+
+  /**
+   * Upstream's order (openshell-sandbox lib.rs@v0.0.111): load_policy fetches the sandbox's config
+   * (GetSandboxConfig, `grpc_retry`: 5 attempts, 1-4 s apart, transient codes only) before anything
+   * runs; then the policy poll loop and the supervisor session are spawned side by side, so the poll
+   * loop's GetSandboxConfig and ReportPolicyStatus(LOADED), each on the poll loop's own connection,
+   * race the session's Hello. The report rewrites the sandbox row on whichever replica it lands.
+   * Where upstream's supervisor would exit after a failed fetch, the emulator logs it and connects
+   * anyway, so a test's supervisor never vanishes silently.
+   */
+  private async startUp(): Promise<void> {
+    for (let attempt = 1; attempt <= 5 && !this.stopped; attempt++) {
+      const client = this.policyClient();
+      try {
+        // Upstream syncs a policy discovered on disk (UpdateConfig) when the answer has none; the
+        // emulator's gateway always has revision 1, and that sync finishes before the session starts.
+        await this.unary(client, 'GetSandboxConfig', { sandbox_id: this.opts.sandboxId });
+        break;
+      } catch (err) {
+        const code = (err as grpc.ServiceError).code;
+        this.log.warn({ attempt, code, err: (err as Error).message }, 'Policy fetch failed');
+        if (!RETRYABLE.includes(code) || attempt === 5) break;
+        await this.sleep(Math.min(1000 * 2 ** (attempt - 1), 4000));
+      } finally {
+        this.closePolicyClient(client);
+      }
+    }
+    if (this.stopped) return;
+    this.policyReport = this.reportPolicyLoaded().catch((err: unknown) => this.log.warn({ err }, 'policy status report failed'));
+    await this.reconnectLoop();
+  }
+
+  /** The poll loop's first poll and the initial acknowledgement, on one connection. */
+  private async reportPolicyLoaded(): Promise<void> {
+    const client = this.policyClient();
+    try {
+      const cfg = await this.unary(client, 'GetSandboxConfig', { sandbox_id: this.opts.sandboxId });
+      const version = Number(cfg.version ?? 0);
+      if (version === 0 || this.stopped) return;
+      await this.unary(client, 'ReportPolicyStatus', { sandbox_id: this.opts.sandboxId, version, status: POLICY_STATUS_LOADED, load_error: '' });
+      this.pushLog(`Acknowledged initial policy revision as loaded [version:${version}]`);
+    } finally {
+      this.closePolicyClient(client);
+    }
+  }
+
+  private policyClient(): OpenShellRpcClient {
+    const Ctor = openShellClient();
+    const client = new Ctor(this.opts.endpoint, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as unknown as OpenShellRpcClient;
+    this.policyClients.add(client);
+    return client;
+  }
+
+  private closePolicyClient(client: grpc.Client): void {
+    this.policyClients.delete(client);
+    client.close();
+  }
+
+  private unary(client: OpenShellRpcClient, method: 'GetSandboxConfig' | 'ReportPolicyStatus', req: unknown): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const call = client[method](req, this.metadata(), { deadline: Date.now() + 10_000 }, (err, res) => {
+        this.policyCalls.delete(call);
+        if (err) reject(err);
+        else resolve(res ?? {});
+      });
+      this.policyCalls.add(call);
+    });
   }
 
   /** Stops reconnecting, cancels every call, closes every client and relay socket. */
@@ -169,7 +263,10 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     this.stopped = true;
     this.wake?.();
     for (const link of [...this.links]) link.kill();
+    for (const call of [...this.policyCalls]) call.cancel();
+    for (const c of [...this.policyClients]) this.closePolicyClient(c);
     await this.loop;
+    await this.policyReport;
     await this.logPusher?.stop();
   }
 

@@ -57,5 +57,5 @@ it('without sidecars most ForwardTcp SSH attempts through the Service fail (2026
   expect(fraction).toBeGreaterThanOrEqual(0.4);
   expect(fraction).toBeLessThanOrEqual(0.9);
   // Misrouted attempts fail the way the real gateway fails them: no local session within 15 s.
-  expect(codes).toEqual(['UNAVAILABLE "supervisor relay failed: supervisor session not connected"']);
+  expect(codes).toEqual([`UNAVAILABLE "supervisor relay failed: code: 'The service is currently unavailable', message: "supervisor session not connected""`]);
 }, 60_000);

@@ -44,19 +44,27 @@ interface ExecOutcome {
   exit: number | null;
 }
 
-function execInteractive(client: OpenShellClient, sandboxId: string, command: string[], stdin?: string): Promise<ExecOutcome> {
+/**
+ * ExecSandboxInteractive: start, then `stdin`; the input stays open until the exit event arrives
+ * (`endInput: 'after-exit'`) or is ended at once (`'at-once'`). Upstream closes the SSH channel when
+ * the input ends (docs/interop.md), so a client that ends early loses the exit status.
+ */
+function execInteractive(client: OpenShellClient, sandboxId: string, command: string[], stdin?: string, endInput: 'after-exit' | 'at-once' = 'after-exit'): Promise<ExecOutcome & { details: string }> {
   return new Promise((resolve) => {
     const call = (client.ExecSandboxInteractive as () => grpc.ClientDuplexStream<unknown, ExecSandboxEvent>).call(client);
     const o: ExecOutcome = { status: -1, out: '', exit: null };
     call.on('data', (ev: ExecSandboxEvent) => {
       if (ev.stdout) o.out += ev.stdout.data.toString();
-      if (ev.exit) o.exit = ev.exit.exit_code;
+      if (ev.exit) {
+        o.exit = ev.exit.exit_code;
+        call.end();
+      }
     });
     call.on('error', () => undefined);
-    call.on('status', (st) => resolve({ ...o, status: st.code }));
+    call.on('status', (st) => resolve({ ...o, status: st.code, details: st.details }));
     call.write({ start: { sandbox_id: sandboxId, command } });
     if (stdin !== undefined) call.write({ stdin: Buffer.from(stdin) });
-    call.end();
+    if (endInput === 'at-once') call.end();
   });
 }
 
@@ -152,16 +160,18 @@ export function routingChecks(target: () => Gen2Target, opts: CheckOptions): voi
       const u2 = { count: 0 };
       try {
         const started = Date.now();
-        const cat = await withU2Retry(t, () => execInteractive(client, s.id, ['cat'], `hello ${s.name}\n`), (o) => o.exit === 0, u2);
-        const catMs = Date.now() - started;
+        const head = await withU2Retry(t, () => execInteractive(client, s.id, ['head', '-n', '1'], `hello ${s.name}\n`), (o) => o.exit === 0, u2);
+        const headMs = Date.now() - started;
         const failing = await withU2Retry(t, () => execInteractive(client, s.id, ['exit', '7']), (o) => o.exit === 7, u2);
+        const early = await execInteractive(client, s.id, ['sleep', '2'], undefined, 'at-once');
         const unaryCat = await withU2Retry(t, () => execUnary(client, s.id, ['cat'], `unary ${s.name}\n`), (o) => o.exit === 0, u2);
         report(
-          `exec via non-owner ${via.name} (owner ${(await t.ownerOf(s.id))?.replicaId}): interactive cat → ${Status[cat.status]} exit ${cat.exit} ${JSON.stringify(cat.out)} in ${catMs} ms; ` +
-            `'exit 7' → exit ${failing.exit}; ExecSandbox cat → exit ${unaryCat.exit} ${JSON.stringify(unaryCat.out)}; retried for U2: ${u2.count}`,
+          `exec via non-owner ${via.name} (owner ${(await t.ownerOf(s.id))?.replicaId}): interactive 'head -n 1' → ${Status[head.status]} exit ${head.exit} ${JSON.stringify(head.out)} in ${headMs} ms; ` +
+            `'exit 7' → exit ${failing.exit}; input ended before 'sleep 2' exits → ${Status[early.status]} "${early.details}"; ExecSandbox cat → exit ${unaryCat.exit} ${JSON.stringify(unaryCat.out)}; retried for U2: ${u2.count}`,
         );
-        expect(cat).toEqual({ status: Status.OK, out: `hello ${s.name}\n`, exit: 0 });
+        expect(head).toMatchObject({ status: Status.OK, out: `hello ${s.name}\n`, exit: 0 });
         expect(failing.exit).toBe(7);
+        expect(early).toMatchObject({ status: Status.UNAVAILABLE, details: 'exec relay closed before the command reported an exit status', exit: null });
         expect(unaryCat).toEqual({ status: Status.OK, out: `unary ${s.name}\n`, exit: 0 });
       } finally {
         client.close();
