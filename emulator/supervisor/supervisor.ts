@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { constants as osConstants } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
@@ -41,6 +42,29 @@ interface OpenShellRpcClient extends grpc.Client {
 }
 
 const POLICY_STATUS_LOADED = 2;
+
+/** strerror(3) on Linux for the errors a relay target dial meets. */
+const STRERROR: Record<string, string> = {
+  ECONNREFUSED: 'Connection refused',
+  ECONNRESET: 'Connection reset by peer',
+  ETIMEDOUT: 'Connection timed out',
+  EHOSTUNREACH: 'No route to host',
+  ENETUNREACH: 'Network is unreachable',
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  EACCES: 'Permission denied',
+  ENOENT: 'No such file or directory',
+};
+
+/**
+ * What upstream's supervisor reports for a failed dial: Rust's `std::io::Error` Display,
+ * e.g. `Connection refused (os error 111)` (supervisor_session.rs@v0.0.111:579, `err.to_string()`).
+ */
+export function rustIoErrorText(err: NodeJS.ErrnoException): string {
+  const code = err.code ?? '';
+  const errno = (osConstants.errno as Record<string, number | undefined>)[code];
+  const text = STRERROR[code];
+  return text && errno !== undefined ? `${text} (os error ${errno})` : err.message;
+}
 /** Codes upstream's supervisor retries (is_retryable_error, openshell-sandbox lib.rs@v0.0.111:2035-2052). */
 const RETRYABLE: readonly grpc.status[] = [
   grpc.status.UNAVAILABLE,
@@ -412,7 +436,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       sock.destroy();
       log.info({ err: err.message, port }, 'relay target dial failed');
       this.pushLog(`relay target dial failed: ${err.message}`, 'WARN');
-      write({ relay_open_result: { channel_id: channelId, success: false, error: `failed to connect to relay target: ${err.message}` } });
+      write({ relay_open_result: { channel_id: channelId, success: false, error: rustIoErrorText(err) } });
     };
     sock.once('error', onError);
     sock.once('connect', () => {

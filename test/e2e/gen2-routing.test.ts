@@ -6,7 +6,7 @@
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Phase } from '../../emulator/proto.ts';
-import { routingChecks } from '../helpers/gen2-checks.ts';
+import { answerChecks, routingChecks } from '../helpers/gen2-checks.ts';
 import { EmulatorTarget } from '../helpers/emulator-target.ts';
 import { collectStream } from '../helpers/gen2.ts';
 import { gatewayClient } from '../helpers/grpc-client.ts';
@@ -21,7 +21,9 @@ afterAll(async () => {
   await target?.close();
 });
 
-routingChecks(() => target, { label: 'emulator', report: (line) => console.log(`gen2 emulator: ${line}`) });
+const shared = { label: 'emulator', report: (line: string) => console.log(`gen2 emulator: ${line}`) };
+routingChecks(() => target, shared);
+answerChecks(() => target, shared);
 
 describe('emulator only: ownership moves and foreign writes', () => {
   it('an ownership change moves an open watch to the new owner', async () => {

@@ -52,7 +52,20 @@ export class EmulatorTarget implements Gen2Target {
       await db.drop();
       throw err;
     });
-    const fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: [], protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir, echoService: true });
+    // The fleet plays the compute driver for stop and start too, as upstream's drivers do.
+    const fleet = await startSupervisorFleet({
+      endpoint: cluster.endpoint,
+      sandboxIds: [],
+      protocol: '2026-08',
+      jwtKeyDir: cluster.jwtKeyDir,
+      echoService: true,
+      driverEventsDatabaseUrl: db.url,
+    }).catch(async (err: unknown) => {
+      await cluster.close();
+      await store.close();
+      await db.drop();
+      throw err;
+    });
     return new EmulatorTarget(db, store, new ClusterTables(db.url), cluster, fleet);
   }
 
@@ -61,7 +74,7 @@ export class EmulatorTarget implements Gen2Target {
   }
 
   get replicas(): TargetReplica[] {
-    return this.cluster.replicas.map((r) => ({ name: r.name, publicPort: r.publicPort, adminPort: r.sidecarPorts!.admin }));
+    return this.cluster.replicas.map((r) => ({ name: r.name, publicPort: r.publicPort, adminPort: r.sidecarPorts!.admin, gatewayPort: r.gatewayPort }));
   }
 
   async createSandboxes(prefix: string, n: number): Promise<TargetSandbox[]> {

@@ -10,6 +10,7 @@ import { Phase, type ExecSandboxEvent } from '../../emulator/proto.ts';
 import { gatewayClient, unary, type OpenShellClient } from './grpc-client.ts';
 import { collectStream, httpGet, wsEcho } from './gen2.ts';
 import type { Gen2Target, TargetReplica, TargetSandbox } from './gen2-target.ts';
+import { waitUntil } from './wait.ts';
 
 const Status = grpc.status;
 export type Report = (line: string) => void;
@@ -224,7 +225,6 @@ export function routingChecks(target: () => Gen2Target, opts: CheckOptions): voi
       const watchVia = await nonOwner(t, s.id);
       const stopVia = await nonOwner(t, s.id, [watchVia.name]);
       const watchClient = clientFor(watchVia);
-      const stopClient = clientFor(stopVia);
       try {
         const watching = collectStream<PhaseEvent>(watchClient, 'WatchSandbox', { id: s.id, follow_status: true }, {
           untilMs: 30_000,
@@ -233,20 +233,19 @@ export function routingChecks(target: () => Gen2Target, opts: CheckOptions): voi
         // The watch's snapshot arrives first; give it a moment to be in place on the owner.
         await new Promise((r) => setTimeout(r, 300));
         const started = Date.now();
-        await unary(stopClient, 'StopSandbox', { name: s.name, workspace: '' }, 30_000);
+        const attempts = await stopByName(t.endpoint, s.name, report, stopVia);
         const stopMs = Date.now() - started;
         const seen = await watching;
         const phases = seen.messages.map(phaseOf);
         const stored = await t.phaseOf(s.id);
         report(
-          `stop by name via ${stopVia.name} (owner ${owner}) answered in ${stopMs} ms; watcher via ${watchVia.name} saw phases ${phases.join(',')} in ${Date.now() - started} ms; stored phase ${stored}`,
+          `stop by name via ${stopVia.name} (owner ${owner}) answered in ${stopMs} ms (${attempts} attempt${attempts > 1 ? 's' : ''}); watcher via ${watchVia.name} saw phases ${phases.join(',')} in ${Date.now() - started} ms; stored phase ${stored}`,
         );
         expect(phases[0]).toBe(Phase.READY);
         expect(phases.some((p) => p === Phase.STOPPED || p === Phase.STOPPING)).toBe(true);
         expect([Phase.STOPPED, Phase.STOPPING]).toContain(stored);
       } finally {
         watchClient.close();
-        stopClient.close();
       }
     }, 90_000);
 
@@ -501,5 +500,224 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
       expect(fourth.kind === 'refused' && `${Status[fourth.code]} ${fourth.details}`).toBe('RESOURCE_EXHAUSTED SSH session connection limit reached');
       closeAll();
     }, 120_000);
+  });
+}
+
+/**
+ * StopSandbox, again on ABORTED: its lifecycle write is a single compare-and-swap that loses to any
+ * other write of the row in between (right after Ready: the policy report, the Ready writes of the
+ * sidecars' shadow sessions), and upstream returns that as ABORTED without retrying.
+ */
+async function stopByName(endpoint: string, name: string, report: Report, via?: TargetReplica): Promise<number> {
+  const client = gatewayClient(via ? `127.0.0.1:${via.publicPort}` : endpoint);
+  try {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await unary(client, 'StopSandbox', { name, workspace: '' }, 30_000);
+        return attempt;
+      } catch (err) {
+        const e = err as grpc.ServiceError;
+        if (e.code !== Status.ABORTED || attempt >= 5) throw err;
+        report(`StopSandbox ${name}: ABORTED "${e.details}", attempt ${attempt + 1}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  } finally {
+    client.close();
+  }
+}
+
+/** `CODE message` of a failed unary call, or `OK`. */
+async function unaryAnswer(client: OpenShellClient, method: string, req: unknown): Promise<string> {
+  try {
+    await unary(client, method, req, 30_000);
+    return 'OK';
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    return `${Status[e.code]} ${e.details}`;
+  }
+}
+
+/** Sends `frames` on a ForwardTcp through `endpoint` and answers `CODE message` of its final status (or `DATA` once bytes come back). */
+function forwardAnswer(endpoint: string, frames: unknown[]): Promise<string> {
+  const client = gatewayClient(endpoint);
+  return new Promise<string>((resolve) => {
+    const call = (client.ForwardTcp as (md: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<unknown, { data?: Buffer }>).call(client, new grpc.Metadata(), {
+      deadline: Date.now() + 40_000,
+    });
+    let settled = false;
+    const done = (answer: string): void => {
+      if (settled) return;
+      settled = true;
+      call.cancel();
+      resolve(answer);
+    };
+    call.on('data', (f: { data?: Buffer }) => {
+      if (f.data && f.data.length > 0) done('DATA');
+    });
+    call.on('error', () => undefined);
+    call.on('status', (st) => done(`${Status[st.code]} ${st.details}`));
+    for (const f of frames) call.write(f);
+  }).finally(() => client.close());
+}
+
+/**
+ * The gateway's own refusals, through the sidecars: the exact codes and messages of CreateSshSession,
+ * ForwardTcp and ExecSandbox for the cases a client meets (upstream grpc/sandbox.rs@v0.0.111), the
+ * address CreateSshSession hands out, and a ForwardTcp that reaches a gateway without the session.
+ */
+export function answerChecks(target: () => Gen2Target, opts: CheckOptions): void {
+  const { report } = opts;
+  let ready: TargetSandbox;
+  let stopped: TargetSandbox;
+
+  describe(`2026-08 refusals and answers (${opts.label})`, () => {
+    beforeAll(async () => {
+      const t = target();
+      [ready, stopped] = (await t.createSandboxes('ans', 2)) as [TargetSandbox, TargetSandbox];
+      await stopByName(t.endpoint, stopped.name, report);
+      await waitUntil(`${stopped.name} Stopped`, () => t.phaseOf(stopped.id), (p) => p === Phase.STOPPED, { timeoutMs: 30_000, intervalMs: 200 });
+    }, 180_000);
+
+    /**
+     * Every case once through the Service (what a client sees) and once straight to the owner's
+     * gateway (what the gateway itself says): the gateway's own answers must be upstream's on both
+     * targets, and the sidecar must pass them on, except where it answers a malformed first message
+     * itself before any gateway sees it.
+     */
+    it.concurrent('CreateSshSession, ForwardTcp and ExecSandbox refusals carry the gateway’s codes and messages', async ({ expect }) => {
+      const t = target();
+      const unknown = '00000000-0000-4000-8000-000000000000';
+      const owner = (await t.ownerOf(ready.id))?.replicaId;
+      const ownerGateway = `127.0.0.1:${t.replicas.find((r) => r.name === owner)!.gatewayPort}`;
+      // A loopback port nothing listens on: the supervisor's dial fails and it says why.
+      const closedPort = 1;
+      // A token of its own for every call: the cases run at once, and the sidecar takes a slot for a
+      // valid token before the gateway looks at the target (3 per token would decide otherwise).
+      const init = async (over: Record<string, unknown>): Promise<unknown> => ({
+        init: { sandbox_id: ready.id, service_id: 'answers', ssh: {}, authorization_token: await t.mintSshToken(ready.id), ...over },
+      });
+      const execAnswer = (endpoint: string, req: unknown): Promise<string> => {
+        const client = gatewayClient(endpoint);
+        return new Promise<string>((resolve) => {
+          const call = (client.ExecSandbox as (r: unknown) => grpc.ClientReadableStream<unknown>).call(client, req);
+          call.on('data', () => undefined);
+          call.on('error', () => undefined);
+          call.on('status', (st) => resolve(`${Status[st.code]} ${st.details}`));
+        }).finally(() => client.close());
+      };
+      const unaryVia = (endpoint: string, method: string, req: unknown): Promise<string> => {
+        const client = gatewayClient(endpoint);
+        return unaryAnswer(client, method, req).finally(() => client.close());
+      };
+      const cases: Array<[string, (endpoint: string) => Promise<string>]> = [
+        ['CreateSshSession no id', (e) => unaryVia(e, 'CreateSshSession', { sandbox_id: '' })],
+        ['CreateSshSession unknown sandbox', (e) => unaryVia(e, 'CreateSshSession', { sandbox_id: unknown })],
+        ['CreateSshSession stopped sandbox', (e) => unaryVia(e, 'CreateSshSession', { sandbox_id: stopped.id })],
+        ['ExecSandbox no command', (e) => execAnswer(e, { sandbox_id: ready.id, command: [] })],
+        ['ExecSandbox stopped sandbox', (e) => execAnswer(e, { sandbox_id: stopped.id, command: ['pwd'] })],
+        ['ForwardTcp first frame data', (e) => forwardAnswer(e, [{ data: Buffer.from('x') }])],
+        ['ForwardTcp no sandbox id', async (e) => forwardAnswer(e, [await init({ sandbox_id: '' })])],
+        ['ForwardTcp no target', async (e) => forwardAnswer(e, [{ init: { sandbox_id: ready.id, service_id: 'answers', authorization_token: await t.mintSshToken(ready.id) } }])],
+        ['ForwardTcp tcp port 0', async (e) => forwardAnswer(e, [await init({ ssh: undefined, tcp: { host: '127.0.0.1', port: 0 } })])],
+        ['ForwardTcp tcp host not loopback', async (e) => forwardAnswer(e, [await init({ ssh: undefined, tcp: { host: '10.1.2.3', port: 80 } })])],
+        ['ForwardTcp unknown sandbox', async (e) => forwardAnswer(e, [await init({ sandbox_id: unknown })])],
+        ['ForwardTcp stopped sandbox', async (e) => forwardAnswer(e, [await init({ sandbox_id: stopped.id })])],
+        ['ForwardTcp no token', async (e) => forwardAnswer(e, [await init({ authorization_token: '' })])],
+        ['ForwardTcp unknown token', async (e) => forwardAnswer(e, [await init({ authorization_token: 'not-a-session' })])],
+        ['ForwardTcp tcp target refused', async (e) => forwardAnswer(e, [await init({ ssh: undefined, tcp: { host: '127.0.0.1', port: closedPort } })])],
+        ['ForwardTcp ssh', async (e) => forwardAnswer(e, [await init({})])],
+      ];
+      const viaService: Record<string, string> = {};
+      const viaGateway: Record<string, string> = {};
+      const timed = async (run: () => Promise<string>): Promise<[string, number]> => {
+        const t0 = Date.now();
+        const answer = await run();
+        return [answer, Date.now() - t0];
+      };
+      // Independent cases, all at once: a refusal the sidecar holds first (a stopped sandbox's
+      // FAILED_PRECONDITION waits for a Ready that does not come) does not add up.
+      const outcomes = await Promise.all(cases.map(([, run]) => Promise.all([timed(() => run(t.endpoint)), timed(() => run(ownerGateway))])));
+      for (const [i, [name]] of cases.entries()) {
+        const [[service, serviceMs], [gateway, gatewayMs]] = outcomes[i]!;
+        viaService[name] = service;
+        viaGateway[name] = gateway;
+        report(`answer: ${name} → gateway: ${gateway} (${gatewayMs} ms); through the Service: ${service === gateway ? 'same' : service} (${serviceMs} ms)`);
+      }
+      const upstream = {
+        'CreateSshSession no id': 'INVALID_ARGUMENT sandbox_id is required',
+        'CreateSshSession unknown sandbox': 'NOT_FOUND sandbox not found',
+        'CreateSshSession stopped sandbox': 'FAILED_PRECONDITION sandbox is not ready',
+        'ExecSandbox no command': 'INVALID_ARGUMENT command is required',
+        'ExecSandbox stopped sandbox': 'FAILED_PRECONDITION sandbox is not ready',
+        'ForwardTcp first frame data': 'INVALID_ARGUMENT first TcpForwardFrame must be init',
+        'ForwardTcp no sandbox id': 'INVALID_ARGUMENT sandbox_id is required',
+        'ForwardTcp no target': 'INVALID_ARGUMENT tcp forward target is required',
+        'ForwardTcp tcp port 0': 'INVALID_ARGUMENT tcp target port must be between 1 and 65535',
+        'ForwardTcp tcp host not loopback': 'INVALID_ARGUMENT tcp target host must be loopback',
+        'ForwardTcp unknown sandbox': 'NOT_FOUND sandbox not found',
+        'ForwardTcp stopped sandbox': 'FAILED_PRECONDITION sandbox is not ready',
+        'ForwardTcp no token': 'UNAUTHENTICATED authorization_token is required for ForwardTcp',
+        'ForwardTcp unknown token': 'UNAUTHENTICATED SSH session token not found',
+        'ForwardTcp tcp target refused': 'UNAVAILABLE Connection refused (os error 111)',
+        'ForwardTcp ssh': 'DATA',
+      };
+      expect(viaGateway).toEqual(upstream);
+      // The sidecar reads the routing key from the first frame and answers a frame without one
+      // itself, with the same code and words of its own (src/wire/routing-key.ts).
+      expect(viaService).toEqual({
+        ...upstream,
+        'ForwardTcp first frame data': 'INVALID_ARGUMENT first ForwardTcp message must be init',
+        'ForwardTcp no sandbox id': 'INVALID_ARGUMENT first ForwardTcp message has no init.sandbox_id',
+      });
+    }, 180_000);
+
+    it.concurrent('CreateSshSession hands out a token and the address of the gateway that answered', async ({ expect }) => {
+      const t = target();
+      const client = gatewayClient(t.endpoint);
+      try {
+        const res = await unary<{ sandbox_id: string; token: string; gateway_host: string; gateway_port: number; gateway_scheme: string; expires_at_ms: number }>(
+          client,
+          'CreateSshSession',
+          { sandbox_id: ready.id },
+        );
+        const ttl = Number(res.expires_at_ms) - Date.now();
+        report(`CreateSshSession: token ${res.token.length} chars, ${res.gateway_scheme}://${res.gateway_host}:${res.gateway_port}, expires in ${Math.round(ttl / 1000)} s`);
+        expect(res.sandbox_id).toBe(ready.id);
+        expect(res.token.length).toBeGreaterThan(0);
+        // The gateway's own bind address, not the sidecar's nor the Service's (reference §2.3 HEAD).
+        expect(res.gateway_scheme).toBe('http');
+        expect(res.gateway_host).toBe('127.0.0.1');
+        expect(t.replicas.map((r) => r.gatewayPort)).toContain(Number(res.gateway_port));
+      } finally {
+        client.close();
+      }
+    }, 60_000);
+
+    /**
+     * With the sidecars' readiness shadows (README "Readiness on 2026-08 gateways") every gateway
+     * holds a session for every live sandbox, so a ForwardTcp that reaches a non-owner's gateway
+     * directly (no sidecar) does not wait the 13.1 s for a session: its RelayOpen goes to a shadow,
+     * which only listens, and the call ends with the 10 s relay claim timeout.
+     */
+    it.concurrent('a ForwardTcp straight to a non-owner’s gateway (a shadow session) fails after the 10 s relay claim', async ({ expect }) => {
+      const t = target();
+      const owner = (await t.ownerOf(ready.id))?.replicaId;
+      const others = t.replicas.filter((r) => r.name !== owner);
+      const results = await Promise.all(
+        others.map(async (r) => {
+          const token = await t.mintSshToken(ready.id);
+          const started = Date.now();
+          const answer = await forwardAnswer(`127.0.0.1:${r.gatewayPort}`, [{ init: { sandbox_id: ready.id, service_id: 'misrouted', ssh: {}, authorization_token: token } }]);
+          return { replica: r.name, answer, ms: Date.now() - started };
+        }),
+      );
+      report(`ForwardTcp straight to a non-owner's gateway: ${results.map((r) => `${r.replica}: ${r.answer} after ${r.ms} ms`).join('; ')}`);
+      for (const r of results) {
+        expect(r.answer).toBe('DEADLINE_EXCEEDED relay open timed out');
+        expect(r.ms).toBeGreaterThan(9_500);
+        expect(r.ms).toBeLessThan(12_500);
+      }
+    }, 60_000);
   });
 }

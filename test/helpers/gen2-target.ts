@@ -19,6 +19,8 @@ export interface TargetReplica {
   publicPort: number;
   /** The sidecar's admin port (/metrics). */
   adminPort: number;
+  /** The gateway itself, past its sidecar (what a deployment without sidecars would expose). */
+  gatewayPort: number;
 }
 
 /** A sandbox whose supervisor has not started: a watch can be opened before anything connects. */

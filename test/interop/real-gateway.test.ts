@@ -20,7 +20,7 @@ import { Cli, pool, run, type RunResult } from './support/cli.ts';
 import { createSshSession, holdForwardTcp, sendHello, type HeldForward, type HelloOutcome } from './support/openshell-rpc.ts';
 import { RealCluster, tmpMode, type OwnerRow } from './support/real-cluster.ts';
 import { RealTarget, realServiceSkipReason } from './support/real-target.ts';
-import { limitChecks, routingChecks } from '../helpers/gen2-checks.ts';
+import { answerChecks, limitChecks, routingChecks } from '../helpers/gen2-checks.ts';
 import { fmtStats, PHASE_NAMES, Timeline } from './support/timeline.ts';
 
 const bins = upstreamBins();
@@ -412,6 +412,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
   // bodies as test/e2e/gen2-routing and gen2-limits, here on the real gateway (docs/interop.md).
   const shared = { label: 'real gateway v0.0.111', report: (line: string) => note(`shared: ${line}`), serviceSkipReason: realServiceSkipReason() };
   routingChecks(() => target, shared);
+  answerChecks(() => target, shared);
   limitChecks(() => target, shared);
 
   check('after the lease holder’s sweep SSH through the sidecars still reaches every sandbox (reference §10: the sidecar’s shadow registrations)', async () => {

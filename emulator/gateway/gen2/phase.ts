@@ -116,6 +116,13 @@ export async function writeLifecyclePhase(
 ): Promise<Gen2Sandbox> {
   const res = await casPhase(ctx, sandbox, phase, reason, (m) => upsertReadyCondition(m, 'False', reason, message));
   if (res === null) throw new GatewayError(Status.NOT_FOUND, 'sandbox not found');
-  if (res === 'conflict') throw new GatewayError(Status.ABORTED, 'update sandbox lifecycle: concurrent modification detected');
+  if (res === 'conflict') {
+    // persistence_error_to_status(e, "update sandbox lifecycle") (grpc/mod.rs@v0.0.111:88-104); no retry.
+    const now = await ctx.store.sandboxById(sandbox.id).catch(() => null);
+    throw new GatewayError(
+      Status.ABORTED,
+      `update sandbox lifecycle failed due to concurrent modification (current resource_version: ${now?.resourceVersion ?? 'unknown'})`,
+    );
+  }
   return res;
 }

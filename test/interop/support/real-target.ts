@@ -48,7 +48,7 @@ export class RealTarget implements Gen2Target {
   get replicas(): TargetReplica[] {
     return this.cluster.replicas
       .filter((r) => !r.killed && r.sidecar && r.sidecarPort !== undefined)
-      .map((r) => ({ name: r.id, publicPort: r.sidecarPort as number, adminPort: r.sidecar!.ready.adminPort as number }));
+      .map((r) => ({ name: r.id, publicPort: r.sidecarPort as number, adminPort: r.sidecar!.ready.adminPort as number, gatewayPort: r.gatewayPort }));
   }
 
   private async create(name: string, service: boolean): Promise<TargetSandbox> {
