@@ -130,6 +130,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       serviceBaseDomains: opts.serviceBaseDomains ?? [DEFAULT_SERVICE_BASE_DOMAIN],
       syncLock: new SyncLock(),
       inflight: new Set(),
+      lostSessionWrites: { ready: 0, disconnected: 0 },
       ...(opts.debugSessionWriteDelayMs ? { debugSessionWriteDelayMs: opts.debugSessionWriteDelayMs } : {}),
     };
     // Postgres: the reconciler-lease coordinator (the emulator's 2026-08 generation has no SQLite mode).
@@ -241,6 +242,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
           replica: opts.replica,
           sandboxes: registry.sandboxIds(),
           slots: slots.held(),
+          ...(gen2Ctx ? { lostSessionWrites: gen2Ctx.lostSessionWrites } : {}),
           ...(lease ? { replicaId: lease.replicaId, leaseHolder: lease.holder, lease } : {}),
         }),
       );

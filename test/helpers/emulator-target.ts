@@ -145,6 +145,15 @@ export class EmulatorTarget implements Gen2Target {
     return this.tables.phaseOf(sandboxId);
   }
 
+  async lostReadyWrites(): Promise<number> {
+    let n = 0;
+    for (const r of this.cluster.replicas) {
+      const res = await fetch(`http://127.0.0.1:${r.gatewayHealthPort}/debug/sessions`);
+      n += ((await res.json()) as { lostSessionWrites?: { ready: number } }).lostSessionWrites?.ready ?? 0;
+    }
+    return n;
+  }
+
   metricSum(name: string, labels?: (l: string) => boolean): Promise<number> {
     return sidecarMetricSum(this.replicas, name, labels);
   }

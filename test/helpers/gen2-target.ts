@@ -75,6 +75,11 @@ export interface Gen2Target {
   ownerOf(sandboxId: string): Promise<{ replicaId: string; epoch: number } | undefined>;
   /** The gateway's stored phase (objects.payload), or undefined without a row. */
   phaseOf(sandboxId: string): Promise<number | undefined>;
+  /**
+   * Supervisor-session Ready writes the gateways lost to a compare-and-swap conflict so far
+   * (docs/interop.md U1; upstream only logs them: "failed to mark sandbox ready").
+   */
+  lostReadyWrites(): Promise<number>;
   /** Sum of a sidecar metric over every replica, for series whose labels pass `labels`. */
   metricSum(name: string, labels?: (labels: string) => boolean): Promise<number>;
   close(): Promise<void>;

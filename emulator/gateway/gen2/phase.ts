@@ -93,6 +93,8 @@ async function sessionWrite(ctx: Gen2Context, sandboxId: string, connected: bool
       }
     });
     if (res === 'conflict') {
+      if (connected) ctx.lostSessionWrites.ready++;
+      else ctx.lostSessionWrites.disconnected++;
       // Only logged, never retried (supervisor_session.rs@v0.0.111:757-768): the sandbox keeps its old
       // phase with a live session until the next sweep on a replica that has it, or a reconnect.
       const now = await ctx.store.sandboxById(sandboxId).catch(() => null);

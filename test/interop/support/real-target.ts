@@ -132,6 +132,10 @@ export class RealTarget implements Gen2Target {
     return this.tables.phaseOf(sandboxId);
   }
 
+  async lostReadyWrites(): Promise<number> {
+    return this.cluster.gatewayLogLines(/failed to mark sandbox ready/).length;
+  }
+
   metricSum(name: string, labels?: (l: string) => boolean): Promise<number> {
     return sidecarMetricSum(this.replicas, name, labels);
   }
