@@ -435,6 +435,8 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
           return { sandboxId, token: await t.mintSshToken(sandboxId) };
         }),
       );
+      // Sidecar counters are cumulative (under `make interop` other checks refused before this one).
+      const refusedBefore = await t.metricSum('ohs_limit_refusals_total');
       const started = Date.now();
       const outcomes = await Promise.all(
         Array.from({ length: limitAttempts }, (_, i) => {
@@ -456,7 +458,10 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
       }
       const admitted = [...perSandbox.values()].reduce((a, b) => a + b, 0);
       const maxToken = Math.max(...perToken.values());
-      const refusedBySidecars = await t.metricSum('ohs_limit_refusals_total');
+      const refusedBySidecars = (await t.metricSum('ohs_limit_refusals_total')) - refusedBefore;
+      // Released before any assertion: the next check needs the slots back whatever happens here.
+      closeAll();
+      const closedAt = Date.now();
       report(
         `limits: ${limitAttempts} ForwardTcp attempts, ${tokens.length} tokens, ${sandboxes.length} sandboxes, in ${Date.now() - started} ms: ${admitted} admitted ` +
           `(max ${maxToken} per token, per sandbox ${[...perSandbox.values()].join('/')}), refusals ${JSON.stringify(Object.fromEntries(refusals))}; sidecars refused ${refusedBySidecars}`,
@@ -466,10 +471,8 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
       expect([...perSandbox.values()]).toEqual(sandboxes.map(() => 20));
       expect([...refusals.keys()].every((k) => k === 'RESOURCE_EXHAUSTED sandbox SSH connection limit reached' || k === 'RESOURCE_EXHAUSTED SSH session connection limit reached')).toBe(true);
       expect(refusedBySidecars).toBe(limitAttempts - admitted);
-      closeAll();
-      const drainStarted = Date.now();
       await expect.poll(() => t.metricSum('ohs_limit_slots_held'), { timeout: 15_000, interval: 200 }).toBe(0);
-      report(`limits: every slot released ${Date.now() - drainStarted} ms after the streams closed`);
+      report(`limits: every slot released ${Date.now() - closedAt} ms after the streams closed`);
     }, 180_000);
 
     it('junk tokens for one sandbox take no slot, and the valid token still gets its 3', async () => {
@@ -492,6 +495,7 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
       const skips = (await t.metricSum('ohs_limit_skips_total', (l) => l.includes('reason="invalid_token"'))) - skipsBefore;
       const held = await t.metricSum('ohs_limit_slots_held', (l) => l.includes('rule="ssh-per-token"'));
       const fourth = await attempt(clients[3]!, sandboxId, valid);
+      closeAll();
       report(
         `junk tokens: ${n} attempts → ${JSON.stringify(Object.fromEntries(junkCodes))}; ${skips} took no slot; valid token: ${validOutcomes.map((o) => o.kind).join(',')}, ` +
           `per-token slots held ${held}; 4th → ${fourth.kind === 'refused' ? `${Status[fourth.code]} "${fourth.details}"` : 'admitted'}`,
@@ -502,7 +506,6 @@ export function limitChecks(target: () => Gen2Target, opts: CheckOptions): void 
       // Exactly the three valid forwards hold slots: one per rule each.
       expect(held).toBe(3);
       expect(fourth.kind === 'refused' && `${Status[fourth.code]} ${fourth.details}`).toBe('RESOURCE_EXHAUSTED SSH session connection limit reached');
-      closeAll();
     }, 120_000);
   });
 }
