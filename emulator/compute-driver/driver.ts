@@ -19,7 +19,7 @@ import {
   type SandboxRef,
   type WatchSandboxesEvent,
 } from './proto.ts';
-import { killSandbox, launchSupervisor, sandboxPaths, signalSupervisor, type SandboxPaths } from './supervisor-process.ts';
+import { killSandbox, launchSupervisor, sandboxPaths, signalSupervisor, waitSandboxGone, type SandboxPaths } from './supervisor-process.ts';
 
 export const DRIVER_NAME = 'ohs-process';
 export const DRIVER_VERSION = '0.1.0';
@@ -275,6 +275,7 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
     clearTimeout(timer);
     // The workload may outlive its supervisor.
     killSandbox(child);
+    await waitSandboxGone(child);
   };
 
   const handlers: Record<string, unknown> = {
