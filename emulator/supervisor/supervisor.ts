@@ -158,7 +158,8 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   private relayCount = 0;
   private stopped = false;
   private loop: Promise<void> | null = null;
-  private wake: (() => void) | null = null;
+  /** Sleeps in progress (the reconnect backoff, the policy retries): stop() cuts them all short. */
+  private readonly wakers = new Set<() => void>();
   private readonly gen2: boolean;
   /** 2026-08: one main-process instance id per supervisor process (reference §2.1 "Reconnect"). */
   private readonly fixedInstanceId: string | undefined;
@@ -245,15 +246,32 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     await this.reconnectLoop();
   }
 
-  /** The poll loop's first poll and the initial acknowledgement, on one connection. */
+  /**
+   * The poll loop's first poll and the initial acknowledgement, on one connection. A transient failure
+   * (an ABORTED from a lost CAS included) is retried after 1, 2, 4 … 32 s until it lands, any other
+   * discards the update (run_policy_status_reporter, lib.rs@v0.0.111:2992-3070).
+   */
   private async reportPolicyLoaded(): Promise<void> {
     const client = this.policyClient();
     try {
       const cfg = await this.unary(client, 'GetSandboxConfig', { sandbox_id: this.opts.sandboxId });
       const version = Number(cfg.version ?? 0);
-      if (version === 0 || this.stopped) return;
-      await this.unary(client, 'ReportPolicyStatus', { sandbox_id: this.opts.sandboxId, version, status: POLICY_STATUS_LOADED, load_error: '' });
-      this.pushLog(`Acknowledged initial policy revision as loaded [version:${version}]`);
+      if (version === 0) return;
+      for (let attempt = 1; !this.stopped; attempt++) {
+        try {
+          await this.unary(client, 'ReportPolicyStatus', { sandbox_id: this.opts.sandboxId, version, status: POLICY_STATUS_LOADED, load_error: '' });
+          this.pushLog(`Acknowledged initial policy revision as loaded [version:${version}]`);
+          return;
+        } catch (err) {
+          const code = (err as grpc.ServiceError).code;
+          if (!RETRYABLE.includes(code)) {
+            this.log.warn({ code, err: (err as Error).message, version }, 'Discarding terminal policy status update');
+            return;
+          }
+          this.log.info({ code, attempt, version }, 'Initial policy acknowledgement failed transiently; retaining ordered update');
+          await this.sleep(1000 * 2 ** Math.min(attempt - 1, 5));
+        }
+      }
     } finally {
       this.closePolicyClient(client);
     }
@@ -285,7 +303,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   /** Stops reconnecting, cancels every call, closes every client and relay socket. */
   async stop(): Promise<void> {
     this.stopped = true;
-    this.wake?.();
+    for (const wake of [...this.wakers]) wake();
     for (const link of [...this.links]) link.kill();
     for (const call of [...this.policyCalls]) call.cancel();
     for (const c of [...this.policyClients]) this.closePolicyClient(c);
@@ -337,15 +355,16 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
 
   /** Backoff sleep that `stop()` cuts short. */
   private sleep(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
-        this.wake = null;
+        this.wakers.delete(done);
         resolve();
       };
       const timer = setTimeout(done, ms);
       timer.unref();
-      this.wake = done;
+      this.wakers.add(done);
     });
   }
 
