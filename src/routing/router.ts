@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
+import { phaseWillNotReconnect } from '../wire/gateway-payloads.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan, tracingEnabled } from '../tracing/tracing.ts';
 
@@ -282,7 +283,12 @@ export class OwnerRouter {
       (known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR) ||
       (changedAt !== undefined && Date.now() - changedAt < this.ownerWaitMs * OWNER_MEMORY_FACTOR);
     if (!opts.exclude && !recentlyOwned) return first;
-    if (first.kind === 'local' && (await this.gatewayObjects.sandboxExists(sandboxId)) === false) return first;
+    if (first.kind === 'local') {
+      // Gone, stopped, being deleted or failed: no owner is coming, so the gateway answers at once
+      // (NOT_FOUND, FAILED_PRECONDITION) instead of after the hold bound.
+      const state = await this.gatewayObjects.sandboxState(sandboxId);
+      if (state === undefined ? (await this.gatewayObjects.sandboxExists(sandboxId)) === false : phaseWillNotReconnect(state.phase)) return first;
+    }
     // The store says "no live owner" but we knew one: its lease may only have lapsed (e.g. right
     // after a Postgres outage, before its next heartbeat). The peer itself is the ground truth:
     // try it; a not-owner answer or a refused connection brings us back here with it excluded.
