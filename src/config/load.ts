@@ -212,6 +212,8 @@ export function describeConfig(cfg: SidecarConfig): Record<string, unknown> {
 }
 
 function redactUrl(value: string): string {
+  // redis+sentinel://user:pass@h1:p1,h2:p2/… (a host list WHATWG URL cannot parse).
+  if (/^rediss?\+sentinel:/i.test(value)) return value.replace(/^([^:]+:\/\/[^:@/]*:)[^@/]*@/, '$1***@');
   try {
     const url = new URL(value);
     if (url.password !== '') url.password = '***';

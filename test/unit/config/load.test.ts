@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { OhsError } from '../../../src/errors.ts';
 import { CONFIG_DEFAULTS, describeConfig, loadConfig } from '../../../src/config/load.ts';
+import { sentinelOptions } from '../../../src/ownership/redis-connect.ts';
 import type { LoadConfigOptions } from '../../../src/config/load.ts';
 
 const SECRET = 'a-very-long-peer-secret';
@@ -320,5 +321,32 @@ describe('describeConfig redaction', () => {
     expect(text).not.toContain('pw1');
     expect(text).not.toContain('pw2');
     expect(text).not.toContain('0123456789abcdef0123');
+  });
+});
+
+describe('Redis Sentinel URLs', () => {
+  const base = ['--database-url', 'postgres://u@h/db', '--peer-secret', '0123456789abcdef0123', '--peer-url', 'http://x:1'];
+
+  it('accepts redis+sentinel://user:pass@h1:p1,h2:p2/<master>/<db> and hides its password', () => {
+    const cfg = loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://app:s3cret@10.0.0.1:26379,[fd00::2]:26380,sentinel-3/mymaster/2'], env: {} });
+    expect(sentinelOptions(cfg.redisUrl as string)).toMatchObject({
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: 'fd00::2', port: 26380 },
+        { host: 'sentinel-3', port: 26379 },
+      ],
+      name: 'mymaster',
+      db: 2,
+      username: 'app',
+      password: 's3cret',
+      sentinelPassword: 's3cret',
+    });
+    expect(JSON.stringify(describeConfig(cfg))).not.toContain('s3cret');
+  });
+
+  it('refuses a Sentinel URL without a master name or with a bad port, and plain URLs stay plain', () => {
+    expect(() => loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://h1:26379'], env: {} })).toThrow(/redis\+sentinel/);
+    expect(() => loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://h1:99999/m'], env: {} })).toThrow(/redis\+sentinel/);
+    expect(sentinelOptions('redis://h:6379')).toBeUndefined();
   });
 });
