@@ -94,6 +94,10 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           heartbeatIntervalMs: config.replicaHeartbeatIntervalMs,
           leaseTtlMs: config.replicaLeaseTtlMs,
           cacheTtlMs: config.ownerCacheTtlMs,
+          negativeCacheTtlMs: config.ownerNegativeCacheTtlMs,
+          negativeCacheMaxEntries: config.ownerNegativeCacheMaxEntries,
+          poolSize: config.postgresPoolSize,
+          lookupPoolSize: config.postgresLookupPoolSize,
           logger: logger.child({ component: 'ownership' }),
         })
       : createMemoryOwnershipStore({ replicaId: config.replicaId, peerUrl, version: VERSION });

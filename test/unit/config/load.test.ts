@@ -191,9 +191,9 @@ describe('config file', () => {
 describe('cluster mode', () => {
   const cluster = { OHS_DATABASE_URL: 'postgres://ohs:pw@db:5432/ohs', OHS_PEER_URL: 'http://10.0.0.5:8443' };
 
-  it('is selected by a database URL and needs a peer secret', () => {
+  it('is selected by a database URL and needs a peer secret or peer mTLS', () => {
     const err = configError(() => load({ env: cluster }));
-    expect(err.message).toContain('peerSecret is required in cluster mode');
+    expect(err.message).toContain('peerSecret or peerTls is required in cluster mode');
     const cfg = load({ env: { ...cluster, OHS_PEER_SECRET: SECRET } });
     expect(cfg.mode).toBe('cluster');
     expect(cfg.peerSecret).toBe(SECRET);
