@@ -402,19 +402,25 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   /** Registered peer addresses and lease ends by replica, read from Postgres and kept briefly. */
   const replicas = new Map<string, { url: string | null; liveUntilMs: number; atMs: number }>();
   let poisoned = 0;
-  async function liveRegisteredPeer(owner: OwnerRecord): Promise<boolean> {
+  /** A replica's registration, from the cache unless it is old, or doubted (`recheck`) and not just read. */
+  async function replicaEntry(replicaId: string, recheck: boolean): Promise<{ url: string | null; liveUntilMs: number; atMs: number }> {
     const now = performance.now();
-    let entry = replicas.get(owner.replicaId);
-    const believable = (e: { url: string | null; liveUntilMs: number }): boolean => e.url === owner.peerUrl && now < e.liveUntilMs;
-    if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (!believable(entry) && now - entry.atMs > REPLICA_RECHECK_MS)) {
-      const row = (await requireLookupPool().query<sql.ReplicaLeaseRow>(sql.REPLICA_LEASE, [owner.replicaId, opts.leaseTtlMs])).rows[0];
+    let entry = replicas.get(replicaId);
+    if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (recheck && now - entry.atMs > REPLICA_RECHECK_MS)) {
+      const row = (await requireLookupPool().query<sql.ReplicaLeaseRow>(sql.REPLICA_LEASE, [replicaId, opts.leaseTtlMs])).rows[0];
       // The lease end, as the database clock saw it, carried over to ours as time left.
       entry = { url: row?.peer_url ?? null, liveUntilMs: row === undefined ? 0 : now + row.lease_left_ms, atMs: now };
-      replicas.delete(owner.replicaId);
-      replicas.set(owner.replicaId, entry);
+      replicas.delete(replicaId);
+      replicas.set(replicaId, entry);
       if (replicas.size > 10_000) replicas.delete(replicas.keys().next().value as string);
     }
-    return believable(entry);
+    return entry;
+  }
+
+  async function liveRegisteredPeer(owner: OwnerRecord): Promise<boolean> {
+    const believable = (e: { url: string | null; liveUntilMs: number }): boolean => e.url === owner.peerUrl && performance.now() < e.liveUntilMs;
+    const entry = await replicaEntry(owner.replicaId, false);
+    return believable(entry) || believable(await replicaEntry(owner.replicaId, true));
   }
 
   async function ownerEpoch(sandboxId: string): Promise<number | null> {
@@ -494,6 +500,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     health,
     inspect,
     lastHeartbeatAtMs: () => lastHeartbeatAtMs,
+    registeredPeerUrl: (replicaId, o) => guard('registeredPeerUrl', undefined, async () => (await replicaEntry(replicaId, o?.recheck === true)).url),
   };
 }
 

@@ -8,15 +8,15 @@ export interface SessionOptions {
   connectTimeoutMs: number;
   /** Stream and connection receive window (DESIGN §3: 1 MiB moves ~40 % more through tunnels). */
   windowBytes: number;
-  /** TLS settings for an `https://` origin (CA, client certificate, server name). */
-  tls?: tls.ConnectionOptions;
+  /** TLS settings for an `https://` origin (CA, client certificate, server name); a function is asked per connection (reloaded certificates). */
+  tls?: tls.ConnectionOptions | (() => tls.ConnectionOptions);
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
 export function connectSession(origin: string, opts: SessionOptions): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
     const session = http2.connect(origin, {
-      ...(opts.tls ?? {}),
+      ...(typeof opts.tls === 'function' ? opts.tls() : opts.tls),
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },
       maxSessionMemory: 64,
     });
