@@ -114,16 +114,23 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
 
   function invalidated(sandboxId: string, via: 'redis' | 'postgres'): void {
     if (!running) return;
-    memory.invalidate(sandboxId);
-    negatives.invalidate(sandboxId);
+    forget(sandboxId);
     // A NOTIFY may be the only news of a change made while Redis was unreachable from its writer.
     if (via === 'postgres' && redis !== null) void redis.invalidate(sandboxId, false);
     listeners.emit(sandboxId);
   }
 
+  /** Drops what this process knows of a sandbox's owner; a read already under way is not joined any more. */
+  function forget(sandboxId: string): void {
+    memory.invalidate(sandboxId);
+    negatives.invalidate(sandboxId);
+    lookupsInFlight.delete(sandboxId);
+  }
+
   function resync(): void {
     memory.clear();
     negatives.clear();
+    lookupsInFlight.clear();
   }
 
   /** Runs `fn` inside a transaction on one pooled client; a broken client is discarded, not reused. */
@@ -335,8 +342,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
         log.debug({ sandbox: sandboxId, attempt }, 'claim raced with a concurrent first claim; retrying');
         continue;
       }
-      memory.invalidate(sandboxId);
-      negatives.invalidate(sandboxId);
+      forget(sandboxId);
       if (redis !== null) await redis.invalidate(sandboxId, true);
       return result;
     }
@@ -346,8 +352,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
     const deleted = (res.rowCount ?? 0) > 0;
     if (deleted) {
-      memory.invalidate(sandboxId);
-      negatives.invalidate(sandboxId);
+      forget(sandboxId);
       if (redis !== null) await redis.invalidate(sandboxId, true);
     }
     return deleted;
