@@ -66,7 +66,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const peerView = (r: { replicaId: string; peerUrl: string }, sandboxId?: string): Promise<PeerInspectAnswer> =>
     r.replicaId === self
       ? localAnswer(sandboxId)
-      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}) });
+      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}), ...(deps.peerTls ? { tls: deps.peerTls } : {}) });
 
   const statusSources = (): StatusSources => ({
     pg: poolFor(),
@@ -79,7 +79,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const explainSources = (): ExplainSources => ({
     liveReplicas: async () => (await deps.store.liveReplicas()).map((r) => ({ replicaId: r.replicaId, peerUrl: r.peerUrl })),
     self: { replicaId: self, view: (id, row) => sandboxLocalView(deps, id, row) },
-    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id }),
+    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id, ...(deps.peerTls ? { tls: deps.peerTls } : {}) }),
     gatewayRow: (id) => gatewayRow(deps, id),
     reconcilerLease: () => deps.gatewayObjects.reconcilerLease(),
     slots: (id) => sandboxSlots(deps, id),

@@ -21,7 +21,7 @@ export interface LoadConfigOptions {
 type ValueKind = 'string' | 'int' | 'list' | 'number';
 
 interface OptionSpec {
-  /** Key in the config object; two elements for the nested tls / gatewayTls settings. */
+  /** Key in the config object; two elements for the nested tls / gatewayTls / peerTls settings. */
   readonly path: readonly [string] | readonly [string, string];
   readonly flag: `--${string}`;
   readonly env: `OHS_${string}`;
@@ -104,6 +104,16 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['adminTokenFile'], '--admin-token-file', 'OHS_ADMIN_TOKEN_FILE'),
   opt(['tracing'], '--tracing', 'OHS_TRACING'),
   opt(['otlpTracesUrl'], '--otlp-traces-url', 'OHS_OTLP_TRACES_URL'),
+  opt(['peerTls', 'certFile'], '--peer-tls-cert', 'OHS_PEER_TLS_CERT_FILE'),
+  opt(['peerTls', 'keyFile'], '--peer-tls-key', 'OHS_PEER_TLS_KEY_FILE'),
+  opt(['peerTls', 'caFile'], '--peer-tls-ca', 'OHS_PEER_TLS_CA_FILE'),
+  opt(['peerTls', 'identity'], '--peer-identity', 'OHS_PEER_IDENTITY'),
+  opt(['peerTls', 'spiffeIdTemplate'], '--peer-spiffe-id', 'OHS_PEER_SPIFFE_ID'),
+  opt(['peerTls', 'reloadIntervalMs'], '--peer-tls-reload-interval-ms', 'OHS_PEER_TLS_RELOAD_INTERVAL_MS', 'int'),
+  opt(['ownerNegativeCacheTtlMs'], '--owner-negative-cache-ttl-ms', 'OHS_OWNER_NEGATIVE_CACHE_TTL_MS', 'int'),
+  opt(['ownerNegativeCacheMaxEntries'], '--owner-negative-cache-max-entries', 'OHS_OWNER_NEGATIVE_CACHE_MAX_ENTRIES', 'int'),
+  opt(['postgresPoolSize'], '--postgres-pool-size', 'OHS_POSTGRES_POOL_SIZE', 'int'),
+  opt(['postgresLookupPoolSize'], '--postgres-lookup-pool-size', 'OHS_POSTGRES_LOOKUP_POOL_SIZE', 'int'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -171,6 +181,11 @@ export const CONFIG_DEFAULTS = {
   rebalanceCooldownMs: 60_000,
   adminAllowCidrs: [],
   tracing: 'off',
+  // Unknown ids are forgotten after 5 s at the latest; claims invalidate them at once.
+  ownerNegativeCacheTtlMs: 5_000,
+  ownerNegativeCacheMaxEntries: 10_000,
+  postgresPoolSize: 4,
+  postgresLookupPoolSize: 4,
 } as const;
 
 type Layer = Record<string, unknown>;
@@ -356,7 +371,7 @@ function setPath(layer: Layer, path: OptionSpec['path'], value: unknown): void {
   layer[outer] = nested;
 }
 
-/** Later layer wins key by key; nested objects (tls, gatewayTls) merge instead of replacing. */
+/** Later layer wins key by key; nested objects (tls, gatewayTls, peerTls) merge instead of replacing. */
 function mergeLayer(base: Layer, over: Layer): Layer {
   const out: Layer = { ...base };
   for (const [key, value] of Object.entries(over)) {

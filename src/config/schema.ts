@@ -89,6 +89,33 @@ const tlsShape = {
   clientCertMode: z.enum(['required', 'optional']).optional(),
 };
 
+/** `{replica}` stands for the replica id: `spiffe://<trust domain>/<path>/{replica}`. */
+export const SPIFFE_REPLICA_PLACEHOLDER = '{replica}';
+
+const spiffeIdTemplate = z
+  .string()
+  .max(2048)
+  .refine(
+    (v) => /^spiffe:\/\/[a-z0-9._-]+\/\S*$/.test(v) && v.split(SPIFFE_REPLICA_PLACEHOLDER).length === 2,
+    `expected spiffe://<trust-domain>/<path> with ${SPIFFE_REPLICA_PLACEHOLDER} once, e.g. spiffe://cluster.local/ns/openshell/replica/${SPIFFE_REPLICA_PLACEHOLDER}`,
+  );
+
+const peerTlsShape = {
+  /** This sidecar's certificate: served on the peer port and presented on outgoing peer sessions. */
+  certFile: filePath,
+  keyFile: filePath,
+  /** CA bundle that signs every replica's peer certificate (both directions). */
+  caFile: filePath,
+  /**
+   * How a peer's certificate names its replica: `san` (a DNS or IP SAN equal to the host of the peer
+   * URL the replica registered) or `spiffe` (a URI SAN equal to spiffeIdTemplate for that replica).
+   */
+  identity: z.enum(['san', 'spiffe']).optional(),
+  spiffeIdTemplate: spiffeIdTemplate.optional(),
+  /** How often the files are read again; changed files apply to new connections only. */
+  reloadIntervalMs: int(100, 3_600_000).optional(),
+};
+
 const scalarShape = {
   replicaId: replicaIdSchema,
   listen: hostPort,
@@ -195,6 +222,13 @@ const scalarShape = {
   tracing: z.enum(['off', 'otlp']),
   /** OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces. */
   otlpTracesUrl: httpUrl.optional(),
+  /** "No owner row" remembered per sandbox id (a claim invalidates it at once); 0 = off. */
+  ownerNegativeCacheTtlMs: int(0, 600_000),
+  ownerNegativeCacheMaxEntries: int(1, 10_000_000),
+  /** Postgres connections for claims, releases and replica listings; the heartbeat has one of its own. */
+  postgresPoolSize: int(1, 100),
+  /** Postgres connections for owner lookups (client-driven, so kept apart from claims and heartbeats). */
+  postgresLookupPoolSize: int(1, 100),
 };
 
 /**
@@ -207,6 +241,7 @@ export const configFileSchema = z
   .extend({
     gatewayTls: z.strictObject(gatewayTlsShape).partial().optional(),
     tls: z.strictObject(tlsShape).partial().optional(),
+    peerTls: z.strictObject(peerTlsShape).partial().optional(),
     peerSecretFile: filePath.optional(),
     adminTokenFile: filePath.optional(),
   });
@@ -225,6 +260,15 @@ export interface PublicTlsConfig {
   readonly keyFile: string;
   readonly clientCaFile?: string;
   readonly clientCertMode?: 'required' | 'optional';
+}
+
+export interface PeerTlsConfig {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly caFile: string;
+  readonly identity?: 'san' | 'spiffe';
+  readonly spiffeIdTemplate?: string;
+  readonly reloadIntervalMs?: number;
 }
 
 export interface SidecarConfig {
@@ -300,6 +344,12 @@ export interface SidecarConfig {
   readonly adminToken?: string;
   readonly tracing: 'off' | 'otlp';
   readonly otlpTracesUrl?: string;
+  /** mTLS between sidecars on the peer port (peer URLs are https://). */
+  readonly peerTls?: PeerTlsConfig;
+  readonly ownerNegativeCacheTtlMs: number;
+  readonly ownerNegativeCacheMaxEntries: number;
+  readonly postgresPoolSize: number;
+  readonly postgresLookupPoolSize: number;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */
@@ -308,6 +358,7 @@ export const configInputSchema = z
     ...scalarShape,
     gatewayTls: z.strictObject(gatewayTlsShape).optional(),
     tls: z.strictObject(tlsShape).optional(),
+    peerTls: z.strictObject(peerTlsShape).optional(),
   })
   .superRefine((cfg, ctx) => {
     if (cfg.redisUrl !== undefined && cfg.databaseUrl === undefined) {
@@ -319,13 +370,28 @@ export const configInputSchema = z
           'Postgres ownership. Set databaseUrl for cluster mode, or remove redisUrl for embedded mode',
       });
     }
-    if (cfg.databaseUrl !== undefined && cfg.peerSecret === undefined) {
+    if (cfg.databaseUrl !== undefined && cfg.peerSecret === undefined && cfg.peerTls === undefined) {
       ctx.addIssue({
         code: 'custom',
         path: ['peerSecret'],
         message:
-          'peerSecret is required in cluster mode (databaseUrl is set): replicas authenticate ' +
-          'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET)',
+          'peerSecret or peerTls is required in cluster mode (databaseUrl is set): replicas authenticate ' +
+          'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET), ' +
+          'or peer mTLS with --peer-tls-cert, --peer-tls-key and --peer-tls-ca',
+      });
+    }
+    if (cfg.peerTls?.identity === 'spiffe' && cfg.peerTls.spiffeIdTemplate === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerTls', 'spiffeIdTemplate'],
+        message: `peerTls.identity is spiffe but no SPIFFE id template is set, e.g. spiffe://cluster.local/ns/openshell/replica/${SPIFFE_REPLICA_PLACEHOLDER}`,
+      });
+    }
+    if (cfg.peerUrl !== undefined && cfg.peerUrl.startsWith('https:') !== (cfg.peerTls !== undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerUrl'],
+        message: cfg.peerTls === undefined ? 'peerUrl is https:// but peer TLS is not configured (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)' : 'peer TLS is on, so peerUrl must be https://',
       });
     }
     if (cfg.databaseUrl !== undefined && cfg.peerUrl === undefined && cfg.peerHost === undefined && peerListenIsWildcard(cfg.peerListen)) {
@@ -365,7 +431,7 @@ export const configInputSchema = z
 
 /** Full validation: merged input → config with derived `mode` and default `peerUrl`. */
 export const sidecarConfigSchema = configInputSchema.transform((cfg): SidecarConfig => {
-  const peerUrl = cfg.peerUrl ?? derivePeerUrl(cfg.peerListen);
+  const peerUrl = cfg.peerUrl ?? derivePeerUrl(cfg.peerListen, cfg.peerTls === undefined ? 'http' : 'https');
   return {
     ...cfg,
     mode: cfg.databaseUrl === undefined ? 'embedded' : 'cluster',
@@ -382,11 +448,11 @@ function peerListenIsWildcard(peerListen: string): boolean {
 }
 
 /**
- * `http://<host>:<port>` of the peer listener when that is dialable from elsewhere: not a wildcard
- * address, and not port 0 (only known once bound).
+ * `http://<host>:<port>` (`https://` with peer TLS) of the peer listener when that is dialable from
+ * elsewhere: not a wildcard address, and not port 0 (only known once bound).
  */
-export function derivePeerUrl(peerListen: string): string | undefined {
+export function derivePeerUrl(peerListen: string, scheme: 'http' | 'https' = 'http'): string | undefined {
   const hp = parseHostPort(peerListen);
   if (isWildcardHost(hp.host) || hp.port === 0) return undefined;
-  return `http://${formatHostPort(hp)}`;
+  return `${scheme}://${formatHostPort(hp)}`;
 }

@@ -10,8 +10,8 @@ export interface SessionOptions {
   connectTimeoutMs: number;
   /** Stream and connection receive window (DESIGN §3: 1 MiB moves ~40 % more through tunnels). */
   windowBytes: number;
-  /** TLS settings for an `https://` origin (CA, client certificate, server name). */
-  tls?: tls.ConnectionOptions;
+  /** TLS settings for an `https://` origin (CA, client certificate, server name); a function is asked per connection (reloaded certificates). */
+  tls?: tls.ConnectionOptions | (() => tls.ConnectionOptions);
   /** TCP keepalive on the connection (first probe after this much idle time). */
   keepaliveMs?: number;
   /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
@@ -21,13 +21,15 @@ export interface SessionOptions {
 /** Opens one h2c session and resolves once the connection is up. */
 export function connectSession(origin: string, opts: SessionOptions): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
+    // Asked once per connection, so that reloaded certificates reach new connections.
+    const tlsOptions = typeof opts.tls === 'function' ? opts.tls() : opts.tls;
     const session = http2.connect(origin, {
-      ...(opts.tls ?? {}),
+      ...tlsOptions,
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },
       maxSessionMemory: 64,
       // The socket is ours so that it can carry TCP keepalive and no Nagle delay (an HTTP/2
       // session's socket refuses both once it is wrapped).
-      createConnection: (authority: URL) => dial(authority, opts),
+      createConnection: (authority: URL) => dial(authority, opts, tlsOptions),
     });
     let settled = false;
     const timer = setTimeout(() => {
@@ -63,11 +65,11 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
   });
 }
 
-function dial(authority: URL, opts: SessionOptions): net.Socket {
+function dial(authority: URL, opts: SessionOptions, tlsOptions: tls.ConnectionOptions | undefined): net.Socket {
   const host = authority.hostname.replace(/^\[|\]$/g, '');
   const secure = authority.protocol === 'https:';
   const port = Number(authority.port || (secure ? 443 : 80));
-  const socket = secure ? tls.connect({ ...(opts.tls ?? {}), host, port, ALPNProtocols: ['h2'] }) : net.connect({ host, port });
+  const socket = secure ? tls.connect({ ...(tlsOptions ?? {}), host, port, ALPNProtocols: ['h2'] }) : net.connect({ host, port });
   socket.setNoDelay(true);
   if (opts.keepaliveMs) socket.setKeepAlive(true, opts.keepaliveMs);
   return socket;
