@@ -79,7 +79,16 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     pingTimeoutMs: config.h2PingTimeoutMs,
     onClose: (why) => metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' }),
   });
-  const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness };
+  const resetLog = logger.child({ component: 'upstream' });
+  const resetBudget = {
+    burst: config.upstreamResetBudget,
+    refillPerSecond: config.upstreamResetRefillPerSecond,
+    onRetire: (origin: string, resets: number): void => {
+      metrics.protectionsTotal.inc({ reason: 'upstream_reset_budget' });
+      resetLog.warn({ origin, resets, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
+    },
+  };
+  const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness, resetBudget };
   const sessionOpts = { ...upstreamCommon, connectTimeoutMs: config.upstreamConnectTimeoutMs, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
   const peerPool = new SessionPool(

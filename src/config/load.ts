@@ -68,6 +68,8 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['h2PingIntervalMs'], '--h2-ping-interval-ms', 'OHS_H2_PING_INTERVAL_MS', 'int'),
   opt(['h2PingTimeoutMs'], '--h2-ping-timeout-ms', 'OHS_H2_PING_TIMEOUT_MS', 'int'),
   opt(['maxHeldRequests'], '--max-held-requests', 'OHS_MAX_HELD_REQUESTS', 'int'),
+  opt(['upstreamResetBudget'], '--upstream-reset-budget', 'OHS_UPSTREAM_RESET_BUDGET', 'int'),
+  opt(['upstreamResetRefillPerSecond'], '--upstream-reset-refill-per-second', 'OHS_UPSTREAM_RESET_REFILL_PER_SECOND', 'int'),
   opt(['connectionBufferBytes'], '--connection-buffer-bytes', 'OHS_CONNECTION_BUFFER_BYTES', 'int'),
   opt(['totalBufferBytes'], '--total-buffer-bytes', 'OHS_TOTAL_BUFFER_BYTES', 'int'),
   opt(['hopLimit'], '--hop-limit', 'OHS_HOP_LIMIT', 'int'),
@@ -140,6 +142,10 @@ export const CONFIG_DEFAULTS = {
   h2PingIntervalMs: 30_000,
   h2PingTimeoutMs: 10_000,
   maxHeldRequests: 10_000,
+  // Half of nghttp2's rapid-reset allowance (1,000, refilled at 33/s) that a Node or hyper gateway
+  // (and a peer sidecar) applies per connection before it answers GOAWAY to every stream on it.
+  upstreamResetBudget: 500,
+  upstreamResetRefillPerSecond: 10,
   // 128 maximum-size first messages per connection; 4,096 across the replica.
   connectionBufferBytes: 8 * 1_048_576,
   totalBufferBytes: 256 * 1_048_576,

@@ -149,6 +149,10 @@ const scalarShape = {
   h2PingTimeoutMs: int(100, 600_000),
   /** Requests held at once while their sandbox has no reachable owner; beyond it the local gateway answers. */
   maxHeldRequests: int(0, 1_000_000),
+  /** Streams one upstream connection may see reset (a token bucket) before new streams move to a fresh connection (0 = no budget). */
+  upstreamResetBudget: int(0, 1_000_000),
+  /** How fast that budget refills, per second. */
+  upstreamResetRefillPerSecond: int(0, 100_000),
   /** First-message bytes one client connection may have buffered at once (streams beyond it are refused). */
   connectionBufferBytes: int(65_536, 2 ** 31 - 1),
   /** First-message bytes all client connections together may have buffered at once. */
@@ -306,6 +310,8 @@ export interface SidecarConfig {
   readonly h2PingIntervalMs: number;
   readonly h2PingTimeoutMs: number;
   readonly maxHeldRequests: number;
+  readonly upstreamResetBudget: number;
+  readonly upstreamResetRefillPerSecond: number;
   readonly connectionBufferBytes: number;
   readonly totalBufferBytes: number;
   readonly hopLimit: number;

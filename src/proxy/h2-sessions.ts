@@ -16,6 +16,25 @@ export interface SessionOptions {
   keepaliveMs?: number;
   /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
   liveness?: H2Liveness;
+  /** SessionPool only: how many reset streams one connection may carry (see ResetBudget). */
+  resetBudget?: ResetBudget;
+}
+
+/**
+ * A server ends a connection on which it sees streams reset too fast (nghttp2, in Node and in the
+ * peer sidecar: 1,000 at once, refilled at 33/s; hyper has its own limits), failing every stream on
+ * it. Clients cancel streams, and the pool relays each cancel as an RST_STREAM, so one client that
+ * opens and cancels streams in a loop would otherwise make the pool's shared connection a rapid-
+ * reset client and take everybody's streams down with it. Each connection therefore has a budget: a
+ * stream is only started on it while the resets it has carried (a token bucket) plus its open
+ * streams (each can end in at most one reset) stay within `burst`. A connection out of budget takes
+ * no new streams and closes once its streams are done; the next stream opens a fresh connection.
+ */
+export interface ResetBudget {
+  burst: number;
+  refillPerSecond: number;
+  /** Called when a connection is retired for resets (metrics, logs). */
+  onRetire?: (origin: string, resets: number) => void;
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
@@ -107,6 +126,7 @@ export class SessionPool {
     for (let round = 0; round < 4; round++) {
       if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
       const list = this.origins.get(origin) ?? [];
+      this.retireSpent(origin, list);
       const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active < streamLimit(e.session));
       if (ready?.session) return ready.session;
       // A connect in flight with room to spare is joined rather than racing another one.
@@ -123,7 +143,7 @@ export class SessionPool {
   }
 
   private open(origin: string): PoolEntry {
-    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0 };
+    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, resets: 0, resetsAt: Date.now() };
     const list = this.origins.get(origin) ?? [];
     list.push(entry);
     this.origins.set(origin, list);
@@ -131,7 +151,7 @@ export class SessionPool {
     entry.connecting.then(
       (session) => {
         entry.session = session;
-        countStreams(session, entry);
+        countStreams(session, entry, this.opts.resetBudget);
         const forget = (): void => this.remove(origin, entry);
         session.once('close', forget);
         session.once('goaway', forget);
@@ -140,6 +160,21 @@ export class SessionPool {
       () => this.remove(origin, entry),
     );
     return entry;
+  }
+
+  /** Takes connections whose reset budget is spent out of rotation; they close when idle. */
+  private retireSpent(origin: string, list: PoolEntry[]): void {
+    const budget = this.opts.resetBudget;
+    if (!budget || budget.burst <= 0) return;
+    for (const e of [...list]) {
+      if (e.session === undefined) continue;
+      decayResets(e, budget);
+      if (e.resets + e.active + 1 <= budget.burst) continue;
+      this.remove(origin, e);
+      budget.onRetire?.(origin, Math.round(e.resets));
+      // Graceful: streams still open finish; nothing new starts on it.
+      e.session.close();
+    }
   }
 
   private remove(origin: string, entry: PoolEntry): void {
@@ -186,6 +221,15 @@ interface PoolEntry {
   session: http2.ClientHttp2Session | undefined;
   /** Streams open on the session, counted as they are requested and closed. */
   active: number;
+  /** Reset streams carried, decayed at the budget's refill rate as of `resetsAt` (ms). */
+  resets: number;
+  resetsAt: number;
+}
+
+function decayResets(e: PoolEntry, budget: ResetBudget): void {
+  const now = Date.now();
+  e.resets = Math.max(0, e.resets - ((now - e.resetsAt) / 1000) * budget.refillPerSecond);
+  e.resetsAt = now;
 }
 
 /** Assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2 recommends at least 100). */
@@ -199,12 +243,20 @@ function streamLimit(session: http2.ClientHttp2Session): number {
  * The pool must see every stream opened on its sessions to know which has room; callers open them
  * with session.request() (forwardStream and friends), so the session's request() is wrapped once.
  */
-function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry): void {
+function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budget: ResetBudget | undefined): void {
   const request = session.request.bind(session);
   session.request = ((headers?: http2.OutgoingHttpHeaders, options?: http2.ClientSessionRequestOptions) => {
     const stream = request(headers, options);
     entry.active++;
-    stream.once('close', () => entry.active--);
+    stream.once('close', () => {
+      entry.active--;
+      // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
+      // them apart is not worth a budget that runs out a little early.
+      if (budget && stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        decayResets(entry, budget);
+        entry.resets++;
+      }
+    });
     return stream;
   }) as typeof session.request;
 }

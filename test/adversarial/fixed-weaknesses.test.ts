@@ -337,11 +337,17 @@ describe('fixed weaknesses: peers and owner records (two-replica cluster)', () =
   }, 30_000);
 });
 
-// Still open (OHS_KNOWN_FAILURES=1 runs it): the gateway ends the shared upstream connection under a
-// reset flood relayed from one client; see docs/hardening.md.
-const KNOWN_FAILURES = process.env.OHS_KNOWN_FAILURES === '1';
-
-describe.runIf(KNOWN_FAILURES)('known failure: one client\'s RST flood and the shared gateway connection', () => {
+// Fixed: each cancelled client stream is an RST_STREAM on a pooled upstream connection, and a
+// server (nghttp2 in Node and in the peer sidecar) ends a connection that carries resets too fast,
+// failing every stream on it. One client opening and cancelling streams in a loop (reconnecting
+// whenever the sidecar's own nghttp2 limit drops it) used to take the shared gateway connection, and
+// every other client's stream on the replica, down with it ("UNAVAILABLE: upstream failed: Session
+// closed with error code 2"). Now each pooled connection has a reset budget (h2-sessions.ts
+// ResetBudget): out of budget, it takes no new streams and closes once idle. `--upstream-reset-budget
+// 0` brings the failure back (5/5 execs failed). Pass: execs of other clients that span the flood all
+// complete, on the owner's replica (gateway pool) and on a replica that forwards to it (peer pool,
+// then the owner's gateway pool).
+describe('an RST flood from one client and the shared upstream connections', () => {
   let db: TestDatabase;
   let store: GatewayStore;
   let cluster: Cluster;
@@ -349,14 +355,26 @@ describe.runIf(KNOWN_FAILURES)('known failure: one client\'s RST flood and the s
   let sandbox: string;
 
   beforeAll(async () => {
-    db = await createTestDatabase('known_failures_rst');
+    db = await createTestDatabase('fixed_weaknesses_rst');
     store = new GatewayStore(db.url);
     await store.migrate();
-    cluster = await Cluster.start({ replicas: 1, databaseUrl: db.url, echo: process.env.OHS_TEST_ECHO === '1', logLevel: process.env.OHS_TEST_LOG_LEVEL ?? 'warn', sidecars: { embedded: true } });
+    cluster = await Cluster.start({
+      replicas: 2,
+      databaseUrl: db.url,
+      echo: process.env.OHS_TEST_ECHO === '1',
+      logLevel: process.env.OHS_TEST_LOG_LEVEL ?? 'warn',
+      sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('rst-flood'), ...(process.env.OHS_UPSTREAM_RESET_BUDGET ? { extraArgs: ['--upstream-reset-budget', process.env.OHS_UPSTREAM_RESET_BUDGET] } : {}) },
+    });
     sandbox = (await store.createSandbox()).id;
     fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${cluster.replica(0).publicPort}`, sandboxIds: [sandbox] });
     await fleet.waitAllConnected(15_000);
-  }, 60_000);
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      await waitUntil('r0 owns the sandbox', async () => (await pool.query<{ replica_id: string }>('SELECT replica_id FROM ohs_owners WHERE sandbox_id = $1', [sandbox])).rows[0]?.replica_id, (v) => v === 'r0', { timeoutMs: 10_000 });
+    } finally {
+      await pool.end();
+    }
+  }, 90_000);
 
   afterAll(async () => {
     await fleet?.stop();
@@ -365,28 +383,15 @@ describe.runIf(KNOWN_FAILURES)('known failure: one client\'s RST flood and the s
     await db?.drop();
   });
 
-  // h2-forward.ts:120 turns every cancelled client stream into an RST_STREAM on the one pooled HTTP/2
-  // session to the gateway (proxy/h2-sessions.ts SessionPool: one session per origin). A client that
-  // opens and resets streams quickly (reconnecting when the sidecar's own nghttp2 reset limit drops
-  // it) makes the sidecar a rapid-reset client of the gateway; the gateway ends that shared session
-  // and every other client's stream on the replica fails ("UNAVAILABLE: upstream failed: Session
-  // closed with error code 2", seen in public-port.test.ts). Pass: five execs of other clients that
-  // span the flood all complete.
-  it('an RST flood from one client does not fail other clients\' streams', async () => {
-    const port = cluster.replica(0).publicPort;
-    const client = gatewayClient(`127.0.0.1:${port}`);
-    const legit = Array.from({ length: 5 }, () =>
-      withTimeout(exec(client, sandbox, ['sleep', '6']), 30_000).then(
-        (r) => `exit ${r.exitCode}`,
-        (err: Error) => err.message.split('\n')[0] ?? 'error',
-      ),
-    );
-    await sleep(500);
+  /** Opens ExecSandbox streams with their request and cancels each at once, `count` times. */
+  async function flood(port: number, count: number): Promise<number> {
     const body = grpcFrame(encodeMessage('ExecSandboxRequest', { sandbox_id: sandbox, command: ['sleep', '5'] }));
     let s: http2.ClientHttp2Session | undefined;
-    for (let i = 0; i < 5000; i++) {
+    let sessions = 0;
+    for (let i = 0; i < count; i++) {
       if (!s || s.destroyed || s.closed) {
         s = http2.connect(`http://127.0.0.1:${port}`);
+        sessions++;
         s.on('error', () => undefined);
         await new Promise((r) => s?.once('remoteSettings', r));
       }
@@ -401,8 +406,35 @@ describe.runIf(KNOWN_FAILURES)('known failure: one client\'s RST flood and the s
       if (i % 100 === 99) await sleep(5);
     }
     s?.destroy();
-    const outcomes = await Promise.all(legit);
-    client.close();
-    expect(outcomes).toEqual(Array(5).fill('exit 0'));
-  }, 60_000);
+    return sessions;
+  }
+
+  for (const [label, via] of [['on the owner\'s replica (gateway connection)', 0], ['through a replica that forwards to the owner (peer connection)', 1]] as const) {
+    it(`other clients' streams survive a 5,000-reset flood ${label}`, async () => {
+      const replica = cluster.replica(via);
+      const client = gatewayClient(`127.0.0.1:${replica.publicPort}`);
+      const before = (await metric(replica.sidecarPorts?.admin as number, 'ohs_protections_total', { reason: 'upstream_reset_budget' })).sum;
+      const legit = Array.from({ length: 5 }, () =>
+        withTimeout(exec(client, sandbox, ['sleep', '6']), 30_000).then(
+          (r) => `exit ${r.exitCode}`,
+          (err: Error) => err.message.split('\n')[0] ?? 'error',
+        ),
+      );
+      await sleep(500);
+      const sessions = await flood(replica.publicPort, 5000);
+      const outcomes = await Promise.all(legit);
+      client.close();
+      const retired = (await metric(replica.sidecarPorts?.admin as number, 'ohs_protections_total', { reason: 'upstream_reset_budget' })).sum - before;
+      console.log(`RST flood ${label}: 5,000 cancelled streams over ${sessions} client connections; upstream connections retired for resets: ${retired}; other clients: ${outcomes.join(', ')}`);
+      expect(outcomes).toEqual(Array(5).fill('exit 0'));
+      expect(retired).toBeGreaterThan(0);
+      // And the replica still serves a fresh call afterwards.
+      const after = gatewayClient(`127.0.0.1:${replica.publicPort}`);
+      try {
+        expect((await withTimeout(exec(after, sandbox, ['sleep', '0']), 15_000)).exitCode).toBe(0);
+      } finally {
+        after.close();
+      }
+    }, 90_000);
+  }
 });
