@@ -5,7 +5,7 @@ import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
-import { ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
+import { RELAY_CLASSES, ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
 import { track } from '../proxy/stream-tracking.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
@@ -195,7 +195,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
     peerTunnel(ctx, log, stream);
     return;
   }
-  const answered = ctx.localSessions.beginRequest(sandboxId);
+  const answered = RELAY_CLASSES.has(cls as TrafficClass) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
   ctx.gatewayPool.get(ctx.gatewayOrigin).then(
     (session) => {
       if (stream.destroyed) return answered();

@@ -2,7 +2,7 @@
 // name or service host), and forward per stream to the local gateway or the owning peer (DESIGN §3).
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
-import { grpcMethod, isGrpcContentType, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
+import { grpcMethod, isGrpcContentType, RELAY_CLASSES, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
 import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
 import type { LimitRule } from '../limits/rules.ts';
@@ -442,7 +442,7 @@ export function forwardAttempt(
             ? { ...headers, ...traceHeaders(span) }
             : headers;
         // To our own gateway for a session held here: a shed waits until the gateway answered.
-        const answered = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
+        const answered = target.kind === 'local' && target.reason === 'owner' && RELAY_CLASSES.has(cls) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
         let handle: ReturnType<typeof forwardStream>;
         try {
           handle = forwardStream(stream, session, upHeaders, {
