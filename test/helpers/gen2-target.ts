@@ -91,8 +91,6 @@ export class ClusterTables {
 
   constructor(databaseUrl: string) {
     this.pool = new pg.Pool({ connectionString: databaseUrl, max: 3 });
-    // An idle client ended by the database drop at teardown reports it here, not as an uncaught error.
-    this.pool.on('error', (err) => console.log(`gen2 target pool: ${err.message}`));
     this.pool.on('error', () => undefined);
   }
 
