@@ -132,6 +132,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           negativeCacheMaxEntries: config.ownerNegativeCacheMaxEntries,
           poolSize: config.postgresPoolSize,
           lookupPoolSize: config.postgresLookupPoolSize,
+          lookupQueueMax: config.postgresLookupQueueMax,
+          onLookupRefused: () => metrics.protectionsTotal.inc({ reason: 'lookup_queue' }),
           logger: logger.child({ component: 'ownership' }),
         })
       : createMemoryOwnershipStore({ replicaId: config.replicaId, peerUrl, version: VERSION });
