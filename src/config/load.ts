@@ -116,6 +116,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['ownerNegativeCacheMaxEntries'], '--owner-negative-cache-max-entries', 'OHS_OWNER_NEGATIVE_CACHE_MAX_ENTRIES', 'int'),
   opt(['postgresPoolSize'], '--postgres-pool-size', 'OHS_POSTGRES_POOL_SIZE', 'int'),
   opt(['postgresLookupPoolSize'], '--postgres-lookup-pool-size', 'OHS_POSTGRES_LOOKUP_POOL_SIZE', 'int'),
+  opt(['postgresLookupQueueMax'], '--postgres-lookup-queue-max', 'OHS_POSTGRES_LOOKUP_QUEUE_MAX', 'int'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -192,6 +193,7 @@ export const CONFIG_DEFAULTS = {
   ownerNegativeCacheMaxEntries: 10_000,
   postgresPoolSize: 4,
   postgresLookupPoolSize: 4,
+  postgresLookupQueueMax: 1_000,
 } as const;
 
 type Layer = Record<string, unknown>;

@@ -233,6 +233,8 @@ const scalarShape = {
   postgresPoolSize: int(1, 100),
   /** Postgres connections for owner lookups (client-driven, so kept apart from claims and heartbeats). */
   postgresLookupPoolSize: int(1, 100),
+  /** Owner lookups that may wait for a lookup connection; more are refused at once (UNAVAILABLE). */
+  postgresLookupQueueMax: int(0, 1_000_000),
 };
 
 /**
@@ -356,6 +358,7 @@ export interface SidecarConfig {
   readonly ownerNegativeCacheMaxEntries: number;
   readonly postgresPoolSize: number;
   readonly postgresLookupPoolSize: number;
+  readonly postgresLookupQueueMax: number;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */

@@ -247,8 +247,18 @@ export async function routeKeyed(
   const release = await admit(ctx, stream, cls, sandboxId, log, token);
   if (release === undefined) return;
   stream.once('close', release);
-  // Past the hold bound the local gateway answers exactly as it would without us.
-  let target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+  // Past the hold bound the local gateway answers exactly as it would without us. A lookup the
+  // store refused (its queue full) is answered UNAVAILABLE here, at once, rather than sent to a
+  // gateway that may hold only a shadow of the sandbox's session.
+  let target: Target;
+  try {
+    target = (await ctx.router.resolveHeld(sandboxId, { refuseWhenOverloaded: true })) ?? NO_OWNER;
+  } catch (err) {
+    const e = toOhsError(err);
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: e.code });
+    respondGrpcError(stream, grpcStatusFor(e), e.message);
+    return;
+  }
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;

@@ -1,6 +1,7 @@
 // Owner resolution: which replica a sandbox-scoped request must reach (DESIGN §2, §4), and the
 // hold: a request for a sandbox with no reachable owner waits for an ownership event.
 import type { Logger } from 'pino';
+import { toOhsError } from '../errors.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import { phaseWillNotReconnect } from '../wire/gateway-payloads.ts';
@@ -12,6 +13,16 @@ export type Target =
   | { kind: 'peer'; replicaId: string; peerUrl: string; epoch: number };
 
 export type PeerTarget = Extract<Target, { kind: 'peer' }>;
+
+export interface ResolveOptions {
+  /** Past the caches (a "not owner" answer proved them wrong). */
+  fresh?: boolean;
+  /**
+   * When the store refuses the lookup because its queue is full and nothing is known of the
+   * sandbox, throw OHS_ERR_OVERLOADED (the caller answers UNAVAILABLE) instead of answering "local".
+   */
+  refuseWhenOverloaded?: boolean;
+}
 
 interface LocalSession {
   /** Identifies one supervisor stream; a newer stream for the same sandbox replaces it. */
@@ -225,7 +236,7 @@ export class OwnerRouter {
    * new as the store's record; otherwise the store decides. No live owner → local with reason
    * 'no-owner'.
    */
-  async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
+  async resolve(sandboxId: string, opts: ResolveOptions = {}): Promise<Target> {
     if (!tracingEnabled()) return this.resolveUntraced(sandboxId, opts);
     const span = startSpan('ohs.owner_lookup', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.fresh': opts.fresh === true });
     const target = await this.resolveUntraced(sandboxId, opts);
@@ -234,14 +245,22 @@ export class OwnerRouter {
     return target;
   }
 
-  private async resolveUntraced(sandboxId: string, opts: { fresh?: boolean }): Promise<Target> {
+  private async resolveUntraced(sandboxId: string, opts: ResolveOptions): Promise<Target> {
     // A session being shed is leaving: requests wait for the next owner instead (hold).
     const localEpoch = this.local.isShedding(sandboxId) ? undefined : this.local.epoch(sandboxId);
     let result;
     try {
-      result = await this.store.lookup(sandboxId, opts);
+      result = await this.store.lookup(sandboxId, opts.fresh === true ? { fresh: true } : {});
     } catch (err) {
       const known = this.lastKnown.get(sandboxId)?.target;
+      if (toOhsError(err).code === 'OHS_ERR_OVERLOADED') {
+        // The lookup queue is full (a flood of lookups): no log line per refusal (the store logs
+        // them, rate-limited). What we know still routes; with nothing known the caller says so.
+        if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
+        if (known) return known;
+        if (opts.refuseWhenOverloaded === true) throw err;
+        return { kind: 'local', epoch: null, reason: 'no-owner' };
+      }
       this.logger.warn({ err: (err as Error).message, sandbox: sandboxId, fallback: known ? describe(known) : 'local' }, 'owner lookup failed; using last known owner');
       if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
       return known ?? { kind: 'local', epoch: null, reason: 'no-owner' };
@@ -268,11 +287,11 @@ export class OwnerRouter {
    * that just proved unreachable). Waits for ownership events, not by polling, up to
    * ownerWaitMs. Returns null when the bound passes with no usable owner.
    */
-  async resolveHeld(sandboxId: string, opts: { fresh?: boolean; exclude?: PeerTarget } = {}): Promise<Target | null> {
+  async resolveHeld(sandboxId: string, opts: ResolveOptions & { exclude?: PeerTarget } = {}): Promise<Target | null> {
     const usable = (t: Target): boolean =>
       t.kind === 'peer' ? !(opts.exclude && t.replicaId === opts.exclude.replicaId && t.epoch === opts.exclude.epoch) : t.reason === 'owner';
     const known = this.lastKnown.get(sandboxId);
-    const first = await this.resolve(sandboxId, opts.fresh ? { fresh: true } : {});
+    const first = await this.resolve(sandboxId, { ...(opts.fresh ? { fresh: true } : {}), ...(opts.refuseWhenOverloaded ? { refuseWhenOverloaded: true } : {}) });
     if (usable(first)) return first;
     // Hold only with evidence that an owner is moving: it just proved unreachable, or the sandbox
     // had an owner recently. A sandbox that never had one (unknown, never connected, cleanly
