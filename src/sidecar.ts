@@ -253,6 +253,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           intervalMs: config.rebalanceIntervalMs,
           marginPct: config.rebalanceMarginPct,
           cooldownMs: config.rebalanceCooldownMs,
+          minAgeMs: config.rebalanceMinSessionAgeMs,
         })
       : undefined;
   ctx.inspect = {

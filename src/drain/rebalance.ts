@@ -43,6 +43,8 @@ export function startRebalancer(deps: {
     if (deps.draining()) return;
     const replicas = await deps.store.liveReplicas().catch(() => undefined);
     if (!replicas) return;
+    // While any replica drains, sessions are in motion: shedding more now only adds moves.
+    if (replicas.some((r) => r.state === 'draining')) return;
     const active = replicas.filter((r) => r.state === 'active');
     const self = deps.store.replicaId;
     const mine = deps.localSessions.size;
