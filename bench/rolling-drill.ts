@@ -250,10 +250,12 @@ async function shortGrace(): Promise<Record<string, unknown>> {
   // Nothing else is lost: every sandbox answers through the Service afterwards.
   await sleep(5_000);
   let reachable = 0;
+  const unreachable: string[] = [];
   const client = gatewayClient(env.cluster.endpoint);
   for (const id of env.ids) {
-    const r = await exec(client, id, ['sandbox-id']).catch(() => ({ exitCode: null, stdout: '' }));
+    const r = await exec(client, id, ['sandbox-id']).catch((err: grpc.ServiceError) => ({ exitCode: null, stdout: '', error: `${grpc.status[err.code] ?? ''} ${err.details ?? err.message}` }));
     if (r.exitCode === 0 && r.stdout.trim() === id) reachable++;
+    else unreachable.push(`${id.slice(0, 8)}: ${'error' in r ? r.error : `exit ${r.exitCode}`}`);
   }
   client.close();
   const result = {
@@ -264,7 +266,9 @@ async function shortGrace(): Promise<Record<string, unknown>> {
     report: reportLine ? JSON.parse(reportLine.replace(/^[^{]*/, '')) : null,
     longSshSessions: longOutcomes,
     reachableAfter: `${reachable}/${env.ids.length}`,
+    unreachable,
   };
+  for (const r of env.cluster.replicas) await keepLogs('short', r);
   console.log(`short grace: ${JSON.stringify(result)}`);
   await cleanups.runAll();
   return result;
