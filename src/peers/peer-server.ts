@@ -196,7 +196,9 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
     return;
   }
   const answered = RELAY_CLASSES.has(cls as TrafficClass) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
-  ctx.gatewayPool.get(ctx.gatewayOrigin).then(
+  // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
+  const gate = ctx.localSessions.acceptedSettled(sandboxId);
+  (gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin)).then(
     (session) => {
       if (stream.destroyed) return answered();
       // Counted like the ingress' own streams: a drain lets them finish.

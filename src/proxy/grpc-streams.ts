@@ -426,7 +426,9 @@ export function forwardAttempt(
     : undefined;
   const attempt = new Promise<Attempt>((resolve) => {
     const plog = peer ? log.child({ target: peer.replicaId }) : log;
-    const session = peer ? ctx.peerPool.get(peer.peerUrl) : ctx.gatewayPool.get(ctx.gatewayOrigin);
+    // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
+    const gate = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.acceptedSettled(sandboxId) : undefined;
+    const session = peer ? ctx.peerPool.get(peer.peerUrl) : gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
       (session) => {
         if (stream.destroyed) {

@@ -260,7 +260,11 @@ export async function supervisorControl(
     return;
   }
   log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
-  control.handle = await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, mirror);
+  const accepted = (): void => {
+    ctx.localSessions.markAccepted(sandboxId, sessionId);
+    mirror?.();
+  };
+  control.handle = await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, accepted);
 }
 
 const DISCONNECT_WRITE_WAIT_MS = 5_000;

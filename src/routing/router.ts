@@ -37,7 +37,13 @@ interface LocalSession {
   sinceMs: number;
   /** Set when a shed began: no new requests are sent to this session. */
   shedding?: boolean;
+  /** Resolves once the local gateway accepted this stream (or it ended); undefined once it did. */
+  accepted?: Promise<void>;
+  markAccepted?: () => void;
 }
+
+/** Longest a request waits for the local gateway to take a session this replica just claimed. */
+const ACCEPT_WAIT_MS = 10_000;
 
 /** One local session as drain and rebalance see it. */
 export interface LocalSessionInfo {
@@ -83,8 +89,34 @@ export class LocalSessions {
     controls: { shed?: (reason: string) => void; relays?: () => number } = {},
   ): number {
     const id = ++this.seq;
-    this.sessions.set(sandboxId, { id, epoch, close, ...controls, sinceMs: Date.now() });
+    const session: LocalSession = { id, epoch, close, ...controls, sinceMs: Date.now() };
+    session.accepted = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ACCEPT_WAIT_MS);
+      timer.unref();
+      session.markAccepted = () => {
+        clearTimeout(timer);
+        session.accepted = undefined;
+        resolve();
+      };
+    });
+    this.sessions.set(sandboxId, session);
     return id;
+  }
+
+  /** The local gateway took this supervisor stream (its response arrived). */
+  markAccepted(sandboxId: string, id: number): void {
+    const s = this.sessions.get(sandboxId);
+    if (s?.id === id) s.markAccepted?.();
+  }
+
+  /**
+   * Until the local gateway took the session this replica just claimed (the fence and the Hello are
+   * still under way), another replica's shadow of the previous session may be all that gateway
+   * holds: a request sent now would get a RelayOpen down that shadow, which nobody answers
+   * (DEADLINE_EXCEEDED "relay open timed out" 10 s later). Such requests wait for this, bounded.
+   */
+  acceptedSettled(sandboxId: string): Promise<void> | undefined {
+    return this.sessions.get(sandboxId)?.accepted;
   }
 
   list(): LocalSessionInfo[] {
@@ -148,6 +180,7 @@ export class LocalSessions {
   removeSession(sandboxId: string, id: number): number | undefined {
     const s = this.sessions.get(sandboxId);
     if (!s || s.id !== id) return undefined;
+    s.markAccepted?.();
     this.sessions.delete(sandboxId);
     return s.epoch;
   }
