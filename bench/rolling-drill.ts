@@ -221,8 +221,9 @@ async function scaleUp(): Promise<Record<string, unknown>> {
   await load.stop();
   const moved = (await shedTotal(env.cluster, 'rebalance')) - shedBefore;
   const failed = load.ops.filter((o) => !o.ok);
-  const result = { balancedMs, perReplica: counts, sessionsMoved: moved, minimumMoves: 20, operations: load.ops.length, failed: failed.length, failures: failed.slice(0, 20).map((o) => o.what) };
+  const result = { balancedMs, perReplica: counts, sessionsMoved: moved, minimumMoves: 20, operations: load.ops.length, failed: failed.length, failures: failed.slice(0, 20).map((o) => `${new Date(o.at).toISOString().slice(11, 23)} ${o.what}`) };
   console.log(`scale-up: ${JSON.stringify(result)}`);
+  for (const r of env.cluster.replicas) await keepLogs('scaleup', r);
   await cleanups.runAll();
   return result;
 }

@@ -214,6 +214,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     jwt,
     sshTokens: createSshTokenCheck(gatewayObjects),
     shadowUpstreams,
+    hostedShadows: new Map(),
     shadows,
     gatewayWatch,
     drainState,

@@ -273,15 +273,23 @@ async function hostShadow(ctx: ProxyContext, log: Logger, stream: http2.ServerHt
     respondGrpcError(stream, 14, 'gateway unavailable');
     return;
   }
+  const unhost = (): void => {
+    const n = (ctx.hostedShadows.get(sandboxId) ?? 1) - 1;
+    if (n <= 0) ctx.hostedShadows.delete(sandboxId);
+    else ctx.hostedShadows.set(sandboxId, n);
+  };
+  ctx.hostedShadows.set(sandboxId, (ctx.hostedShadows.get(sandboxId) ?? 0) + 1);
   try {
     forwardStream(stream, lease.session, copyRequestHeaders(headers), {
       onDone: () => {
         lease.release();
         ctx.metrics.shadowsHosted.dec();
+        unhost();
       },
     });
     ctx.metrics.shadowsHosted.inc();
   } catch (err) {
+    unhost();
     lease.release();
     log.info({ err: (err as Error).message }, 'gateway connection closing; shadow refused');
     respondGrpcError(stream, 14, 'gateway unavailable');

@@ -426,6 +426,17 @@ export function forwardAttempt(
     : undefined;
   const attempt = new Promise<Attempt>((resolve) => {
     const plog = peer ? log.child({ target: peer.replicaId }) : log;
+    if (target.kind === 'local' && target.reason !== 'owner' && RELAY_CLASSES.has(cls) && ctx.hostedShadows.has(sandboxId)) {
+      // Our gateway holds only another replica's shadow of this session: it would accept the request
+      // and send its RelayOpen down the shadow, where nobody answers it (DEADLINE_EXCEEDED after 10 s).
+      // Answer as the gateway does for a sandbox with no session here.
+      endSpan(span, 'no owner');
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: 'OHS_ERR_NO_OWNER' });
+      plog.info('no owner, and the local gateway holds only a shadow of the session: answered here');
+      respondGrpcError(stream, 14, 'supervisor session not connected');
+      resolve({ kind: 'done' });
+      return;
+    }
     // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
     const gate = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.acceptedSettled(sandboxId) : undefined;
     const session = peer ? ctx.peerPool.get(peer.peerUrl) : gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin);

@@ -380,6 +380,10 @@ export class OwnerRouter {
           unsubscribe();
           resolve(t);
         };
+        // An ownership event after the hold began is a new claim or release: a claim by the very
+        // replica that was excluded (its supervisor came straight back; the epoch restarts at 1
+        // once the old row is gone, so the record looks the same) is a new session and usable.
+        let changed = false;
         const check = (): void => {
           if (done) return;
           if (checking) {
@@ -390,7 +394,7 @@ export class OwnerRouter {
           this.resolve(sandboxId, { fresh: true }).then(
             (t) => {
               checking = false;
-              if (usable(t)) finish(t);
+              if (usable(t) || (changed && t.kind === 'peer')) finish(t);
               else if (recheck) {
                 recheck = false;
                 check();
@@ -402,7 +406,9 @@ export class OwnerRouter {
           );
         };
         const unsubscribe = this.store.onChange((id) => {
-          if (id === sandboxId) check();
+          if (id !== sandboxId) return;
+          changed = true;
+          check();
         });
         const timer = setTimeout(() => finish(null), this.ownerWaitMs);
         timer.unref();
