@@ -83,9 +83,15 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const resetBudget = {
     burst: config.upstreamResetBudget,
     refillPerSecond: config.upstreamResetRefillPerSecond,
-    onRetire: (origin: string, resets: number): void => {
+    onRetire: (origin: string, resets: number, active: number): void => {
+      if (resets === 0) {
+        // Only long-lived streams: each of them could still end in a reset, so the connection
+        // takes no more; nothing abusive happened.
+        resetLog.debug({ origin, active, budget: config.upstreamResetBudget }, 'upstream connection full of long-lived streams; new streams go to a fresh connection');
+        return;
+      }
       metrics.protectionsTotal.inc({ reason: 'upstream_reset_budget' });
-      resetLog.warn({ origin, resets, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
+      resetLog.warn({ origin, resets, active, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
     },
   };
   const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness, resetBudget };

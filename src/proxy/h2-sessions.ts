@@ -36,8 +36,8 @@ export interface SessionOptions {
 export interface ResetBudget {
   burst: number;
   refillPerSecond: number;
-  /** Called when a connection is retired for resets (metrics, logs). */
-  onRetire?: (origin: string, resets: number) => void;
+  /** Called when a connection is retired (metrics, logs); `resets` 0 means its open streams alone filled the budget. */
+  onRetire?: (origin: string, resets: number, active: number) => void;
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
@@ -174,7 +174,7 @@ export class SessionPool {
       decayResets(e, budget);
       if (e.resets + e.active + 1 <= budget.burst) continue;
       this.remove(origin, e);
-      budget.onRetire?.(origin, Math.round(e.resets));
+      budget.onRetire?.(origin, Math.round(e.resets), e.active);
       // Graceful: streams still open finish; nothing new starts on it.
       e.session.close();
     }
