@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit interop demo bench drill drill-readiness clean
+.PHONY: install build typecheck lint test test-unit interop demo bench bench-proxy bench-ssh drill drill-readiness clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -35,7 +35,14 @@ interop: install
 demo: build
 	node dist/emulator.js dev-cluster --replicas 3 --sandboxes 5
 
-bench: build
+# The proxy hop itself, raw (CONNECT tunnel and ForwardTcp stream: direct, HAProxy when installed, one
+# sidecar, two sidecars), then SSH end to end as a separate, labelled section. Not part of `make test`.
+bench: bench-proxy bench-ssh
+
+bench-proxy: build
+	node --import tsx bench/proxy.ts
+
+bench-ssh: build
 	node --import tsx bench/run.ts
 
 drill: build
