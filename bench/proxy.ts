@@ -10,9 +10,10 @@
 // absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
 //
 // Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
-// BENCH_OPEN_MAX (20000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,sidecar,sidecar2),
+// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,sidecar,sidecar2),
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
-// BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file).
+// BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
+// BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_ECHO=1 (print their logs).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
@@ -56,7 +57,7 @@ const RTT_N = envInt('BENCH_RTT_N', 2000);
 const RTT_WARMUP = 200;
 const BULK_BYTES = envInt('BENCH_BULK_MIB', 256) * 1024 * 1024;
 const OPEN_MS = envInt('BENCH_OPEN_MS', 1500);
-const OPEN_MAX = envInt('BENCH_OPEN_MAX', 20_000);
+const OPEN_MAX = envInt('BENCH_OPEN_MAX', 3_000);
 const PROTOS = envList('BENCH_PROTOS', ALL_PROTOS);
 const METRICS = envList('BENCH_METRICS', ALL_METRICS);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
@@ -284,14 +285,15 @@ async function main(): Promise<number> {
   }
   const needSidecars = runPaths.includes('sidecar') || runPaths.includes('sidecar2');
 
-  const gw: ManagedProcess = await startProcess('fake-gateway', tsEntry('bench/lib/fake-gateway-main.ts'));
+  // One gateway port per client of it (direct, HAProxy, owner sidecar, ingress sidecar): see fake-gateway.ts.
+  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '3']);
   cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
-  const gatewayPort = gw.ready.port as number;
+  const [gatewayPort, haproxyGatewayPort, ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number, number, number];
 
   let haproxy: Haproxy | undefined;
   if (runPaths.includes('haproxy')) {
     const nb = process.env.BENCH_HAPROXY_NBTHREAD ? envInt('BENCH_HAPROXY_NBTHREAD', 1) : undefined;
-    haproxy = await startHaproxy(gatewayPort, { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) });
+    haproxy = await startHaproxy(haproxyGatewayPort, { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) });
     cleanups.push({ what: 'haproxy', run: () => haproxy!.close() });
   }
 
@@ -308,16 +310,19 @@ async function main(): Promise<number> {
     await store.createSandbox({ id: sandboxId });
     token = (await store.createSshSession(sandboxId, 3600)).token;
     const common = {
-      gatewayPort,
       databaseUrl: db.url,
       redisUrl: TEST_REDIS_URL,
       redisKeyPrefix: testRedisPrefix('bench-proxy'),
       peerSecret: PEER_SECRET,
       // Limits stay on (slots taken in Redis per tunnel), high enough for 64 concurrent opens.
-      extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000'],
+      extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', ...(process.env.BENCH_SIDECAR_ARGS?.split(' ').filter(Boolean) ?? [])],
       ...(CPU_PROF_DIR ? { cpuProfDir: CPU_PROF_DIR } : {}),
+      echo: process.env.BENCH_SIDECAR_ECHO === '1',
     };
-    const [owner, ingress] = await Promise.all([startBenchSidecar('owner', common), startBenchSidecar('ingress', common)]);
+    const [owner, ingress] = await Promise.all([
+      startBenchSidecar('owner', { ...common, gatewayPort: ownerGatewayPort }),
+      startBenchSidecar('ingress', { ...common, gatewayPort: ingressGatewayPort }),
+    ]);
     sidecars.owner = owner;
     sidecars.ingress = ingress;
     // Stopped gracefully (profiles are written on exit) before the database goes.
@@ -350,16 +355,28 @@ async function main(): Promise<number> {
   }
 
   const samples = new Map<string, Sample[]>();
+  const failures = new Map<string, string>();
   for (let round = 0; round < ROUNDS; round++) {
     for (const proto of PROTOS) {
       for (const metric of METRICS) {
         const order = runPaths.map((_, i) => runPaths[(i + round) % runPaths.length]!);
         for (const path of order) {
           const key = `${proto}/${path}`;
-          const s = await measure(rigs.get(key)!, metric);
+          let s: Sample;
+          try {
+            s = await measure(rigs.get(key)!, metric);
+          } catch (err) {
+            const msg = `round ${round + 1} ${metric}: ${(err as Error).message}`;
+            failures.set(`${key}/${metric}`, msg);
+            console.log(`[${elapsed()}] ${key} FAILED ${msg}`);
+            for (const sc of [sidecars.owner, sidecars.ingress]) {
+              const lines = sc?.proc.output.filter((l) => /"level":"(warn|error|fatal)"/.test(l)).slice(-5) ?? [];
+              for (const l of lines) console.log(`    [${sc!.name}] ${l}`);
+            }
+            continue;
+          }
           const list = samples.get(key) ?? [];
-          if (list.length <= round) list.push({});
-          Object.assign(list[round]!, s);
+          Object.assign((list[round] ??= {}), s);
           samples.set(key, list);
           console.log(`[${elapsed()}] round ${round + 1} ${proto.padEnd(7)} ${metric.padEnd(9)} ${path.padEnd(8)} ${Object.entries(s).map(([k, v]) => `${k} ${fmt(v)}`).join('  ')}`);
         }
@@ -376,7 +393,7 @@ async function main(): Promise<number> {
       const list = samples.get(`${proto}/${path}`) ?? [];
       const s: Sample = {};
       for (const c of COLUMNS) {
-        const vals = list.map((x) => x[c.key]).filter((v): v is number => v !== undefined);
+        const vals = list.map((x) => x?.[c.key]).filter((v): v is number => v !== undefined);
         if (vals.length > 0) s[c.key] = median(vals);
       }
       summary.set(path, s);
@@ -422,9 +439,14 @@ async function main(): Promise<number> {
       paths: PATH_LABEL,
       medians: tables,
       targets,
+      ...(failures.size > 0 ? { failures: Object.fromEntries(failures) } : {}),
     },
   });
   console.log(`\nwrote ${RESULTS_FILE} [${elapsed()}]`);
+  if (failures.size > 0) {
+    console.error(`failed measurements: ${[...failures.keys()].join(', ')}`);
+    return 1;
+  }
   return 0;
 }
 

@@ -28,6 +28,8 @@ export function parseMode(value: string | undefined): BenchMode {
 
 export interface FakeGateway {
   port: number;
+  /** Every port it listens on (`extraPorts` more than the first), all served alike. */
+  ports: number[];
   /** Open connections and streams, for the scale bench. */
   counts(): { sockets: number; streams: number; supervisors: number };
   close(): Promise<void>;
@@ -38,7 +40,12 @@ const GRPC_ACK = frameData(ACK);
 const MAX_HEAD_BYTES = 16 * 1024;
 const NOT_FOUND = 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n';
 
-export async function startFakeGateway(opts: { host?: string; port?: number; windowBytes?: number } = {}): Promise<FakeGateway> {
+/**
+ * `extraPorts` more listeners serve the same gateway: each client of a bench (direct, HAProxy, each
+ * sidecar) gets a port of its own, so that connection churn on one path never exhausts the ephemeral
+ * ports (TIME_WAIT, per 4-tuple) another path needs.
+ */
+export async function startFakeGateway(opts: { host?: string; port?: number; extraPorts?: number; windowBytes?: number } = {}): Promise<FakeGateway> {
   const windowBytes = opts.windowBytes ?? 1024 * 1024;
   const sockets = new Set<net.Socket>();
   let streams = 0;
@@ -73,7 +80,7 @@ export async function startFakeGateway(opts: { host?: string; port?: number; win
     serveForward(stream, parseMode(headers[BENCH_MODE_HEADER] as string | undefined));
   });
 
-  const server = net.createServer((socket) => {
+  const onConnection = (socket: net.Socket): void => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
@@ -105,19 +112,27 @@ export async function startFakeGateway(opts: { host?: string; port?: number; win
       serveTunnel(socket, parseMode(mode), head.subarray(end + 4));
     };
     socket.on('data', onData);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
-  });
+  };
+  const servers: net.Server[] = [];
+  const ports: number[] = [];
+  for (let i = 0; i <= (opts.extraPorts ?? 0); i++) {
+    const server = net.createServer(onConnection);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(i === 0 ? (opts.port ?? 0) : 0, opts.host ?? '127.0.0.1', () => resolve());
+    });
+    servers.push(server);
+    ports.push((server.address() as net.AddressInfo).port);
+  }
   return {
-    port: (server.address() as net.AddressInfo).port,
+    port: ports[0] as number,
+    ports,
     counts: () => ({ sockets: sockets.size, streams, supervisors }),
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      }),
+    close: async () => {
+      const closed = servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+      for (const s of sockets) s.destroy();
+      await Promise.all(closed);
+    },
   };
 }
 

@@ -30,6 +30,8 @@ export interface BenchSidecarOptions {
   /** Open-file limit for the process (`ulimit -n` in a shell before exec). */
   noFile?: number;
   nodeArgs?: string[];
+  /** Print the sidecar's output lines, prefixed with its name. */
+  echo?: boolean;
 }
 
 /** How the sidecar is started: the bundle `make build` wrote, or the sources. */
@@ -74,7 +76,7 @@ export async function startBenchSidecar(name: string, opts: BenchSidecarOptions)
     ...(opts.extraArgs ?? []),
   ];
   const command = opts.noFile ? ['sh', '-c', `ulimit -n ${opts.noFile} && exec "$0" "$@"`, node as string, ...args] : [node as string, ...args];
-  const proc = await startProcess(`sidecar-${name}`, command, { readyTimeoutMs: 30_000 });
+  const proc = await startProcess(`sidecar-${name}`, command, { readyTimeoutMs: 30_000, echo: opts.echo ?? false });
   return {
     name,
     proc,

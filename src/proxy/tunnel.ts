@@ -12,6 +12,17 @@ import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
+import { splice } from './splice.ts';
+
+export { splice } from './splice.ts';
+
+/** Bytes through a tunnel once it was open, from the client socket's own counters. */
+export interface TunnelBytes {
+  toSandbox: number;
+  fromSandbox: number;
+}
+
+type CountedDuplex = Duplex & { bytesRead?: number; bytesWritten?: number };
 
 /** The request line and headers as received, minus x-ohs-* headers, to replay upstream. */
 export function requestHead(req: IncomingMessage): Buffer {
@@ -43,28 +54,6 @@ export function writeHttpError(socket: Duplex, status: number, reason: string, b
   socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
 }
 
-/** Pipes two byte streams both ways; either side closing or failing closes the other. */
-export function splice(a: Duplex, b: Duplex, onClose: () => void, onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void): void {
-  let closed = false;
-  const cleanup = (): void => {
-    if (closed) return;
-    closed = true;
-    a.destroy();
-    b.destroy();
-    onClose();
-  };
-  a.on('error', cleanup);
-  b.on('error', cleanup);
-  a.on('close', cleanup);
-  b.on('close', cleanup);
-  if (onBytes) {
-    a.on('data', (d: Buffer) => onBytes('to_sandbox', d.length));
-    b.on('data', (d: Buffer) => onBytes('from_sandbox', d.length));
-  }
-  a.pipe(b);
-  b.pipe(a);
-}
-
 /** Longest response head read from an upstream before a tunnel is opened. */
 const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
 
@@ -75,11 +64,10 @@ const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
  * reach the gateway raw, past classification, limits and header stripping.
  */
 export function spliceAfterResponseHead(
-  client: Duplex,
+  client: CountedDuplex,
   upstream: Duplex,
   accept: (status: number) => boolean,
-  onClose: () => void,
-  onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void,
+  onClose: (bytes?: TunnelBytes) => void,
 ): void {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -107,10 +95,13 @@ export function spliceAfterResponseHead(
     upstream.pause();
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(all.subarray(0, Math.min(end, 64)).toString('latin1'))?.[1] ?? 0);
     if (accept(status)) {
-      // From here splice owns both sides and calls onClose once.
+      // From here splice owns both sides and calls onClose once; bytes are counted by the client
+      // socket itself (nothing per chunk), from here on.
       closed = true;
       client.write(all);
-      splice(client, upstream, onClose, onBytes);
+      const read0 = client.bytesRead ?? 0;
+      const written0 = client.bytesWritten ?? 0;
+      splice(client, upstream, () => onClose({ toSandbox: (client.bytesRead ?? read0) - read0, fromSandbox: (client.bytesWritten ?? written0) - written0 }));
       upstream.resume();
       return;
     }
@@ -142,6 +133,12 @@ export function spliceAfterResponseHead(
 }
 
 const isSuccess = (status: number): boolean => status >= 200 && status < 300;
+
+function countTunnelBytes(ctx: ProxyContext, bytes: TunnelBytes | undefined): void {
+  if (!bytes) return;
+  if (bytes.toSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'to_sandbox' }, bytes.toSandbox);
+  if (bytes.fromSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'from_sandbox' }, bytes.fromSandbox);
+}
 
 export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', (err) => connLog.debug({ err: err.message }, 'tunnel client socket error'));
@@ -235,11 +232,12 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(rawHead);
-    spliceAfterResponseHead(socket, upstream, isSuccess, () => {
+    spliceAfterResponseHead(socket, upstream, isSuccess, (bytes) => {
       ctx.metrics.activeTunnels.dec({ target: 'local' });
       ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
       ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
-    }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
+      countTunnelBytes(ctx, bytes);
+    });
   });
   upstream.setNoDelay(true);
   socket.setNoDelay(true);
@@ -307,11 +305,12 @@ function tunnelToPeer(
           const start = process.hrtime.bigint();
           // The peer answered before touching its gateway; now the replayed CONNECT goes through.
           stream.write(rawHead);
-          spliceAfterResponseHead(socket, stream, isSuccess, () => {
+          spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
             ctx.metrics.activeTunnels.dec({ target: 'peer' });
             ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
             ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
-          }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n));
+            countTunnelBytes(ctx, bytes);
+          });
           resolve('done');
         });
       }),
