@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit interop demo bench bench-proxy bench-ssh drill drill-readiness clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-ssh bench-scale drill drill-readiness clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -25,6 +25,15 @@ test: typecheck lint build
 
 test-unit: install
 	npx vitest run test/unit
+
+# Property-based fuzzing of the pure parts (issue 10 item 6): every property runs FUZZ_RUNS cases
+# (make test runs the same files with 1,000). Case counts per target are printed and written to
+# .fuzz-report.jsonl. Replay a failure with OHS_FUZZ_SEED=<seed printed by fast-check>.
+FUZZ_RUNS ?= 100000
+fuzz: install
+	rm -f .fuzz-report.jsonl
+	OHS_FUZZ_RUNS=$(FUZZ_RUNS) OHS_FUZZ_REPORT=$(CURDIR)/.fuzz-report.jsonl npx vitest run test/fuzz --reporter=default
+	node scripts/fuzz-summary.mjs .fuzz-report.jsonl
 
 # The sidecar in front of upstream's real gateway, supervisor and CLI (docs/interop.md). Needs
 # OPENSHELL_GATEWAY_BIN, OPENSHELL_SANDBOX_BIN and OPENSHELL_CLI_BIN; without them it prints one line and skips.

@@ -12,9 +12,12 @@ export interface SidecarOptions {
   command?: string[];
   redisUrl?: string;
   redisKeyPrefix?: string;
-  peerSecret?: string;
+  /** The shared peer secret; `false` starts the sidecars without one (peer mTLS alone). */
+  peerSecret?: string | false;
   /** Extra CLI flags for every sidecar. */
   extraArgs?: string[];
+  /** Extra CLI flags for one sidecar (e.g. its own peer certificate), by replica. */
+  replicaArgs?: (replica: { index: number; name: string }) => string[];
   /** Run sidecars in embedded mode (no database/redis flags). */
   embedded?: boolean;
 }
@@ -149,11 +152,12 @@ export class Cluster {
         this.opts.logLevel ?? 'warn',
       ];
       if (!sc.embedded) {
-        args.push('--database-url', this.opts.databaseUrl, '--peer-secret', sc.peerSecret ?? 'test-peer-secret-0123456789');
+        args.push('--database-url', this.opts.databaseUrl);
+        if (sc.peerSecret !== false) args.push('--peer-secret', sc.peerSecret ?? 'test-peer-secret-0123456789');
         if (sc.redisUrl) args.push('--redis-url', sc.redisUrl);
         if (sc.redisKeyPrefix) args.push('--redis-key-prefix', sc.redisKeyPrefix);
       }
-      args.push(...(sc.extraArgs ?? []));
+      args.push(...(sc.extraArgs ?? []), ...(sc.replicaArgs?.({ index, name }) ?? []));
       try {
         const sidecar = await startProcess(`sidecar-${name}`, [...(sc.command ?? tsEntry('src/main.ts')), ...args], {
           echo: this.opts.echo ?? false,

@@ -39,11 +39,11 @@ async function runSidecar(argv: string[]): Promise<void> {
   // Launchers wait for this line whatever the log level is.
   if (!logger.isLevelEnabled('info')) process.stdout.write(`${JSON.stringify(ready)}\n`);
   let stopping = false;
-  const stop = (signal: string): void => {
+  const stop = (signal: string, exitCode = 0): void => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down: draining first');
-    const force = setTimeout(() => process.exit(1), config.shutdownGraceMs);
+    const force = setTimeout(() => process.exit(exitCode || 1), config.shutdownGraceMs);
     force.unref();
     void sidecar
       .drain(signal)
@@ -52,11 +52,24 @@ async function runSidecar(argv: string[]): Promise<void> {
       .then(async () => {
         await tracing?.shutdown();
         logger.info('stopped');
-        process.exit(0);
+        process.exit(exitCode);
       });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Last resort. A rejected promise nobody handled is a bug in one request's path: it is logged and
+  // counted, and the process carries on serving everyone else. An uncaught exception may have left
+  // shared state half-updated: the replica drains (its sessions move to the other replicas) and
+  // exits non-zero so that it is restarted.
+  process.on('unhandledRejection', (reason) => {
+    sidecar.metrics.internalErrorsTotal.inc({ kind: 'unhandled_rejection' });
+    logger.error({ err: reason }, 'unhandled promise rejection (bug): the request it belonged to may have been left without an answer');
+  });
+  process.on('uncaughtException', (err) => {
+    sidecar.metrics.internalErrorsTotal.inc({ kind: 'uncaught_exception' });
+    logger.fatal({ err }, 'uncaught exception (bug): draining and exiting');
+    stop('uncaughtException', 70);
+  });
 }
 
 async function main(): Promise<void> {

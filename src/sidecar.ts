@@ -4,6 +4,8 @@ import type http2 from 'node:http2';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { createAdminServer } from './admin/admin-server.ts';
+import { ByteBudget } from './proxy/byte-budget.ts';
+import { H2Liveness } from './proxy/liveness.ts';
 import { createDrainer, type DrainReport } from './drain/drain.ts';
 import { startRebalancer } from './drain/rebalance.ts';
 import { createOperatorSurface } from './admin/operator.ts';
@@ -18,7 +20,9 @@ import { createGatewayObjects } from './ownership/gateway-objects.ts';
 import { createMemoryOwnershipStore } from './ownership/memory-store.ts';
 import { createPostgresOwnershipStore } from './ownership/postgres-store.ts';
 import type { OwnershipStore } from './ownership/types.ts';
+import { createPeerAuth, type PeerAuth } from './peers/peer-auth.ts';
 import { createPeerServer } from './peers/peer-server.ts';
+import { cleartextPeerWarning, createPeerTlsMaterial, createPeerTlsMetrics, type PeerTlsMaterial } from './peers/peer-tls.ts';
 import type { ProxyContext } from './proxy/context.ts';
 import { createGatewayTransport } from './proxy/gateway-transport.ts';
 import { SessionPool, SpreadPool } from './proxy/h2-sessions.ts';
@@ -63,10 +67,32 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const gatewayHost = gateway.host;
   const gatewayPort = gateway.port;
   const localSessions = new LocalSessions();
-  const sessionOpts = { connectTimeoutMs: config.upstreamConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes, ...(gateway.tls ? { tls: gateway.tls } : {}) };
+  // Peer mTLS material is read before anything listens: unusable files stop the start.
+  const peerTls: PeerTlsMaterial | undefined =
+    config.mode === 'cluster' && config.peerTls
+      ? createPeerTlsMaterial({ config: config.peerTls, logger: logger.child({ component: 'peer-tls' }), metrics: createPeerTlsMetrics(metrics.registry) })
+      : undefined;
+  // Upstream connections (gateway and peers) are PINGed while silent: a peer whose pod vanished
+  // without closing its connections is noticed in seconds, not after the kernel's TCP timeout.
+  const upstreamLiveness = new H2Liveness({
+    pingIntervalMs: config.h2PingIntervalMs,
+    pingTimeoutMs: config.h2PingTimeoutMs,
+    onClose: (why) => metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' }),
+  });
+  const resetLog = logger.child({ component: 'upstream' });
+  const resetBudget = {
+    burst: config.upstreamResetBudget,
+    refillPerSecond: config.upstreamResetRefillPerSecond,
+    onRetire: (origin: string, resets: number): void => {
+      metrics.protectionsTotal.inc({ reason: 'upstream_reset_budget' });
+      resetLog.warn({ origin, resets, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
+    },
+  };
+  const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness, resetBudget };
+  const sessionOpts = { ...upstreamCommon, connectTimeoutMs: config.upstreamConnectTimeoutMs, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
   const peerPool = new SessionPool(
-    { connectTimeoutMs: config.peerConnectTimeoutMs, windowBytes: config.h2InitialWindowBytes },
+    { ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs, ...(peerTls ? { tls: () => peerTls.clientOptions() } : {}) },
     (n) => metrics.peerSessions.set(n),
   );
   let connSeq = 0;
@@ -74,13 +100,21 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   // The peer port is bound first so the advertised peer URL is known before the store starts.
   const ctxRef: { ctx?: ProxyContext } = {};
   const peerServer = config.mode === 'cluster' ? createPeerServerLazy(ctxRef) : undefined;
-  const peerPort = peerServer ? await listen(peerServer, config.peerListen) : 0;
+  let peerPort = 0;
+  try {
+    peerPort = peerServer ? await listen(peerServer, config.peerListen) : 0;
+  } catch (err) {
+    peerTls?.close();
+    throw err;
+  }
   const peerHost = parseHostPort(config.peerListen).host;
   // An IPv6 pod address needs brackets in a URL, which `http://$(POD_IP):8443` in a manifest cannot
   // give: with peerHost the URL is built here.
   const peerUrl =
     config.peerUrl ??
-    `http://${formatHostPort({ host: config.peerHost ?? (isWildcardHost(peerHost) ? '127.0.0.1' : peerHost), port: peerPort })}`;
+    `${peerTls ? 'https' : 'http'}://${formatHostPort({ host: config.peerHost ?? (isWildcardHost(peerHost) ? '127.0.0.1' : peerHost), port: peerPort })}`;
+  const cleartext = cleartextPeerWarning(config, peerHost);
+  if (cleartext !== undefined) logger.warn({ peerListen: config.peerListen, peerUrl }, cleartext);
 
   const store: OwnershipStore =
     config.mode === 'cluster' && config.databaseUrl
@@ -94,6 +128,10 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           heartbeatIntervalMs: config.replicaHeartbeatIntervalMs,
           leaseTtlMs: config.replicaLeaseTtlMs,
           cacheTtlMs: config.ownerCacheTtlMs,
+          negativeCacheTtlMs: config.ownerNegativeCacheTtlMs,
+          negativeCacheMaxEntries: config.ownerNegativeCacheMaxEntries,
+          poolSize: config.postgresPoolSize,
+          lookupPoolSize: config.postgresLookupPoolSize,
           logger: logger.child({ component: 'ownership' }),
         })
       : createMemoryOwnershipStore({ replicaId: config.replicaId, peerUrl, version: VERSION });
@@ -101,6 +139,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     await store.start();
   } catch (err) {
     if (peerServer) await closeServer(peerServer);
+    peerTls?.close();
     throw err;
   }
 
@@ -135,7 +174,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     registry: metrics.registry,
     fallbackPolicy: config.limitFallbackPolicy,
   });
-  const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs);
+  const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs, config.maxHeldRequests);
   const gatewayOrigin = gateway.origin;
   const jwt = createSandboxJwtVerifier({
     gatewayOrigin,
@@ -183,6 +222,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     gatewayPool,
     peerPool,
     peerSecret: config.peerSecret,
+    bufferBudget: new ByteBudget(config.totalBufferBytes),
+    ...(peerTls && config.peerTls ? { peerAuth: peerAuthFor(config.peerTls, peerTls, store, peerUrl, metrics, logger) } : {}),
     nextConnId: () => `c${++connSeq}`,
   };
   ctxRef.ctx = ctx;
@@ -212,7 +253,11 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           cooldownMs: config.rebalanceCooldownMs,
         })
       : undefined;
-  ctx.inspect = { config, version: VERSION, startedAtMs: Date.now(), store, localSessions, router, shadows, limiter, rules, gatewayObjects, gatewayWatch, metrics, draining: () => drainState.draining };
+  ctx.inspect = {
+    config, version: VERSION, startedAtMs: Date.now(), store, localSessions, router, shadows, limiter, rules, gatewayObjects, gatewayWatch, metrics,
+    draining: () => drainState.draining,
+    ...(peerTls ? { peerTls: () => peerTls.clientOptions() } : {}),
+  };
   const operator = createOperatorSurface(ctx.inspect, logger.child({ component: 'admin' }));
   const admin = createAdminServer({
     logger,
@@ -226,6 +271,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     draining: () => drainState.draining,
     drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
     ops: operator.ops,
+    access: operator.access,
   });
   const publicPort = await listen(publicListener.server, config.listen);
   const adminPort = await listen(admin, config.adminListen);
@@ -245,6 +291,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
         rebalancer?.close();
         gatewayWatch.close();
         clearInterval(liveTimer);
+        upstreamLiveness.close();
+        peerTls?.close();
         // Listeners first (nothing new comes in), then every pool and store at once.
         admin.closeAllConnections();
         await Promise.all([
@@ -266,6 +314,18 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
       return closing;
     },
   };
+}
+
+function peerAuthFor(config: NonNullable<SidecarConfig['peerTls']>, material: PeerTlsMaterial, store: OwnershipStore, selfPeerUrl: string, metrics: SidecarMetrics, logger: Logger): PeerAuth {
+  return createPeerAuth({
+    config,
+    material,
+    registry: {
+      registeredPeerUrl: (id, opts) => store.registeredPeerUrl?.(id, opts) ?? Promise.resolve(id === store.replicaId ? selfPeerUrl : null),
+    },
+    metricsRegistry: metrics.registry,
+    logger: logger.child({ component: 'peer-auth' }),
+  });
 }
 
 /** What the gateway's stop takes after a preStop drain (deployment reference §3.5). */

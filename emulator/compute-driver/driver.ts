@@ -19,12 +19,13 @@ import {
   type SandboxRef,
   type WatchSandboxesEvent,
 } from './proto.ts';
-import { killSandbox, launchSupervisor, sandboxPaths, signalSupervisor, type SandboxPaths } from './supervisor-process.ts';
+import { killSandbox, launchSupervisor, sandboxPaths, signalSupervisor, waitSandboxGone, type SandboxPaths } from './supervisor-process.ts';
 
 export const DRIVER_NAME = 'ohs-process';
 export const DRIVER_VERSION = '0.1.0';
 
-export type SandboxState = 'running' | 'stopping' | 'stopped' | 'exited' | 'deleting';
+/** `held`: created, its supervisor not started yet (`holdStart`; started by `release`). */
+export type SandboxState = 'held' | 'running' | 'stopping' | 'stopped' | 'exited' | 'deleting';
 
 export interface ComputeDriverOptions {
   /** Unix socket to serve on (a stale file there is replaced). */
@@ -45,6 +46,12 @@ export interface ComputeDriverOptions {
   keepDeleted?: boolean;
   /** One call per RPC and per process transition, for logs and tests. */
   onEvent?: (event: DriverEvent) => void;
+  /**
+   * Test instrumentation: a created sandbox for which this returns true is accepted but its
+   * supervisor is not started until `release(id)` (a pod that is still being scheduled). The
+   * gateway sees it as Provisioning; a client can watch it before any supervisor connects.
+   */
+  holdStart?: (sandbox: { id: string; name: string }) => boolean;
 }
 
 export type DriverEvent =
@@ -73,6 +80,11 @@ export interface ComputeDriver {
   /** RPC counts by method name. */
   readonly calls: Readonly<Record<string, number>>;
   watcherCount(): number;
+  /**
+   * Starts the supervisor of a held sandbox (see `holdStart`); `endpoint` replaces the driver's
+   * OPENSHELL_ENDPOINT for this sandbox (e.g. one replica instead of the Service).
+   */
+  release(id: string, opts?: { endpoint?: string }): Promise<void>;
   /** Kills every supervisor (process groups), ends watch streams, closes the socket. */
   close(): Promise<void>;
 }
@@ -91,6 +103,8 @@ interface SandboxRecord {
   exitSignal: string | null;
   transitionAt: string;
   paths: SandboxPaths;
+  /** OPENSHELL_ENDPOINT for this sandbox when not the driver's. */
+  endpoint?: string;
 }
 
 type Callback<T> = grpc.sendUnaryData<T>;
@@ -114,6 +128,10 @@ export function driverStatus(r: Pick<SandboxRecord, 'name' | 'state' | 'child' |
   const at = r.transitionAt;
   let conditions: DriverCondition[];
   switch (r.state) {
+    case 'held':
+      // A transient reason (upstream derive_phase): the gateway keeps the sandbox Provisioning.
+      conditions = [condition('Ready', 'False', 'DependenciesNotReady', 'supervisor not started yet (held by the driver)', at)];
+      break;
     case 'running':
       conditions = [condition('Ready', 'True', 'ProcessRunning', `supervisor running (pid ${pid ?? '?'})`, at)];
       break;
@@ -203,7 +221,7 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
       },
       {
         bin: opts.supervisorBin,
-        endpoint: opts.endpoint,
+        endpoint: r.endpoint ?? opts.endpoint,
         dir: r.paths.dir,
         ...(opts.runAs ? { runAs: opts.runAs } : {}),
         ...(opts.extraEnv ? { extraEnv: opts.extraEnv } : {}),
@@ -257,6 +275,7 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
     clearTimeout(timer);
     // The workload may outlive its supervisor.
     killSandbox(child);
+    await waitSandboxGone(child);
   };
 
   const handlers: Record<string, unknown> = {
@@ -295,7 +314,7 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
         namespace: sb.namespace,
         workspace: sb.workspace || 'default',
         spec: sb.spec,
-        state: 'running',
+        state: opts.holdStart?.({ id: sb.id, name: sb.name }) ? 'held' : 'running',
         child: undefined,
         exited: Promise.resolve(),
         instance: 0,
@@ -305,6 +324,10 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
         paths: sandboxPaths(join(opts.stateDir, sb.id)),
       };
       records.set(r.id, r);
+      if (r.state === 'held') {
+        publish(r, 'Held', 'supervisor start held', 'Normal');
+        return cb(null, {});
+      }
       start(r).then(
         () => cb(null, {}),
         (err: unknown) => {
@@ -330,6 +353,12 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
       count('StopSandbox', call.request.sandbox_id);
       const r = find(call.request);
       if (!r) return cb(grpcError(grpc.status.NOT_FOUND, 'sandbox not found'));
+      if (r.state === 'held') {
+        r.state = 'stopped';
+        r.transitionAt = new Date().toISOString();
+        publish(r, 'Stopped', 'held sandbox stopped', 'Normal');
+        return cb(null, {});
+      }
       if (r.state !== 'running') return cb(null, {});
       r.state = 'stopping';
       r.transitionAt = new Date().toISOString();
@@ -425,6 +454,13 @@ export async function startComputeDriver(opts: ComputeDriverOptions): Promise<Co
       return r ? view(r) : undefined;
     },
     watcherCount: () => watchers.size,
+    async release(id, releaseOpts = {}) {
+      const r = records.get(id);
+      if (!r) throw new Error(`no sandbox ${id}`);
+      if (r.state !== 'held') throw new Error(`sandbox ${id} is ${r.state}, not held`);
+      if (releaseOpts.endpoint) r.endpoint = releaseOpts.endpoint;
+      await start(r);
+    },
     async close() {
       if (closing) return;
       closing = true;

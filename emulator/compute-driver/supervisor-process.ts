@@ -124,6 +124,8 @@ interface ProcStat {
   ppid: number;
   pgid: number;
   sid: number;
+  /** `R`, `S`, … `Z` (a zombie: dead, not yet reaped). */
+  state: string;
 }
 
 function readProcStats(): ProcStat[] {
@@ -144,7 +146,7 @@ function readProcStats(): ProcStat[] {
     }
     // "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    out.push({ pid: Number(name), ppid: Number(fields[1]), pgid: Number(fields[2]), sid: Number(fields[3]) });
+    out.push({ pid: Number(name), state: fields[0] ?? '', ppid: Number(fields[1]), pgid: Number(fields[2]), sid: Number(fields[3]) });
   }
   return out;
 }
@@ -169,6 +171,24 @@ export function sandboxProcesses(rootPid: number, rootAlive = true): number[] {
     }
   }
   return [...found];
+}
+
+/**
+ * Resolves once no process of the sandbox runs any more (zombies count as gone: where PID 1 does not
+ * reap orphans they linger), or after `timeoutMs`. SIGKILL is delivered asynchronously, so a stop
+ * answers only after this.
+ */
+export async function waitSandboxGone(child: ChildProcess, timeoutMs = 2_000): Promise<boolean> {
+  if (child.pid === undefined) return true;
+  const rootPid = child.pid;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const live = new Set(sandboxProcesses(rootPid, false));
+    const running = readProcStats().filter((p) => live.has(p.pid) && p.state !== 'Z');
+    if (running.length === 0) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** Sends `signal` to the supervisor only (a graceful stop lets it end its workload itself). */

@@ -127,12 +127,12 @@ export class SessionRegistry {
   ): Promise<{ channelId: string; stream: Promise<Duplex> }> {
     const session = await this.waitForSession(sandboxId, sessionWaitMs);
     if (this.pending.size >= MAX_PENDING_RELAYS) {
-      throw new GatewayError(Status.RESOURCE_EXHAUSTED, 'too many pending relays');
+      throw new GatewayError(Status.RESOURCE_EXHAUSTED, `gateway relay capacity reached (${MAX_PENDING_RELAYS} in flight)`);
     }
     let perSandbox = 0;
     for (const p of this.pending.values()) if (p.sandboxId === sandboxId) perSandbox++;
     if (perSandbox >= MAX_PENDING_RELAYS_PER_SANDBOX) {
-      throw new GatewayError(Status.RESOURCE_EXHAUSTED, 'too many pending relays for sandbox');
+      throw new GatewayError(Status.RESOURCE_EXHAUSTED, `per-sandbox relay limit reached (${MAX_PENDING_RELAYS_PER_SANDBOX} in flight for ${sandboxId})`);
     }
     const channelId = randomUUID();
     // Seed RelayOpen carries only the channel id; 2026-08 adds target and service id.

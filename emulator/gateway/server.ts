@@ -58,6 +58,12 @@ export interface GatewayOptions {
   replicaId?: string;
   /** 2026-08: lease and reconcile timings (default upstream's: TTL 30 s, renew 10 s, acquire 5 s, sweep 60 s). */
   lease?: Partial<LeaseTimings>;
+  /**
+   * 2026-08 test instrumentation: a pause between the read and the compare-and-swap of a supervisor
+   * session's phase write, to widen the window another replica's row rewrite can fall into
+   * (docs/interop.md U1). 0 (default) is upstream's timing.
+   */
+  debugSessionWriteDelayMs?: number;
 }
 
 export interface Gateway {
@@ -126,6 +132,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       serviceBaseDomains: opts.serviceBaseDomains ?? [DEFAULT_SERVICE_BASE_DOMAIN],
       syncLock: new SyncLock(),
       inflight: new Set(),
+      lostSessionWrites: { ready: 0, disconnected: 0 },
+      ...(opts.debugSessionWriteDelayMs ? { debugSessionWriteDelayMs: opts.debugSessionWriteDelayMs } : {}),
     };
     // Postgres: the reconciler-lease coordinator (the emulator's 2026-08 generation has no SQLite mode).
     const reconciler = new ReconcilerCoordinator(gen2Ctx, {
@@ -236,6 +244,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
           replica: opts.replica,
           sandboxes: registry.sandboxIds(),
           slots: slots.held(),
+          ...(gen2Ctx ? { lostSessionWrites: gen2Ctx.lostSessionWrites } : {}),
           ...(lease ? { replicaId: lease.replicaId, leaseHolder: lease.holder, lease } : {}),
         }),
       );

@@ -68,7 +68,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 
 /**
  * Runs one command line. `lastCode` is what a bare `exit` returns.
- * Built-ins: echo, cat, sandbox-id, pwd, printenv <name>, exit [n], sleep <secs>, yes-bytes <n>;
+ * Built-ins: echo, cat, head -n <lines>, sandbox-id, pwd, printenv <name>, exit [n], sleep <secs>, yes-bytes <n>;
  * leading `cd <dir> &&` and `NAME=value` words set the working directory and environment.
  */
 export async function runCommand(
@@ -111,6 +111,37 @@ export async function runCommand(
     case 'cat':
       if (io.readStdin) await io.readStdin((chunk) => io.write(chunk));
       return done(0);
+    case 'head': {
+      // `head -n N`: the first N lines of stdin, then exit without waiting for EOF (what an
+      // interactive exec needs, whose client cannot send EOF without closing the channel).
+      const n = args[0] === '-n' ? Number(args[1]) : 10;
+      if (!Number.isSafeInteger(n) || n < 0) {
+        io.writeErr(`head: invalid number of lines: '${args[1] ?? ''}'\n`);
+        return done(1);
+      }
+      if (!io.readStdin || n === 0) return done(0);
+      let left = n;
+      const reading = new AbortController();
+      await Promise.race([
+        io.readStdin(async (chunk) => {
+          if (left === 0) return;
+          let end = 0;
+          while (left > 0 && end < chunk.length) {
+            const nl = chunk.indexOf(0x0a, end);
+            if (nl < 0) {
+              end = chunk.length;
+              break;
+            }
+            end = nl + 1;
+            left--;
+          }
+          await io.write(chunk.subarray(0, end));
+          if (left === 0) reading.abort();
+        }),
+        new Promise<void>((resolve) => reading.signal.addEventListener('abort', () => resolve(), { once: true })),
+      ]);
+      return done(0);
+    }
     case 'exit': {
       if (args[0] === undefined) return { code: ctx.lastCode, exit: true };
       const n = Number(args[0]);

@@ -1,7 +1,9 @@
 // Many sandboxes at once: one SSH server and one supervisor emulator per sandbox id (and, for the
 // 2026-08 generation, optionally an HTTP/WebSocket echo service and a compute-driver stand-in that
 // starts a supervisor for every sandbox the gateway creates).
+import pg from 'pg';
 import type { Logger } from 'pino';
+import { DRIVER_EVENT_CHANNEL, type DriverEventKind } from '../gateway/gen2/reconciler.ts';
 import { Gen2Store } from '../gateway/gen2/store.ts';
 import { SandboxJwt } from '../gateway/gen2/jwt.ts';
 import type { Protocol } from '../proto.ts';
@@ -37,9 +39,18 @@ export interface SupervisorFleetOptions {
    */
   watchDatabaseUrl?: string;
   watchIntervalMs?: number;
+  /**
+   * 2026-08 compute-driver stand-in: LISTEN for the gateways' driver events in this database and do
+   * what a compute driver does to the sandbox's process: `stopped` stops its supervisor (it stays
+   * gone, as upstream's supervisor does when the driver stops the sandbox), `started` starts a
+   * fresh one (a new process: a new instance id). Without it a "stopped" sandbox's supervisor keeps
+   * reconnecting.
+   */
+  driverEventsDatabaseUrl?: string;
 }
 
 export interface FleetMember {
+  /** The current supervisor process (replaced when the driver stand-in restarts the sandbox). */
   supervisor: SupervisorEmulator;
   ssh: SandboxSshServer;
   echo?: EchoService;
@@ -67,6 +78,18 @@ export async function startSupervisorFleet(opts: SupervisorFleetOptions): Promis
   const echoTarget = opts.echoService === true ? DEFAULT_ECHO_TARGET_PORT : opts.echoService ? opts.echoService.targetPort : null;
   let stopping: Promise<void> | undefined;
 
+  const settings = new Map<string, { token: string | undefined; servicePorts: Record<number, number> }>();
+  const newSupervisor = (sandboxId: string, sshPort: number, token: string | undefined, servicePorts: Record<number, number>): SupervisorEmulator =>
+    new SupervisorEmulator({
+      endpoint: opts.endpoint,
+      sandboxId,
+      sshPort,
+      backoff: opts.backoff,
+      heartbeatSecsOverride: opts.heartbeatSecsOverride,
+      logger: opts.logger,
+      ...(gen2 ? { protocol: '2026-08' as const, token, servicePorts } : {}),
+    });
+
   const add = async (sandboxId: string, givenToken?: string): Promise<FleetMember> => {
     const existing = supervisors.get(sandboxId);
     if (existing) return existing;
@@ -78,16 +101,9 @@ export async function startSupervisorFleet(opts: SupervisorFleetOptions): Promis
       echo = await startEchoService({ sandboxId });
       servicePorts[echoTarget] = echo.port;
     }
-    const supervisor = new SupervisorEmulator({
-      endpoint: opts.endpoint,
-      sandboxId,
-      sshPort: ssh.port,
-      backoff: opts.backoff,
-      heartbeatSecsOverride: opts.heartbeatSecsOverride,
-      logger: opts.logger,
-      ...(gen2 ? { protocol: '2026-08' as const, token, servicePorts } : {}),
-    });
+    const supervisor = newSupervisor(sandboxId, ssh.port, token, servicePorts);
     const member: FleetMember = { supervisor, ssh, ...(echo ? { echo } : {}) };
+    settings.set(sandboxId, { token, servicePorts });
     supervisors.set(sandboxId, member);
     if (stopping) {
       await stopMembers([member]);
@@ -128,6 +144,48 @@ export async function startSupervisorFleet(opts: SupervisorFleetOptions): Promis
     watchTimer.unref();
   }
 
+  // Driver events, one at a time per fleet, in the order the gateways sent them.
+  let events: pg.Client | undefined;
+  let driverWork: Promise<void> = Promise.resolve();
+  const onDriverEvent = async (sandboxId: string, event: DriverEventKind): Promise<void> => {
+    const member = supervisors.get(sandboxId);
+    const s = settings.get(sandboxId);
+    if (!member || !s || stopping) return;
+    if (event === 'stopped') {
+      await member.supervisor.stop();
+    } else if (event === 'started') {
+      await member.supervisor.stop();
+      member.supervisor = newSupervisor(sandboxId, member.ssh.port, s.token, s.servicePorts);
+      member.supervisor.start();
+    }
+  };
+  if (opts.driverEventsDatabaseUrl && gen2) {
+    events = new pg.Client({ connectionString: opts.driverEventsDatabaseUrl });
+    events.on('error', (err) => opts.logger?.debug({ err }, 'driver event listener failed'));
+    events.on('notification', (n) => {
+      if (n.channel !== DRIVER_EVENT_CHANNEL || !n.payload) return;
+      let msg: { sandboxId?: string; event?: DriverEventKind };
+      try {
+        msg = JSON.parse(n.payload) as typeof msg;
+      } catch {
+        return;
+      }
+      const { sandboxId, event } = msg;
+      if (!sandboxId || !event) return;
+      driverWork = driverWork.then(() => onDriverEvent(sandboxId, event)).catch((err: unknown) => opts.logger?.warn({ err, sandboxId, event }, 'driver event failed'));
+    });
+    try {
+      await events.connect();
+      await events.query(`LISTEN ${DRIVER_EVENT_CHANNEL}`);
+    } catch (err) {
+      if (watchTimer) clearInterval(watchTimer);
+      await watchStore?.close();
+      await events.end().catch(() => undefined);
+      await stopMembers(supervisors.values());
+      throw err;
+    }
+  }
+
   return {
     supervisors,
     add,
@@ -143,6 +201,8 @@ export async function startSupervisorFleet(opts: SupervisorFleetOptions): Promis
     stop() {
       stopping ??= (async () => {
         if (watchTimer) clearInterval(watchTimer);
+        await events?.end().catch(() => undefined);
+        await driverWork;
         await watching;
         await watchStore?.close();
         await stopMembers(supervisors.values());

@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { constants as osConstants } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
@@ -31,10 +32,48 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
 type ControlCall = grpc.ClientDuplexStream<SupervisorMessage, GatewayMessage>;
 type RelayCall = grpc.ClientDuplexStream<RelayFrame, RelayFrame>;
 
+type UnaryCallback = (err: grpc.ServiceError | null, res?: Record<string, unknown>) => void;
+
 interface OpenShellRpcClient extends grpc.Client {
   ConnectSupervisor(metadata?: grpc.Metadata, options?: grpc.CallOptions): ControlCall;
   RelayStream(metadata?: grpc.Metadata, options?: grpc.CallOptions): RelayCall;
+  GetSandboxConfig(req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: UnaryCallback): grpc.ClientUnaryCall;
+  ReportPolicyStatus(req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: UnaryCallback): grpc.ClientUnaryCall;
 }
+
+const POLICY_STATUS_LOADED = 2;
+
+/** strerror(3) on Linux for the errors a relay target dial meets. */
+const STRERROR: Record<string, string> = {
+  ECONNREFUSED: 'Connection refused',
+  ECONNRESET: 'Connection reset by peer',
+  ETIMEDOUT: 'Connection timed out',
+  EHOSTUNREACH: 'No route to host',
+  ENETUNREACH: 'Network is unreachable',
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  EACCES: 'Permission denied',
+  ENOENT: 'No such file or directory',
+};
+
+/**
+ * What upstream's supervisor reports for a failed dial: Rust's `std::io::Error` Display,
+ * e.g. `Connection refused (os error 111)` (supervisor_session.rs@v0.0.111:579, `err.to_string()`).
+ */
+export function rustIoErrorText(err: NodeJS.ErrnoException): string {
+  const code = err.code ?? '';
+  const errno = (osConstants.errno as Record<string, number | undefined>)[code];
+  const text = STRERROR[code];
+  return text && errno !== undefined ? `${text} (os error ${errno})` : err.message;
+}
+/** Codes upstream's supervisor retries (is_retryable_error, openshell-sandbox lib.rs@v0.0.111:2035-2052). */
+const RETRYABLE: readonly grpc.status[] = [
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.ABORTED,
+  grpc.status.INTERNAL,
+  grpc.status.UNKNOWN,
+];
 
 export interface SupervisorEmulatorOptions {
   /** host:port of the gateway or of the balancer in front of the replicas. */
@@ -56,6 +95,12 @@ export interface SupervisorEmulatorOptions {
   servicePorts?: Record<number, number>;
   /** 2026-08: run the lifetime PushSandboxLogs stream (default true). */
   logPush?: boolean;
+  /**
+   * 2026-08: upstream's start-up policy calls (default true): GetSandboxConfig before anything else,
+   * then GetSandboxConfig + ReportPolicyStatus(LOADED) on a connection of their own while the session
+   * connects (reference §8; docs/interop.md U1).
+   */
+  policySync?: boolean;
 }
 
 export interface SupervisorEmulatorEvents {
@@ -119,11 +164,17 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   private relayCount = 0;
   private stopped = false;
   private loop: Promise<void> | null = null;
-  private wake: (() => void) | null = null;
+  /** Sleeps in progress (the reconnect backoff, the policy retries): stop() cuts them all short. */
+  private readonly wakers = new Set<() => void>();
   private readonly gen2: boolean;
   /** 2026-08: one main-process instance id per supervisor process (reference §2.1 "Reconnect"). */
   private readonly fixedInstanceId: string | undefined;
   private logPusher: LogPusher | null = null;
+  /** The policy report started beside the first session attempt (2026-08). */
+  private policyReport: Promise<void> | null = null;
+  /** Clients of the start-up policy calls, closed by stop(). */
+  private readonly policyClients = new Set<grpc.Client>();
+  private readonly policyCalls = new Set<grpc.ClientUnaryCall>();
 
   constructor(opts: SupervisorEmulatorOptions) {
     super();
@@ -167,15 +218,103 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       this.logPusher.push('supervisor starting');
       this.logPusher.flush();
     }
-    this.loop = this.reconnectLoop();
+    this.loop = this.gen2 && (this.opts.policySync ?? true) ? this.startUp() : this.reconnectLoop();
+  }
+
+  /**
+   * Upstream's order (openshell-sandbox lib.rs@v0.0.111): load_policy fetches the sandbox's config
+   * (GetSandboxConfig, `grpc_retry`: 5 attempts, 1-4 s apart, transient codes only) before anything
+   * runs; then the policy poll loop and the supervisor session are spawned side by side, so the poll
+   * loop's GetSandboxConfig and ReportPolicyStatus(LOADED), each on the poll loop's own connection,
+   * race the session's Hello. The report rewrites the sandbox row on whichever replica it lands.
+   * Where upstream's supervisor would exit after a failed fetch, the emulator logs it and connects
+   * anyway, so a test's supervisor never vanishes silently.
+   */
+  private async startUp(): Promise<void> {
+    for (let attempt = 1; attempt <= 5 && !this.stopped; attempt++) {
+      const client = this.policyClient();
+      try {
+        // Upstream syncs a policy discovered on disk (UpdateConfig) when the answer has none; the
+        // emulator's gateway always has revision 1, and that sync finishes before the session starts.
+        await this.unary(client, 'GetSandboxConfig', { sandbox_id: this.opts.sandboxId });
+        break;
+      } catch (err) {
+        const code = (err as grpc.ServiceError).code;
+        this.log.warn({ attempt, code, err: (err as Error).message }, 'Policy fetch failed');
+        if (!RETRYABLE.includes(code) || attempt === 5) break;
+        await this.sleep(Math.min(1000 * 2 ** (attempt - 1), 4000));
+      } finally {
+        this.closePolicyClient(client);
+      }
+    }
+    if (this.stopped) return;
+    this.policyReport = this.reportPolicyLoaded().catch((err: unknown) => this.log.warn({ err }, 'policy status report failed'));
+    await this.reconnectLoop();
+  }
+
+  /**
+   * The poll loop's first poll and the initial acknowledgement, on one connection. A transient failure
+   * (an ABORTED from a lost CAS included) is retried after 1, 2, 4 … 32 s until it lands, any other
+   * discards the update (run_policy_status_reporter, lib.rs@v0.0.111:2992-3070).
+   */
+  private async reportPolicyLoaded(): Promise<void> {
+    const client = this.policyClient();
+    try {
+      const cfg = await this.unary(client, 'GetSandboxConfig', { sandbox_id: this.opts.sandboxId });
+      const version = Number(cfg.version ?? 0);
+      if (version === 0) return;
+      for (let attempt = 1; !this.stopped; attempt++) {
+        try {
+          await this.unary(client, 'ReportPolicyStatus', { sandbox_id: this.opts.sandboxId, version, status: POLICY_STATUS_LOADED, load_error: '' });
+          this.pushLog(`Acknowledged initial policy revision as loaded [version:${version}]`);
+          return;
+        } catch (err) {
+          const code = (err as grpc.ServiceError).code;
+          if (!RETRYABLE.includes(code)) {
+            this.log.warn({ code, err: (err as Error).message, version }, 'Discarding terminal policy status update');
+            return;
+          }
+          this.log.info({ code, attempt, version }, 'Initial policy acknowledgement failed transiently; retaining ordered update');
+          await this.sleep(1000 * 2 ** Math.min(attempt - 1, 5));
+        }
+      }
+    } finally {
+      this.closePolicyClient(client);
+    }
+  }
+
+  private policyClient(): OpenShellRpcClient {
+    const Ctor = openShellClient();
+    const client = new Ctor(this.opts.endpoint, grpc.credentials.createInsecure(), CHANNEL_OPTIONS) as unknown as OpenShellRpcClient;
+    this.policyClients.add(client);
+    return client;
+  }
+
+  private closePolicyClient(client: grpc.Client): void {
+    this.policyClients.delete(client);
+    client.close();
+  }
+
+  private unary(client: OpenShellRpcClient, method: 'GetSandboxConfig' | 'ReportPolicyStatus', req: unknown): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const call = client[method](req, this.metadata(), { deadline: Date.now() + 10_000 }, (err, res) => {
+        this.policyCalls.delete(call);
+        if (err) reject(err);
+        else resolve(res ?? {});
+      });
+      this.policyCalls.add(call);
+    });
   }
 
   /** Stops reconnecting, cancels every call, closes every client and relay socket. */
   async stop(): Promise<void> {
     this.stopped = true;
-    this.wake?.();
+    for (const wake of [...this.wakers]) wake();
     for (const link of [...this.links]) link.kill();
+    for (const call of [...this.policyCalls]) call.cancel();
+    for (const c of [...this.policyClients]) this.closePolicyClient(c);
     await this.loop;
+    await this.policyReport;
     await this.logPusher?.stop();
   }
 
@@ -222,15 +361,16 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
 
   /** Backoff sleep that `stop()` cuts short. */
   private sleep(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
-        this.wake = null;
+        this.wakers.delete(done);
         resolve();
       };
       const timer = setTimeout(done, ms);
       timer.unref();
-      this.wake = done;
+      this.wakers.add(done);
     });
   }
 
@@ -326,7 +466,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       sock.destroy();
       log.info({ err: err.message, port }, 'relay target dial failed');
       this.pushLog(`relay target dial failed: ${err.message}`, 'WARN');
-      write({ relay_open_result: { channel_id: channelId, success: false, error: `failed to connect to relay target: ${err.message}` } });
+      write({ relay_open_result: { channel_id: channelId, success: false, error: rustIoErrorText(err) } });
       link.closeIfIdle();
     };
     sock.once('error', onError);

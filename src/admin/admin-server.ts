@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions } from '../routing/router.ts';
+import type { AdminAccessCheck } from './access.ts';
 import type { OpsRoutes } from './ops-routes.ts';
 
 export interface AdminDeps {
@@ -21,6 +22,8 @@ export interface AdminDeps {
   drain: (reason: string) => Promise<unknown>;
   /** Operator endpoints (/v1/status, /v1/explain, /ui), behind the admin access check. */
   ops?: OpsRoutes;
+  /** Who may read /debug/* (sandbox ids): the same check as the operator endpoints. */
+  access?: AdminAccessCheck;
 }
 
 function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
@@ -34,6 +37,10 @@ function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolea
     s.once('connect', () => done(true));
     s.once('error', () => done(false));
   });
+}
+
+function isLoopback(address: string | undefined): boolean {
+  return address !== undefined && (address === '::1' || /^(::ffff:)?127\./.test(address));
 }
 
 export function createAdminServer(deps: AdminDeps): http.Server {
@@ -70,6 +77,13 @@ export function createAdminServer(deps: AdminDeps): http.Server {
       } else if (path === '/metrics') {
         res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(await deps.metrics.registry.metrics());
       } else if (path === '/debug/sessions') {
+        // Lists sandbox ids: loopback, allowed addresses or the admin token only (no access check
+        // configured = loopback only).
+        const verdict = deps.access?.(req) ?? (isLoopback(req.socket.remoteAddress) ? { ok: true as const } : { ok: false as const, status: 403, reason: 'loopback only' });
+        if (!verdict.ok) {
+          res.writeHead(verdict.status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: verdict.reason }));
+          return;
+        }
         res.writeHead(200, { 'content-type': 'application/json' }).end(
           JSON.stringify({ replicaId: deps.replicaId, mode: deps.mode, sessions: Object.fromEntries(deps.localSessions.entries()) }),
         );

@@ -1,6 +1,7 @@
 // This replica's own view, for `status`, `explain` and the live page: its runtime numbers, and for
 // one sandbox every layer's answer plus the decision it would take right now. Reads only: nothing
 // here claims, caches, counts or logs per call, so explaining a sandbox never changes its routing.
+import type tls from 'node:tls';
 import type { SidecarConfig } from '../config/schema.ts';
 import type { LimitRule } from '../limits/rules.ts';
 import type { SlotLimiter } from '../limits/slots.ts';
@@ -26,6 +27,8 @@ export interface InspectDeps {
   gatewayWatch: GatewayWatch;
   metrics: SidecarMetrics;
   draining: () => boolean;
+  /** Peer mTLS client options for asking other replicas (status, explain). */
+  peerTls?: () => tls.ConnectionOptions;
 }
 
 export interface CounterSample {

@@ -3,19 +3,22 @@
 // gauges the shipped alerts need (heartbeat age against the lease).
 import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
-import { createAdminAccess } from './access.ts';
+import { createAdminAccess, type AdminAccessCheck } from './access.ts';
 import type { InspectDeps } from './inspect.ts';
 import { createOpsRoutes, type OpsRoutes } from './ops-routes.ts';
 
 export interface OperatorSurface {
   ops: OpsRoutes;
+  /** The admin access check (loopback, allowed CIDRs, bearer token), also guarding /debug/*. */
+  access: AdminAccessCheck;
   close(): Promise<void>;
 }
 
 export function createOperatorSurface(inspect: InspectDeps, logger: Logger): OperatorSurface {
   const { config, store, metrics } = inspect;
+  const access = createAdminAccess({ allowCidrs: config.adminAllowCidrs, token: config.adminToken });
   const ops = createOpsRoutes({
-    access: createAdminAccess({ allowCidrs: config.adminAllowCidrs, token: config.adminToken }),
+    access,
     inspect,
     logger,
   });
@@ -33,5 +36,5 @@ export function createOperatorSurface(inspect: InspectDeps, logger: Logger): Ope
     });
     new Gauge({ name: 'ohs_replica_lease_ttl_seconds', help: 'Heartbeat lease of a replica in Postgres (replicaLeaseTtlMs).', registers: [metrics.registry] }).set(config.replicaLeaseTtlMs / 1000);
   }
-  return { ops, close: () => ops.close() };
+  return { ops, access, close: () => ops.close() };
 }

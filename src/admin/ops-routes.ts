@@ -3,7 +3,8 @@
 // goes through the access check (access.ts) first. Store connections for status are opened on first
 // use and kept small: these endpoints are for people and one open page, not for automation at rate.
 import type http from 'node:http';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { createRedisClient } from '../ownership/redis-connect.ts';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { AdminAccessCheck } from './access.ts';
@@ -53,7 +54,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const redisFor = (): Redis | null => {
     if (!config.redisUrl || config.mode !== 'cluster') return null;
     if (!redis) {
-      redis = new Redis(config.redisUrl, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 1, connectTimeout: 1_000, commandTimeout: 2_000, connectionName: `ohs-admin-${self.replace(/[^\w.:-]/g, '_')}` });
+      redis = createRedisClient(config.redisUrl, { lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: 1, connectTimeout: 1_000, commandTimeout: 2_000, connectionName: `ohs-admin-${self.replace(/[^\w.:-]/g, '_')}` });
       redis.on('error', () => undefined);
     }
     return redis;
@@ -65,7 +66,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const peerView = (r: { replicaId: string; peerUrl: string }, sandboxId?: string): Promise<PeerInspectAnswer> =>
     r.replicaId === self
       ? localAnswer(sandboxId)
-      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}) });
+      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}), ...(deps.peerTls ? { tls: deps.peerTls } : {}) });
 
   const statusSources = (): StatusSources => ({
     pg: poolFor(),
@@ -78,7 +79,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const explainSources = (): ExplainSources => ({
     liveReplicas: async () => (await deps.store.liveReplicas()).map((r) => ({ replicaId: r.replicaId, peerUrl: r.peerUrl })),
     self: { replicaId: self, view: (id, row) => sandboxLocalView(deps, id, row) },
-    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id }),
+    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id, ...(deps.peerTls ? { tls: deps.peerTls } : {}) }),
     gatewayRow: (id) => gatewayRow(deps, id),
     reconcilerLease: () => deps.gatewayObjects.reconcilerLease(),
     slots: (id) => sandboxSlots(deps, id),

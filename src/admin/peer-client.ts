@@ -1,6 +1,7 @@
 // Asks one replica's peer port for its view (PEER_INSPECT_PATH). A connection of its own per call:
 // status and explain are rare, and must not queue behind (or disturb) pooled traffic sessions.
 import http2 from 'node:http2';
+import type tls from 'node:tls';
 import { peerHeaders } from '../peers/protocol.ts';
 import { PEER_INSPECT_PATH, type PeerInspectAnswer } from './peer-inspect.ts';
 
@@ -11,13 +12,15 @@ export interface PeerInspectRequest {
   origin: string;
   sandboxId?: string;
   timeoutMs?: number;
+  /** Peer mTLS: this sidecar's client certificate and the peers' CA (https:// peer URLs). */
+  tls?: () => tls.ConnectionOptions;
 }
 
 export function fetchPeerView(req: PeerInspectRequest): Promise<PeerInspectAnswer> {
   const timeoutMs = req.timeoutMs ?? 2_000;
   return new Promise((resolve, reject) => {
     let done = false;
-    const session = http2.connect(req.peerUrl);
+    const session = http2.connect(req.peerUrl, req.tls?.() ?? {});
     const finish = (err: Error | null, value?: PeerInspectAnswer): void => {
       if (done) return;
       done = true;
@@ -54,7 +57,7 @@ export function fetchPeerView(req: PeerInspectRequest): Promise<PeerInspectAnswe
     stream.on('data', (c: Buffer) => chunks.push(c));
     stream.on('error', (err) => finish(err));
     stream.on('end', () => {
-      if (status !== 200) return finish(new Error(`${req.peerUrl} answered ${status}${status === 401 ? ' (wrong peer secret)' : ''}`));
+      if (status !== 200) return finish(new Error(`${req.peerUrl} answered ${status}${status === 401 ? ' (wrong peer secret or certificate)' : ''}`));
       try {
         finish(null, JSON.parse(Buffer.concat(chunks).toString('utf8')) as PeerInspectAnswer);
       } catch (err) {

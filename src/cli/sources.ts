@@ -2,7 +2,7 @@
 // stores directly (--database-url), asking each replica's peer port when the peer secret is given.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
+import { createRedisClient } from '../ownership/redis-connect.ts';
 import pg from 'pg';
 import pino from 'pino';
 import { fetchPeerView } from '../admin/peer-client.ts';
@@ -70,7 +70,7 @@ export function directSources(values: CliValues, env: NodeJS.ProcessEnv): Direct
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 2, connectionTimeoutMillis: 3_000, statement_timeout: 5_000, application_name: 'openshell-ha-sidecar-cli' });
   pool.on('error', () => undefined);
   const redisUrl = values['redis-url'];
-  const redis = redisUrl ? new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2_000, commandTimeout: 3_000, retryStrategy: () => null }) : null;
+  const redis = redisUrl ? createRedisClient(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2_000, commandTimeout: 3_000, retryStrategy: () => null }) : null;
   redis?.on('error', () => undefined);
   const objects: GatewayObjects = createGatewayObjects(values['gateway-database-url'] ?? databaseUrl, pino({ level: 'silent' }));
   const peerView = secret

@@ -21,7 +21,7 @@ export interface LoadConfigOptions {
 type ValueKind = 'string' | 'int' | 'list' | 'number';
 
 interface OptionSpec {
-  /** Key in the config object; two elements for the nested tls / gatewayTls settings. */
+  /** Key in the config object; two elements for the nested tls / gatewayTls / peerTls settings. */
   readonly path: readonly [string] | readonly [string, string];
   readonly flag: `--${string}`;
   readonly env: `OHS_${string}`;
@@ -59,6 +59,19 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['maxFirstMessageBytes'], '--max-first-message-bytes', 'OHS_MAX_FIRST_MESSAGE_BYTES', 'int'),
   opt(['firstMessageTimeoutMs'], '--first-message-timeout-ms', 'OHS_FIRST_MESSAGE_TIMEOUT_MS', 'int'),
   opt(['maxHeaderBytes'], '--max-header-bytes', 'OHS_MAX_HEADER_BYTES', 'int'),
+  opt(['maxConnections'], '--max-connections', 'OHS_MAX_CONNECTIONS', 'int'),
+  opt(['h2MaxConcurrentStreams'], '--h2-max-concurrent-streams', 'OHS_H2_MAX_CONCURRENT_STREAMS', 'int'),
+  opt(['headersTimeoutMs'], '--headers-timeout-ms', 'OHS_HEADERS_TIMEOUT_MS', 'int'),
+  opt(['requestTimeoutMs'], '--request-timeout-ms', 'OHS_REQUEST_TIMEOUT_MS', 'int'),
+  opt(['connectionIdleTimeoutMs'], '--connection-idle-timeout-ms', 'OHS_CONNECTION_IDLE_TIMEOUT_MS', 'int'),
+  opt(['tcpKeepaliveMs'], '--tcp-keepalive-ms', 'OHS_TCP_KEEPALIVE_MS', 'int'),
+  opt(['h2PingIntervalMs'], '--h2-ping-interval-ms', 'OHS_H2_PING_INTERVAL_MS', 'int'),
+  opt(['h2PingTimeoutMs'], '--h2-ping-timeout-ms', 'OHS_H2_PING_TIMEOUT_MS', 'int'),
+  opt(['maxHeldRequests'], '--max-held-requests', 'OHS_MAX_HELD_REQUESTS', 'int'),
+  opt(['upstreamResetBudget'], '--upstream-reset-budget', 'OHS_UPSTREAM_RESET_BUDGET', 'int'),
+  opt(['upstreamResetRefillPerSecond'], '--upstream-reset-refill-per-second', 'OHS_UPSTREAM_RESET_REFILL_PER_SECOND', 'int'),
+  opt(['connectionBufferBytes'], '--connection-buffer-bytes', 'OHS_CONNECTION_BUFFER_BYTES', 'int'),
+  opt(['totalBufferBytes'], '--total-buffer-bytes', 'OHS_TOTAL_BUFFER_BYTES', 'int'),
   opt(['hopLimit'], '--hop-limit', 'OHS_HOP_LIMIT', 'int'),
   opt(['ownerCacheTtlMs'], '--owner-cache-ttl-ms', 'OHS_OWNER_CACHE_TTL_MS', 'int'),
   opt(['replicaHeartbeatIntervalMs'], '--replica-heartbeat-interval-ms', 'OHS_REPLICA_HEARTBEAT_INTERVAL_MS', 'int'),
@@ -93,6 +106,16 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['adminTokenFile'], '--admin-token-file', 'OHS_ADMIN_TOKEN_FILE'),
   opt(['tracing'], '--tracing', 'OHS_TRACING'),
   opt(['otlpTracesUrl'], '--otlp-traces-url', 'OHS_OTLP_TRACES_URL'),
+  opt(['peerTls', 'certFile'], '--peer-tls-cert', 'OHS_PEER_TLS_CERT_FILE'),
+  opt(['peerTls', 'keyFile'], '--peer-tls-key', 'OHS_PEER_TLS_KEY_FILE'),
+  opt(['peerTls', 'caFile'], '--peer-tls-ca', 'OHS_PEER_TLS_CA_FILE'),
+  opt(['peerTls', 'identity'], '--peer-identity', 'OHS_PEER_IDENTITY'),
+  opt(['peerTls', 'spiffeIdTemplate'], '--peer-spiffe-id', 'OHS_PEER_SPIFFE_ID'),
+  opt(['peerTls', 'reloadIntervalMs'], '--peer-tls-reload-interval-ms', 'OHS_PEER_TLS_RELOAD_INTERVAL_MS', 'int'),
+  opt(['ownerNegativeCacheTtlMs'], '--owner-negative-cache-ttl-ms', 'OHS_OWNER_NEGATIVE_CACHE_TTL_MS', 'int'),
+  opt(['ownerNegativeCacheMaxEntries'], '--owner-negative-cache-max-entries', 'OHS_OWNER_NEGATIVE_CACHE_MAX_ENTRIES', 'int'),
+  opt(['postgresPoolSize'], '--postgres-pool-size', 'OHS_POSTGRES_POOL_SIZE', 'int'),
+  opt(['postgresLookupPoolSize'], '--postgres-lookup-pool-size', 'OHS_POSTGRES_LOOKUP_POOL_SIZE', 'int'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -101,12 +124,31 @@ const CONFIG_FILE_ENV = 'OHS_CONFIG';
 export const CONFIG_DEFAULTS = {
   listen: '0.0.0.0:8080',
   peerListen: '0.0.0.0:8443',
-  adminListen: '0.0.0.0:9091',
+  // Loopback unless told otherwise: deployments set the pod address (probes, scrapes, preStop).
+  adminListen: '127.0.0.1:9091',
   gatewayUrl: 'http://127.0.0.1:18080',
   redisKeyPrefix: 'ohs:',
   maxFirstMessageBytes: 65_536,
   firstMessageTimeoutMs: 10_000,
   maxHeaderBytes: 16_384,
+  // Enough for 10,000 supervisors plus their clients; the fd limit usually bites first.
+  maxConnections: 50_000,
+  // hyper's server default is 200 per connection; a supervisor connection carries its relays.
+  h2MaxConcurrentStreams: 1_000,
+  headersTimeoutMs: 30_000,
+  requestTimeoutMs: 300_000,
+  connectionIdleTimeoutMs: 900_000,
+  tcpKeepaliveMs: 30_000,
+  h2PingIntervalMs: 30_000,
+  h2PingTimeoutMs: 10_000,
+  maxHeldRequests: 10_000,
+  // Half of nghttp2's rapid-reset allowance (1,000, refilled at 33/s) that a Node or hyper gateway
+  // (and a peer sidecar) applies per connection before it answers GOAWAY to every stream on it.
+  upstreamResetBudget: 500,
+  upstreamResetRefillPerSecond: 10,
+  // 128 maximum-size first messages per connection; 4,096 across the replica.
+  connectionBufferBytes: 8 * 1_048_576,
+  totalBufferBytes: 256 * 1_048_576,
   hopLimit: 2,
   ownerCacheTtlMs: 5_000,
   replicaHeartbeatIntervalMs: 2_000,
@@ -145,6 +187,11 @@ export const CONFIG_DEFAULTS = {
   rebalanceCooldownMs: 60_000,
   adminAllowCidrs: [],
   tracing: 'off',
+  // Unknown ids are forgotten after 5 s at the latest; claims invalidate them at once.
+  ownerNegativeCacheTtlMs: 5_000,
+  ownerNegativeCacheMaxEntries: 10_000,
+  postgresPoolSize: 4,
+  postgresLookupPoolSize: 4,
 } as const;
 
 type Layer = Record<string, unknown>;
@@ -186,6 +233,8 @@ export function describeConfig(cfg: SidecarConfig): Record<string, unknown> {
 }
 
 function redactUrl(value: string): string {
+  // redis+sentinel://user:pass@h1:p1,h2:p2/… (a host list WHATWG URL cannot parse).
+  if (/^rediss?\+sentinel:/i.test(value)) return value.replace(/^([^:]+:\/\/[^:@/]*:)[^@/]*@/, '$1***@');
   try {
     const url = new URL(value);
     if (url.password !== '') url.password = '***';
@@ -328,7 +377,7 @@ function setPath(layer: Layer, path: OptionSpec['path'], value: unknown): void {
   layer[outer] = nested;
 }
 
-/** Later layer wins key by key; nested objects (tls, gatewayTls) merge instead of replacing. */
+/** Later layer wins key by key; nested objects (tls, gatewayTls, peerTls) merge instead of replacing. */
 function mergeLayer(base: Layer, over: Layer): Layer {
   const out: Layer = { ...base };
   for (const [key, value] of Object.entries(over)) {

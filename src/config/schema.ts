@@ -3,6 +3,7 @@
 
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
+import { sentinelOptions } from '../ownership/redis-connect.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './host-port.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -45,7 +46,16 @@ function urlWithScheme(schemes: readonly string[]) {
 
 const httpUrl = urlWithScheme(['http:', 'https:']);
 const postgresUrl = urlWithScheme(['postgres:', 'postgresql:']);
-const redisUrl = urlWithScheme(['redis:', 'rediss:']);
+const plainRedisUrl = urlWithScheme(['redis:', 'rediss:']);
+/** redis:// or rediss:// (one server), or redis+sentinel:// (a Sentinel-managed primary). */
+const redisUrl = z.string().refine((value) => {
+  if (plainRedisUrl.safeParse(value).success) return true;
+  try {
+    return sentinelOptions(value) !== undefined;
+  } catch {
+    return false;
+  }
+}, 'expected a redis://, rediss:// or redis+sentinel://host:port[,host:port…]/<master-name>[/<db>] URL');
 const filePath = z.string().min(1);
 const int = (min: number, max: number) => z.number().int().min(min).max(max);
 
@@ -79,6 +89,33 @@ const tlsShape = {
   clientCertMode: z.enum(['required', 'optional']).optional(),
 };
 
+/** `{replica}` stands for the replica id: `spiffe://<trust domain>/<path>/{replica}`. */
+export const SPIFFE_REPLICA_PLACEHOLDER = '{replica}';
+
+const spiffeIdTemplate = z
+  .string()
+  .max(2048)
+  .refine(
+    (v) => /^spiffe:\/\/[a-z0-9._-]+\/\S*$/.test(v) && v.split(SPIFFE_REPLICA_PLACEHOLDER).length === 2,
+    `expected spiffe://<trust-domain>/<path> with ${SPIFFE_REPLICA_PLACEHOLDER} once, e.g. spiffe://cluster.local/ns/openshell/replica/${SPIFFE_REPLICA_PLACEHOLDER}`,
+  );
+
+const peerTlsShape = {
+  /** This sidecar's certificate: served on the peer port and presented on outgoing peer sessions. */
+  certFile: filePath,
+  keyFile: filePath,
+  /** CA bundle that signs every replica's peer certificate (both directions). */
+  caFile: filePath,
+  /**
+   * How a peer's certificate names its replica: `san` (a DNS or IP SAN equal to the host of the peer
+   * URL the replica registered) or `spiffe` (a URI SAN equal to spiffeIdTemplate for that replica).
+   */
+  identity: z.enum(['san', 'spiffe']).optional(),
+  spiffeIdTemplate: spiffeIdTemplate.optional(),
+  /** How often the files are read again; changed files apply to new connections only. */
+  reloadIntervalMs: int(100, 3_600_000).optional(),
+};
+
 const scalarShape = {
   replicaId: replicaIdSchema,
   listen: hostPort,
@@ -95,6 +132,31 @@ const scalarShape = {
   maxFirstMessageBytes: int(1024, 16 * 1024 * 1024),
   firstMessageTimeoutMs: int(100, 600_000),
   maxHeaderBytes: int(1024, 1024 * 1024),
+  /** Client connections open at once on the public port; beyond it new ones are closed at accept. */
+  maxConnections: int(1, 1_000_000),
+  /** HTTP/2 streams open at once on one client connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  h2MaxConcurrentStreams: int(1, 1_000_000),
+  /** An HTTP/1.1 request's head must be complete within this long (slow-header clients are cut). */
+  headersTimeoutMs: int(100, 600_000),
+  /** An HTTP/1.1 request's body must be complete within this long (0 = no bound). */
+  requestTimeoutMs: int(0, 86_400_000),
+  /** A client HTTP/2 connection with no open stream is closed after this long (0 = never). */
+  connectionIdleTimeoutMs: int(0, 86_400_000),
+  /** TCP keepalive on every accepted and dialled socket: first probe after this much idle time. */
+  tcpKeepaliveMs: int(1000, 7_200_000),
+  /** HTTP/2 PING on idle client and peer connections every this long; no answer within pingTimeoutMs closes it (0 = off). */
+  h2PingIntervalMs: int(0, 3_600_000),
+  h2PingTimeoutMs: int(100, 600_000),
+  /** Requests held at once while their sandbox has no reachable owner; beyond it the local gateway answers. */
+  maxHeldRequests: int(0, 1_000_000),
+  /** Streams one upstream connection may see reset (a token bucket) before new streams move to a fresh connection (0 = no budget). */
+  upstreamResetBudget: int(0, 1_000_000),
+  /** How fast that budget refills, per second. */
+  upstreamResetRefillPerSecond: int(0, 100_000),
+  /** First-message bytes one client connection may have buffered at once (streams beyond it are refused). */
+  connectionBufferBytes: int(65_536, 2 ** 31 - 1),
+  /** First-message bytes all client connections together may have buffered at once. */
+  totalBufferBytes: int(65_536, 2 ** 40),
   hopLimit: int(1, 8),
   ownerCacheTtlMs: int(0, 600_000),
   replicaHeartbeatIntervalMs: int(100, 60_000),
@@ -164,6 +226,13 @@ const scalarShape = {
   tracing: z.enum(['off', 'otlp']),
   /** OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces. */
   otlpTracesUrl: httpUrl.optional(),
+  /** "No owner row" remembered per sandbox id (a claim invalidates it at once); 0 = off. */
+  ownerNegativeCacheTtlMs: int(0, 600_000),
+  ownerNegativeCacheMaxEntries: int(1, 10_000_000),
+  /** Postgres connections for claims, releases and replica listings; the heartbeat has one of its own. */
+  postgresPoolSize: int(1, 100),
+  /** Postgres connections for owner lookups (client-driven, so kept apart from claims and heartbeats). */
+  postgresLookupPoolSize: int(1, 100),
 };
 
 /**
@@ -176,6 +245,7 @@ export const configFileSchema = z
   .extend({
     gatewayTls: z.strictObject(gatewayTlsShape).partial().optional(),
     tls: z.strictObject(tlsShape).partial().optional(),
+    peerTls: z.strictObject(peerTlsShape).partial().optional(),
     peerSecretFile: filePath.optional(),
     adminTokenFile: filePath.optional(),
   });
@@ -194,6 +264,15 @@ export interface PublicTlsConfig {
   readonly keyFile: string;
   readonly clientCaFile?: string;
   readonly clientCertMode?: 'required' | 'optional';
+}
+
+export interface PeerTlsConfig {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly caFile: string;
+  readonly identity?: 'san' | 'spiffe';
+  readonly spiffeIdTemplate?: string;
+  readonly reloadIntervalMs?: number;
 }
 
 export interface SidecarConfig {
@@ -222,6 +301,19 @@ export interface SidecarConfig {
   readonly maxFirstMessageBytes: number;
   readonly firstMessageTimeoutMs: number;
   readonly maxHeaderBytes: number;
+  readonly maxConnections: number;
+  readonly h2MaxConcurrentStreams: number;
+  readonly headersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly connectionIdleTimeoutMs: number;
+  readonly tcpKeepaliveMs: number;
+  readonly h2PingIntervalMs: number;
+  readonly h2PingTimeoutMs: number;
+  readonly maxHeldRequests: number;
+  readonly upstreamResetBudget: number;
+  readonly upstreamResetRefillPerSecond: number;
+  readonly connectionBufferBytes: number;
+  readonly totalBufferBytes: number;
   readonly hopLimit: number;
   readonly ownerCacheTtlMs: number;
   readonly replicaHeartbeatIntervalMs: number;
@@ -258,6 +350,12 @@ export interface SidecarConfig {
   readonly adminToken?: string;
   readonly tracing: 'off' | 'otlp';
   readonly otlpTracesUrl?: string;
+  /** mTLS between sidecars on the peer port (peer URLs are https://). */
+  readonly peerTls?: PeerTlsConfig;
+  readonly ownerNegativeCacheTtlMs: number;
+  readonly ownerNegativeCacheMaxEntries: number;
+  readonly postgresPoolSize: number;
+  readonly postgresLookupPoolSize: number;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */
@@ -266,6 +364,7 @@ export const configInputSchema = z
     ...scalarShape,
     gatewayTls: z.strictObject(gatewayTlsShape).optional(),
     tls: z.strictObject(tlsShape).optional(),
+    peerTls: z.strictObject(peerTlsShape).optional(),
   })
   .superRefine((cfg, ctx) => {
     if (cfg.redisUrl !== undefined && cfg.databaseUrl === undefined) {
@@ -277,13 +376,28 @@ export const configInputSchema = z
           'Postgres ownership. Set databaseUrl for cluster mode, or remove redisUrl for embedded mode',
       });
     }
-    if (cfg.databaseUrl !== undefined && cfg.peerSecret === undefined) {
+    if (cfg.databaseUrl !== undefined && cfg.peerSecret === undefined && cfg.peerTls === undefined) {
       ctx.addIssue({
         code: 'custom',
         path: ['peerSecret'],
         message:
-          'peerSecret is required in cluster mode (databaseUrl is set): replicas authenticate ' +
-          'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET)',
+          'peerSecret or peerTls is required in cluster mode (databaseUrl is set): replicas authenticate ' +
+          'each other with it. Set --peer-secret-file / OHS_PEER_SECRET_FILE (or OHS_PEER_SECRET), ' +
+          'or peer mTLS with --peer-tls-cert, --peer-tls-key and --peer-tls-ca',
+      });
+    }
+    if (cfg.peerTls?.identity === 'spiffe' && cfg.peerTls.spiffeIdTemplate === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerTls', 'spiffeIdTemplate'],
+        message: `peerTls.identity is spiffe but no SPIFFE id template is set, e.g. spiffe://cluster.local/ns/openshell/replica/${SPIFFE_REPLICA_PLACEHOLDER}`,
+      });
+    }
+    if (cfg.peerUrl !== undefined && cfg.peerUrl.startsWith('https:') !== (cfg.peerTls !== undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['peerUrl'],
+        message: cfg.peerTls === undefined ? 'peerUrl is https:// but peer TLS is not configured (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)' : 'peer TLS is on, so peerUrl must be https://',
       });
     }
     if (cfg.databaseUrl !== undefined && cfg.peerUrl === undefined && cfg.peerHost === undefined && peerListenIsWildcard(cfg.peerListen)) {
@@ -323,7 +437,7 @@ export const configInputSchema = z
 
 /** Full validation: merged input → config with derived `mode` and default `peerUrl`. */
 export const sidecarConfigSchema = configInputSchema.transform((cfg): SidecarConfig => {
-  const peerUrl = cfg.peerUrl ?? derivePeerUrl(cfg.peerListen);
+  const peerUrl = cfg.peerUrl ?? derivePeerUrl(cfg.peerListen, cfg.peerTls === undefined ? 'http' : 'https');
   return {
     ...cfg,
     mode: cfg.databaseUrl === undefined ? 'embedded' : 'cluster',
@@ -340,11 +454,11 @@ function peerListenIsWildcard(peerListen: string): boolean {
 }
 
 /**
- * `http://<host>:<port>` of the peer listener when that is dialable from elsewhere: not a wildcard
- * address, and not port 0 (only known once bound).
+ * `http://<host>:<port>` (`https://` with peer TLS) of the peer listener when that is dialable from
+ * elsewhere: not a wildcard address, and not port 0 (only known once bound).
  */
-export function derivePeerUrl(peerListen: string): string | undefined {
+export function derivePeerUrl(peerListen: string, scheme: 'http' | 'https' = 'http'): string | undefined {
   const hp = parseHostPort(peerListen);
   if (isWildcardHost(hp.host) || hp.port === 0) return undefined;
-  return `http://${formatHostPort(hp)}`;
+  return `${scheme}://${formatHostPort(hp)}`;
 }

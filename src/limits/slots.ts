@@ -12,7 +12,8 @@
 // the global count again includes every tunnel still open.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { createRedisClient } from '../ownership/redis-connect.ts';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { OhsError } from '../errors.ts';
@@ -158,7 +159,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   if (opts.redisUrl === undefined) {
     markSettled();
   } else {
-    const c = new Redis(opts.redisUrl, {
+    const c = createRedisClient(opts.redisUrl, {
       lazyConnect: true,
       // Fail fast while disconnected: the caller is holding a client connection open.
       enableOfflineQueue: false,

@@ -23,6 +23,10 @@ export interface SidecarMetrics {
   readonly ownershipChangesTotal: Counter;
   /** First-message or header classification failures, by reason (an OHS error code). */
   readonly classifyErrorsTotal: Counter<'reason'>;
+  /** Connections and streams cut by a protective bound (max connections, timeouts, buffer budgets, PING). */
+  readonly protectionsTotal: Counter<'reason'>;
+  /** Bugs caught by the last-resort handlers (unhandled rejections, uncaught exceptions). */
+  readonly internalErrorsTotal: Counter<'kind'>;
   readonly tunnelBytesTotal: Counter<'direction'>;
   readonly requestDurationSeconds: Histogram<'class' | 'target'>;
   /** 1 when the store answers, 0 when it does not. */
@@ -122,6 +126,18 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     ownershipChangesTotal: new Counter({
       name: 'ohs_ownership_changes_total',
       help: 'Ownership change events observed (claims, releases, takeovers).',
+      registers,
+    }),
+    internalErrorsTotal: new Counter({
+      name: 'ohs_internal_errors_total',
+      help: 'Bugs caught by the last-resort handlers: unhandled_rejection (logged, process carries on), uncaught_exception (the replica drains and exits).',
+      labelNames: ['kind'] as const,
+      registers,
+    }),
+    protectionsTotal: new Counter({
+      name: 'ohs_protections_total',
+      help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests.',
+      labelNames: ['reason'] as const,
       registers,
     }),
     classifyErrorsTotal: new Counter({

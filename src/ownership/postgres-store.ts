@@ -39,15 +39,32 @@ export interface PostgresOwnershipStoreOptions {
   redisCacheTtlMs?: number;
   /** Cap of the Redis reconnect backoff. Default 1 s. */
   redisReconnectMaxMs?: number;
-  /** Size of the pg pool. Default 5. */
+  /** Connections for claims, releases, state and replica listings. Default 4. */
   poolSize?: number;
+  /**
+   * Connections for owner lookups, which clients drive (any id, as often as they like). A pool of
+   * their own, so that a flood of them queues there and never in front of a claim; the heartbeat
+   * has a connection of its own besides. Default 4.
+   */
+  lookupPoolSize?: number;
+  /**
+   * How long "no such sandbox" (no owner row at all) is remembered for non-fresh lookups; a claim
+   * anywhere invalidates it at once (pub/sub, NOTIFY). 0 turns the negative cache off. Default 5 s.
+   */
+  negativeCacheTtlMs?: number;
+  /** Bound of the negative cache (oldest entries go first). Default 10,000. */
+  negativeCacheMaxEntries?: number;
   /** Connect timeout for Postgres connections. Default 2 s. */
   pgConnectTimeoutMs?: number;
 }
 
-// "No owner" is cached only long enough to absorb a burst of lookups for the same sandbox; a claim
-// invalidates it anyway, but a replica whose lease lapsed and came back should not stay hidden.
-const NEGATIVE_CACHE_MAX_MS = 250;
+// An owner row whose replica's lease lapsed is cached as "no owner" only long enough to absorb a
+// burst: that replica may heartbeat again, and nothing would announce it.
+const LAPSED_OWNER_CACHE_MAX_MS = 250;
+const DEFAULT_NEGATIVE_CACHE_TTL_MS = 5_000;
+const DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES = 10_000;
+/** How often a replica whose Redis owner record did not check out is read again at most. */
+const REPLICA_RECHECK_MS = 1_000;
 // A claim retries when a concurrent first claim slipped in between its lock and its upsert.
 const CLAIM_ATTEMPTS = 5;
 const HEALTH_TIMEOUT_MS = 1000;
@@ -61,9 +78,16 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   const redisCacheTtlMs = opts.redisCacheTtlMs ?? DEFAULT_REDIS_CACHE_TTL_MS;
   const connectTimeoutMs = opts.pgConnectTimeoutMs ?? 2000;
   const memory = new TtlCache<OwnerRecord | null>({ now: () => performance.now() });
+  // Unknown ids live apart from owners, so that a flood of them cannot evict the owners in use.
+  const negativeTtlMs = opts.negativeCacheTtlMs ?? DEFAULT_NEGATIVE_CACHE_TTL_MS;
+  const negatives = new TtlCache<true>({ now: () => performance.now(), maxEntries: opts.negativeCacheMaxEntries ?? DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES });
+  /** Non-fresh lookups of one id in flight share one read of Redis and Postgres. */
+  const lookupsInFlight = new Map<string, Promise<LookupResult>>();
   const listeners = createListenerSet((err, sandboxId) => log.error({ err, sandbox: sandboxId }, 'ownership change listener threw'));
 
   let pool: pg.Pool | null = null;
+  let lookupPool: pg.Pool | null = null;
+  let heartbeatPool: pg.Pool | null = null;
   let listener: PgNotifyListener | null = null;
   let redis: RedisOwnerCache | null = null;
   let heartbeatTimer: NodeJS.Timeout | null = null;
@@ -79,20 +103,34 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     return pool;
   }
 
+  function requireLookupPool(): pg.Pool {
+    if (lookupPool === null || !running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
+    return lookupPool;
+  }
+
   function replicaParams(): unknown[] {
     return [opts.replicaId, opts.peerUrl, state, sessions, opts.version];
   }
 
   function invalidated(sandboxId: string, via: 'redis' | 'postgres'): void {
     if (!running) return;
-    memory.invalidate(sandboxId);
+    forget(sandboxId);
     // A NOTIFY may be the only news of a change made while Redis was unreachable from its writer.
     if (via === 'postgres' && redis !== null) void redis.invalidate(sandboxId, false);
     listeners.emit(sandboxId);
   }
 
+  /** Drops what this process knows of a sandbox's owner; a read already under way is not joined any more. */
+  function forget(sandboxId: string): void {
+    memory.invalidate(sandboxId);
+    negatives.invalidate(sandboxId);
+    lookupsInFlight.delete(sandboxId);
+  }
+
   function resync(): void {
     memory.clear();
+    negatives.clear();
+    lookupsInFlight.clear();
   }
 
   /** Runs `fn` inside a transaction on one pooled client; a broken client is discarded, not reused. */
@@ -122,7 +160,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   }
 
   async function heartbeat(): Promise<void> {
-    const p = pool;
+    const p = heartbeatPool;
     if (heartbeatInFlight !== null || p === null) return;
     heartbeatInFlight = (async () => {
       try {
@@ -144,12 +182,17 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     await heartbeatInFlight;
   }
 
-  async function readPostgres(sandboxId: string, token: ReadToken, redisVersion: string | null): Promise<OwnerRecord | null> {
-    const res = await requirePool().query<sql.LookupOwnerRow>(sql.LOOKUP_OWNER, [sandboxId, opts.leaseTtlMs]);
+  async function readPostgres(sandboxId: string, token: ReadToken, negToken: ReadToken, redisVersion: string | null): Promise<OwnerRecord | null> {
+    const res = await requireLookupPool().query<sql.LookupOwnerRow>(sql.LOOKUP_OWNER, [sandboxId, opts.leaseTtlMs]);
     const row = res.rows[0];
-    const leaseLeftMs = row?.lease_left_ms ?? null;
-    if (row === undefined || row.peer_url === null || leaseLeftMs === null || leaseLeftMs < 0) {
-      memory.set(sandboxId, null, Math.min(opts.cacheTtlMs, NEGATIVE_CACHE_MAX_MS), token);
+    if (row === undefined) {
+      // Nobody ever claimed it (or it was released): only a claim changes that, and claims are announced.
+      negatives.set(sandboxId, true, negativeTtlMs, negToken);
+      return null;
+    }
+    const leaseLeftMs = row.lease_left_ms;
+    if (row.peer_url === null || leaseLeftMs === null || leaseLeftMs < 0) {
+      memory.set(sandboxId, null, Math.min(opts.cacheTtlMs, LAPSED_OWNER_CACHE_MAX_MS), token);
       return null;
     }
     const owner: OwnerRecord = {
@@ -170,20 +213,26 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
 
   async function start(): Promise<void> {
     if (running) throw new OhsError('OHS_ERR_INTERNAL', 'ownership store already started');
-    const p = new pg.Pool({
-      connectionString: opts.databaseUrl,
-      max: opts.poolSize ?? 5,
-      connectionTimeoutMillis: connectTimeoutMs,
-      idleTimeoutMillis: 30_000,
-      allowExitOnIdle: true,
-      keepAlive: true,
-      // Server-side bounds, so that a stuck statement or an abandoned transaction cannot hold row locks.
-      statement_timeout: STATEMENT_TIMEOUT_MS,
-      idle_in_transaction_session_timeout: STATEMENT_TIMEOUT_MS,
-      application_name: 'openshell-ha-sidecar',
-    });
-    p.on('error', (err) => log.warn({ err }, 'idle postgres connection failed'));
-    pool = p;
+    const newPool = (max: number, applicationName: string): pg.Pool => {
+      const p = new pg.Pool({
+        connectionString: opts.databaseUrl,
+        max,
+        connectionTimeoutMillis: connectTimeoutMs,
+        idleTimeoutMillis: 30_000,
+        allowExitOnIdle: true,
+        keepAlive: true,
+        // Server-side bounds, so that a stuck statement or an abandoned transaction cannot hold row locks.
+        statement_timeout: STATEMENT_TIMEOUT_MS,
+        idle_in_transaction_session_timeout: STATEMENT_TIMEOUT_MS,
+        application_name: applicationName,
+      });
+      p.on('error', (err) => log.warn({ err, pool: applicationName }, 'idle postgres connection failed'));
+      return p;
+    };
+    pool = newPool(opts.poolSize ?? 4, 'openshell-ha-sidecar');
+    lookupPool = newPool(opts.lookupPoolSize ?? 4, 'openshell-ha-sidecar-lookup');
+    // The lease is this replica's life: its renewal never waits for a connection behind anything else.
+    heartbeatPool = newPool(1, 'openshell-ha-sidecar-heartbeat');
     running = true;
     try {
       await transaction(async (c) => {
@@ -240,14 +289,18 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     await heartbeatInFlight;
     const l = listener;
     const r = redis;
-    const p = pool;
+    const pools = [pool, lookupPool, heartbeatPool];
     listener = null;
     redis = null;
     pool = null;
+    lookupPool = null;
+    heartbeatPool = null;
     listeners.clear();
     memory.clear();
+    negatives.clear();
+    lookupsInFlight.clear();
     await Promise.all([l?.close(), r?.close()]);
-    await p?.end();
+    await Promise.all(pools.map((p) => p?.end()));
   }
 
   async function claim(sandboxId: string): Promise<ClaimResult> {
@@ -289,7 +342,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
         log.debug({ sandbox: sandboxId, attempt }, 'claim raced with a concurrent first claim; retrying');
         continue;
       }
-      memory.invalidate(sandboxId);
+      forget(sandboxId);
       if (redis !== null) await redis.invalidate(sandboxId, true);
       return result;
     }
@@ -299,29 +352,41 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
     const deleted = (res.rowCount ?? 0) > 0;
     if (deleted) {
-      memory.invalidate(sandboxId);
+      forget(sandboxId);
       if (redis !== null) await redis.invalidate(sandboxId, true);
     }
     return deleted;
   }
 
-  async function lookup(sandboxId: string, fresh: boolean): Promise<LookupResult> {
+  function lookup(sandboxId: string, fresh: boolean): Promise<LookupResult> {
     requirePool();
+    if (fresh) return lookupThrough(sandboxId, true);
+    const hit = memory.get(sandboxId);
+    if (hit !== undefined) return Promise.resolve(hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' });
+    if (negatives.get(sandboxId) !== undefined) return Promise.resolve({ owner: null, source: 'miss' });
+    const inFlight = lookupsInFlight.get(sandboxId);
+    if (inFlight !== undefined) return inFlight;
+    const p = lookupThrough(sandboxId, false).finally(() => {
+      if (lookupsInFlight.get(sandboxId) === p) lookupsInFlight.delete(sandboxId);
+    });
+    lookupsInFlight.set(sandboxId, p);
+    return p;
+  }
+
+  /** Redis → Postgres, past the in-process caches. */
+  async function lookupThrough(sandboxId: string, fresh: boolean): Promise<LookupResult> {
     const token = memory.beginRead();
-    if (!fresh) {
-      const hit = memory.get(sandboxId);
-      if (hit !== undefined) return hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' };
-    }
+    const negToken = negatives.beginRead();
     let redisVersion: string | null = null;
     let redisOwner: OwnerRecord | null = null;
     if (redis !== null) {
       const read = await redis.read(sandboxId);
-      if (read.kind === 'hit' && !(await registeredPeer(read.owner))) {
-        // Whoever can write Redis must not be able to receive forwarded traffic and the peer
-        // secret: an owner whose peer address is not its replica's registered one is ignored.
+      if (read.kind === 'hit' && !(await liveRegisteredPeer(read.owner))) {
+        // Whoever can write Redis must not be able to receive forwarded traffic (or the peer
+        // secret): an owner is believed only if its replica is live in Postgres at that peer address.
         poisoned++;
         if (poisoned === 1 || poisoned % 100 === 0) {
-          log.warn({ sandbox: sandboxId, replica: read.owner.replicaId, count: poisoned }, 'owner record in Redis names a peer address the replica never registered; ignoring it and reading Postgres');
+          log.warn({ sandbox: sandboxId, replica: read.owner.replicaId, count: poisoned }, 'owner record in Redis names a replica that is not live at that peer address in Postgres; ignoring it and reading Postgres');
         }
         await redis.invalidate(sandboxId, false).catch(() => undefined);
       } else if (read.kind === 'hit') {
@@ -333,25 +398,34 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
       }
       if (read.kind === 'miss') redisVersion = read.version;
     }
-    const owner = await readPostgres(sandboxId, token, redisVersion);
+    const owner = await readPostgres(sandboxId, token, negToken, redisVersion);
     // Fresh lookups follow a "not owner" answer, i.e. a cache that was wrong: correct it for everyone.
     if (redisOwner !== null && redis !== null && !sameOwner(redisOwner, owner)) await redis.invalidate(sandboxId, true);
     return owner === null ? { owner: null, source: 'miss' } : { owner, source: 'postgres' };
   }
 
-  /** Registered peer addresses by replica, read from Postgres and kept briefly. */
-  const peerUrls = new Map<string, { url: string | null; atMs: number }>();
+  /** Registered peer addresses and lease ends by replica, read from Postgres and kept briefly. */
+  const replicas = new Map<string, { url: string | null; liveUntilMs: number; atMs: number }>();
   let poisoned = 0;
-  async function registeredPeer(owner: OwnerRecord): Promise<boolean> {
+  /** A replica's registration, from the cache unless it is old, or doubted (`recheck`) and not just read. */
+  async function replicaEntry(replicaId: string, recheck: boolean): Promise<{ url: string | null; liveUntilMs: number; atMs: number }> {
     const now = performance.now();
-    let entry = peerUrls.get(owner.replicaId);
-    if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (entry.url !== owner.peerUrl && now - entry.atMs > 1_000)) {
-      const res = await requirePool().query<{ peer_url: string }>(sql.REPLICA_PEER_URL, [owner.replicaId]);
-      entry = { url: res.rows[0]?.peer_url ?? null, atMs: now };
-      peerUrls.set(owner.replicaId, entry);
-      if (peerUrls.size > 10_000) peerUrls.delete(peerUrls.keys().next().value as string);
+    let entry = replicas.get(replicaId);
+    if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (recheck && now - entry.atMs > REPLICA_RECHECK_MS)) {
+      const row = (await requireLookupPool().query<sql.ReplicaLeaseRow>(sql.REPLICA_LEASE, [replicaId, opts.leaseTtlMs])).rows[0];
+      // The lease end, as the database clock saw it, carried over to ours as time left.
+      entry = { url: row?.peer_url ?? null, liveUntilMs: row === undefined ? 0 : now + row.lease_left_ms, atMs: now };
+      replicas.delete(replicaId);
+      replicas.set(replicaId, entry);
+      if (replicas.size > 10_000) replicas.delete(replicas.keys().next().value as string);
     }
-    return entry.url === owner.peerUrl;
+    return entry;
+  }
+
+  async function liveRegisteredPeer(owner: OwnerRecord): Promise<boolean> {
+    const believable = (e: { url: string | null; liveUntilMs: number }): boolean => e.url === owner.peerUrl && performance.now() < e.liveUntilMs;
+    const entry = await replicaEntry(owner.replicaId, false);
+    return believable(entry) || believable(await replicaEntry(owner.replicaId, true));
   }
 
   async function ownerEpoch(sandboxId: string): Promise<number | null> {
@@ -382,7 +456,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     }
     let postgresLayer: OwnerLayers['postgres'];
     try {
-      const row = (await requirePool().query<sql.InspectOwnerRow>(sql.INSPECT_OWNER, [sandboxId, opts.leaseTtlMs])).rows[0];
+      const row = (await requireLookupPool().query<sql.InspectOwnerRow>(sql.INSPECT_OWNER, [sandboxId, opts.leaseTtlMs])).rows[0];
       postgresLayer =
         row === undefined
           ? { state: 'none' }
@@ -431,6 +505,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     health,
     inspect,
     lastHeartbeatAtMs: () => lastHeartbeatAtMs,
+    registeredPeerUrl: (replicaId, o) => guard('registeredPeerUrl', undefined, async () => (await replicaEntry(replicaId, o?.recheck === true)).url),
   };
 }
 

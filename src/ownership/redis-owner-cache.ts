@@ -9,7 +9,8 @@
 // write it to Redis just after the claimer deleted the key. To rule that out, each sandbox has a
 // version key that every invalidation increments; a reader notes the version before its Postgres
 // read and the write only happens if the version is unchanged (checked atomically in a script).
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { createRedisClient } from './redis-connect.ts';
 import type { Logger } from 'pino';
 import type { OwnerRecord } from './types.ts';
 
@@ -81,9 +82,9 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
   };
   // CLIENT SETNAME rejects spaces; an invalid name would make every connection attempt fail.
   const name = `ohs-owners${opts.clientName === undefined ? '' : `-${opts.clientName.replace(/[^\w.:-]/g, '_')}`}`;
-  const cmd = new Redis(opts.url, { ...common, connectionName: name });
+  const cmd = createRedisClient(opts.url, { ...common, connectionName: name });
   // Subscriptions are re-issued by us on every 'ready' (see below), so that we know when they are back.
-  const sub = new Redis(opts.url, { ...common, connectionName: `${name}-sub`, autoResubscribe: false });
+  const sub = createRedisClient(opts.url, { ...common, connectionName: `${name}-sub`, autoResubscribe: false });
 
   let closing = false;
   let inOutage = false;

@@ -94,9 +94,20 @@ export const LOOKUP_OWNER = `
   FROM ohs_owners o LEFT JOIN ohs_replicas r ON r.replica_id = o.replica_id
   WHERE o.sandbox_id = $1`;
 
+/**
+ * $1 replica_id, $2 lease TTL in ms. The peer address a replica registered and how much longer its
+ * lease runs (negative: expired): a cached owner record is believed only for a live replica at that address.
+ */
+export const REPLICA_LEASE = `
+  SELECT peer_url, (extract(epoch FROM heartbeat_at - now()) * 1000)::float8 + $2::float8 AS lease_left_ms
+  FROM ohs_replicas WHERE replica_id = $1`;
+
+export interface ReplicaLeaseRow {
+  peer_url: string;
+  lease_left_ms: number;
+}
+
 /** $1 sandbox_id. */
-/** The peer address a replica registered (whatever its liveness): what a cached owner record must say. */
-export const REPLICA_PEER_URL = `SELECT peer_url FROM ohs_replicas WHERE replica_id = $1`;
 
 export const OWNER_EPOCH = `SELECT epoch::float8 AS epoch FROM ohs_owners WHERE sandbox_id = $1`;
 

@@ -104,4 +104,9 @@ export interface OwnershipStore {
   inspect?(sandboxId: string): Promise<OwnerLayers>;
   /** Wall-clock ms of this replica's last heartbeat that reached the store (undefined: none yet). */
   lastHeartbeatAtMs?(): number | undefined;
+  /**
+   * The peer URL a replica registered (whatever its lease), null when it is not registered; briefly
+   * cached, `recheck` reads again unless it was just read. Peer mTLS checks identities against it.
+   */
+  registeredPeerUrl?(replicaId: string, opts?: { recheck?: boolean }): Promise<string | null>;
 }

@@ -12,6 +12,7 @@ import { RELEASE_PATH, handleRelease } from './handoff.ts';
 import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
+import { watchPeerTls } from './peer-auth.ts';
 import {
   NOT_OWNER_STATUS,
   PEER_AUTH,
@@ -40,12 +41,21 @@ function refuse(stream: http2.ServerHttp2Stream, status: number, error: string, 
   if (!stream.readableEnded) stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
-export function createPeerServer(ctx: ProxyContext): http2.Http2Server {
-  const server = http2.createServer({
+export function createPeerServer(ctx: ProxyContext): http2.Http2Server | http2.Http2SecureServer {
+  const peerTls = ctx.peerAuth?.material;
+  const h2Options = {
     settings: { initialWindowSize: ctx.config.h2InitialWindowBytes, enableConnectProtocol: false },
     maxSessionMemory: 64,
-  });
+  };
   const log = ctx.logger.child({ listener: 'peer' });
+  let server: http2.Http2Server | http2.Http2SecureServer;
+  if (peerTls && ctx.peerAuth) {
+    const secure = http2.createSecureServer({ ...h2Options, ...peerTls.serverOptions() });
+    watchPeerTls(secure, ctx.peerAuth, log);
+    server = secure;
+  } else {
+    server = http2.createServer(h2Options);
+  }
   let authFailures = 0;
   server.on('session', (session) => {
     session.on('error', (err) => log.debug({ err: err.message }, 'peer session error'));
@@ -76,13 +86,33 @@ function handlePeerStream(
   headers: http2.IncomingHttpHeaders,
   onAuthFailure: () => void,
 ): void {
-  if (!ctx.peerSecret || !peerSecretMatches(headers[PEER_AUTH], ctx.peerSecret)) {
+  // The shared secret when one is set, the certificate's identity with peer mTLS: both when both.
+  if ((!ctx.peerSecret && !ctx.peerAuth) || (ctx.peerSecret && !peerSecretMatches(headers[PEER_AUTH], ctx.peerSecret))) {
     onAuthFailure();
     // Unauthenticated input never becomes a label value: the label set stays bounded.
     ctx.metrics.forwardsTotal.inc({ class: 'unauthenticated', peer: 'inbound', outcome: 'auth_failed' });
     refuse(stream, 401, 'peer-auth');
     return;
   }
+  const peerAuth = ctx.peerAuth;
+  if (peerAuth) {
+    const verdict = peerAuth.verifier.verify(stream.session, headers[PEER_ORIGIN]);
+    if (verdict !== true) {
+      verdict.then(
+        (v) => {
+          if (v.ok) handleVerifiedPeerStream(ctx, baseLog, stream, headers);
+          else peerAuth.refuse(stream, headers[PEER_ORIGIN], v.reason);
+        },
+        () => peerAuth.refuse(stream, headers[PEER_ORIGIN], 'registry-unavailable'),
+      );
+      return;
+    }
+  }
+  handleVerifiedPeerStream(ctx, baseLog, stream, headers);
+}
+
+function handleVerifiedPeerStream(ctx: ProxyContext, baseLog: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  if (stream.destroyed) return;
   const sandboxId = String(headers[PEER_SANDBOX] ?? '');
   const cls = peerClassLabel(headers[PEER_CLASS]);
   // The ingress sidecar's forward span is the parent (traceparent on the peer hop).
@@ -241,11 +271,17 @@ async function hostShadow(ctx: ProxyContext, log: Logger, stream: http2.ServerHt
     respondGrpcError(stream, 14, 'gateway unavailable');
     return;
   }
-  ctx.metrics.shadowsHosted.inc();
-  forwardStream(stream, lease.session, copyRequestHeaders(headers), {
-    onDone: () => {
-      lease.release();
-      ctx.metrics.shadowsHosted.dec();
-    },
-  });
+  try {
+    forwardStream(stream, lease.session, copyRequestHeaders(headers), {
+      onDone: () => {
+        lease.release();
+        ctx.metrics.shadowsHosted.dec();
+      },
+    });
+    ctx.metrics.shadowsHosted.inc();
+  } catch (err) {
+    lease.release();
+    log.info({ err: (err as Error).message }, 'gateway connection closing; shadow refused');
+    respondGrpcError(stream, 14, 'gateway unavailable');
+  }
 }

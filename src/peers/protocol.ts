@@ -34,7 +34,8 @@ export interface PeerRequestInfo {
 
 export function peerHeaders(info: PeerRequestInfo): Record<string, string> {
   return {
-    [PEER_AUTH]: info.secret,
+    // With peer mTLS alone there is no secret: the certificate authenticates.
+    ...(info.secret === '' ? {} : { [PEER_AUTH]: info.secret }),
     [PEER_ORIGIN]: info.origin,
     [PEER_SANDBOX]: info.sandboxId,
     [PEER_EPOCH]: String(info.epoch),

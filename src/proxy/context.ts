@@ -10,10 +10,12 @@ import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions, OwnerRouter } from '../routing/router.ts';
 import type { SandboxKeys } from '../routing/sandbox-keys.ts';
+import type { ByteBudget } from './byte-budget.ts';
 import type { GatewayTransport } from './gateway-transport.ts';
 import type { SessionPool, SpreadPool } from './h2-sessions.ts';
 import type { GatewayWatch } from '../readiness/gateway-watch.ts';
 import type { ShadowRegistry } from '../readiness/shadows.ts';
+import type { PeerAuth } from '../peers/peer-auth.ts';
 
 export interface ProxyContext {
   config: SidecarConfig;
@@ -49,8 +51,12 @@ export interface ProxyContext {
   drainState: { draining: boolean };
   /** Lease holder and native-HA detection for the local gateway. */
   gatewayWatch: GatewayWatch;
-  /** Shared secret for the peer protocol; undefined only in embedded mode. */
+  /** Shared secret for the peer protocol; undefined in embedded mode, and with peer mTLS alone. */
   peerSecret: string | undefined;
+  /** First-message bytes all client connections together may have buffered (config totalBufferBytes). */
+  bufferBudget: ByteBudget;
+  /** Peer mTLS: identities of peers checked against the replica registry (undefined: no peer TLS). */
+  peerAuth?: PeerAuth;
   nextConnId(): string;
   /** What the peer port's inspect endpoint reads (status, explain, live page). */
   inspect?: InspectDeps;

@@ -1,6 +1,6 @@
 // Public HTTP/2 streams: classify, read the routing key (first gRPC message, bearer JWT, sandbox
 // name or service host), and forward per stream to the local gateway or the owning peer (DESIGN §3).
-import type http2 from 'node:http2';
+import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { grpcMethod, isGrpcContentType, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
 import { parseServiceHost } from '../classify/service-host.ts';
@@ -88,7 +88,7 @@ function readAndRoute(ctx: ProxyContext, conn: DownstreamConnection, stream: htt
   const cls = method.cls;
   const policy = ROUTE_POLICY[cls];
   const classify = tracingEnabled() ? startSpan('ohs.classify', { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId }) : undefined;
-  readFirstMessage(ctx, stream, cls, log, bindContext((message: Buffer, frameBytes: Buffer) => {
+  readFirstMessage(ctx, conn, stream, cls, log, bindContext((message: Buffer, frameBytes: Buffer) => {
     let key: RequestKey;
     try {
       key = extractRoutingKey(method.key, message, method.name);
@@ -156,12 +156,21 @@ export function rejectStream(ctx: ProxyContext, stream: http2.ServerHttp2Stream,
 /** Buffers DATA until the first length-prefixed message is complete (bounded in size and time). */
 function readFirstMessage(
   ctx: ProxyContext,
+  conn: DownstreamConnection,
   stream: http2.ServerHttp2Stream,
   cls: TrafficClass,
   log: Logger,
   onComplete: (message: Buffer, frameBytes: Buffer) => void,
 ): void {
   const buf = new FirstMessageBuffer(ctx.config.maxFirstMessageBytes);
+  // Buffered bytes count against the connection's and the replica's budgets until the stream ends
+  // (the first message stays held for a replay until the upstream answers).
+  let held = 0;
+  stream.once('close', () => {
+    conn.buffer?.give(held);
+    ctx.bufferBudget.give(held);
+    held = 0;
+  });
   let done = false;
   const finish = (): void => {
     done = true;
@@ -178,6 +187,18 @@ function readFirstMessage(
   timer.unref();
   const onData = (chunk: Buffer): void => {
     if (done) return;
+    const over = !conn.buffer || conn.buffer.tryTake(chunk.length) ? (ctx.bufferBudget.tryTake(chunk.length) ? undefined : 'total_buffer') : 'connection_buffer';
+    if (over) {
+      if (over === 'total_buffer') conn.buffer?.give(chunk.length);
+      finish();
+      ctx.metrics.protectionsTotal.inc({ reason: over });
+      const scope = over === 'total_buffer' ? 'this replica' : 'this connection';
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: 'OHS_ERR_LIMIT' });
+      log.info({ budget: over }, 'stream refused: buffered first-message bytes over budget');
+      respondGrpcError(stream, 8, `too many bytes buffered for unrouted requests on ${scope}; retry later`);
+      return;
+    }
+    held += chunk.length;
     const r = buf.push(chunk);
     if (r.state === 'need-more') return;
     finish();
@@ -404,13 +425,13 @@ export function forwardAttempt(
         }
         const done = track(ctx, cls, where);
         let settled = false;
-        const retry = (why: 'not-owner' | 'not-ready'): boolean => {
+        const retry = (why: 'not-owner' | 'not-ready' | 'unreachable'): boolean => {
           const replay = handle.abandon();
-          done(why === 'not-owner' ? 'not_owner' : 'not_ready');
+          done(why === 'not-owner' ? 'not_owner' : why === 'not-ready' ? 'not_ready' : 'refused');
           settled = true;
           if (replay) resolve({ kind: 'retry', replay, why });
           else {
-            respondGrpcError(stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : 'sandbox is not ready');
+            respondGrpcError(stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : why === 'not-ready' ? 'sandbox is not ready' : 'upstream refused the stream; retry');
             resolve({ kind: 'done' });
           }
           return false;
@@ -445,6 +466,13 @@ export function forwardAttempt(
             onUpstreamError: (err) => {
               answered();
               if (settled) return;
+              if (handle.upstream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
+                // Refused unprocessed (a GOAWAY's last-stream-id, or the peer's stream limit): nothing
+                // reached the gateway, so the request goes again on a fresh connection.
+                plog.info('stream refused before processing; sending it again');
+                retry('unreachable');
+                return;
+              }
               settled = true;
               if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'error' });
               plog.warn({ err: err.message }, peer ? 'peer stream failed before a response' : 'gateway stream failed before a response');

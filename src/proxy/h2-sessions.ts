@@ -1,24 +1,54 @@
 // HTTP/2 client sessions to the local gateway and to peers: a pool with one live session per
 // origin (no per-request handshakes), and dedicated sessions for supervisor connections.
 import http2 from 'node:http2';
-import type tls from 'node:tls';
+import net from 'node:net';
+import tls from 'node:tls';
 import { OhsError } from '../errors.ts';
+import type { H2Liveness } from './liveness.ts';
 
 export interface SessionOptions {
   connectTimeoutMs: number;
   /** Stream and connection receive window (DESIGN §3: 1 MiB moves ~40 % more through tunnels). */
   windowBytes: number;
-  /** TLS settings for an `https://` origin (CA, client certificate, server name). */
-  tls?: tls.ConnectionOptions;
+  /** TLS settings for an `https://` origin (CA, client certificate, server name); a function is asked per connection (reloaded certificates). */
+  tls?: tls.ConnectionOptions | (() => tls.ConnectionOptions);
+  /** TCP keepalive on the connection (first probe after this much idle time). */
+  keepaliveMs?: number;
+  /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
+  liveness?: H2Liveness;
+  /** SessionPool only: how many reset streams one connection may carry (see ResetBudget). */
+  resetBudget?: ResetBudget;
+}
+
+/**
+ * A server ends a connection on which it sees streams reset too fast (nghttp2, in Node and in the
+ * peer sidecar: 1,000 at once, refilled at 33/s; hyper has its own limits), failing every stream on
+ * it. Clients cancel streams, and the pool relays each cancel as an RST_STREAM, so one client that
+ * opens and cancels streams in a loop would otherwise make the pool's shared connection a rapid-
+ * reset client and take everybody's streams down with it. Each connection therefore has a budget: a
+ * stream is only started on it while the resets it has carried (a token bucket) plus its open
+ * streams (each can end in at most one reset) stay within `burst`. A connection out of budget takes
+ * no new streams and closes once its streams are done; the next stream opens a fresh connection.
+ */
+export interface ResetBudget {
+  burst: number;
+  refillPerSecond: number;
+  /** Called when a connection is retired for resets (metrics, logs). */
+  onRetire?: (origin: string, resets: number) => void;
 }
 
 /** Opens one h2c session and resolves once the connection is up. */
 export function connectSession(origin: string, opts: SessionOptions): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
+    // Asked once per connection, so that reloaded certificates reach new connections.
+    const tlsOptions = typeof opts.tls === 'function' ? opts.tls() : opts.tls;
     const session = http2.connect(origin, {
-      ...(opts.tls ?? {}),
+      ...tlsOptions,
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },
       maxSessionMemory: 64,
+      // The socket is ours so that it can carry TCP keepalive and no Nagle delay (an HTTP/2
+      // session's socket refuses both once it is wrapped).
+      createConnection: (authority: URL) => dial(authority, opts, tlsOptions),
     });
     let settled = false;
     const timer = setTimeout(() => {
@@ -38,6 +68,7 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
         // window already at least this large
       }
       session.off('error', onError);
+      opts.liveness?.watch(session);
       // Errors after connect surface as stream errors and 'close'; never crash the process.
       session.on('error', () => undefined);
       resolve(session);
@@ -53,13 +84,29 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
   });
 }
 
+function dial(authority: URL, opts: SessionOptions, tlsOptions: tls.ConnectionOptions | undefined): net.Socket {
+  const host = authority.hostname.replace(/^\[|\]$/g, '');
+  const secure = authority.protocol === 'https:';
+  const port = Number(authority.port || (secure ? 443 : 80));
+  const socket = secure ? tls.connect({ ...(tlsOptions ?? {}), host, port, ALPNProtocols: ['h2'] }) : net.connect({ host, port });
+  socket.setNoDelay(true);
+  if (opts.keepaliveMs) socket.setKeepAlive(true, opts.keepaliveMs);
+  return socket;
+}
+
 export function sessionUsable(s: http2.ClientHttp2Session): boolean {
   return !s.closed && !s.destroyed && !(s as { goawayReceived?: boolean }).goawayReceived;
 }
 
-/** One shared session per origin, reconnected lazily after it closes. */
+/**
+ * Shared sessions per origin: as few connections as the server's SETTINGS_MAX_CONCURRENT_STREAMS
+ * allows (hyper's default is 200 per connection). Long-lived streams (watches, ForwardTcp, exec)
+ * would otherwise fill one connection and queue every later request behind them; when every
+ * connection is full, another is opened. Closed and GOAWAY'd connections are dropped and replaced
+ * lazily.
+ */
 export class SessionPool {
-  private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
+  private readonly origins = new Map<string, PoolEntry[]>();
   private closed = false;
 
   constructor(
@@ -67,56 +114,93 @@ export class SessionPool {
     private readonly onCountChange?: (n: number) => void,
   ) {}
 
+  /** Connections open or opening, all origins together. */
   get size(): number {
-    return this.sessions.size;
+    let n = 0;
+    for (const list of this.origins.values()) n += list.length;
+    return n;
   }
 
   async get(origin: string): Promise<http2.ClientHttp2Session> {
-    if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
-    const existing = this.sessions.get(origin);
-    if (existing) {
-      const s = await existing.catch(() => undefined);
-      if (s && sessionUsable(s)) return s;
-      if (this.sessions.get(origin) === existing) this.sessions.delete(origin);
-    }
-    const pending = connectSession(origin, this.opts);
-    this.sessions.set(origin, pending);
-    this.onCountChange?.(this.sessions.size);
-    try {
-      const session = await pending;
-      const forget = (): void => {
-        if (this.sessions.get(origin) === pending) {
-          this.sessions.delete(origin);
-          this.onCountChange?.(this.sessions.size);
-        }
-      };
-      session.once('close', forget);
-      session.once('goaway', forget);
-      return session;
-    } catch (err) {
-      if (this.sessions.get(origin) === pending) {
-        this.sessions.delete(origin);
-        this.onCountChange?.(this.sessions.size);
+    // Bounded: each round either returns, joins a connect in flight, or starts one.
+    for (let round = 0; round < 4; round++) {
+      if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
+      const list = this.origins.get(origin) ?? [];
+      this.retireSpent(origin, list);
+      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active < streamLimit(e.session));
+      if (ready?.session) return ready.session;
+      // A connect in flight with room to spare is joined rather than racing another one.
+      const pending = list.find((e) => e.session === undefined);
+      if (pending) {
+        await pending.connecting.catch(() => undefined);
+        continue;
       }
-      throw err;
+      await this.open(origin).connecting;
+    }
+    // Still no room (many callers raced for the same slots): a fresh connection of our own.
+    const entry = this.open(origin);
+    return entry.connecting;
+  }
+
+  private open(origin: string): PoolEntry {
+    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, resets: 0, resetsAt: Date.now() };
+    const list = this.origins.get(origin) ?? [];
+    list.push(entry);
+    this.origins.set(origin, list);
+    this.onCountChange?.(this.size);
+    entry.connecting.then(
+      (session) => {
+        entry.session = session;
+        countStreams(session, entry, this.opts.resetBudget);
+        const forget = (): void => this.remove(origin, entry);
+        session.once('close', forget);
+        session.once('goaway', forget);
+        if (this.closed) session.destroy();
+      },
+      () => this.remove(origin, entry),
+    );
+    return entry;
+  }
+
+  /** Takes connections whose reset budget is spent out of rotation; they close when idle. */
+  private retireSpent(origin: string, list: PoolEntry[]): void {
+    const budget = this.opts.resetBudget;
+    if (!budget || budget.burst <= 0) return;
+    for (const e of [...list]) {
+      if (e.session === undefined) continue;
+      decayResets(e, budget);
+      if (e.resets + e.active + 1 <= budget.burst) continue;
+      this.remove(origin, e);
+      budget.onRetire?.(origin, Math.round(e.resets));
+      // Graceful: streams still open finish; nothing new starts on it.
+      e.session.close();
     }
   }
 
-  /** Drops a session that misbehaved so the next get() reconnects. */
+  private remove(origin: string, entry: PoolEntry): void {
+    const list = this.origins.get(origin);
+    const i = list?.indexOf(entry) ?? -1;
+    if (!list || i < 0) return;
+    list.splice(i, 1);
+    if (list.length === 0) this.origins.delete(origin);
+    this.onCountChange?.(this.size);
+  }
+
+  /** Drops an origin's connections that misbehaved so the next get() reconnects. */
   evict(origin: string): void {
-    const p = this.sessions.get(origin);
-    this.sessions.delete(origin);
-    this.onCountChange?.(this.sessions.size);
-    void p?.then((s) => s.close(), () => undefined);
+    const list = this.origins.get(origin) ?? [];
+    this.origins.delete(origin);
+    this.onCountChange?.(this.size);
+    for (const e of list) void e.connecting.then((s) => s.close(), () => undefined);
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    const all = [...this.sessions.values()];
-    this.sessions.clear();
+    const all = [...this.origins.values()].flat();
+    this.origins.clear();
     await Promise.all(
-      all.map((p) =>
-        p.then(
+      all.map((e) =>
+        e.connecting.then(
           (s) => new Promise<void>((resolve) => {
             if (s.destroyed) return resolve();
             s.close(() => resolve());
@@ -130,6 +214,51 @@ export class SessionPool {
       ),
     );
   }
+}
+
+interface PoolEntry {
+  connecting: Promise<http2.ClientHttp2Session>;
+  session: http2.ClientHttp2Session | undefined;
+  /** Streams open on the session, counted as they are requested and closed. */
+  active: number;
+  /** Reset streams carried, decayed at the budget's refill rate as of `resetsAt` (ms). */
+  resets: number;
+  resetsAt: number;
+}
+
+function decayResets(e: PoolEntry, budget: ResetBudget): void {
+  const now = Date.now();
+  e.resets = Math.max(0, e.resets - ((now - e.resetsAt) / 1000) * budget.refillPerSecond);
+  e.resetsAt = now;
+}
+
+/** Assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2 recommends at least 100). */
+const DEFAULT_STREAM_LIMIT = 100;
+
+function streamLimit(session: http2.ClientHttp2Session): number {
+  return session.remoteSettings?.maxConcurrentStreams ?? DEFAULT_STREAM_LIMIT;
+}
+
+/**
+ * The pool must see every stream opened on its sessions to know which has room; callers open them
+ * with session.request() (forwardStream and friends), so the session's request() is wrapped once.
+ */
+function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budget: ResetBudget | undefined): void {
+  const request = session.request.bind(session);
+  session.request = ((headers?: http2.OutgoingHttpHeaders, options?: http2.ClientSessionRequestOptions) => {
+    const stream = request(headers, options);
+    entry.active++;
+    stream.once('close', () => {
+      entry.active--;
+      // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
+      // them apart is not worth a budget that runs out a little early.
+      if (budget && stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+        decayResets(entry, budget);
+        entry.resets++;
+      }
+    });
+    return stream;
+  }) as typeof session.request;
 }
 
 /**

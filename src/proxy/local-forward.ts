@@ -14,20 +14,31 @@ export async function forwardLocal(
   log: Logger,
   prefix?: Buffer,
 ): Promise<void> {
-  let session: http2.ClientHttp2Session;
-  try {
-    session = await ctx.gatewayPool.get(ctx.gatewayOrigin);
-  } catch (err) {
-    log.warn({ err: (err as Error).message }, 'local gateway unreachable');
-    ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
-    respondGrpcError(stream, 14, 'gateway unavailable');
-    return;
+  // Twice at most: a pooled connection that began closing (the gateway's GOAWAY) between get()
+  // and request() refuses synchronously, before anything was sent, and a fresh one is tried.
+  for (let attempt = 0; attempt < 2; attempt++) {
+    let session: http2.ClientHttp2Session;
+    try {
+      session = await ctx.gatewayPool.get(ctx.gatewayOrigin);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'local gateway unreachable');
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
+      respondGrpcError(stream, 14, 'gateway unavailable');
+      return;
+    }
+    if (stream.destroyed) return;
+    const done = track(ctx, cls, 'local');
+    try {
+      forwardStream(stream, session, headers, {
+        ...(prefix ? { prefix } : {}),
+        onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+      });
+      return;
+    } catch (err) {
+      done('OHS_ERR_UPSTREAM');
+      log.info({ err: (err as Error).message, attempt }, 'gateway connection closing; trying a fresh one');
+    }
   }
-  if (stream.destroyed) return;
-  const done = track(ctx, cls, 'local');
-  forwardStream(stream, session, headers, {
-    ...(prefix ? { prefix } : {}),
-    onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
-  });
+  respondGrpcError(stream, 14, 'gateway unavailable');
 }
 

@@ -7,8 +7,11 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
+import { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
 import { handlePublicStream } from './grpc-streams.ts';
+import { guardHttp1 } from './http1-deadlines.ts';
+import { H2Liveness } from './liveness.ts';
 import { createServiceHttp } from './service-http.ts';
 import type { DownstreamConnection } from './supervisor-streams.ts';
 import { handleConnect, requestHead, spliceAfterResponseHead, writeHttpError } from './tunnel.ts';
@@ -30,14 +33,23 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   const log = ctx.logger.child({ listener: 'public' });
   const sockets = new Set<net.Socket>();
 
+  const cfg = ctx.config;
+  const protect = (reason: string): void => ctx.metrics.protectionsTotal.inc({ reason });
+  // One timer for every client connection: PING the silent ones, close the idle ones.
+  const liveness = new H2Liveness({
+    pingIntervalMs: cfg.h2PingIntervalMs,
+    pingTimeoutMs: cfg.h2PingTimeoutMs,
+    onClose: (why) => protect(why === 'idle' ? 'idle' : 'ping_timeout'),
+  });
   const h2 = http2.createServer({
-    settings: { initialWindowSize: ctx.config.h2InitialWindowBytes, maxHeaderListSize: ctx.config.maxHeaderBytes },
+    settings: { initialWindowSize: cfg.h2InitialWindowBytes, maxHeaderListSize: cfg.maxHeaderBytes, maxConcurrentStreams: cfg.h2MaxConcurrentStreams },
     maxSessionMemory: 64,
   });
   const h2Conns = new Set<DownstreamConnection>();
   h2.on('session', (session) => {
-    const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session };
+    const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session, buffer: new ByteBudget(cfg.connectionBufferBytes) };
     h2Conns.add(conn);
+    liveness.watch(session, cfg.connectionIdleTimeoutMs);
     session.once('close', () => h2Conns.delete(conn));
     conn.log = log.child({ conn: conn.id, proto: 'h2' });
     session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
@@ -51,10 +63,18 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   h2.on('sessionError', (err) => log.debug({ err: err.message }, 'h2 session error'));
 
   const services = createServiceHttp(ctx, log);
-  const h1 = http.createServer({ maxHeaderSize: ctx.config.maxHeaderBytes }, (req, res) => {
+  const h1 = http.createServer({ maxHeaderSize: cfg.maxHeaderBytes }, (req, res) => {
     const host = services.hostOf(req);
     if (host) services.web(req, res, host);
     else passthroughRequest(ctx, req, res);
+  });
+  const h1Deadlines = guardHttp1(h1, {
+    headersTimeoutMs: cfg.headersTimeoutMs,
+    requestTimeoutMs: cfg.requestTimeoutMs,
+    onTimeout: (kind) => {
+      protect(`${kind}_timeout`);
+      log.info({ kind }, kind === 'headers' ? 'HTTP/1.1 request head not complete in time; connection closed' : 'HTTP/1.1 request body not complete in time; connection closed');
+    },
   });
   h1.on('connect', (req, socket, head) => {
     const conn = ctx.nextConnId();
@@ -75,6 +95,9 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     socket.on('error', (err) => log.debug({ err: err.message }, 'client connection error'));
+    // A client that vanished without FIN or RST is found by the kernel's probes (tunnels and their
+    // limit slots are released instead of renewed forever); HTTP/2 connections are PINGed as well.
+    socket.setKeepAlive(true, cfg.tcpKeepaliveMs);
     let buffered: Buffer = Buffer.alloc(0);
     const timer = setTimeout(() => socket.destroy(), PREFACE_TIMEOUT_MS);
     timer.unref();
@@ -93,6 +116,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
         return;
       } else if (kind === 'http1') {
         socket.unshift(buffered);
+        h1Deadlines.accept(socket);
         h1.emit('connection', socket);
       } else {
         log.info({ kind, remote: socket.remoteAddress }, 'connection with an unknown protocol refused');
@@ -123,6 +147,15 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     server = net.createServer(dispatch);
   }
   server.on('error', (err) => log.error({ err }, 'public listener error'));
+  // Past maxConnections Node closes new connections at accept ('drop'); said once a second at most.
+  server.maxConnections = cfg.maxConnections;
+  let lastDropLog = 0;
+  server.on('drop', (info) => {
+    protect('max_connections');
+    if (Date.now() - lastDropLog < 1000) return;
+    lastDropLog = Date.now();
+    log.warn({ remote: info?.remoteAddress, maxConnections: cfg.maxConnections }, 'connection refused: max connections reached');
+  });
 
   return {
     server,
@@ -132,6 +165,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     },
     close: () =>
       new Promise<void>((resolve) => {
+        liveness.close();
         server.close(() => resolve());
         for (const s of sockets) s.destroy();
       }),
@@ -144,13 +178,20 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
   for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !k.startsWith('x-ohs-')) headers[k] = v;
   const request = ctx.gateway.tls ? https.request : http.request;
   const up = request(
-    { ...(ctx.gateway.tls ?? {}), host: ctx.gatewayHost, port: ctx.gatewayPort, method: req.method, path: req.url, headers, timeout: ctx.config.upstreamConnectTimeoutMs },
+    { ...(ctx.gateway.tls ?? {}), host: ctx.gatewayHost, port: ctx.gatewayPort, method: req.method, path: req.url, headers },
     (upRes) => {
       res.writeHead(upRes.statusCode ?? 502, upRes.headers);
       upRes.pipe(res);
     },
   );
-  up.on('timeout', () => up.destroy(new Error('gateway timeout')));
+  // The connect timeout bounds the connect only: a slow answer (a long poll) is the gateway's business.
+  up.once('socket', (s: net.Socket) => {
+    if (!s.connecting) return;
+    const timer = setTimeout(() => up.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
+    timer.unref();
+    s.once(ctx.gateway.tls ? 'secureConnect' : 'connect', () => clearTimeout(timer));
+    s.once('close', () => clearTimeout(timer));
+  });
   up.on('error', (err) => {
     if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('gateway unavailable\n');
     else res.destroy(err);
@@ -167,8 +208,8 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
   socket.on('error', () => undefined);
   socket.pause();
   const upstream = ctx.gateway.connect(() => {
-    upstream.write(Buffer.concat([requestHead(req), head]));
-    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined);
+    upstream.write(requestHead(req));
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, head);
   });
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
 }

@@ -7,9 +7,10 @@ import type { TrafficClass } from '../classify/classify.ts';
 import { authorizeHello } from '../auth/hello-auth.ts';
 import { fencePreviousOwner } from '../peers/handoff.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
+import type { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
 import { forwardStream, respondGrpcError, type ForwardHandle } from './h2-forward.ts';
-import { connectSession } from './h2-sessions.ts';
+import { connectSession, sessionUsable } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
 import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
 import { PHASE_READY } from '../wire/gateway-payloads.ts';
@@ -20,6 +21,8 @@ export interface DownstreamConnection {
   id: string;
   log: Logger;
   session: http2.ServerHttp2Session;
+  /** First-message bytes this connection may have buffered at once (config connectionBufferBytes). */
+  buffer?: ByteBudget;
   /**
    * Set once a ConnectSupervisor stream arrives: the 1:1 upstream connection to the local
    * gateway that carries this supervisor's control stream and all its RelayStreams (DESIGN §3).
@@ -36,6 +39,7 @@ function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection
     const p = connectSession(ctx.gatewayOrigin, {
       connectTimeoutMs: ctx.config.upstreamConnectTimeoutMs,
       windowBytes: ctx.config.h2InitialWindowBytes,
+      keepaliveMs: ctx.config.tcpKeepaliveMs,
       ...(ctx.gateway.tls ? { tls: ctx.gateway.tls } : {}),
     });
     conn.supervisorUpstream = p;
@@ -79,6 +83,14 @@ export async function forwardOnSupervisorConnection(
     respondGrpcError(stream, 14, 'gateway unavailable');
     onDone?.();
     conn.session.destroy();
+    return undefined;
+  }
+  if (!sessionUsable(up)) {
+    // The gateway closed this supervisor's connection (GOAWAY, restart): the pairing closes the
+    // supervisor's side too, and it reconnects. Nothing was sent.
+    log.info('supervisor upstream connection is closing; stream refused');
+    respondGrpcError(stream, 14, 'gateway connection closing; reconnect');
+    onDone?.();
     return undefined;
   }
   const done = track(ctx, cls, 'local');

@@ -24,14 +24,19 @@ export interface TunnelBytes {
 
 type CountedDuplex = Duplex & { bytesRead?: number; bytesWritten?: number };
 
+/** An HTTP header name (RFC 9110 token). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
 /** The request line and headers as received, minus x-ohs-* headers, to replay upstream. */
 export function requestHead(req: IncomingMessage): Buffer {
   let head = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\n`;
   const raw = req.rawHeaders;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
-    if (name.toLowerCase().startsWith('x-ohs-')) continue;
-    head += `${name}: ${raw[i + 1] as string}\r\n`;
+    if (!HEADER_NAME.test(name) || name.toLowerCase().startsWith('x-ohs-')) continue;
+    // Node's parser refuses CR, LF and NUL in values; never trusting that, no value can start a
+    // header line of its own (an x-ohs-* one above all).
+    head += `${name}: ${(raw[i + 1] as string).replace(/[\r\n\0]/g, ' ')}\r\n`;
   }
   return Buffer.from(`${head}\r\n`, 'latin1');
 }
@@ -68,6 +73,8 @@ export function spliceAfterResponseHead(
   upstream: Duplex,
   accept: (status: number) => boolean,
   onClose: (bytes?: TunnelBytes) => void,
+  /** Bytes the client sent after its request head: they go upstream only once it accepted. */
+  early?: Buffer,
 ): void {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -101,7 +108,11 @@ export function spliceAfterResponseHead(
       client.write(all);
       const read0 = client.bytesRead ?? 0;
       const written0 = client.bytesWritten ?? 0;
-      splice(client, upstream, () => onClose({ toSandbox: (client.bytesRead ?? read0) - read0, fromSandbox: (client.bytesWritten ?? written0) - written0 }));
+      const earlyBytes = early?.length ?? 0;
+      if (early && earlyBytes > 0) upstream.write(early);
+      splice(client, upstream, () =>
+        onClose({ toSandbox: earlyBytes + (client.bytesRead ?? read0) - read0, fromSandbox: (client.bytesWritten ?? written0) - written0 }),
+      );
       upstream.resume();
       return;
     }
@@ -140,6 +151,12 @@ function countTunnelBytes(ctx: ProxyContext, bytes: TunnelBytes | undefined): vo
   if (bytes.fromSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'from_sandbox' }, bytes.fromSandbox);
 }
 
+/** A CONNECT to replay upstream: its head, and what the client pipelined after it. */
+interface TunnelOpening {
+  head: Buffer;
+  early: Buffer;
+}
+
 export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', (err) => connLog.debug({ err: err.message }, 'tunnel client socket error'));
   const cls = classifyHttp1(req.method ?? '', req.url ?? '');
@@ -152,7 +169,9 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     writeHttpError(socket, 400, 'Bad Request', `duplicate ${dup} header`);
     return;
   }
-  const rawHead = Buffer.concat([requestHead(req), head]);
+  // The bytes after the CONNECT head (`head`) wait for the gateway's 200: after a refusal they would
+  // be read as the next request on a keep-alive connection.
+  const rawHead: TunnelOpening = { head: requestHead(req), early: head };
   const sandboxHeader = req.headers['x-sandbox-id'];
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
   const log = connLog.child({ class: cls, sandbox: sandboxId });
@@ -198,7 +217,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
 }
 
 /** Held while no owner is reachable; past the bound the local gateway answers as it would. */
-async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, sandboxId: string, cls: string): Promise<void> {
+async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, sandboxId: string, cls: string): Promise<void> {
   let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
@@ -226,18 +245,18 @@ async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, r
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
-function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: Buffer, cls: string): void {
+function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, cls: string): void {
   let connected = false;
   const upstream = ctx.gateway.connect(() => {
     connected = true;
     clearTimeout(connectTimer);
-    upstream.write(rawHead);
+    upstream.write(rawHead.head);
     spliceAfterResponseHead(socket, upstream, isSuccess, (bytes) => {
       ctx.metrics.activeTunnels.dec({ target: 'local' });
       ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
       ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
       countTunnelBytes(ctx, bytes);
-    });
+    }, rawHead.early);
   });
   upstream.setNoDelay(true);
   socket.setNoDelay(true);
@@ -261,7 +280,7 @@ function tunnelToPeer(
   ctx: ProxyContext,
   log: Logger,
   socket: net.Socket,
-  rawHead: Buffer,
+  rawHead: TunnelOpening,
   sandboxId: string,
   target: PeerTarget,
 ): Promise<PeerTunnelResult> {
@@ -269,11 +288,19 @@ function tunnelToPeer(
   return ctx.peerPool.get(target.peerUrl).then(
     (session) =>
       new Promise<PeerTunnelResult>((resolve) => {
-        const stream = session.request({
-          ':method': 'CONNECT',
-          ':authority': 'openshell-ssh-tunnel',
-          ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
-        });
+        let stream: http2.ClientHttp2Stream;
+        try {
+          stream = session.request({
+            ':method': 'CONNECT',
+            ':authority': 'openshell-ssh-tunnel',
+            ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
+          });
+        } catch (err) {
+          // The peer connection began closing (GOAWAY) after get(): nothing was sent.
+          plog.info({ err: (err as Error).message }, 'peer connection closing');
+          resolve('unreachable');
+          return;
+        }
         let responded = false;
         stream.on('error', (err) => {
           if (responded) return;
@@ -304,13 +331,13 @@ function tunnelToPeer(
           ctx.metrics.activeTunnels.inc({ target: 'peer' });
           const start = process.hrtime.bigint();
           // The peer answered before touching its gateway; now the replayed CONNECT goes through.
-          stream.write(rawHead);
+          stream.write(rawHead.head);
           spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
             ctx.metrics.activeTunnels.dec({ target: 'peer' });
             ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
             ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
             countTunnelBytes(ctx, bytes);
-          });
+          }, rawHead.early);
           resolve('done');
         });
       }),

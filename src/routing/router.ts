@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
+import { phaseWillNotReconnect } from '../wire/gateway-payloads.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan, tracingEnabled } from '../tracing/tracing.ts';
 
@@ -178,6 +179,9 @@ export const OWNER_MEMORY_FACTOR = 4;
 const MAX_CHANGE_MEMORY = 100_000;
 
 export class OwnerRouter {
+  /** Requests held right now (bounded by maxHeld). */
+  private holding = 0;
+  private lastHoldRefusalLog = 0;
   /** Last owner resolved per sandbox: routing keeps working from it while the store is down. */
   private readonly lastKnown = new Map<string, { target: Target; atMs: number }>();
 
@@ -195,6 +199,8 @@ export class OwnerRouter {
     private readonly metrics: SidecarMetrics,
     private readonly logger: Logger,
     private readonly ownerWaitMs: number,
+    /** Requests held at once at most; past it the local gateway answers at once (its own refusal). */
+    private readonly maxHeld = Number.POSITIVE_INFINITY,
   ) {
     store.onChange((id) => {
       const now = Date.now();
@@ -277,12 +283,34 @@ export class OwnerRouter {
       (known !== undefined && Date.now() - known.atMs < this.ownerWaitMs * OWNER_MEMORY_FACTOR) ||
       (changedAt !== undefined && Date.now() - changedAt < this.ownerWaitMs * OWNER_MEMORY_FACTOR);
     if (!opts.exclude && !recentlyOwned) return first;
-    if (first.kind === 'local' && (await this.gatewayObjects.sandboxExists(sandboxId)) === false) return first;
+    if (first.kind === 'local') {
+      // Gone, stopped, being deleted or failed: no owner is coming, so the gateway answers at once
+      // (NOT_FOUND, FAILED_PRECONDITION) instead of after the hold bound.
+      const state = await this.gatewayObjects.sandboxState(sandboxId);
+      if (state === undefined ? (await this.gatewayObjects.sandboxExists(sandboxId)) === false : phaseWillNotReconnect(state.phase)) return first;
+    }
     // The store says "no live owner" but we knew one: its lease may only have lapsed (e.g. right
     // after a Postgres outage, before its next heartbeat). The peer itself is the ground truth:
     // try it; a not-owner answer or a refused connection brings us back here with it excluded.
     if (known && known.target.kind === 'peer' && recentlyOwned && usable(known.target)) return known.target;
     if (this.ownerWaitMs <= 0) return null;
+    if (this.holding >= this.maxHeld) {
+      this.metrics.protectionsTotal.inc({ reason: 'held_requests' });
+      if (Date.now() - this.lastHoldRefusalLog > 1000) {
+        this.lastHoldRefusalLog = Date.now();
+        this.logger.warn({ sandbox: sandboxId, maxHeld: this.maxHeld }, 'too many requests held for an owner; this one is not held (the local gateway answers)');
+      }
+      return null;
+    }
+    this.holding++;
+    try {
+      return await this.hold(sandboxId, usable, opts);
+    } finally {
+      this.holding--;
+    }
+  }
+
+  private async hold(sandboxId: string, usable: (t: Target) => boolean, opts: { exclude?: PeerTarget }): Promise<Target | null> {
     const started = Date.now();
     const log = this.logger.child({ sandbox: sandboxId });
     log.info({ waitMs: this.ownerWaitMs, unreachable: opts.exclude ? describe(opts.exclude) : null }, 'no reachable owner; holding request for an ownership event');

@@ -6,6 +6,19 @@ import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 
 export const PHASE_PROVISIONING = 1;
 export const PHASE_READY = 2;
+export const PHASE_ERROR = 3;
+export const PHASE_DELETING = 4;
+/** HEAD only (reference §2.9: StopSandbox). */
+export const PHASE_STOPPING = 6;
+export const PHASE_STOPPED = 7;
+
+/**
+ * Phases no supervisor is coming back from by itself: a request for such a sandbox is never held.
+ * Error is not one of them (a supervisor that reconnects makes it Ready again).
+ */
+export function phaseWillNotReconnect(phase: number): boolean {
+  return phase === PHASE_DELETING || phase === PHASE_STOPPING || phase === PHASE_STOPPED;
+}
 
 /**
  * Where the phase was found: `Sandbox.phase` (field 4) at seed, `Sandbox.status(3).phase(6)` at

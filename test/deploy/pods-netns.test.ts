@@ -393,11 +393,17 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
     expect(victim.ready).toBe(true);
     events.push(`${stamp()} ${victim.name} Ready again ${((Date.now() - back) / 1000).toFixed(1)}s after its link came back`);
     let healed = 0;
+    const healFailures: string[] = [];
+    const tally = (what: string, r: { ok: boolean; detail: string }): void => {
+      if (r.ok) healed++;
+      else healFailures.push(`${what}: ${r.detail}`);
+    };
     for (const s of sandboxes) {
-      if ((await sshVia(endpoint, s, 20_000)).ok) healed++;
-      if ((await execVia(endpoint, s.id, 20_000)).ok) healed++;
-      if ((await execVia(`${victim.net.ip}:8080`, s.id, 20_000)).ok) healed++;
+      tally(`ssh ${s.name} via Service`, await sshVia(endpoint, s, 20_000));
+      tally(`exec ${s.name} via Service`, await execVia(endpoint, s.id, 20_000));
+      tally(`exec ${s.name} via ${victim.name}`, await execVia(`${victim.net.ip}:8080`, s.id, 20_000));
     }
+    if (healFailures.length > 0) console.log(`after the heal, failed: ${healFailures.join(' | ')}`);
     const stillOwned = (await Promise.all(sandboxes.map((s) => ownerOf(s.id)))).filter((o) => o === victim.name).length;
     console.log(`${events.at(-1) ?? ''}; then SSH+exec through the Service and exec via its own address: ${healed}/${SANDBOXES * 3} ok; sandboxes it owns: ${stillOwned}`);
     expect(healed).toBe(SANDBOXES * 3);

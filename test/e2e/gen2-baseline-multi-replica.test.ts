@@ -1,8 +1,9 @@
 // The failure the sidecar exists to fix, at the 2026-08 protocol generation: three gateway emulator
 // replicas (separate processes, no sidecars) behind a round-robin balancer, supervisors and SSH
 // clients landing on random replicas. SSH is gRPC ForwardTcp now (reference §2.3 HEAD); a call
-// that lands on a replica without the sandbox's session fails with UNAVAILABLE after the 15 s
-// session wait (reference §6). With 3 replicas about 2/3 of attempts fail.
+// that lands on a replica without the sandbox's session fails with UNAVAILABLE when the 15 s
+// session wait gives up, after about 13.1 s (reference §6, docs/interop.md). With 3 replicas about
+// 2/3 of attempts fail.
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
@@ -24,12 +25,22 @@ beforeAll(async () => {
   store = new Gen2Store(db.url);
   await store.migrate();
   cluster = await Cluster.start({ replicas: 3, databaseUrl: db.url, protocol: '2026-08' });
-  for (let i = 0; i < 8; i++) sandboxes.push((await store.createSandbox({ name: `base-${i}` })).id);
-  fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: sandboxes, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
+  const created: string[] = [];
+  for (let i = 0; i < 10; i++) created.push((await store.createSandbox({ name: `base-${i}` })).id);
+  fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: created, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
   await fleet.waitAllConnected(20_000);
-  for (const id of sandboxes) {
-    await waitUntil(`sandbox ${id} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 10_000 });
-  }
+  // Without sidecars a supervisor's policy report can land on another replica than its session and
+  // make the session's Ready write lose (docs/interop.md U1): such a sandbox stays Provisioning with a
+  // live session, as upstream's does. Use the sandboxes that became Ready, as `make interop` does.
+  await waitUntil(
+    'policy reports landed',
+    async () => Promise.all(created.map(async (id) => (await store.getSandboxMessage(id)) as { status?: { current_policy_version?: number } } | null)),
+    (msgs) => msgs.every((m) => m?.status?.current_policy_version === 1),
+    { timeoutMs: 15_000 },
+  );
+  for (const id of created) if ((await store.getSandbox(id))?.phase === Phase.READY) sandboxes.push(id);
+  if (sandboxes.length < created.length) console.log(`gen2 baseline: ${created.length - sandboxes.length}/${created.length} Ready writes lost to the policy report's row rewrite (U1)`);
+  expect(sandboxes.length).toBeGreaterThanOrEqual(6);
 }, 60_000);
 
 afterAll(async () => {
@@ -43,7 +54,10 @@ it('without sidecars most ForwardTcp SSH attempts through the Service fail (2026
   const attempts = 36;
   // One token per attempt so the per-process caps (3 per token) never decide the outcome. Tokens are
   // DB rows, so any replica can mint them and every replica accepts them.
-  const tokens = await Promise.all(Array.from({ length: attempts }, (_, i) => store.createSshSession(sandboxes[i % sandboxes.length]!, 3600)));
+  // Three consecutive attempts per sandbox: the round-robin Service sends them to three different
+  // replicas, whatever the number of sandboxes (i % n would tie each sandbox to one replica when n is
+  // a multiple of 3, and the outcome would depend on where its session happens to be).
+  const tokens = await Promise.all(Array.from({ length: attempts }, (_, i) => store.createSshSession(sandboxes[Math.floor(i / 3) % sandboxes.length]!, 3600)));
   const results = await Promise.all(
     tokens.map((t) => sshViaForwardTcp({ endpoint: cluster.endpoint, sandboxId: t.sandboxId, token: t.token, command: 'sandbox-id', timeoutMs: 40_000 })),
   );
@@ -57,5 +71,5 @@ it('without sidecars most ForwardTcp SSH attempts through the Service fail (2026
   expect(fraction).toBeGreaterThanOrEqual(0.4);
   expect(fraction).toBeLessThanOrEqual(0.9);
   // Misrouted attempts fail the way the real gateway fails them: no local session within 15 s.
-  expect(codes).toEqual(['UNAVAILABLE "supervisor relay failed: supervisor session not connected"']);
+  expect(codes).toEqual([`UNAVAILABLE "supervisor relay failed: code: 'The service is currently unavailable', message: "supervisor session not connected""`]);
 }, 60_000);

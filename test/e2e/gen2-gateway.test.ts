@@ -65,8 +65,10 @@ afterAll(async () => {
 
 describe('2026-08 gateway emulator, one replica', () => {
   it('a supervisor with its sandbox JWT makes the sandbox Ready in status.phase', async () => {
-    // SessionAccepted goes out before the Ready write (supervisor_session.rs@v0.0.111:735-770).
-    await expect.poll(async () => (await store.sandboxById(a.id))?.phase, { timeout: 5000 }).toBe(Phase.READY);
+    // SessionAccepted is queued first but the response stream only goes out after the Ready write
+    // (supervisor_session.rs@v0.0.111:735-778): a connected supervisor finds its sandbox Ready.
+    expect(fleet.supervisors.get(a.id)!.supervisor.connected).toBe(true);
+    expect((await store.sandboxById(a.id))?.phase).toBe(Phase.READY);
     const s = await store.sandboxById(a.id);
     expect(s?.message.status?.main_process_instance_id).toBe(fleet.supervisors.get(a.id)!.supervisor.instanceId);
     expect((await store.sandboxById(notReady.id))?.phase).toBe(Phase.PROVISIONING);
@@ -130,8 +132,12 @@ describe('2026-08 gateway emulator, one replica', () => {
     const started = Date.now();
     const res = await forwardStatus({ sandbox_id: notReady.id, ssh: {}, authorization_token: tok.token });
     expect(res.code).toBe(Status.UNAVAILABLE);
-    expect(res.details).toBe('supervisor relay failed: supervisor session not connected');
-    expect(Date.now() - started).toBeGreaterThan(12_000);
+    expect(res.details).toBe(`supervisor relay failed: code: 'The service is currently unavailable', message: "supervisor session not connected"`);
+    // Upstream polls 100 ms doubling to 2 s and gives up when the next sleep would cross 15 s:
+    // about 13.1 s (docs/interop.md, difference 1), never the full 15 s.
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThan(12_000);
+    expect(elapsed).toBeLessThan(15_000);
     await store.writePhase(notReady.id, Phase.PROVISIONING, 'test', 'back');
   }, 40_000);
 
@@ -179,7 +185,8 @@ describe('2026-08 gateway emulator, one replica', () => {
     const started = Date.now();
     const res = await forwardStatus({ sandbox_id: a.id, tcp: { host: '127.0.0.1', port: 1 }, authorization_token: await token(a.id) });
     expect(res.code).toBe(Status.UNAVAILABLE);
-    expect(res.details).toContain('failed to connect to relay target');
+    // The supervisor's io::Error text, as upstream's reports it (docs/interop.md).
+    expect(res.details).toBe('Connection refused (os error 111)');
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
@@ -209,26 +216,34 @@ describe('2026-08 gateway emulator, one replica', () => {
     expect(await run({ sandbox_id: a.id, command: ['exit', '3'] })).toMatchObject({ exit: 3, code: Status.OK });
   });
 
-  it('interactive exec streams stdin to the command and reports its exit code', async () => {
+  it('interactive exec streams stdin to the command and reports its exit code while the input stays open', async () => {
     const call = (client.ExecSandboxInteractive as () => ClientDuplexStream<unknown, ExecSandboxEvent>).call(client);
     let out = '';
     let exit: number | null = null;
     const done = new Promise<number>((resolve) => {
       call.on('data', (ev: ExecSandboxEvent) => {
         if (ev.stdout) out += ev.stdout.data.toString();
-        if (ev.exit) exit = ev.exit.exit_code;
+        if (ev.exit) {
+          exit = ev.exit.exit_code;
+          call.end();
+        }
       });
       call.on('error', () => undefined);
       call.on('status', (st) => resolve(st.code));
     });
-    call.write({ start: { sandbox_id: a.id, command: ['cat'] } });
+    call.write({ start: { sandbox_id: a.id, command: ['head', '-n', '2'] } });
     call.write({ resize: { cols: 100, rows: 40 } });
     call.write({ stdin: Buffer.from('first line\n') });
     call.write({ stdin: Buffer.from('second line\n') });
-    call.end();
     expect(await done).toBe(Status.OK);
     expect(out).toBe('first line\nsecond line\n');
     expect(exit).toBe(0);
+  });
+
+  it('interactive exec: ending the input before the command exits closes the channel, and the call fails (upstream v0.0.111)', async () => {
+    const res = await bidiStatus<ExecSandboxEvent>(client, 'ExecSandboxInteractive', [{ start: { sandbox_id: a.id, command: ['sleep', '2'] } }], { endAfterWrite: true });
+    expect(res.status).toMatchObject({ code: Status.UNAVAILABLE, details: 'exec relay closed before the command reported an exit status' });
+    expect(res.messages.some((m) => m.exit)).toBe(false);
   });
 
   it('ConnectSupervisor needs the sandbox JWT: none, another sandbox, garbage, expired', async () => {

@@ -85,6 +85,7 @@ beforeAll(async () => {
     endpoint: 'http://127.0.0.1:9',
     stateDir: join(dir, 'sandboxes'),
     stopTimeoutMs: 2_000,
+    holdStart: (sb) => sb.name.startsWith('held-'),
   });
   const Ctor = computeDriverClient();
   client = new Ctor(`unix:${driver.socketPath}`, grpc.credentials.createInsecure()) as unknown as Client;
@@ -192,4 +193,19 @@ it('DeleteSandbox kills the supervisor and its workload, removes the scratch dir
   expect(await call('DeleteSandbox', { sandbox_id: 'sb-1', sandbox_name: '' })).toEqual({ deleted: false });
   expect(driver.sandboxes().map((s) => s.id)).toEqual(['sb-2']);
   expect(driver.calls.CreateSandbox).toBeGreaterThanOrEqual(2);
+});
+
+it('a held sandbox stays Ready=False (a transient reason: Provisioning) until release starts its supervisor at the endpoint given', async () => {
+  await call('CreateSandbox', sandbox('sb-3', 'held-one'));
+  const held = driver.sandbox('sb-3')!;
+  expect(held.state).toBe('held');
+  expect(held.pid).toBeUndefined();
+  const got = await call<{ sandbox: DriverSandbox }>('GetSandbox', { sandbox_id: 'sb-3', sandbox_name: '' });
+  expect(got.sandbox.status?.conditions[0]).toMatchObject({ type: 'Ready', status: 'False', reason: 'DependenciesNotReady' });
+  await driver.release('sb-3', { endpoint: 'http://127.0.0.1:10' });
+  expect(driver.sandbox('sb-3')?.state).toBe('running');
+  await waitUntil('released supervisor wrote its environment', async () => existsSync(join(held.paths.dir, 'workload.pid')), Boolean, { timeoutMs: 5_000 });
+  expect(readFileSync(join(held.paths.dir, 'fake.txt'), 'utf8')).toContain('OPENSHELL_ENDPOINT=http://127.0.0.1:10\n');
+  await expect(driver.release('sb-3')).rejects.toThrow(/not held/);
+  expect(await call('DeleteSandbox', { sandbox_id: 'sb-3', sandbox_name: '' })).toEqual({ deleted: true });
 });

@@ -96,6 +96,11 @@ async function supervise(pair: Pair, gw: Gateway, sandboxIds: string[]): Promise
   });
   pair.fleets.push(fleet);
   await fleet.waitAllConnected(10_000);
+  // The supervisor's policy report (ReportPolicyStatus) rewrites the row right after it connects:
+  // a sweep that starts before it lands skips the row or loses its CAS to it (upstream's do too).
+  for (const id of sandboxIds) {
+    await waitUntil('policy report landed', async () => (await pair.store.sandboxById(id))?.message.status?.current_policy_version, (v) => v === 1, { timeoutMs: 10_000 });
+  }
   return fleet;
 }
 

@@ -19,6 +19,8 @@ import { SKIP_LINE, upstreamBins } from './support/bins.ts';
 import { Cli, pool, run, type RunResult } from './support/cli.ts';
 import { createSshSession, holdForwardTcp, sendHello, type HeldForward, type HelloOutcome } from './support/openshell-rpc.ts';
 import { RealCluster, tmpMode, type OwnerRow } from './support/real-cluster.ts';
+import { RealTarget, realServiceSkipReason } from './support/real-target.ts';
+import { answerChecks, limitChecks, routingChecks } from '../helpers/gen2-checks.ts';
 import { fmtStats, PHASE_NAMES, Timeline } from './support/timeline.ts';
 
 const bins = upstreamBins();
@@ -101,8 +103,16 @@ async function waitForPort(port: number, timeoutMs: number): Promise<boolean> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * `OHS_INTEROP_CHECKS=shared` runs only the checks shared with the emulator (test/helpers/gen2-checks.ts)
+ * on a fresh cluster: a quicker loop while working on the emulator's agreement with the real gateway.
+ */
+const ONLY_SHARED = process.env.OHS_INTEROP_CHECKS === 'shared';
+const check = ONLY_SHARED ? it.skip : it;
+
 describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each behind a sidecar`, () => {
   let cluster: RealCluster;
+  let target: RealTarget;
   let cli: Cli;
   let tl: Timeline;
   const sbs: Sb[] = [];
@@ -139,6 +149,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
       },
     });
     tl.start(cluster);
+    target = new RealTarget(cluster);
     cli = new Cli(bins.cli, cluster.scratchEnv('cli'));
     const [gwVersion, cliVersion, supVersion] = await Promise.all([
       run(bins.gateway, ['--version'], { env: cluster.scratchEnv('version'), timeoutMs: 10_000 }),
@@ -155,13 +166,14 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     const demoted = tl ? tl.demotions() : [];
     note(`lease-holder sweeps at ${tl?.sweeps.map((s) => `${(s / 1000).toFixed(1)}s`).join(', ')}; Ready→Provisioning changes: ${demoted.length}`);
     console.log(`interop: ---- summary ----\n${figures.map((f) => `  ${f}`).join('\n')}`);
+    await target?.close();
     await cluster?.close();
     const mode = tmpMode();
     if (mode !== '1777') console.error(`interop: /tmp mode is ${mode} after the run (expected 1777)`);
     expect(mode).toBe('1777');
   }, 120_000);
 
-  it('the CLI creates sandboxes through the Service; each becomes Ready and its create watch sees it', async () => {
+  check('the CLI creates sandboxes through the Service; each becomes Ready and its create watch sees it', async () => {
     const python = existsSync(PYTHON);
     const ports = await Promise.all(Array.from({ length: SANDBOXES }, () => freePort()));
     const names = ports.map((_, i) => `interop-${i}`);
@@ -219,7 +231,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     expect(hungButReady.map((s) => s.name)).toEqual([]);
   }, 240_000);
 
-  it(`ssh (system ssh + openshell ssh-proxy) through the Service: ${SESSIONS} sessions, each reaching its own sandbox`, async () => {
+  check(`ssh (system ssh + openshell ssh-proxy) through the Service: ${SESSIONS} sessions, each reaching its own sandbox`, async () => {
     targets = sbs.filter(ready).slice(0, SESSIONS);
     expect(targets.length).toBe(SESSIONS);
     note(`ssh via sidecars: starting; ${sweepNote()}`);
@@ -240,7 +252,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     expect(ok.length).toBe(targets.length);
   }, 240_000);
 
-  it('baseline: the same SSH traffic with no sidecars (Service straight to the gateways) fails at about (N-1)/N', async () => {
+  check('baseline: the same SSH traffic with no sidecars (Service straight to the gateways) fails at about (N-1)/N', async () => {
     note(`baseline: starting; ${sweepNote()}`);
     const t0 = Date.now();
     const results = await pool(
@@ -269,7 +281,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     expect(failed / results.length).toBeLessThan(0.9);
   }, 240_000);
 
-  it('sandbox exec, logs, a log watch and a port forward through the Service', async () => {
+  check('sandbox exec, logs, a log watch and a port forward through the Service', async () => {
     const { sb, owner } = await readySandbox({ web: existsSync(PYTHON) });
     note(`cli checks on ${sb.name} (owner ${owner?.replicaId}); ${sweepNote()}`);
 
@@ -321,7 +333,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     }
   }, 120_000);
 
-  it('connection limits hold cluster-wide: 3 per token and 20 per sandbox across replicas (ForwardTcp RESOURCE_EXHAUSTED)', async () => {
+  check('connection limits hold cluster-wide: 3 per token and 20 per sandbox across replicas (ForwardTcp RESOURCE_EXHAUSTED)', async () => {
     const { sb } = await readySandbox();
     const held: HeldForward[] = [];
     try {
@@ -367,7 +379,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     }
   }, 180_000);
 
-  it('a forged Hello for a live sandbox (no JWT, another sandbox’s JWT, a bad JWT) changes nothing', async () => {
+  check('a forged Hello for a live sandbox (no JWT, another sandbox’s JWT, a bad JWT) changes nothing', async () => {
     const { sb, owner } = await readySandbox();
     const other = sbs.find((s) => s.id !== sb.id);
     const otherJwt = readFileSync(cluster.driver.sandbox(other!.id)!.paths.tokenFile, 'utf8').trim();
@@ -396,7 +408,14 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     expect(reached(ssh, sb)).toBe(true);
   }, 120_000);
 
-  it('after the lease holder’s sweep SSH through the sidecars still reaches every sandbox (reference §10: the sidecar’s shadow registrations)', async () => {
+  // The 2026-08 expectations shared with the emulator (test/helpers/gen2-checks.ts): the same test
+  // bodies as test/e2e/gen2-routing and gen2-limits, here on the real gateway (docs/interop.md).
+  const shared = { label: 'real gateway v0.0.111', report: (line: string) => note(`shared: ${line}`), serviceSkipReason: realServiceSkipReason() };
+  routingChecks(() => target, shared);
+  answerChecks(() => target, shared);
+  limitChecks(() => target, shared);
+
+  check('after the lease holder’s sweep SSH through the sidecars still reaches every sandbox (reference §10: the sidecar’s shadow registrations)', async () => {
     // Wait for a sweep that happened after the sandboxes were Ready, plus time for its writes.
     const allReadyAt = Math.max(...targets.map((s) => tl.firstReadyMs(s.id) ?? 0));
     const deadline = Date.now() + 75_000;
@@ -438,7 +457,7 @@ describe.skipIf(!bins)(`upstream gateway ×${REPLICAS} on one Postgres, each beh
     expect(ok).toBe(targets.length);
   }, 240_000);
 
-  it('kill -9 of an owner’s gateway and sidecar: SSH to its sandboxes works again within seconds, with no failure after, and the phase stays Ready', async () => {
+  check('kill -9 of an owner’s gateway and sidecar: SSH to its sandboxes works again within seconds, with no failure after, and the phase stays Ready', async () => {
     const [owners, holder] = [await cluster.owners(), await cluster.leaseHolder()];
     // Not the lease holder: killing it moves the lease and its sweep would demote everything (reference §10).
     const counts = new Map<string, number>();

@@ -38,6 +38,8 @@ export const METHOD_AUTH_MODES: Record<string, AuthMode> = {
   ConnectSupervisor: 'sandbox',
   RelayStream: 'sandbox',
   WatchSandbox: 'bearer',
+  GetSandboxConfig: 'dual',
+  ReportPolicyStatus: 'sandbox',
 };
 
 export type Principal = { kind: 'sandbox'; sandboxId: string } | { kind: 'user'; subject: string };

@@ -43,6 +43,10 @@ export interface Gen2Context {
   syncLock: SyncLock;
   /** Phase writes in flight, awaited before the store closes on shutdown. */
   inflight: Set<Promise<unknown>>;
+  /** Emulator instrumentation: session phase writes lost to a CAS conflict (only logged upstream; docs/interop.md U1). */
+  lostSessionWrites: { ready: number; disconnected: number };
+  /** Test instrumentation: a pause between a session phase write's read and its CAS (see GatewayOptions). */
+  debugSessionWriteDelayMs?: number;
   /** The gateway's bind address and scheme (CreateSshSession, service URLs). */
   advertised: () => { host: string; port: number; scheme: 'http' | 'https' };
 }

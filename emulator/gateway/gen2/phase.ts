@@ -83,6 +83,7 @@ async function sessionWrite(ctx: Gen2Context, sandboxId: string, connected: bool
       log.debug({ why: decision.why }, 'session phase write skipped');
       return;
     }
+    if (ctx.debugSessionWriteDelayMs) await new Promise((r) => setTimeout(r, ctx.debugSessionWriteDelayMs));
     const res = await casPhase(ctx, existing, decision.phase, connected ? 'supervisor connected' : 'supervisor disconnected', (m) => {
       if (connected) {
         upsertReadyCondition(m, 'True', 'DependenciesReady', 'Supervisor session connected');
@@ -91,7 +92,17 @@ async function sessionWrite(ctx: Gen2Context, sandboxId: string, connected: bool
         upsertReadyCondition(m, 'False', 'DependenciesNotReady', 'Supervisor session disconnected');
       }
     });
-    if (res === 'conflict') log.warn({ expected: existing.resourceVersion }, 'concurrent modification detected; session phase write dropped');
+    if (res === 'conflict') {
+      if (connected) ctx.lostSessionWrites.ready++;
+      else ctx.lostSessionWrites.disconnected++;
+      // Only logged, never retried (supervisor_session.rs@v0.0.111:757-768): the sandbox keeps its old
+      // phase with a live session until the next sweep on a replica that has it, or a reconnect.
+      const now = await ctx.store.sandboxById(sandboxId).catch(() => null);
+      log.warn(
+        { error: `concurrent modification detected (current resource_version: ${now?.resourceVersion ?? 'unknown'})` },
+        connected ? 'supervisor session: failed to mark sandbox ready' : 'supervisor session: failed to mark sandbox disconnected',
+      );
+    }
   } catch (err) {
     log.warn({ err }, 'session phase write failed');
   }
@@ -107,6 +118,13 @@ export async function writeLifecyclePhase(
 ): Promise<Gen2Sandbox> {
   const res = await casPhase(ctx, sandbox, phase, reason, (m) => upsertReadyCondition(m, 'False', reason, message));
   if (res === null) throw new GatewayError(Status.NOT_FOUND, 'sandbox not found');
-  if (res === 'conflict') throw new GatewayError(Status.ABORTED, 'update sandbox lifecycle: concurrent modification detected');
+  if (res === 'conflict') {
+    // persistence_error_to_status(e, "update sandbox lifecycle") (grpc/mod.rs@v0.0.111:88-104); no retry.
+    const now = await ctx.store.sandboxById(sandbox.id).catch(() => null);
+    throw new GatewayError(
+      Status.ABORTED,
+      `update sandbox lifecycle failed due to concurrent modification (current resource_version: ${now?.resourceVersion ?? 'unknown'})`,
+    );
+  }
   return res;
 }

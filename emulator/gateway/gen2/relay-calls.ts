@@ -8,7 +8,7 @@ import type { ExecSandboxEvent } from '../../proto.ts';
 import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../../supervisor/ssh-server.ts';
 import { GatewayError, type RelayTarget } from '../registry.ts';
 import type { Gen2Context } from './context.ts';
-import { invalid, toServiceError, withTimeout } from './rpc.ts';
+import { invalid, toServiceError, tonicStatusDisplay, withTimeout } from './rpc.ts';
 import { requireReady, sandboxById } from './service.ts';
 
 export const RELAY_SESSION_WAIT_MS = 15_000;
@@ -81,8 +81,11 @@ async function openRelay(
   try {
     ({ stream } = await ctx.registry.openRelay(sandboxId, RELAY_SESSION_WAIT_MS, { target, serviceId }));
   } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    throw new GatewayError(Status.UNAVAILABLE, `supervisor relay failed: ${msg}`);
+    // Upstream wraps open_relay's Status in another (`supervisor relay failed: {e}`), so the message
+    // carries tonic's rendering of the inner one: `code: 'The service is currently unavailable',
+    // message: "supervisor session not connected"` (docs/interop.md, difference 1).
+    const inner = err instanceof GatewayError ? tonicStatusDisplay(err.code, err.message) : tonicStatusDisplay(Status.INTERNAL, String(err));
+    throw new GatewayError(Status.UNAVAILABLE, `supervisor relay failed: ${inner}`);
   }
   // Upstream returns the response (headers) here and reports later failures inside the stream (reference §8).
   afterOpen();
@@ -348,7 +351,14 @@ export async function execSandboxInteractive(ctx: Gen2Context, call: ServerDuple
       if (msg.payload === 'stdin' && msg.stdin && msg.stdin.length > 0) ch.write(msg.stdin);
       else if (msg.payload === 'resize' && msg.resize) ch.setWindow(msg.resize.rows, msg.resize.cols, 0, 0);
     });
-    call.on('end', () => ch.end());
+    // The end of the input stream is EOF *and* close of the SSH channel (run_interactive_exec_with_russh,
+    // grpc/sandbox.rs@v0.0.111:2160-2180: eof() then close()): a command still running then never
+    // reports its exit status, and the call fails with UNAVAILABLE "exec relay closed before the
+    // command reported an exit status". A client keeps its input open until the exit event.
+    call.on('end', () => {
+      ch.end();
+      ch.close();
+    });
     call.resume();
   });
 }

@@ -19,6 +19,51 @@ export function toServiceError(err: unknown): ServiceError {
   return { code: Status.INTERNAL, details: message, message };
 }
 
+/** tonic 0.14's `Code::description()`: what `{status}` prints for each code. */
+const TONIC_DESCRIPTIONS: Record<number, string> = {
+  [Status.OK]: 'The operation completed successfully',
+  [Status.CANCELLED]: 'The operation was cancelled',
+  [Status.UNKNOWN]: 'Unknown error',
+  [Status.INVALID_ARGUMENT]: 'Client specified an invalid argument',
+  [Status.DEADLINE_EXCEEDED]: 'Deadline expired before operation could complete',
+  [Status.NOT_FOUND]: 'Some requested entity was not found',
+  [Status.ALREADY_EXISTS]: 'Some entity that we attempted to create already exists',
+  [Status.PERMISSION_DENIED]: 'The caller does not have permission to execute the specified operation',
+  [Status.RESOURCE_EXHAUSTED]: 'Some resource has been exhausted',
+  [Status.FAILED_PRECONDITION]: "The system is not in a state required for the operation's execution",
+  [Status.ABORTED]: 'The operation was aborted',
+  [Status.OUT_OF_RANGE]: 'Operation was attempted past the valid range',
+  [Status.UNIMPLEMENTED]: 'Operation is not implemented or not supported',
+  [Status.INTERNAL]: 'Internal error',
+  [Status.UNAVAILABLE]: 'The service is currently unavailable',
+  [Status.DATA_LOSS]: 'Unrecoverable data loss or corruption',
+  [Status.UNAUTHENTICATED]: 'The request does not have valid authentication credentials',
+};
+
+/** Rust's `{:?}` of a str: double quotes, with `"`, `\\` and control characters escaped. */
+function rustDebugStr(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const c = ch.codePointAt(0) ?? 0;
+    if (ch === '"' || ch === '\\') out += `\\${ch}`;
+    else if (ch === '\n') out += '\\n';
+    else if (ch === '\r') out += '\\r';
+    else if (ch === '\t') out += '\\t';
+    else if (c < 0x20 || c === 0x7f) out += `\\u{${c.toString(16)}}`;
+    else out += ch;
+  }
+  return `${out}"`;
+}
+
+/**
+ * tonic 0.14's `Display` of a Status (`code: '<description>', message: "<message>"`), which upstream
+ * embeds when it wraps one error in another, e.g. `supervisor relay failed: {e}` (grpc/sandbox.rs@v0.0.111:1206).
+ */
+export function tonicStatusDisplay(code: Status, message: string): string {
+  const head = `code: '${TONIC_DESCRIPTIONS[code] ?? 'Unknown error'}'`;
+  return message ? `${head}, message: ${rustDebugStr(message)}` : head;
+}
+
 export function invalid(message: string): GatewayError {
   return new GatewayError(Status.INVALID_ARGUMENT, message);
 }

@@ -209,6 +209,65 @@ async function exposeService(
   return endpointResponse(ctx, e);
 }
 
+// --- policy -----------------------------------------------------------------------------
+
+/** The one policy revision the emulator serves per sandbox (upstream: the policy history table). */
+export const EMULATED_POLICY_VERSION = 1;
+const EMULATED_POLICY_HASH = 'emulator-policy-v1';
+const POLICY_STATUS_LOADED = 2;
+const POLICY_STATUS_FAILED = 3;
+
+/**
+ * GetSandboxConfig (grpc/policy.rs@v0.0.111:1790-1900), reduced to what the supervisor's start-up
+ * needs: the sandbox scope check, NOT_FOUND for an unknown id, the policy version and workspace.
+ */
+async function getSandboxConfig(ctx: Gen2Context, req: { sandbox_id: string }, principal: Principal | null): Promise<unknown> {
+  ensureSandboxScope(principal, req.sandbox_id);
+  const s = await sandboxById(ctx, req.sandbox_id);
+  return { version: EMULATED_POLICY_VERSION, policy_hash: EMULATED_POLICY_HASH, config_revision: EMULATED_POLICY_VERSION, workspace: s.workspace };
+}
+
+/**
+ * ReportPolicyStatus (grpc/policy.rs@v0.0.111:3426-3504): a LOADED report rewrites the sandbox row
+ * (current_policy_version) with a read-then-CAS under this replica's sync_lock only. Sent by the
+ * supervisor on its own connection while its ConnectSupervisor is on the way, it can land on another
+ * replica than the session and make the session's Ready CAS lose (docs/interop.md U1).
+ */
+async function reportPolicyStatus(
+  ctx: Gen2Context,
+  req: { sandbox_id: string; version: number; status: number; load_error: string },
+  principal: Principal | null,
+): Promise<unknown> {
+  ensureSandboxScope(principal, req.sandbox_id);
+  if (!req.sandbox_id) throw invalid('sandbox_id is required');
+  if (req.version === 0) throw invalid('version is required');
+  if (req.status !== POLICY_STATUS_LOADED && req.status !== POLICY_STATUS_FAILED) throw invalid('status must be LOADED or FAILED');
+  // update_policy_status finds no revision for an unknown sandbox or version.
+  if (req.version !== EMULATED_POLICY_VERSION || !(await ctx.store.sandboxById(req.sandbox_id))) {
+    throw new GatewayError(Status.NOT_FOUND, 'policy revision not found');
+  }
+  if (req.status === POLICY_STATUS_LOADED) {
+    await ctx.syncLock.run(async () => {
+      // update_message_cas with expected version 0: CAS against the version read just now.
+      const current = await ctx.store.sandboxById(req.sandbox_id);
+      if (!current) throw new GatewayError(Status.INTERNAL, `update current_policy_version failed: database error: object ${req.sandbox_id} not found`);
+      const res = await ctx.store.updateSandboxCas(current.id, current.resourceVersion, (m) => {
+        (m.status ??= {}).current_policy_version = req.version;
+      });
+      if (res === 'conflict') {
+        const now = await ctx.store.sandboxById(req.sandbox_id);
+        throw new GatewayError(
+          Status.ABORTED,
+          `update current_policy_version failed due to concurrent modification (current resource_version: ${now?.resourceVersion ?? 'unknown'})`,
+        );
+      }
+    });
+    ctx.watch.notify(req.sandbox_id);
+  }
+  ctx.logger.info({ sandboxId: req.sandbox_id, version: req.version, loaded: req.status === POLICY_STATUS_LOADED }, 'ReportPolicyStatus: sandbox reported policy load result');
+  return {};
+}
+
 // --- logs -------------------------------------------------------------------------------
 
 /** source_matches / level_matches (grpc/validation.rs@v0.0.111:946-971). */
@@ -393,20 +452,31 @@ function connectSupervisor(ctx: Gen2Context, call: ServerDuplexStream<Supervisor
       }
       if (call.cancelled || finished) return;
       const sessionId = randomUUID();
+      // Everything for the supervisor waits behind SessionAccepted in one queue, as upstream's mpsc
+      // channel does; the response stream (headers, SessionAccepted, replayed RelayOpens) only goes
+      // out once the Ready write is done (supervisor_session.rs@v0.0.111:716-778 returns the stream
+      // after supervisor_session_connected), so a supervisor that sees SessionAccepted finds its
+      // sandbox Ready unless that write was lost.
+      const queued: GatewayMessage[] = [{ session_accepted: { session_id: sessionId, heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS } }];
+      let flowing = false;
       session = {
         sandboxId,
         sessionId,
         send: (msg) => {
-          if (!finished) call.write(msg);
+          if (finished) return;
+          if (flowing) call.write(msg);
+          else queued.push(msg);
         },
         shutdown: (reason) => finish(reason),
       };
       const superseded = ctx.registry.register(session);
-      call.write({ session_accepted: { session_id: sessionId, heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS } });
       if (superseded) ctx.registry.replayPendingRelays(session);
-      log.info({ sandboxId, sessionId, instanceId, superseded: !!superseded }, 'supervisor session accepted');
+      log.info({ sandboxId, sessionId, instanceId, superseded: !!superseded }, 'supervisor session: accepted');
       if (endedBeforeRegistered) return finish('stream ended');
       await supervisorSessionChanged(ctx, sandboxId, true, instanceId);
+      if (finished) return;
+      flowing = true;
+      for (const msg of queued.splice(0)) call.write(msg);
       heartbeat = setInterval(() => session?.send({ heartbeat: {} }), ctx.heartbeatIntervalSecs * 1000);
       heartbeat.unref();
       call.on('data', (msg: SupervisorMessage) => {
@@ -492,6 +562,10 @@ export function gen2ServiceImplementation(ctx: Gen2Context): UntypedServiceImple
       execSandboxInteractive(ctx, call),
     ),
     ForwardTcp: streamRpc(ctx, 'ForwardTcp', (call: Parameters<typeof forwardTcp>[1]) => forwardTcp(ctx, call)),
+    GetSandboxConfig: unaryRpc(ctx, 'GetSandboxConfig', (req: { sandbox_id: string }, p) => getSandboxConfig(ctx, req, p)),
+    ReportPolicyStatus: unaryRpc(ctx, 'ReportPolicyStatus', (req: { sandbox_id: string; version: number; status: number; load_error: string }, p) =>
+      reportPolicyStatus(ctx, req, p),
+    ),
   };
 }
 

@@ -154,6 +154,8 @@ export class RealCluster {
   db!: TestDatabase;
   pool!: pg.Pool;
   readonly redisPrefix = testRedisPrefix('interop');
+  /** Sandboxes created with one of these names are held by the driver until `driver.release(id)`. */
+  readonly holdNames = new Set<string>();
   readonly runDir: string;
   private readonly configFile: string;
   private readonly kek = randomBytes(32).toString('base64');
@@ -237,6 +239,8 @@ export class RealCluster {
 
     this.db = await createTestDatabase('interop');
     this.pool = new pg.Pool({ connectionString: this.db.url, max: 4 });
+    // The database is dropped WITH (FORCE) at close: a connection still closing then errors.
+    this.pool.on('error', () => undefined);
     this.service = await startBalancer([]);
     this.direct = await startBalancer([]);
 
@@ -252,6 +256,7 @@ export class RealCluster {
       extraEnv: { OPENSHELL_SUPERVISOR_TOPOLOGY: 'sidecar' },
       ...(typeof process.getuid === 'function' && process.getuid() === 0 ? { runAs: NOBODY } : {}),
       onEvent: (e) => this.opts.onDriverEvent?.({ ...e, at: Date.now() - t0 }),
+      holdStart: (sb) => this.holdNames.has(sb.name),
     });
 
     const launched = await Promise.allSettled(Array.from({ length: this.opts.replicas }, (_, i) => this.launchGateway(i)));

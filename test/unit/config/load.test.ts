@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { OhsError } from '../../../src/errors.ts';
 import { CONFIG_DEFAULTS, describeConfig, loadConfig } from '../../../src/config/load.ts';
+import { sentinelOptions } from '../../../src/ownership/redis-connect.ts';
 import type { LoadConfigOptions } from '../../../src/config/load.ts';
 
 const SECRET = 'a-very-long-peer-secret';
@@ -34,7 +35,7 @@ describe('defaults', () => {
     expect(cfg).toMatchObject(CONFIG_DEFAULTS);
     expect(cfg.listen).toBe('0.0.0.0:8080');
     expect(cfg.peerListen).toBe('0.0.0.0:8443');
-    expect(cfg.adminListen).toBe('0.0.0.0:9091');
+    expect(cfg.adminListen).toBe('127.0.0.1:9091');
     expect(cfg.gatewayUrl).toBe('http://127.0.0.1:18080');
     expect(cfg.maxFirstMessageBytes).toBe(65536);
     expect(cfg.hopLimit).toBe(2);
@@ -191,9 +192,9 @@ describe('config file', () => {
 describe('cluster mode', () => {
   const cluster = { OHS_DATABASE_URL: 'postgres://ohs:pw@db:5432/ohs', OHS_PEER_URL: 'http://10.0.0.5:8443' };
 
-  it('is selected by a database URL and needs a peer secret', () => {
+  it('is selected by a database URL and needs a peer secret or peer mTLS', () => {
     const err = configError(() => load({ env: cluster }));
-    expect(err.message).toContain('peerSecret is required in cluster mode');
+    expect(err.message).toContain('peerSecret or peerTls is required in cluster mode');
     const cfg = load({ env: { ...cluster, OHS_PEER_SECRET: SECRET } });
     expect(cfg.mode).toBe('cluster');
     expect(cfg.peerSecret).toBe(SECRET);
@@ -320,5 +321,67 @@ describe('describeConfig redaction', () => {
     expect(text).not.toContain('pw1');
     expect(text).not.toContain('pw2');
     expect(text).not.toContain('0123456789abcdef0123');
+  });
+});
+
+describe('Redis Sentinel URLs', () => {
+  const base = ['--database-url', 'postgres://u@h/db', '--peer-secret', '0123456789abcdef0123', '--peer-url', 'http://x:1'];
+
+  it('accepts redis+sentinel://user:pass@h1:p1,h2:p2/<master>/<db> and hides its password', () => {
+    const cfg = loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://app:s3cret@10.0.0.1:26379,[fd00::2]:26380,sentinel-3/mymaster/2'], env: {} });
+    expect(sentinelOptions(cfg.redisUrl as string)).toMatchObject({
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: 'fd00::2', port: 26380 },
+        { host: 'sentinel-3', port: 26379 },
+      ],
+      name: 'mymaster',
+      db: 2,
+      username: 'app',
+      password: 's3cret',
+      sentinelPassword: 's3cret',
+    });
+    expect(JSON.stringify(describeConfig(cfg))).not.toContain('s3cret');
+  });
+
+  it('refuses a Sentinel URL without a master name or with a bad port, and plain URLs stay plain', () => {
+    expect(() => loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://h1:26379'], env: {} })).toThrow(/redis\+sentinel/);
+    expect(() => loadConfig({ argv: [...base, '--redis-url', 'redis+sentinel://h1:99999/m'], env: {} })).toThrow(/redis\+sentinel/);
+    expect(sentinelOptions('redis://h:6379')).toBeUndefined();
+  });
+});
+
+describe('peer mTLS and lookup settings', () => {
+  const db = { OHS_DATABASE_URL: 'postgres://ohs@db:5432/ohs' };
+  const tlsFlags = ['--peer-tls-cert', '/pki/peer.crt', '--peer-tls-key', '/pki/peer.key', '--peer-tls-ca', '/pki/ca.crt'];
+
+  it('takes the certificate files from flags or OHS_PEER_TLS_* and needs no peer secret then', () => {
+    const cfg = load({ env: db, argv: [...tlsFlags, '--peer-listen', '10.0.0.5:8443'] });
+    expect(cfg.mode).toBe('cluster');
+    expect(cfg.peerSecret).toBeUndefined();
+    expect(cfg.peerTls).toEqual({ certFile: '/pki/peer.crt', keyFile: '/pki/peer.key', caFile: '/pki/ca.crt' });
+    // Peer URLs become https:// once peer TLS is on.
+    expect(cfg.peerUrl).toBe('https://10.0.0.5:8443');
+    const fromEnv = load({
+      env: { ...db, OHS_PEER_TLS_CERT_FILE: '/c', OHS_PEER_TLS_KEY_FILE: '/k', OHS_PEER_TLS_CA_FILE: '/a', OHS_PEER_IDENTITY: 'spiffe', OHS_PEER_SPIFFE_ID: 'spiffe://cluster.local/ns/openshell/replica/{replica}', OHS_PEER_TLS_RELOAD_INTERVAL_MS: '1000', OHS_PEER_HOST: '10.0.0.5' },
+    });
+    expect(fromEnv.peerTls).toEqual({ certFile: '/c', keyFile: '/k', caFile: '/a', identity: 'spiffe', spiffeIdTemplate: 'spiffe://cluster.local/ns/openshell/replica/{replica}', reloadIntervalMs: 1000 });
+  });
+
+  it('refuses half a certificate pair, an http peer URL with TLS, and spiffe without a template', () => {
+    expect(configError(() => load({ env: db, argv: ['--peer-tls-cert', '/c', '--peer-host', 'x'] })).message).toMatch(/peerTls\.keyFile.*is required/);
+    expect(configError(() => load({ env: { ...db, OHS_PEER_URL: 'http://10.0.0.5:8443' }, argv: tlsFlags })).message).toContain('peer TLS is on, so peerUrl must be https://');
+    expect(configError(() => load({ env: { ...db, OHS_PEER_URL: 'https://10.0.0.5:8443', OHS_PEER_SECRET: SECRET } })).message).toContain('peerUrl is https:// but peer TLS is not configured');
+    expect(configError(() => load({ env: { ...db, OHS_PEER_HOST: 'x' }, argv: [...tlsFlags, '--peer-identity', 'spiffe'] })).message).toContain('no SPIFFE id template');
+    expect(configError(() => load({ env: { ...db, OHS_PEER_HOST: 'x' }, argv: [...tlsFlags, '--peer-identity', 'cn'] })).message).toContain('peerTls.identity');
+    for (const bad of ['spiffe://t/replica', 'https://t/replica/{replica}', 'spiffe://t/{replica}/{replica}', 'spiffe://T D/{replica}']) {
+      expect(configError(() => load({ env: { ...db, OHS_PEER_HOST: 'x' }, argv: [...tlsFlags, '--peer-identity', 'spiffe', '--peer-spiffe-id', bad] })).message).toContain('peerTls.spiffeIdTemplate');
+    }
+  });
+
+  it('sizes the negative cache and the Postgres pools', () => {
+    expect(load()).toMatchObject({ ownerNegativeCacheTtlMs: 5000, ownerNegativeCacheMaxEntries: 10000, postgresPoolSize: 4, postgresLookupPoolSize: 4 });
+    const cfg = load({ argv: ['--owner-negative-cache-ttl-ms', '0', '--owner-negative-cache-max-entries', '50', '--postgres-pool-size', '2', '--postgres-lookup-pool-size', '8'] });
+    expect(cfg).toMatchObject({ ownerNegativeCacheTtlMs: 0, ownerNegativeCacheMaxEntries: 50, postgresPoolSize: 2, postgresLookupPoolSize: 8 });
   });
 });

@@ -24,6 +24,8 @@ describe('createMetrics', () => {
         'ohs_active_streams',
         'ohs_active_tunnels',
         'ohs_classify_errors_total',
+        'ohs_protections_total',
+        'ohs_internal_errors_total',
         'ohs_forwards_total',
         'ohs_handoff_duration_seconds',
         'ohs_handoffs_total',
