@@ -168,6 +168,9 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       commandTimeout: opts.commandTimeoutMs ?? 1000,
       // disconnect() on a dead socket arms a ref'd timer of this length; keep close() quick.
       disconnectTimeout: 100,
+      // Acquires and releases issued in one event-loop turn (many tunnels opening or closing at
+      // once) leave in one write instead of one each.
+      enableAutoPipelining: true,
       connectionName: `ohs-limits-${opts.holderId.replace(/[^\w.:-]/g, '_')}`,
       retryStrategy: (times: number) => Math.min(reconnectMaxMs, 25 * 2 ** Math.min(times, 10)) + Math.floor(Math.random() * 25),
     });

@@ -55,3 +55,35 @@ export function createLogger(options: CreateLoggerOptions): Logger {
     options.destination,
   );
 }
+
+type Bindings = Record<string, unknown>;
+const LEVEL_METHODS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal']);
+const noop = (): void => undefined;
+
+/**
+ * `parent.child(bindings)`, created only when something is actually logged through it. pino
+ * serializes a child's bindings (and sets up redaction) when the child is made, which per request
+ * or per stream is work on the hot path at info level, where most requests log nothing at all.
+ * Calls at a level that is off cost nothing; children of a lazy child stay lazy.
+ */
+export function lazyChild(parent: Logger, bindings: Bindings): Logger {
+  let real: Logger | undefined;
+  const materialize = (): Logger => (real ??= parent.child(bindings));
+  return new Proxy(parent, {
+    get(_target, prop) {
+      if (real === undefined) {
+        if (prop === 'child') {
+          return (more: Bindings, options?: object): Logger =>
+            options === undefined ? lazyChild(parent, { ...bindings, ...more }) : materialize().child(more, options);
+        }
+        if (typeof prop === 'string' && LEVEL_METHODS.has(prop) && !parent.isLevelEnabled(prop)) return noop;
+      }
+      const logger = materialize();
+      const value: unknown = Reflect.get(logger, prop, logger);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(logger) : value;
+    },
+    set(_target, prop, value) {
+      return Reflect.set(materialize(), prop, value);
+    },
+  });
+}

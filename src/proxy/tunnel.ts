@@ -1,6 +1,7 @@
 // HTTP/1.1 CONNECT tunnels (seed SSH, reference §2.3). The CONNECT head is re-serialised
 // (minus x-ohs-* headers) and replayed to the target with the head bytes, so the gateway sees
 // the client's request and the client sees the gateway's own answer (401/404/412/429/502/200).
+import { lazyChild } from '../log/logger.ts';
 import type { IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
@@ -174,7 +175,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   const rawHead: TunnelOpening = { head: requestHead(req), early: head };
   const sandboxHeader = req.headers['x-sandbox-id'];
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
-  const log = connLog.child({ class: cls, sandbox: sandboxId });
+  const log = lazyChild(connLog, { class: cls, sandbox: sandboxId });
   // No usable routing key: the local gateway gives the client its own answer (401/400/404).
   if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined || ctx.gatewayWatch.nativeHa()) {
     tunnelLocal(ctx, log, socket, rawHead, cls);
@@ -194,7 +195,15 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     }
     let admission;
     try {
-      admission = await ctx.limiter.acquire({ cls, sandboxId, ...(token ? { token } : {}), ...(socket.remoteAddress ? { clientAddress: socket.remoteAddress } : {}) });
+      // The client address is read (getpeername) only if a rule is keyed by it.
+      admission = await ctx.limiter.acquire({
+        cls,
+        sandboxId,
+        ...(token ? { token } : {}),
+        get clientAddress() {
+          return socket.remoteAddress;
+        },
+      });
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'limit check failed');
       writeHttpError(socket, 503, 'Service Unavailable', 'connection limits unavailable');
@@ -218,7 +227,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
 
 /** Held while no owner is reachable; past the bound the local gateway answers as it would. */
 async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, sandboxId: string, cls: string): Promise<void> {
-  let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+  let target: Target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -284,7 +293,7 @@ function tunnelToPeer(
   sandboxId: string,
   target: PeerTarget,
 ): Promise<PeerTunnelResult> {
-  const plog = log.child({ target: target.replicaId });
+  const plog = lazyChild(log, { target: target.replicaId });
   return ctx.peerPool.get(target.peerUrl).then(
     (session) =>
       new Promise<PeerTunnelResult>((resolve) => {
