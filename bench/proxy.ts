@@ -13,7 +13,8 @@
 // BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,sidecar,sidecar2),
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
-// BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_ECHO=1 (print their logs).
+// BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
+// node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
@@ -317,6 +318,7 @@ async function main(): Promise<number> {
       // Limits stay on (slots taken in Redis per tunnel), high enough for 64 concurrent opens.
       extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', ...(process.env.BENCH_SIDECAR_ARGS?.split(' ').filter(Boolean) ?? [])],
       ...(CPU_PROF_DIR ? { cpuProfDir: CPU_PROF_DIR } : {}),
+      ...(process.env.BENCH_SIDECAR_NODE_ARGS ? { nodeArgs: process.env.BENCH_SIDECAR_NODE_ARGS.split(' ').filter(Boolean) } : {}),
       echo: process.env.BENCH_SIDECAR_ECHO === '1',
     };
     const [owner, ingress] = await Promise.all([
