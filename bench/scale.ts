@@ -13,7 +13,8 @@
 //
 // Env: SCALE_SUPERVISORS (10000), SCALE_SUPERVISOR_CONNS (200), SCALE_IDLE (10000),
 // SCALE_IDLE_CONNS (100), SCALE_PROBES (2000), SCALE_RATE (1000), SCALE_SECONDS (30),
-// SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50).
+// SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
+// loaded sidecar after the steady window, written to its working directory).
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -67,7 +68,7 @@ function procStat(pid: number): { rssBytes: number; cpuSeconds: number } {
 const LAG_RESOLUTION_MS = 10;
 
 /** prom-client's event-loop lag gauges from the admin port, less the sampling interval; reading them resets the histogram. */
-function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number }> {
+function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number; heapUsedMb: number; heapTotalMb: number; externalMb: number }> {
   return new Promise((resolve, reject) => {
     const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
       let body = '';
@@ -75,7 +76,15 @@ function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number
       res.on('data', (d: string) => (body += d));
       res.on('end', () => {
         const gauge = (name: string): number => Math.max(0, Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) * 1000 - LAG_RESOLUTION_MS);
-        resolve({ p50Ms: gauge('nodejs_eventloop_lag_p50_seconds'), p99Ms: gauge('nodejs_eventloop_lag_p99_seconds'), maxMs: gauge('nodejs_eventloop_lag_max_seconds') });
+        const mb = (name: string): number => round1(Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) / 1048576);
+        resolve({
+          p50Ms: gauge('nodejs_eventloop_lag_p50_seconds'),
+          p99Ms: gauge('nodejs_eventloop_lag_p99_seconds'),
+          maxMs: gauge('nodejs_eventloop_lag_max_seconds'),
+          heapUsedMb: mb('nodejs_heap_size_used_bytes'),
+          heapTotalMb: mb('nodejs_heap_size_total_bytes'),
+          externalMb: mb('nodejs_external_memory_bytes'),
+        });
       });
     });
     req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
@@ -85,6 +94,10 @@ function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number
 
 interface Window {
   rssMb: number;
+  /** V8 heap in use and reserved, and memory held by Buffers and other external objects (at the end). */
+  heapUsedMb: number;
+  heapTotalMb: number;
+  externalMb: number;
   cpuPercent: number;
   lagP50Ms: number;
   lagP99Ms: number;
@@ -110,6 +123,9 @@ async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>):
   return {
     rssMb: round1(b.rssBytes / 1048576),
     rssPeakMb: round1(Math.max(peak, b.rssBytes) / 1048576),
+    heapUsedMb: lag.heapUsedMb,
+    heapTotalMb: lag.heapTotalMb,
+    externalMb: lag.externalMb,
     cpuPercent: round1((100 * (b.cpuSeconds - a.cpuSeconds)) / wall),
     lagP50Ms: round2(lag.p50Ms),
     lagP99Ms: round2(lag.p99Ms),
@@ -267,6 +283,7 @@ async function main(): Promise<void> {
     redisKeyPrefix: testRedisPrefix('bench-scale'),
     peerSecret: PEER_SECRET,
     noFile: 20_000,
+    ...(process.env.SCALE_HEAP_SNAPSHOT === '1' ? { nodeArgs: ['--heapsnapshot-signal=SIGUSR2'] } : {}),
     extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', '--h2-max-concurrent-streams', '10000'],
   };
   const [owner, ingress] = await Promise.all([
@@ -325,7 +342,14 @@ async function main(): Promise<void> {
 
   // 3. Steady state with everything held.
   const steady = await observe(owner, STEADY_S * 1000);
-  log(`steady: RSS ${steady.rssMb} MB (peak ${steady.rssPeakMb}), CPU ${steady.cpuPercent}% of a core, event-loop lag p50 ${steady.lagP50Ms} ms p99 ${steady.lagP99Ms} ms max ${steady.lagMaxMs} ms`);
+  log(`steady: RSS ${steady.rssMb} MB (peak ${steady.rssPeakMb}; V8 heap ${steady.heapUsedMb} used / ${steady.heapTotalMb} reserved, external ${steady.externalMb}), CPU ${steady.cpuPercent}% of a core, event-loop lag p50 ${steady.lagP50Ms} ms p99 ${steady.lagP99Ms} ms max ${steady.lagMaxMs} ms`);
+
+  if (process.env.SCALE_HEAP_SNAPSHOT === '1') {
+    // Written by the sidecar into its working directory (Heap.*.heapsnapshot), for a look at what each session costs.
+    process.kill(ownerPid, 'SIGUSR2');
+    await sleep(15_000);
+    log('heap snapshot of the loaded sidecar requested (SIGUSR2)');
+  }
 
   // 4. Routing probe: new streams on the loaded sidecar, local and forwarded.
   const probeLocalConns = new ClientConns(owner.publicPort, 4);
