@@ -36,6 +36,7 @@ const SUPERVISOR_CONNS = envInt('SCALE_SUPERVISOR_CONNS', 200);
 const IDLE = envInt('SCALE_IDLE', 10_000);
 const IDLE_CONNS = envInt('SCALE_IDLE_CONNS', 100);
 const PROBES = envInt('SCALE_PROBES', 2_000);
+const PROBE_CONCURRENCY = envInt('SCALE_PROBE_CONCURRENCY', 1);
 const RATE = envInt('SCALE_RATE', 1_000);
 const SECONDS = envInt('SCALE_SECONDS', 30);
 const STEADY_S = envInt('SCALE_STEADY_S', 10);
@@ -356,9 +357,9 @@ async function main(): Promise<void> {
   const probeFwdConns = new ClientConns(ingress.publicPort, 4);
   cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
   const ingressEps = endpoints.map((e) => ({ ...e, port: ingress.publicPort }));
-  const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, 4);
+  const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, PROBE_CONCURRENCY);
   log(`routing probe, owner local: ${probeLocal.n} streams (${probeLocal.errors} errors) p50 ${probeLocal.p50Ms} ms p99 ${probeLocal.p99Ms} ms max ${probeLocal.maxMs} ms`);
-  const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, 4);
+  const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, PROBE_CONCURRENCY);
   log(`routing probe, forwarded:   ${probeFwd.n} streams (${probeFwd.errors} errors) p50 ${probeFwd.p50Ms} ms p99 ${probeFwd.p99Ms} ms max ${probeFwd.maxMs} ms`);
 
   // 5. Sustained forwarded opens, the loaded sidecar observed meanwhile.
