@@ -14,7 +14,8 @@
 // Env: SCALE_SUPERVISORS (10000), SCALE_SUPERVISOR_CONNS (200), SCALE_IDLE (10000),
 // SCALE_IDLE_CONNS (100), SCALE_PROBES (2000), SCALE_RATE (1000), SCALE_SECONDS (30),
 // SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
-// loaded sidecar after the steady window, written to its working directory).
+// loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
+// (flags for the sidecars' node, e.g. '--max-old-space-size=256').
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -284,7 +285,7 @@ async function main(): Promise<void> {
     redisKeyPrefix: testRedisPrefix('bench-scale'),
     peerSecret: PEER_SECRET,
     noFile: 20_000,
-    ...(process.env.SCALE_HEAP_SNAPSHOT === '1' ? { nodeArgs: ['--heapsnapshot-signal=SIGUSR2'] } : {}),
+    nodeArgs: [...(process.env.SCALE_HEAP_SNAPSHOT === '1' ? ['--heapsnapshot-signal=SIGUSR2'] : []), ...(process.env.SCALE_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? [])],
     extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', '--h2-max-concurrent-streams', '10000'],
   };
   const [owner, ingress] = await Promise.all([
@@ -397,7 +398,7 @@ async function main(): Promise<void> {
   const out = {
     _meta: {
       ...machineMeta(),
-      sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info' },
+      sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info', node_args: process.env.SCALE_SIDECAR_NODE_ARGS ?? '' },
       gateway: 'bench/lib/fake-gateway.ts (separate process)',
       supervisors: SUPERVISORS,
       supervisor_connections: SUPERVISOR_CONNS,
