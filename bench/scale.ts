@@ -395,6 +395,13 @@ async function main(): Promise<void> {
     },
   };
   for (const [k, t] of Object.entries(targets)) console.log(`  ${t.met ? 'met ' : 'MISS'}  ${k}: ${t.value} (target ${t.target})`);
+  // What the sidecars complained about, if anything (their last warnings and errors).
+  const complaints: Record<string, string[]> = {};
+  for (const sc of [owner, ingress]) {
+    const lines = sc.proc.output.filter((l) => /"level":"(warn|error|fatal)"/.test(l));
+    complaints[sc.name] = lines.slice(-10);
+    for (const l of lines.slice(-5)) console.log(`  [${sc.name}] ${l.slice(0, 300)}`);
+  }
   const out = {
     _meta: {
       ...machineMeta(),
@@ -426,6 +433,7 @@ async function main(): Promise<void> {
     sustained_client_cpu_percent: clientCpuPercent,
     load_average_at_end: os.loadavg().map(round2),
     targets,
+    sidecar_warnings: complaints,
   };
   writeFileSync(RESULTS, `${JSON.stringify(out, null, 2)}\n`);
   log(`wrote ${RESULTS}`);
