@@ -10,7 +10,10 @@
 //    report in the log, ohs_drain_duration_seconds, ohs_sessions_shed_total) and that only what the
 //    deadline cut is lost.
 // Supervisors run in child processes with the real backoff (1 s doubling to 30 s, never reset).
-// Writes its keys into bench/results/drill.json. Env: ROLLING_SHUTDOWN_GRACE_MS (default 20000).
+// Writes its keys into bench/results/drill.json. Env: ROLLING_SHUTDOWN_GRACE_MS (default 20000);
+// ROLLING_PARTS (default `rolling,scaleup,short`) runs some parts only (results are then not written);
+// ROLLING_LOG_DIR keeps every gateway's and sidecar's output there, for reading what went wrong.
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Cluster } from '../emulator/cluster.ts';
@@ -26,6 +29,16 @@ import { envInt, percentile } from './lib/stats.ts';
 
 const GRACE_MS = envInt('ROLLING_SHUTDOWN_GRACE_MS', 20_000);
 const DRILL_FILE = join(dirname(RESULTS_FILE), 'drill.json');
+const PARTS = new Set((process.env.ROLLING_PARTS ?? 'rolling,scaleup,short').split(','));
+const LOG_DIR = process.env.ROLLING_LOG_DIR;
+
+/** With ROLLING_LOG_DIR: the output of a replica's processes, before they are replaced. */
+async function keepLogs(label: string, r: { name: string; gateway: { output: string[] }; sidecar?: { output: string[] } }): Promise<void> {
+  if (!LOG_DIR) return;
+  await mkdir(LOG_DIR, { recursive: true });
+  await writeFile(join(LOG_DIR, `${label}-${r.name}-gateway.log`), r.gateway.output.join('\n'));
+  if (r.sidecar) await writeFile(join(LOG_DIR, `${label}-${r.name}-sidecar.log`), r.sidecar.output.join('\n'));
+}
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const cleanups = createCleanups();
 const watchdog = setTimeout(() => {
@@ -156,7 +169,8 @@ async function rollingRestart(): Promise<Record<string, unknown>> {
     const exitMs = await env.cluster.terminate(i, GRACE_MS + 5_000);
     const report = r.sidecar?.output.find((l) => l.includes('"component":"drain"') && (l.includes('drain complete') || l.includes('drain deadline')));
     drains.push({ replica: r.name, sessions, exitMs, report });
-    console.log(`  ${r.name}: ${sessions} sessions, sidecar exited ${exitMs} ms after SIGTERM`);
+    console.log(`  ${r.name}: ${sessions} sessions, sidecar exited ${exitMs} ms after SIGTERM; ${report?.replace(/^[^{]*/, '') ?? 'no drain report'}`);
+    await keepLogs(`roll${i}`, r);
     await env.cluster.restart(i);
     // Let the Service see it ready and the cluster settle before the next pod goes.
     await sleep(10_000);
@@ -174,10 +188,14 @@ async function rollingRestart(): Promise<Record<string, unknown>> {
     failures: failed.slice(0, 20).map((o) => ({ atS: ((o.at - rollStart) / 1000).toFixed(1), what: o.what })),
     latencyBeforeMs: latency(before),
     latencyDuringRollMs: latency(during),
-    drains: drains.map((d) => ({ replica: d.replica, sessions: d.sessions, exitMs: d.exitMs, drainDurationMs: d.report ? (JSON.parse(d.report.replace(/^[^{]*/, '')) as { durationMs: number }).durationMs : null })),
+    drains: drains.map((d) => {
+      const report = d.report ? (JSON.parse(d.report.replace(/^[^{]*/, '')) as { durationMs: number; endedBy: string; cut: unknown }) : undefined;
+      return { replica: d.replica, sessions: d.sessions, exitMs: d.exitMs, drainDurationMs: report?.durationMs ?? null, endedBy: report?.endedBy ?? null, cut: report?.cut ?? null };
+    }),
     sessionsAfter: await perReplica(env.store),
   };
   console.log(`rolling restart: ${JSON.stringify(result)}`);
+  for (const r of env.cluster.replicas) await keepLogs('roll-end', r);
   await cleanups.runAll();
   return result;
 }
@@ -203,8 +221,9 @@ async function scaleUp(): Promise<Record<string, unknown>> {
   await load.stop();
   const moved = (await shedTotal(env.cluster, 'rebalance')) - shedBefore;
   const failed = load.ops.filter((o) => !o.ok);
-  const result = { balancedMs, perReplica: counts, sessionsMoved: moved, minimumMoves: 20, operations: load.ops.length, failed: failed.length, failures: failed.slice(0, 20).map((o) => o.what) };
+  const result = { balancedMs, perReplica: counts, sessionsMoved: moved, minimumMoves: 20, operations: load.ops.length, failed: failed.length, failures: failed.slice(0, 20).map((o) => `${new Date(o.at).toISOString().slice(11, 23)} ${o.what}`) };
   console.log(`scale-up: ${JSON.stringify(result)}`);
+  for (const r of env.cluster.replicas) await keepLogs('scaleup', r);
   await cleanups.runAll();
   return result;
 }
@@ -232,10 +251,12 @@ async function shortGrace(): Promise<Record<string, unknown>> {
   // Nothing else is lost: every sandbox answers through the Service afterwards.
   await sleep(5_000);
   let reachable = 0;
+  const unreachable: string[] = [];
   const client = gatewayClient(env.cluster.endpoint);
   for (const id of env.ids) {
-    const r = await exec(client, id, ['sandbox-id']).catch(() => ({ exitCode: null, stdout: '' }));
+    const r = await exec(client, id, ['sandbox-id']).catch((err: grpc.ServiceError) => ({ exitCode: null, stdout: '', error: `${grpc.status[err.code] ?? ''} ${err.details ?? err.message}` }));
     if (r.exitCode === 0 && r.stdout.trim() === id) reachable++;
+    else unreachable.push(`${id.slice(0, 8)}: ${'error' in r ? r.error : `exit ${r.exitCode}`}`);
   }
   client.close();
   const result = {
@@ -246,13 +267,22 @@ async function shortGrace(): Promise<Record<string, unknown>> {
     report: reportLine ? JSON.parse(reportLine.replace(/^[^{]*/, '')) : null,
     longSshSessions: longOutcomes,
     reachableAfter: `${reachable}/${env.ids.length}`,
+    unreachable,
   };
+  for (const r of env.cluster.replicas) await keepLogs('short', r);
   console.log(`short grace: ${JSON.stringify(result)}`);
   await cleanups.runAll();
   return result;
 }
 
 try {
+  if (PARTS.size < 3) {
+    if (PARTS.has('rolling')) await rollingRestart();
+    if (PARTS.has('scaleup')) await scaleUp();
+    if (PARTS.has('short')) await shortGrace();
+    console.log('some parts only: results not written');
+    process.exit(0);
+  }
   const roll = await rollingRestart();
   const scale = await scaleUp();
   const short = await shortGrace();

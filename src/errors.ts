@@ -17,6 +17,7 @@ export const OHS_ERROR_CODES = [
   'OHS_ERR_UPSTREAM',
   'OHS_ERR_TIMEOUT',
   'OHS_ERR_STORE_UNAVAILABLE',
+  'OHS_ERR_OVERLOADED',
   'OHS_ERR_INTERNAL',
 ] as const;
 
@@ -125,6 +126,9 @@ interface StatusPair {
 // - LIMIT: the gateway's own refusal for the same caps: 429 / RESOURCE_EXHAUSTED (reference §0.5).
 // - TIMEOUT: 504 / DEADLINE_EXCEEDED, the standard pair for "gave up waiting".
 // - STORE_UNAVAILABLE: Postgres or Redis is down and we cannot decide safely: 503 / UNAVAILABLE.
+// - OVERLOADED: a bounded queue in front of the store is full (a flood of lookups): 503 /
+//   UNAVAILABLE, which gRPC clients treat as transient and retry, as they should; not
+//   RESOURCE_EXHAUSTED, which the gateway uses for per-sandbox caps that a retry does not lift.
 const STATUS: Readonly<Record<OhsErrorCode, StatusPair>> = {
   OHS_ERR_CONFIG: { http: 500, grpc: GrpcStatus.INTERNAL },
   OHS_ERR_BAD_REQUEST: { http: 400, grpc: GrpcStatus.INVALID_ARGUMENT },
@@ -140,6 +144,7 @@ const STATUS: Readonly<Record<OhsErrorCode, StatusPair>> = {
   OHS_ERR_UPSTREAM: { http: 502, grpc: GrpcStatus.UNAVAILABLE },
   OHS_ERR_TIMEOUT: { http: 504, grpc: GrpcStatus.DEADLINE_EXCEEDED },
   OHS_ERR_STORE_UNAVAILABLE: { http: 503, grpc: GrpcStatus.UNAVAILABLE },
+  OHS_ERR_OVERLOADED: { http: 503, grpc: GrpcStatus.UNAVAILABLE },
   OHS_ERR_INTERNAL: { http: 500, grpc: GrpcStatus.INTERNAL },
 };
 

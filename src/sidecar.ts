@@ -92,7 +92,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const sessionOpts = { ...upstreamCommon, connectTimeoutMs: config.upstreamConnectTimeoutMs, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
   const peerPool = new SessionPool(
-    { ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs, ...(peerTls ? { tls: () => peerTls.clientOptions() } : {}) },
+    { ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs, ...(peerTls ? { tls: (origin: string) => peerTls.clientOptions(store.replicaAtPeerUrl?.(origin)) } : {}) },
     (n) => metrics.peerSessions.set(n),
   );
   let connSeq = 0;
@@ -132,6 +132,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           negativeCacheMaxEntries: config.ownerNegativeCacheMaxEntries,
           poolSize: config.postgresPoolSize,
           lookupPoolSize: config.postgresLookupPoolSize,
+          lookupQueueMax: config.postgresLookupQueueMax,
+          onLookupRefused: () => metrics.protectionsTotal.inc({ reason: 'lookup_queue' }),
           logger: logger.child({ component: 'ownership' }),
         })
       : createMemoryOwnershipStore({ replicaId: config.replicaId, peerUrl, version: VERSION });
@@ -212,6 +214,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     jwt,
     sshTokens: createSshTokenCheck(gatewayObjects),
     shadowUpstreams,
+    hostedShadows: new Map(),
     shadows,
     gatewayWatch,
     drainState,
@@ -251,12 +254,13 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           intervalMs: config.rebalanceIntervalMs,
           marginPct: config.rebalanceMarginPct,
           cooldownMs: config.rebalanceCooldownMs,
+          minAgeMs: config.rebalanceMinSessionAgeMs,
         })
       : undefined;
   ctx.inspect = {
     config, version: VERSION, startedAtMs: Date.now(), store, localSessions, router, shadows, limiter, rules, gatewayObjects, gatewayWatch, metrics,
     draining: () => drainState.draining,
-    ...(peerTls ? { peerTls: () => peerTls.clientOptions() } : {}),
+    ...(peerTls ? { peerTls: (replicaId: string) => peerTls.clientOptions(replicaId) } : {}),
   };
   const operator = createOperatorSurface(ctx.inspect, logger.child({ component: 'admin' }));
   const admin = createAdminServer({

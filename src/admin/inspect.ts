@@ -27,8 +27,8 @@ export interface InspectDeps {
   gatewayWatch: GatewayWatch;
   metrics: SidecarMetrics;
   draining: () => boolean;
-  /** Peer mTLS client options for asking other replicas (status, explain). */
-  peerTls?: () => tls.ConnectionOptions;
+  /** Peer mTLS client options for asking another replica (status, explain); its certificate must name that replica. */
+  peerTls?: (replicaId: string) => tls.ConnectionOptions;
 }
 
 export interface CounterSample {

@@ -3,6 +3,7 @@
 // goes through the access check (access.ts) first. Store connections for status are opened on first
 // use and kept small: these endpoints are for people and one open page, not for automation at rate.
 import type http from 'node:http';
+import type tls from 'node:tls';
 import type { Redis } from 'ioredis';
 import { createRedisClient } from '../ownership/redis-connect.ts';
 import pg from 'pg';
@@ -63,10 +64,14 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
     runtime: await replicaRuntime(deps),
     ...(sandboxId ? { sandbox: await sandboxLocalView(deps, sandboxId) } : {}),
   });
+  const peerTlsFor = (replicaId: string): { tls?: () => tls.ConnectionOptions } => {
+    const peerTls = deps.peerTls;
+    return peerTls ? { tls: () => peerTls(replicaId) } : {};
+  };
   const peerView = (r: { replicaId: string; peerUrl: string }, sandboxId?: string): Promise<PeerInspectAnswer> =>
     r.replicaId === self
       ? localAnswer(sandboxId)
-      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}), ...(deps.peerTls ? { tls: deps.peerTls } : {}) });
+      : fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, ...(sandboxId ? { sandboxId } : {}), ...peerTlsFor(r.replicaId) });
 
   const statusSources = (): StatusSources => ({
     pg: poolFor(),
@@ -79,7 +84,7 @@ export function createOpsRoutes(opts: OpsRoutesOptions): OpsRoutes {
   const explainSources = (): ExplainSources => ({
     liveReplicas: async () => (await deps.store.liveReplicas()).map((r) => ({ replicaId: r.replicaId, peerUrl: r.peerUrl })),
     self: { replicaId: self, view: (id, row) => sandboxLocalView(deps, id, row) },
-    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id, ...(deps.peerTls ? { tls: deps.peerTls } : {}) }),
+    peerView: (r, id) => fetchPeerView({ peerUrl: r.peerUrl, secret: config.peerSecret ?? '', origin: self, sandboxId: id, ...peerTlsFor(r.replicaId) }),
     gatewayRow: (id) => gatewayRow(deps, id),
     reconcilerLease: () => deps.gatewayObjects.reconcilerLease(),
     slots: (id) => sandboxSlots(deps, id),

@@ -27,6 +27,13 @@ export type TrafficClass =
  */
 export type RoutePolicy = 'owner' | 'owner-rehome' | 'affine' | 'supervisor' | 'local';
 
+/**
+ * Classes whose request makes the gateway send a RelayOpen down the supervisor's control stream
+ * (reference §2.2): a shed waits for these to be answered. Others (a log push, a watch) can stay open
+ * for the session's whole life and are not waited for.
+ */
+export const RELAY_CLASSES: ReadonlySet<TrafficClass> = new Set<TrafficClass>(['ssh-tunnel', 'tcp-forward', 'exec', 'service-http']);
+
 export const ROUTE_POLICY: Readonly<Record<TrafficClass, RoutePolicy>> = {
   'supervisor-control': 'supervisor',
   'supervisor-relay': 'supervisor',

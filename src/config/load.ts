@@ -98,6 +98,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['rebalanceMarginPct'], '--rebalance-margin-pct', 'OHS_REBALANCE_MARGIN_PCT', 'int'),
   opt(['rebalanceIntervalMs'], '--rebalance-interval-ms', 'OHS_REBALANCE_INTERVAL_MS', 'int'),
   opt(['rebalanceCooldownMs'], '--rebalance-cooldown-ms', 'OHS_REBALANCE_COOLDOWN_MS', 'int'),
+  opt(['rebalanceMinSessionAgeMs'], '--rebalance-min-session-age-ms', 'OHS_REBALANCE_MIN_SESSION_AGE_MS', 'int'),
   opt(['terminationGraceSeconds'], '--termination-grace-seconds', 'OHS_TERMINATION_GRACE_SECONDS', 'int'),
   opt(['peerHost'], '--peer-host', 'OHS_PEER_HOST'),
   opt(['tls', 'clientCertMode'], '--tls-client-cert', 'OHS_TLS_CLIENT_CERT'),
@@ -116,6 +117,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['ownerNegativeCacheMaxEntries'], '--owner-negative-cache-max-entries', 'OHS_OWNER_NEGATIVE_CACHE_MAX_ENTRIES', 'int'),
   opt(['postgresPoolSize'], '--postgres-pool-size', 'OHS_POSTGRES_POOL_SIZE', 'int'),
   opt(['postgresLookupPoolSize'], '--postgres-lookup-pool-size', 'OHS_POSTGRES_LOOKUP_POOL_SIZE', 'int'),
+  opt(['postgresLookupQueueMax'], '--postgres-lookup-queue-max', 'OHS_POSTGRES_LOOKUP_QUEUE_MAX', 'int'),
 ];
 
 const CONFIG_FILE_FLAG = '--config';
@@ -185,6 +187,10 @@ export const CONFIG_DEFAULTS = {
   // Each shed costs the supervisor one step of its reconnect backoff, which never resets (reference §2.1):
   // a replica sheds one session at most once a minute.
   rebalanceCooldownMs: 60_000,
+  // A session that just moved (a drain, a failover, another shed) has paid a backoff step already:
+  // it is left where it landed for a minute, so a rolling restart moves each session as few times
+  // as it can.
+  rebalanceMinSessionAgeMs: 60_000,
   adminAllowCidrs: [],
   tracing: 'off',
   // Unknown ids are forgotten after 5 s at the latest; claims invalidate them at once.
@@ -192,6 +198,7 @@ export const CONFIG_DEFAULTS = {
   ownerNegativeCacheMaxEntries: 10_000,
   postgresPoolSize: 4,
   postgresLookupPoolSize: 4,
+  postgresLookupQueueMax: 1_000,
 } as const;
 
 type Layer = Record<string, unknown>;

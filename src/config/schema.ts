@@ -211,6 +211,8 @@ const scalarShape = {
   rebalanceIntervalMs: int(50, 600_000),
   /** A session a replica shed is not shed again by it within this time. */
   rebalanceCooldownMs: int(0, 86_400_000),
+  /** Sessions younger than this on a replica (they just moved) are not shed to rebalance. */
+  rebalanceMinSessionAgeMs: int(0, 86_400_000),
   /**
    * The pod's terminationGracePeriodSeconds: the drain the gateway's preStop starts (GET /drain/wait)
    * ends by grace − gateway stop − margin (deployment reference §3.5).
@@ -233,6 +235,8 @@ const scalarShape = {
   postgresPoolSize: int(1, 100),
   /** Postgres connections for owner lookups (client-driven, so kept apart from claims and heartbeats). */
   postgresLookupPoolSize: int(1, 100),
+  /** Owner lookups that may wait for a lookup connection; more are refused at once (UNAVAILABLE). */
+  postgresLookupQueueMax: int(0, 1_000_000),
 };
 
 /**
@@ -344,6 +348,7 @@ export interface SidecarConfig {
   readonly rebalanceMarginPct: number;
   readonly rebalanceIntervalMs: number;
   readonly rebalanceCooldownMs: number;
+  readonly rebalanceMinSessionAgeMs: number;
   readonly terminationGraceSeconds?: number;
   readonly peerHost?: string;
   readonly adminAllowCidrs: readonly string[];
@@ -356,6 +361,7 @@ export interface SidecarConfig {
   readonly ownerNegativeCacheMaxEntries: number;
   readonly postgresPoolSize: number;
   readonly postgresLookupPoolSize: number;
+  readonly postgresLookupQueueMax: number;
 }
 
 /** The merged settings (defaults < file < env < flags) before derived fields are added. */

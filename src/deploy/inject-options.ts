@@ -14,6 +14,28 @@ export const INJECT_MODES: readonly InjectMode[] = ['native', 'native-alias', 'c
 
 export type TlsMode = 'auto' | 'on' | 'off';
 
+/**
+ * Where each pod's peer mTLS certificate comes from (peers dial pod IPs, and no issuer can name a
+ * pod IP before the pod has one, so the identity is a SPIFFE id naming the pod, i.e. the replica):
+ * - `cert-manager`: a csi.cert-manager.io volume; the CSI driver requests a certificate per pod from
+ *   an Issuer/ClusterIssuer, with the URI SAN filled in from the pod's name and namespace.
+ * - `secret`: an existing Secret with `ca.crt` and one `<pod name>.crt` / `<pod name>.key` pair per
+ *   replica (StatefulSets only: their pod names are known in advance).
+ */
+export type PeerTlsSource = 'off' | 'cert-manager' | 'secret';
+export const PEER_TLS_SOURCES: readonly PeerTlsSource[] = ['off', 'cert-manager', 'secret'];
+/** `{replica}`: the replica id (= the pod name); `{namespace}`: the pod's namespace. */
+export const DEFAULT_PEER_SPIFFE_ID = 'spiffe://cluster.local/ns/{namespace}/openshell-ha/{replica}';
+
+export interface PeerTlsOptions {
+  readonly source: PeerTlsSource;
+  /** cert-manager: the issuer of the per-pod certificates. */
+  readonly issuer?: { readonly kind: 'Issuer' | 'ClusterIssuer'; readonly name: string };
+  /** secret: the Secret holding `ca.crt` and the per-pod pairs. */
+  readonly secret?: string;
+  readonly spiffeIdTemplate: string;
+}
+
 export interface SecretRef {
   readonly name: string;
   readonly key: string;
@@ -43,6 +65,8 @@ export interface InjectOptions {
   readonly clientTlsSecret?: string;
   /** Namespaces (by name) whose pods may reach the admin port too, e.g. the one Prometheus runs in. */
   readonly adminFromNamespaces: readonly string[];
+  /** mTLS between the sidecars on the peer port (off: the shared secret alone). */
+  readonly peerTls: PeerTlsOptions;
 }
 
 export const DEFAULT_IMAGE = 'openshell-ha-sidecar:0.1.0';
@@ -60,6 +84,7 @@ export const INJECT_DEFAULTS: InjectOptions = {
   haSecret: 'openshell-ha',
   tls: 'auto',
   adminFromNamespaces: [],
+  peerTls: { source: 'off', spiffeIdTemplate: DEFAULT_PEER_SPIFFE_ID },
 };
 
 export const INJECT_USAGE = `usage: openshell-ha-sidecar inject [options] < rendered.yaml > injected.yaml
@@ -87,6 +112,16 @@ was written.
   --client-tls-secret NAME               client certificate for an mTLS gateway (default: the gateway's own
                                          client TLS secret name, else openshell-client-tls)
   --admin-from-namespace NS              also let pods of namespace NS reach the admin port (repeatable)
+  --peer-tls off|cert-manager|secret     mTLS between sidecars (default off: the shared secret alone):
+                                         cert-manager: a per-pod certificate from the cert-manager CSI
+                                         driver (csi.cert-manager.io); secret: an existing Secret with
+                                         ca.crt and <pod name>.crt/.key per replica (StatefulSets only)
+  --peer-tls-issuer [Kind/]NAME          cert-manager: Issuer (default) or ClusterIssuer/NAME
+  --peer-tls-secret NAME                 secret: the Secret's name
+  --peer-identity spiffe                 how certificates name replicas; only spiffe can be injected
+                                         (san needs certificates naming pod IPs, which no issuer knows)
+  --peer-spiffe-id TEMPLATE              SPIFFE id per replica, {replica} = pod name, {namespace}
+                                         (default ${DEFAULT_PEER_SPIFFE_ID})
   -h, --help                             this text
 
 Helm 3:  helm upgrade --install openshell <chart> --post-renderer <path>/openshell-ha-inject
@@ -116,6 +151,7 @@ function objectName(flag: string, value: string): string {
 export function parseInjectArgs(argv: readonly string[]): ParsedInjectArgs {
   const o: { -readonly [K in keyof InjectOptions]: InjectOptions[K] } = { ...INJECT_DEFAULTS, adminFromNamespaces: [] };
   const adminNs: string[] = [];
+  const peerTls: { -readonly [K in keyof PeerTlsOptions]: PeerTlsOptions[K] } = { ...INJECT_DEFAULTS.peerTls };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
     if (arg === '-h' || arg === '--help') return { help: true };
@@ -188,11 +224,48 @@ export function parseInjectArgs(argv: readonly string[]): ParsedInjectArgs {
         if (!DNS_LABEL.test(value)) throw configError(`--admin-from-namespace: '${value}' is not a namespace name`);
         adminNs.push(value);
         break;
+      case '--peer-tls':
+        if (!(PEER_TLS_SOURCES as readonly string[]).includes(value)) throw configError(`--peer-tls: expected one of ${PEER_TLS_SOURCES.join(', ')}, got '${value}'`);
+        peerTls.source = value as PeerTlsSource;
+        break;
+      case '--peer-tls-issuer': {
+        const slash = value.indexOf('/');
+        const kind = slash < 0 ? 'Issuer' : value.slice(0, slash);
+        if (kind !== 'Issuer' && kind !== 'ClusterIssuer') throw configError(`--peer-tls-issuer: kind must be Issuer or ClusterIssuer, got '${kind}'`);
+        peerTls.issuer = { kind, name: objectName(flag, slash < 0 ? value : value.slice(slash + 1)) };
+        break;
+      }
+      case '--peer-tls-secret':
+        peerTls.secret = objectName(flag, value);
+        break;
+      case '--peer-identity':
+        if (value === 'san') {
+          throw configError(
+            '--peer-identity san cannot be injected: peers dial pod IPs, and neither the cert-manager CSI driver nor a Secret can issue a ' +
+              'certificate naming a pod IP before the pod has one. Use --peer-identity spiffe (the default with --peer-tls): the SPIFFE id names the pod',
+          );
+        }
+        if (value !== 'spiffe') throw configError(`--peer-identity: expected spiffe, got '${value}'`);
+        break;
+      case '--peer-spiffe-id':
+        if (!/^spiffe:\/\/[a-z0-9._-]+\/[^\s$]*$/.test(value) || value.split('{replica}').length !== 2) {
+          throw configError(`--peer-spiffe-id: expected spiffe://<trust-domain>/<path> with {replica} once (and optionally {namespace}), got '${value}'`);
+        }
+        peerTls.spiffeIdTemplate = value;
+        break;
       default:
         throw configError(`unknown flag ${flag} (see --help)`);
     }
   }
   o.adminFromNamespaces = adminNs;
+  if (peerTls.source === 'cert-manager' && peerTls.issuer === undefined) throw configError('--peer-tls cert-manager needs --peer-tls-issuer [Issuer/|ClusterIssuer/]NAME: the issuer of the per-pod certificates');
+  if (peerTls.source === 'secret' && peerTls.secret === undefined) throw configError('--peer-tls secret needs --peer-tls-secret NAME: a Secret with ca.crt and <pod name>.crt/.key per replica');
+  if (peerTls.source !== 'cert-manager') delete peerTls.issuer;
+  if (peerTls.source !== 'secret') delete peerTls.secret;
+  if (peerTls.source === 'off' && argv.some((a) => /^--peer-(tls-issuer|tls-secret|spiffe-id|identity)(=|$)/.test(a))) {
+    throw configError('--peer-tls-issuer, --peer-tls-secret, --peer-identity and --peer-spiffe-id need --peer-tls cert-manager|secret');
+  }
+  o.peerTls = peerTls;
   const ports = [o.gatewayPort, o.peerPort, o.adminPort];
   if (new Set(ports).size !== ports.length) throw configError('--gateway-port, --peer-port and --admin-port must differ');
   return { help: false, options: o };

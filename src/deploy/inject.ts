@@ -12,6 +12,7 @@ import {
   addedObjects,
   CLIENT_TLS_VOLUME,
   drainPreStop,
+  PEER_TLS_VOLUME,
   GATEWAY_PORT_NAME,
   INJECTED_LABEL,
   INJECTED_LABEL_VALUE,
@@ -445,7 +446,14 @@ export function injectManifests(raw: string, o: InjectOptions): InjectResult {
   const publicPort = typeof grpcPort?.['containerPort'] === 'number' ? grpcPort['containerPort'] : 8080;
   checkPorts(podSpec, gwName, publicPort, o);
   const volumeNames = new Set(asArray(podSpec['volumes']).map((v) => str(asRecord(v)?.['name'])));
-  for (const v of [PEER_SECRET_VOLUME, CLIENT_TLS_VOLUME]) if (volumeNames.has(v)) throw refuse(`the pod already has a volume named ${v}`);
+  for (const v of [PEER_SECRET_VOLUME, CLIENT_TLS_VOLUME, PEER_TLS_VOLUME]) if (volumeNames.has(v)) throw refuse(`the pod already has a volume named ${v}`);
+  if (o.peerTls.source === 'secret' && w.kind !== 'StatefulSet') {
+    throw refuse(
+      `--peer-tls secret needs pod names known in advance (a StatefulSet), but the gateway is a ${w.kind} whose pods get random names: ` +
+        'use --peer-tls cert-manager (a certificate per pod from the cert-manager CSI driver)',
+      { reason: 'peer-tls-secret-needs-statefulset' },
+    );
+  }
 
   // Seed's gateway takes `--port` (and always binds 0.0.0.0); HEAD's reads TOML, which the env
   // overrides (reference §3.1). A CLI flag beats both, so flags present are rewritten in place.
@@ -511,7 +519,7 @@ export function injectManifests(raw: string, o: InjectOptions): InjectResult {
   notes.push(
     `injected ${SIDECAR_CONTAINER} (${o.mode}) into ${w.kind}/${w.name}: gateway container ${gwName} moved to ` +
       `${style === 'args' ? `port ${o.gatewayPort} (--port)` : `127.0.0.1:${o.gatewayPort} (OPENSHELL_BIND_ADDRESS/OPENSHELL_SERVER_PORT)`}, sidecar on ${publicPort}, grace ${graceSeconds}s, ` +
-      `TLS ${tls ? 'on' : 'off'}; added ${added.map((a) => `${a.kind}/${a.name}`).join(', ')}`,
+      `TLS ${tls ? 'on' : 'off'}, peer mTLS ${o.peerTls.source}; added ${added.map((a) => `${a.kind}/${a.name}`).join(', ')}`,
   );
   return {
     output: joinDocuments([...texts, ...stringifyAdded(added, stream.shape)]),

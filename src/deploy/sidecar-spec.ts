@@ -1,6 +1,6 @@
 // What the injection adds, as plain objects: the sidecar container, its volumes, and the peer
 // Service, PodDisruptionBudget and NetworkPolicy (deployment reference §3.2–§3.7). Pure.
-import type { InjectOptions, SecretRef } from './inject-options.ts';
+import type { InjectOptions, PeerTlsOptions, SecretRef } from './inject-options.ts';
 
 export const SIDECAR_CONTAINER = 'ohs-sidecar';
 /** Pod-template label that marks injected pods; every added selector includes it (reference §1.4 item 9). */
@@ -16,6 +16,9 @@ export const PEER_SECRET_DIR = '/etc/ohs/peer';
 export const PEER_SECRET_KEY = 'peer-secret';
 export const CLIENT_TLS_VOLUME = 'ohs-client-tls';
 export const CLIENT_TLS_DIR = '/etc/ohs/client-tls';
+export const PEER_TLS_VOLUME = 'ohs-peer-tls';
+export const PEER_TLS_DIR = '/etc/ohs/peer-tls';
+export const CERT_MANAGER_CSI_DRIVER = 'csi.cert-manager.io';
 export const GATEWAY_PORT_NAME = 'gw-grpc';
 export const PEER_PORT_NAME = 'ohs-peer';
 export const ADMIN_PORT_NAME = 'ohs-admin';
@@ -82,6 +85,7 @@ export function sidecarEnv(plan: SidecarPlan): Array<Record<string, unknown>> {
     );
     if (t.clientCaFile !== undefined) env.push({ name: 'OHS_TLS_CLIENT_CA_FILE', value: t.clientCaFile });
   }
+  if (o.peerTls.source !== 'off') env.push(...peerTlsEnv(o.peerTls));
   env.push(
     { name: 'OHS_DATABASE_URL', ...plan.database },
     { name: 'OHS_REDIS_URL', ...secretRef({ name: o.haSecret, key: 'redis-url' }, true) },
@@ -92,6 +96,49 @@ export function sidecarEnv(plan: SidecarPlan): Array<Record<string, unknown>> {
     { name: 'OHS_TERMINATION_GRACE_SECONDS', value: String(plan.graceSeconds) },
   );
   return env;
+}
+
+/**
+ * Peer mTLS: the files of the peer TLS volume, and the SPIFFE id template with the namespace filled
+ * in by the kubelet (`$(POD_NAMESPACE)`, defined earlier in the list). The sidecar then builds an
+ * https:// peer URL from OHS_PEER_HOST itself.
+ */
+function peerTlsEnv(p: PeerTlsOptions): Array<Record<string, unknown>> {
+  // A Secret holds every replica's pair, named after the pods (kubelet expands $(POD_NAME)).
+  const base = p.source === 'secret' ? `${PEER_TLS_DIR}/$(POD_NAME)` : `${PEER_TLS_DIR}/tls`;
+  return [
+    { name: 'OHS_PEER_TLS_CERT_FILE', value: `${base}.crt` },
+    { name: 'OHS_PEER_TLS_KEY_FILE', value: `${base}.key` },
+    { name: 'OHS_PEER_TLS_CA_FILE', value: `${PEER_TLS_DIR}/ca.crt` },
+    { name: 'OHS_PEER_IDENTITY', value: 'spiffe' },
+    { name: 'OHS_PEER_SPIFFE_ID', value: p.spiffeIdTemplate.replaceAll('{namespace}', '$(POD_NAMESPACE)') },
+  ];
+}
+
+/** The per-pod certificate: the cert-manager CSI driver's inline volume, or the Secret. */
+function peerTlsVolume(p: PeerTlsOptions): Record<string, unknown> | undefined {
+  if (p.source === 'secret' && p.secret !== undefined) return { name: PEER_TLS_VOLUME, secret: { secretName: p.secret, defaultMode: 0o440 } };
+  if (p.source !== 'cert-manager' || p.issuer === undefined) return undefined;
+  return {
+    name: PEER_TLS_VOLUME,
+    csi: {
+      driver: CERT_MANAGER_CSI_DRIVER,
+      readOnly: true,
+      volumeAttributes: {
+        'csi.cert-manager.io/issuer-name': p.issuer.name,
+        'csi.cert-manager.io/issuer-kind': p.issuer.kind,
+        'csi.cert-manager.io/issuer-group': 'cert-manager.io',
+        // The driver fills ${POD_NAME} and ${POD_NAMESPACE} from the pod it mounts into; the pod IP
+        // is not known to it (hence SPIFFE ids, not IP SANs).
+        'csi.cert-manager.io/uri-sans': p.spiffeIdTemplate.replaceAll('{replica}', '${POD_NAME}').replaceAll('{namespace}', '${POD_NAMESPACE}'),
+        'csi.cert-manager.io/common-name': '${POD_NAME}',
+        // Both ends of a peer connection present it.
+        'csi.cert-manager.io/key-usages': 'digital signature,key encipherment,server auth,client auth',
+        // Readable by the sidecar's group only (the key is written 0640 by the driver).
+        'csi.cert-manager.io/fs-group': '1000',
+      },
+    },
+  };
 }
 
 export function drainPreStop(adminPort: number): Record<string, unknown> {
@@ -118,6 +165,7 @@ export function sidecarContainer(plan: SidecarPlan): Record<string, unknown> {
     for (const m of plan.tls.mounts) mounts.push({ name: m.name, mountPath: m.mountPath, readOnly: true });
     mounts.push({ name: CLIENT_TLS_VOLUME, mountPath: CLIENT_TLS_DIR, readOnly: true });
   }
+  if (o.peerTls.source !== 'off') mounts.push({ name: PEER_TLS_VOLUME, mountPath: PEER_TLS_DIR, readOnly: true });
   return {
     name: SIDECAR_CONTAINER,
     image: o.image,
@@ -156,6 +204,8 @@ export function sidecarVolumes(plan: SidecarPlan): Array<Record<string, unknown>
     },
   ];
   if (plan.tls) vols.push({ name: CLIENT_TLS_VOLUME, secret: { secretName: plan.tls.clientTlsSecret, defaultMode: 0o440 } });
+  const peer = peerTlsVolume(plan.options.peerTls);
+  if (peer) vols.push(peer);
   return vols;
 }
 

@@ -9,11 +9,17 @@ import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { OwnershipStore } from '../ownership/types.ts';
 import type { LocalSessions } from '../routing/router.ts';
 
-/** How much one replica sheds: how many over its fair share, with a margin. Pure. */
-export function excessSessions(mine: number, clusterTotal: number, liveActive: number, marginPct: number): number {
+/**
+ * How much one replica sheds: how many over its fair share, when it is over the margin, or when
+ * another replica is under it (`fewest`: the smallest count among the active replicas) and this one
+ * holds at least one session more than its fair share. Pure.
+ */
+export function excessSessions(mine: number, clusterTotal: number, liveActive: number, marginPct: number, fewest = mine): number {
   if (liveActive < 2 || clusterTotal === 0) return 0;
   const fair = clusterTotal / liveActive;
-  if (mine <= fair * (1 + marginPct / 100)) return 0;
+  const over = mine > fair * (1 + marginPct / 100);
+  const someoneUnder = fewest < fair * (1 - marginPct / 100) && mine >= fair + 1;
+  if (!over && !someoneUnder) return 0;
   return Math.max(0, Math.floor(mine - fair));
 }
 
@@ -43,6 +49,8 @@ export function startRebalancer(deps: {
     if (deps.draining()) return;
     const replicas = await deps.store.liveReplicas().catch(() => undefined);
     if (!replicas) return;
+    // While any replica drains, sessions are in motion: shedding more now only adds moves.
+    if (replicas.some((r) => r.state === 'draining')) return;
     const active = replicas.filter((r) => r.state === 'active');
     const self = deps.store.replicaId;
     const mine = deps.localSessions.size;
@@ -50,7 +58,8 @@ export function startRebalancer(deps: {
     const total = active.reduce((sum, r) => sum + (r.replicaId === self ? mine : r.sessions), 0);
     const fair = active.length > 0 ? total / active.length : 0;
     deps.metrics.sessionImbalance.set(fair > 0 ? mine / fair : 1);
-    const excess = excessSessions(mine, total, active.length, deps.marginPct);
+    const fewest = Math.min(...active.map((r) => (r.replicaId === self ? mine : r.sessions)));
+    const excess = excessSessions(mine, total, active.length, deps.marginPct, fewest);
     if (excess === 0) return;
     const now = Date.now();
     for (const [id, at] of shedAt) if (now - at > deps.cooldownMs) shedAt.delete(id);

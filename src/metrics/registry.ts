@@ -136,7 +136,7 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     }),
     protectionsTotal: new Counter({
       name: 'ohs_protections_total',
-      help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests.',
+      help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests, upstream_reset_budget, lookup_queue (an owner lookup refused because the lookup queue was full).',
       labelNames: ['reason'] as const,
       registers,
     }),

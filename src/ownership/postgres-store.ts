@@ -6,6 +6,7 @@ import { OhsError } from '../errors.ts';
 import { TtlCache } from './cache.ts';
 import type { ReadToken } from './cache.ts';
 import { createListenerSet } from './listeners.ts';
+import { DEFAULT_LOOKUP_QUEUE_MAX, LookupGate } from './lookup-gate.ts';
 import { createPgNotifyListener } from './pg-notify-listener.ts';
 import type { PgNotifyListener } from './pg-notify-listener.ts';
 import { createRedisOwnerCache } from './redis-owner-cache.ts';
@@ -48,6 +49,13 @@ export interface PostgresOwnershipStoreOptions {
    */
   lookupPoolSize?: number;
   /**
+   * Lookups that may wait for a lookup connection beyond those running; more are refused at once
+   * (OHS_ERR_OVERLOADED, `onLookupRefused`). Default 1,000.
+   */
+  lookupQueueMax?: number;
+  /** A lookup refused because the lookup queue was full. */
+  onLookupRefused?: () => void;
+  /**
    * How long "no such sandbox" (no owner row at all) is remembered for non-fresh lookups; a claim
    * anywhere invalidates it at once (pub/sub, NOTIFY). 0 turns the negative cache off. Default 5 s.
    */
@@ -87,6 +95,23 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
 
   let pool: pg.Pool | null = null;
   let lookupPool: pg.Pool | null = null;
+  const lookupPoolSize = opts.lookupPoolSize ?? 4;
+  let refusedLookups = 0;
+  const lookupGate = new LookupGate(lookupPoolSize, opts.lookupQueueMax ?? DEFAULT_LOOKUP_QUEUE_MAX, (waiting) => {
+    opts.onLookupRefused?.();
+    if (refusedLookups++ % 1000 === 0) {
+      log.warn({ waiting, refused: refusedLookups, max: opts.lookupQueueMax ?? DEFAULT_LOOKUP_QUEUE_MAX }, 'owner lookup queue full; refusing lookups until it drains (a flood of lookups?)');
+    }
+  });
+  /** Which replica was last read as registered at a peer URL (few entries: one per replica address seen). */
+  const replicaByPeerUrl = new Map<string, string>();
+  function noteReplicaUrl(replicaId: string, peerUrl: string | null | undefined): void {
+    if (!peerUrl) return;
+    if (replicaByPeerUrl.get(peerUrl) === replicaId) return;
+    replicaByPeerUrl.delete(peerUrl);
+    replicaByPeerUrl.set(peerUrl, replicaId);
+    if (replicaByPeerUrl.size > 10_000) replicaByPeerUrl.delete(replicaByPeerUrl.keys().next().value as string);
+  }
   let heartbeatPool: pg.Pool | null = null;
   let listener: PgNotifyListener | null = null;
   let redis: RedisOwnerCache | null = null;
@@ -103,9 +128,13 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     return pool;
   }
 
-  function requireLookupPool(): pg.Pool {
+  /** A statement on the lookup pool, through the bounded lookup queue. */
+  function lookupQuery<R extends pg.QueryResultRow>(text: string, params: unknown[]): Promise<pg.QueryResult<R>> {
     if (lookupPool === null || !running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
-    return lookupPool;
+    return lookupGate.run(() => {
+      if (lookupPool === null || !running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
+      return lookupPool.query<R>(text, params);
+    });
   }
 
   function replicaParams(): unknown[] {
@@ -183,13 +212,14 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   }
 
   async function readPostgres(sandboxId: string, token: ReadToken, negToken: ReadToken, redisVersion: string | null): Promise<OwnerRecord | null> {
-    const res = await requireLookupPool().query<sql.LookupOwnerRow>(sql.LOOKUP_OWNER, [sandboxId, opts.leaseTtlMs]);
+    const res = await lookupQuery<sql.LookupOwnerRow>(sql.LOOKUP_OWNER, [sandboxId, opts.leaseTtlMs]);
     const row = res.rows[0];
     if (row === undefined) {
       // Nobody ever claimed it (or it was released): only a claim changes that, and claims are announced.
       negatives.set(sandboxId, true, negativeTtlMs, negToken);
       return null;
     }
+    noteReplicaUrl(row.replica_id, row.peer_url);
     const leaseLeftMs = row.lease_left_ms;
     if (row.peer_url === null || leaseLeftMs === null || leaseLeftMs < 0) {
       memory.set(sandboxId, null, Math.min(opts.cacheTtlMs, LAPSED_OWNER_CACHE_MAX_MS), token);
@@ -230,7 +260,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
       return p;
     };
     pool = newPool(opts.poolSize ?? 4, 'openshell-ha-sidecar');
-    lookupPool = newPool(opts.lookupPoolSize ?? 4, 'openshell-ha-sidecar-lookup');
+    lookupPool = newPool(lookupPoolSize, 'openshell-ha-sidecar-lookup');
     // The lease is this replica's life: its renewal never waits for a connection behind anything else.
     heartbeatPool = newPool(1, 'openshell-ha-sidecar-heartbeat');
     running = true;
@@ -322,6 +352,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
           epoch: up.epoch,
           claimedAtMs: up.claimed_at_ms,
         };
+        if (prev !== undefined) noteReplicaUrl(prev.replica_id, prev.peer_url);
         const previous: OwnerRecord | null =
           prev === undefined
             ? null
@@ -421,7 +452,8 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     const now = performance.now();
     let entry = replicas.get(replicaId);
     if (!entry || now - entry.atMs > PEER_URL_CACHE_MS || (recheck && now - entry.atMs > REPLICA_RECHECK_MS)) {
-      const row = (await requireLookupPool().query<sql.ReplicaLeaseRow>(sql.REPLICA_LEASE, [replicaId, opts.leaseTtlMs])).rows[0];
+      const row = (await lookupQuery<sql.ReplicaLeaseRow>(sql.REPLICA_LEASE, [replicaId, opts.leaseTtlMs])).rows[0];
+      noteReplicaUrl(replicaId, row?.peer_url);
       // The lease end, as the database clock saw it, carried over to ours as time left.
       entry = { url: row?.peer_url ?? null, liveUntilMs: row === undefined ? 0 : now + row.lease_left_ms, atMs: now };
       replicas.delete(replicaId);
@@ -444,6 +476,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
 
   async function liveReplicas(): Promise<ReplicaRecord[]> {
     const res = await requirePool().query<sql.ReplicaRow>(sql.LIVE_REPLICAS, [opts.leaseTtlMs]);
+    for (const r of res.rows) noteReplicaUrl(r.replica_id, r.peer_url);
     return res.rows.map((r) => ({
       replicaId: r.replica_id,
       peerUrl: r.peer_url,
@@ -465,7 +498,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     }
     let postgresLayer: OwnerLayers['postgres'];
     try {
-      const row = (await requireLookupPool().query<sql.InspectOwnerRow>(sql.INSPECT_OWNER, [sandboxId, opts.leaseTtlMs])).rows[0];
+      const row = (await lookupQuery<sql.InspectOwnerRow>(sql.INSPECT_OWNER, [sandboxId, opts.leaseTtlMs])).rows[0];
       postgresLayer =
         row === undefined
           ? { state: 'none' }
@@ -516,6 +549,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     inspect,
     lastHeartbeatAtMs: () => lastHeartbeatAtMs,
     registeredPeerUrl: (replicaId, o) => guard('registeredPeerUrl', undefined, async () => (await replicaEntry(replicaId, o?.recheck === true)).url),
+    replicaAtPeerUrl: (peerUrl) => replicaByPeerUrl.get(peerUrl),
   };
 }
 

@@ -115,4 +115,9 @@ export interface OwnershipStore {
    * cached, `recheck` reads again unless it was just read. Peer mTLS checks identities against it.
    */
   registeredPeerUrl?(replicaId: string, opts?: { recheck?: boolean }): Promise<string | null>;
+  /**
+   * Which replica this process last read as registered at a peer URL (owner rows, replica rows),
+   * without asking anyone: a dial to a peer checks the certificate of the replica it means to reach.
+   */
+  replicaAtPeerUrl?(peerUrl: string): string | undefined;
 }

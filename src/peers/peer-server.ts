@@ -6,7 +6,7 @@ import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
 import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
-import { ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
+import { RELAY_CLASSES, ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
 import { track } from '../proxy/stream-tracking.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
 import { RELEASE_PATH, handleRelease } from './handoff.ts';
@@ -196,8 +196,10 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
     peerTunnel(ctx, log, stream);
     return;
   }
-  const answered = ctx.localSessions.beginRequest(sandboxId);
-  ctx.gatewayPool.get(ctx.gatewayOrigin).then(
+  const answered = RELAY_CLASSES.has(cls as TrafficClass) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
+  // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
+  const gate = ctx.localSessions.acceptedSettled(sandboxId);
+  (gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin)).then(
     (session) => {
       if (stream.destroyed) return answered();
       // Counted like the ingress' own streams: a drain lets them finish.
@@ -272,15 +274,23 @@ async function hostShadow(ctx: ProxyContext, log: Logger, stream: http2.ServerHt
     respondGrpcError(stream, 14, 'gateway unavailable');
     return;
   }
+  const unhost = (): void => {
+    const n = (ctx.hostedShadows.get(sandboxId) ?? 1) - 1;
+    if (n <= 0) ctx.hostedShadows.delete(sandboxId);
+    else ctx.hostedShadows.set(sandboxId, n);
+  };
+  ctx.hostedShadows.set(sandboxId, (ctx.hostedShadows.get(sandboxId) ?? 0) + 1);
   try {
     forwardStream(stream, lease.session, copyRequestHeaders(headers), {
       onDone: () => {
         lease.release();
         ctx.metrics.shadowsHosted.dec();
+        unhost();
       },
     });
     ctx.metrics.shadowsHosted.inc();
   } catch (err) {
+    unhost();
     lease.release();
     log.info({ err: (err as Error).message }, 'gateway connection closing; shadow refused');
     respondGrpcError(stream, 14, 'gateway unavailable');

@@ -33,8 +33,12 @@ interface Loaded {
 export interface PeerTlsMaterial {
   /** Options for the peer listener (http2.createSecureServer): client certificates required. */
   serverOptions(): tls.TlsOptions;
-  /** Options for a new outgoing peer connection, with the certificates current right now. */
-  clientOptions(): tls.ConnectionOptions;
+  /**
+   * Options for a new outgoing peer connection, with the certificates current right now. With SPIFFE
+   * identities the server must present the id of `expectedReplicaId`, the replica this connection
+   * means to reach; undefined (no replica known at that address) refuses every server.
+   */
+  clientOptions(expectedReplicaId: string | undefined): tls.ConnectionOptions;
   /** Context options for the listener's setSecureContext after a reload. */
   onReload(listener: (options: tls.SecureContextOptions) => void): () => void;
   /** SHA-256 fingerprint of the certificate in use (colon-separated hex, as Node prints it). */
@@ -102,7 +106,6 @@ export function createPeerTlsMaterial(opts: PeerTlsOptions): PeerTlsMaterial {
   }
   metrics?.certExpiry.set(Math.floor(current.notAfterMs / 1000));
   const spiffeTemplate = config.identity === 'spiffe' ? config.spiffeIdTemplate : undefined;
-  const serverIdentity = spiffeTemplate === undefined ? undefined : spiffeServerCheck(spiffeTemplate);
   const listeners = new Set<(options: tls.SecureContextOptions) => void>();
   let refusedDigest: string | undefined;
   let reloading: Promise<boolean> | undefined;
@@ -147,6 +150,21 @@ export function createPeerTlsMaterial(opts: PeerTlsOptions): PeerTlsMaterial {
     return reloading;
   }
 
+  // A refused peer server is logged once per address and 10 s: every new connection attempt to it fails alike.
+  const refusalLoggedAt = new Map<string, number>();
+  const logged = (check: ReturnType<typeof spiffeServerCheck>): ReturnType<typeof spiffeServerCheck> => (host, cert) => {
+    const err = check(host, cert);
+    if (err !== undefined) {
+      const now = Date.now();
+      if (now - (refusalLoggedAt.get(host) ?? 0) > 10_000) {
+        if (refusalLoggedAt.size > 1_000) refusalLoggedAt.clear();
+        refusalLoggedAt.set(host, now);
+        log.warn({ host, err: err.message }, 'peer server refused: its certificate does not name the replica registered at that address');
+      }
+    }
+    return err;
+  };
+
   const timer = setInterval(() => void reload(), config.reloadIntervalMs ?? DEFAULT_PEER_TLS_RELOAD_INTERVAL_MS);
   timer.unref();
 
@@ -158,11 +176,11 @@ export function createPeerTlsMaterial(opts: PeerTlsOptions): PeerTlsMaterial {
       // A peer that stalls its handshake does not hold a socket for Node's default two minutes.
       handshakeTimeout: 10_000,
     }),
-    clientOptions: () => ({
+    clientOptions: (expectedReplicaId) => ({
       secureContext: current.context,
       minVersion: MIN_VERSION,
       rejectUnauthorized: true,
-      ...(serverIdentity ? { checkServerIdentity: serverIdentity } : {}),
+      ...(spiffeTemplate !== undefined ? { checkServerIdentity: logged(spiffeServerCheck(spiffeTemplate, expectedReplicaId)) } : {}),
     }),
     onReload(listener) {
       listeners.add(listener);
@@ -179,19 +197,27 @@ export function createPeerTlsMaterial(opts: PeerTlsOptions): PeerTlsMaterial {
 
 /**
  * With SPIFFE identities certificates usually carry no DNS or IP name at all, so the host name check
- * is replaced: the server must hold a certificate from our CA naming some replica under the template.
- * Which replica is checked by what it answers (a non-owner answers "not owner"), not here.
+ * is replaced: the server must hold a certificate from our CA with the SPIFFE id of the very replica
+ * the connection means to reach (the one registered at the peer URL dialled), so that a replica, or
+ * anyone holding a replica's key, cannot answer in another's place at an address it took over.
  */
-function spiffeServerCheck(template: string): (host: string, cert: tls.PeerCertificate) => Error | undefined {
-  const marker = '\u0000';
-  const [prefix = '', suffix = ''] = spiffeIdFor(template, marker).split(marker);
-  return (_host, cert) => {
-    const ok = uriSans(cert.subjectaltname).some((uri) => {
-      if (!uri.startsWith(prefix) || !uri.endsWith(suffix) || uri.length <= prefix.length + suffix.length) return false;
-      return /^[A-Za-z0-9._-]+$/.test(uri.slice(prefix.length, uri.length - suffix.length));
-    });
-    return ok ? undefined : new Error(`peer certificate carries no SPIFFE id of the form ${template}`);
+export function spiffeServerCheck(template: string, expectedReplicaId: string | undefined): (host: string, cert: tls.PeerCertificate) => Error | undefined {
+  const want = expectedReplicaId === undefined ? undefined : spiffeIdFor(template, expectedReplicaId);
+  return (host, cert) => {
+    if (want === undefined) return new PeerServerIdentityError(`no replica is known to be registered at ${host}; not trusting whoever answers there`);
+    if (uriSans(cert.subjectaltname).includes(want)) return undefined;
+    const got = uriSans(cert.subjectaltname).join(', ') || 'no URI SAN';
+    return new PeerServerIdentityError(`peer at ${host} presented ${got}, not ${want} (the replica registered there)`);
   };
+}
+
+/** The server of a peer connection is not the replica this sidecar meant to reach. */
+export class PeerServerIdentityError extends Error {
+  readonly code = 'ERR_OHS_PEER_IDENTITY';
+  constructor(message: string) {
+    super(message);
+    this.name = 'PeerServerIdentityError';
+  }
 }
 
 function isLoopbackHost(host: string): boolean {

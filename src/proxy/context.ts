@@ -45,6 +45,8 @@ export interface ProxyContext {
   peerPool: SessionPool;
   /** Connections to the local gateway for shadow registrations hosted here (many long-lived streams). */
   shadowUpstreams: SpreadPool;
+  /** Shadows other replicas registered on our gateway, by sandbox (their RelayOpens reach nobody). */
+  hostedShadows: Map<string, number>;
   /** Shadow registrations of this replica's supervisor sessions on the other replicas' gateways. */
   shadows: ShadowRegistry | undefined;
   /** Set once the replica drains (SIGTERM, POST /drain): no new supervisor sessions. */

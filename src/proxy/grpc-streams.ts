@@ -3,7 +3,7 @@
 import { lazyChild } from '../log/logger.ts';
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
-import { grpcMethod, isGrpcContentType, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
+import { grpcMethod, isGrpcContentType, RELAY_CLASSES, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
 import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
 import type { LimitRule } from '../limits/rules.ts';
@@ -248,8 +248,18 @@ export async function routeKeyed(
   const release = await admit(ctx, stream, cls, sandboxId, log, token);
   if (release === undefined) return;
   stream.once('close', release);
-  // Past the hold bound the local gateway answers exactly as it would without us.
-  let target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+  // Past the hold bound the local gateway answers exactly as it would without us. A lookup the
+  // store refused (its queue full) is answered UNAVAILABLE here, at once, rather than sent to a
+  // gateway that may hold only a shadow of the sandbox's session.
+  let target: Target;
+  try {
+    target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId, { refuseWhenOverloaded: true })) ?? NO_OWNER;
+  } catch (err) {
+    const e = toOhsError(err);
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: e.code });
+    respondGrpcError(stream, grpcStatusFor(e), e.message);
+    return;
+  }
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
@@ -417,7 +427,20 @@ export function forwardAttempt(
     : undefined;
   const attempt = new Promise<Attempt>((resolve) => {
     const plog = peer ? lazyChild(log, { target: peer.replicaId }) : log;
-    const session = peer ? ctx.peerPool.get(peer.peerUrl) : ctx.gatewayPool.get(ctx.gatewayOrigin);
+    if (target.kind === 'local' && target.reason !== 'owner' && RELAY_CLASSES.has(cls) && ctx.hostedShadows.has(sandboxId)) {
+      // Our gateway holds only another replica's shadow of this session: it would accept the request
+      // and send its RelayOpen down the shadow, where nobody answers it (DEADLINE_EXCEEDED after 10 s).
+      // Answer as the gateway does for a sandbox with no session here.
+      endSpan(span, 'no owner');
+      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: 'OHS_ERR_NO_OWNER' });
+      plog.info('no owner, and the local gateway holds only a shadow of the session: answered here');
+      respondGrpcError(stream, 14, 'supervisor session not connected');
+      resolve({ kind: 'done' });
+      return;
+    }
+    // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
+    const gate = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.acceptedSettled(sandboxId) : undefined;
+    const session = peer ? ctx.peerPool.get(peer.peerUrl) : gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
       (session) => {
         if (stream.destroyed) {
@@ -443,7 +466,7 @@ export function forwardAttempt(
             ? { ...headers, ...traceHeaders(span) }
             : headers;
         // To our own gateway for a session held here: a shed waits until the gateway answered.
-        const answered = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
+        const answered = target.kind === 'local' && target.reason === 'owner' && RELAY_CLASSES.has(cls) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
         let handle: ReturnType<typeof forwardStream>;
         try {
           handle = forwardStream(stream, session, upHeaders, {

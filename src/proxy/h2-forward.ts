@@ -65,6 +65,10 @@ export interface ForwardOptions {
   /** Response headers to drop when relaying (internal x-ohs-* headers). */
   dropResponseHeader?: (name: string) => boolean;
   onDone?: (outcome: { reset: boolean; grpcStatus: string | undefined }) => void;
+  /** Sees every request chunk sent upstream, the prefix included (supervisor streams watch a few messages). */
+  onRequestChunk?: (chunk: Buffer) => void;
+  /** Sees every response chunk relayed downstream. */
+  onResponseChunk?: (chunk: Buffer) => void;
 }
 
 /** What a forward sent upstream before it was abandoned, so another target can get it instead. */
@@ -156,6 +160,7 @@ export function forwardStream(
     });
     recorded = null;
     up.pipe(down);
+    if (opts.onResponseChunk) up.on('data', opts.onResponseChunk);
     // Nothing is replayed once an answer came: the request side becomes a plain pipe, with no
     // closure of ours per chunk.
     if (!down.readableEnded && !up.destroyed) {
@@ -201,6 +206,7 @@ export function forwardStream(
   };
   const onData = (chunk: Buffer): void => {
     record(chunk);
+    opts.onRequestChunk?.(chunk);
     if (!up.write(chunk)) down.pause();
   };
   const onDrain = (): void => {
@@ -212,6 +218,7 @@ export function forwardStream(
   up.on('drain', onDrain);
   if (opts.prefix && opts.prefix.length > 0) {
     record(opts.prefix);
+    opts.onRequestChunk?.(opts.prefix);
     up.write(opts.prefix);
   }
   if (down.readableEnded) up.end();

@@ -10,8 +10,11 @@ export interface SessionOptions {
   connectTimeoutMs: number;
   /** Stream and connection receive window (DESIGN §3: 1 MiB moves ~40 % more through tunnels). */
   windowBytes: number;
-  /** TLS settings for an `https://` origin (CA, client certificate, server name); a function is asked per connection (reloaded certificates). */
-  tls?: tls.ConnectionOptions | (() => tls.ConnectionOptions);
+  /**
+   * TLS settings for an `https://` origin (CA, client certificate, server name); a function is asked
+   * per connection, with the origin dialled (reloaded certificates, the identity expected there).
+   */
+  tls?: tls.ConnectionOptions | ((origin: string) => tls.ConnectionOptions);
   /** TCP keepalive on the connection (first probe after this much idle time). */
   keepaliveMs?: number;
   /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
@@ -41,7 +44,7 @@ export interface ResetBudget {
 export function connectSession(origin: string, opts: SessionOptions): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
     // Asked once per connection, so that reloaded certificates reach new connections.
-    const tlsOptions = typeof opts.tls === 'function' ? opts.tls() : opts.tls;
+    const tlsOptions = typeof opts.tls === 'function' ? opts.tls(origin) : opts.tls;
     const session = http2.connect(origin, {
       ...tlsOptions,
       settings: { initialWindowSize: opts.windowBytes, enablePush: false },

@@ -59,7 +59,13 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     } catch {
       // already large enough
     }
-    session.on('stream', (stream, headers) => handlePublicStream(ctx, conn, stream, headers));
+    session.on('stream', (stream, headers) => {
+      handlePublicStream(ctx, conn, stream, headers);
+      // A connection that arrives while draining (the Service had not seen readiness turn false
+      // yet) is served its first stream and told to go elsewhere for the next (GOAWAY): at exit it
+      // would otherwise be cut with calls on it. A supervisor's is refused and closed anyway.
+      if (ctx.drainState.draining && !conn.supervisorUpstream && !session.closed) session.close();
+    });
   });
   h2.on('sessionError', (err) => log.debug({ err: err.message }, 'h2 session error'));
 

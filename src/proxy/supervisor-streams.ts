@@ -9,11 +9,12 @@ import { fencePreviousOwner } from '../peers/handoff.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
-import { forwardStream, respondGrpcError, type ForwardHandle } from './h2-forward.ts';
+import { forwardStream, respondGrpcError, type ForwardHandle, type ForwardOptions } from './h2-forward.ts';
 import { connectSession, sessionUsable } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
 import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
-import { PHASE_READY } from '../wire/gateway-payloads.ts';
+import { gatewayRelayOpenChannel, PHASE_READY, relayInitChannel, supervisorRelayOpenFailure } from '../wire/gateway-payloads.ts';
+import { messageWatcher, PendingRelays, RELAY_PENDING_MS } from './pending-relays.ts';
 import { track } from './stream-tracking.ts';
 
 /** State of one downstream HTTP/2 connection. */
@@ -32,6 +33,8 @@ export interface DownstreamConnection {
   activeRelays?: number;
   /** RelayStreams ever opened on this connection. */
   relaysOpened?: number;
+  /** RelayOpens the gateway sent down the control stream whose RelayStream has not arrived yet. */
+  pendingRelays?: PendingRelays;
 }
 
 function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
@@ -101,6 +104,7 @@ export async function forwardOnSupervisorConnection(
   }
   return forwardStream(stream, up, headers, {
     ...(prefix ? { prefix } : {}),
+    ...relayWatchers(conn, cls),
     ...(onAnswered
       ? {
           onResponse: (h: http2.IncomingHttpHeaders) => {
@@ -116,6 +120,39 @@ export async function forwardOnSupervisorConnection(
       onDone?.();
     },
   });
+}
+
+/**
+ * Watches the few messages that tell which relays the gateway is waiting for: RelayOpen going down
+ * the control stream, a failed RelayOpenResult coming up it, and each RelayStream's init frame.
+ */
+function relayWatchers(conn: DownstreamConnection, cls: TrafficClass): Pick<ForwardOptions, 'onRequestChunk' | 'onResponseChunk'> {
+  if (cls === 'supervisor-control') {
+    const pending = (conn.pendingRelays ??= new PendingRelays());
+    return {
+      onResponseChunk: messageWatcher((m) => {
+        const channel = gatewayRelayOpenChannel(m);
+        if (channel !== undefined) pending.opened(channel);
+        return true;
+      }),
+      onRequestChunk: messageWatcher((m) => {
+        const failed = supervisorRelayOpenFailure(m);
+        if (failed !== undefined) pending.settled(failed);
+        return true;
+      }),
+    };
+  }
+  if (cls === 'supervisor-relay') {
+    return {
+      // Only the init frame: then the watcher stops.
+      onRequestChunk: messageWatcher((m) => {
+        const channel = relayInitChannel(m);
+        if (channel !== undefined) conn.pendingRelays?.settled(channel);
+        return false;
+      }),
+    };
+  }
+  return {};
 }
 
 /** ConnectSupervisor: this replica becomes the owner (last connect wins), then the stream goes to the local gateway. */
@@ -223,18 +260,25 @@ export async function supervisorControl(
     return;
   }
   log.debug({ holdMs: Date.now() - helloAt }, 'hello released to the local gateway');
-  control.handle = await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, mirror);
+  const accepted = (): void => {
+    ctx.localSessions.markAccepted(sandboxId, sessionId);
+    mirror?.();
+  };
+  control.handle = await forwardOnSupervisorConnection(ctx, conn, stream, headers, 'supervisor-control', log, frameBytes, release, accepted);
 }
 
 const DISCONNECT_WRITE_WAIT_MS = 5_000;
 /** Before a shed ends its control stream: relays the gateway asked for arrive within this. */
 const SHED_RELAY_SETTLE_MS = 300;
-const SHED_RELAY_SETTLE_MAX_MS = 3_000;
+/** A relay the gateway asked for may take this long to arrive before the shed goes on without it. */
+const SHED_RELAY_SETTLE_MAX_MS = RELAY_PENDING_MS;
 
 /**
- * Waits (bounded) until no request is on its way to the gateway for this sandbox and no relay stream
- * has opened on the connection for a short while: a RelayOpen the gateway sent just before the shed
- * then reaches the supervisor, and its relay arrives, instead of being lost with the control stream.
+ * Waits (bounded) until no request is on its way to the gateway for this sandbox, every RelayOpen the
+ * gateway sent down the control stream has its RelayStream (or a failed RelayOpenResult), and no relay
+ * stream has opened on the connection for a short while: a RelayOpen the gateway sent just before
+ * the shed then reaches the supervisor, and its relay arrives, instead of being lost with the
+ * control stream.
  */
 async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, sandboxId: string): Promise<void> {
   const deadline = Date.now() + SHED_RELAY_SETTLE_MAX_MS;
@@ -242,7 +286,7 @@ async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, s
   for (;;) {
     await new Promise((r) => setTimeout(r, SHED_RELAY_SETTLE_MS).unref());
     const now = conn.relaysOpened ?? 0;
-    const quiet = now === last && ctx.localSessions.inflightRequests(sandboxId) === 0;
+    const quiet = now === last && ctx.localSessions.inflightRequests(sandboxId) === 0 && (conn.pendingRelays?.count() ?? 0) === 0;
     if (quiet || Date.now() >= deadline) return;
     last = now;
   }

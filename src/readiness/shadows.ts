@@ -45,6 +45,8 @@ export interface ShadowOptions {
 interface Shadow {
   replicaId: string;
   peerUrl: string;
+  /** The registration of the replica this shadow was made for (a restart registers again). */
+  startedAtMs: number;
   stream: http2.ClientHttp2Stream | undefined;
   /** The gateway answered (SessionAccepted comes next): the registration exists. */
   accepted: boolean;
@@ -184,8 +186,13 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
   const ensure = (entry: Entry): void => {
     const want = new Map(targets().map((r) => [r.replicaId, r]));
     for (const r of want.values()) {
-      if (entry.shadows.has(r.replicaId)) continue;
-      const shadow: Shadow = { replicaId: r.replicaId, peerUrl: r.peerUrl, stream: undefined, accepted: false, failures: 0, retry: undefined };
+      const existing = entry.shadows.get(r.replicaId);
+      if (existing && existing.peerUrl === r.peerUrl && existing.startedAtMs === r.startedAtMs) continue;
+      // A replica that restarted (often at a new address) is a new gateway: the old shadow may be
+      // retrying a dead address with a long backoff, and the new gateway, possibly the next lease
+      // holder, would never see the session.
+      if (existing) void closeShadow(existing);
+      const shadow: Shadow = { replicaId: r.replicaId, peerUrl: r.peerUrl, startedAtMs: r.startedAtMs, stream: undefined, accepted: false, failures: 0, retry: undefined };
       entry.shadows.set(r.replicaId, shadow);
       open(entry, shadow);
     }

@@ -1,6 +1,7 @@
 // Owner resolution: which replica a sandbox-scoped request must reach (DESIGN §2, §4), and the
 // hold: a request for a sandbox with no reachable owner waits for an ownership event.
 import type { Logger } from 'pino';
+import { toOhsError } from '../errors.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import { phaseWillNotReconnect } from '../wire/gateway-payloads.ts';
@@ -12,6 +13,16 @@ export type Target =
   | { kind: 'peer'; replicaId: string; peerUrl: string; epoch: number };
 
 export type PeerTarget = Extract<Target, { kind: 'peer' }>;
+
+export interface ResolveOptions {
+  /** Past the caches (a "not owner" answer proved them wrong). */
+  fresh?: boolean;
+  /**
+   * When the store refuses the lookup because its queue is full and nothing is known of the
+   * sandbox, throw OHS_ERR_OVERLOADED (the caller answers UNAVAILABLE) instead of answering "local".
+   */
+  refuseWhenOverloaded?: boolean;
+}
 
 interface LocalSession {
   /** Identifies one supervisor stream; a newer stream for the same sandbox replaces it. */
@@ -26,7 +37,13 @@ interface LocalSession {
   sinceMs: number;
   /** Set when a shed began: no new requests are sent to this session. */
   shedding?: boolean;
+  /** Resolves once the local gateway accepted this stream (or it ended); undefined once it did. */
+  accepted?: Promise<void>;
+  markAccepted?: () => void;
 }
+
+/** Longest a request waits for the local gateway to take a session this replica just claimed. */
+const ACCEPT_WAIT_MS = 10_000;
 
 /** One local session as drain and rebalance see it. */
 export interface LocalSessionInfo {
@@ -72,8 +89,34 @@ export class LocalSessions {
     controls: { shed?: (reason: string) => void; relays?: () => number } = {},
   ): number {
     const id = ++this.seq;
-    this.sessions.set(sandboxId, { id, epoch, close, ...controls, sinceMs: Date.now() });
+    const session: LocalSession = { id, epoch, close, ...controls, sinceMs: Date.now() };
+    session.accepted = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ACCEPT_WAIT_MS);
+      timer.unref();
+      session.markAccepted = () => {
+        clearTimeout(timer);
+        session.accepted = undefined;
+        resolve();
+      };
+    });
+    this.sessions.set(sandboxId, session);
     return id;
+  }
+
+  /** The local gateway took this supervisor stream (its response arrived). */
+  markAccepted(sandboxId: string, id: number): void {
+    const s = this.sessions.get(sandboxId);
+    if (s?.id === id) s.markAccepted?.();
+  }
+
+  /**
+   * Until the local gateway took the session this replica just claimed (the fence and the Hello are
+   * still under way), another replica's shadow of the previous session may be all that gateway
+   * holds: a request sent now would get a RelayOpen down that shadow, which nobody answers
+   * (DEADLINE_EXCEEDED "relay open timed out" 10 s later). Such requests wait for this, bounded.
+   */
+  acceptedSettled(sandboxId: string): Promise<void> | undefined {
+    return this.sessions.get(sandboxId)?.accepted;
   }
 
   list(): LocalSessionInfo[] {
@@ -137,6 +180,7 @@ export class LocalSessions {
   removeSession(sandboxId: string, id: number): number | undefined {
     const s = this.sessions.get(sandboxId);
     if (!s || s.id !== id) return undefined;
+    s.markAccepted?.();
     this.sessions.delete(sandboxId);
     return s.epoch;
   }
@@ -225,7 +269,7 @@ export class OwnerRouter {
    * new as the store's record; otherwise the store decides. No live owner → local with reason
    * 'no-owner'.
    */
-  async resolve(sandboxId: string, opts: { fresh?: boolean } = {}): Promise<Target> {
+  async resolve(sandboxId: string, opts: ResolveOptions = {}): Promise<Target> {
     if (!tracingEnabled()) return this.resolveUntraced(sandboxId, opts);
     const span = startSpan('ohs.owner_lookup', { [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: this.store.replicaId, 'ohs.fresh': opts.fresh === true });
     const target = await this.resolveUntraced(sandboxId, opts);
@@ -234,14 +278,22 @@ export class OwnerRouter {
     return target;
   }
 
-  private async resolveUntraced(sandboxId: string, opts: { fresh?: boolean }): Promise<Target> {
+  private async resolveUntraced(sandboxId: string, opts: ResolveOptions): Promise<Target> {
     // A session being shed is leaving: requests wait for the next owner instead (hold).
     const localEpoch = this.local.isShedding(sandboxId) ? undefined : this.local.epoch(sandboxId);
     let result;
     try {
-      result = await this.store.lookup(sandboxId, opts);
+      result = await this.store.lookup(sandboxId, opts.fresh === true ? { fresh: true } : {});
     } catch (err) {
       const known = this.lastKnown.get(sandboxId)?.target;
+      if (toOhsError(err).code === 'OHS_ERR_OVERLOADED') {
+        // The lookup queue is full (a flood of lookups): no log line per refusal (the store logs
+        // them, rate-limited). What we know still routes; with nothing known the caller says so.
+        if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
+        if (known) return known;
+        if (opts.refuseWhenOverloaded === true) throw err;
+        return { kind: 'local', epoch: null, reason: 'no-owner' };
+      }
       this.logger.warn({ err: (err as Error).message, sandbox: sandboxId, fallback: known ? describe(known) : 'local' }, 'owner lookup failed; using last known owner');
       if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
       return known ?? { kind: 'local', epoch: null, reason: 'no-owner' };
@@ -291,11 +343,11 @@ export class OwnerRouter {
    * that just proved unreachable). Waits for ownership events, not by polling, up to
    * ownerWaitMs. Returns null when the bound passes with no usable owner.
    */
-  async resolveHeld(sandboxId: string, opts: { fresh?: boolean; exclude?: PeerTarget } = {}): Promise<Target | null> {
+  async resolveHeld(sandboxId: string, opts: ResolveOptions & { exclude?: PeerTarget } = {}): Promise<Target | null> {
     const usable = (t: Target): boolean =>
       t.kind === 'peer' ? !(opts.exclude && t.replicaId === opts.exclude.replicaId && t.epoch === opts.exclude.epoch) : t.reason === 'owner';
     const known = this.lastKnown.get(sandboxId);
-    const first = await this.resolve(sandboxId, opts.fresh ? { fresh: true } : {});
+    const first = await this.resolve(sandboxId, { ...(opts.fresh ? { fresh: true } : {}), ...(opts.refuseWhenOverloaded ? { refuseWhenOverloaded: true } : {}) });
     if (usable(first)) return first;
     // Hold only with evidence that an owner is moving: it just proved unreachable, or the sandbox
     // had an owner recently. A sandbox that never had one (unknown, never connected, cleanly
@@ -351,6 +403,10 @@ export class OwnerRouter {
           unsubscribe();
           resolve(t);
         };
+        // An ownership event after the hold began is a new claim or release: a claim by the very
+        // replica that was excluded (its supervisor came straight back; the epoch restarts at 1
+        // once the old row is gone, so the record looks the same) is a new session and usable.
+        let changed = false;
         const check = (): void => {
           if (done) return;
           if (checking) {
@@ -361,7 +417,7 @@ export class OwnerRouter {
           this.resolve(sandboxId, { fresh: true }).then(
             (t) => {
               checking = false;
-              if (usable(t)) finish(t);
+              if (usable(t) || (changed && t.kind === 'peer')) finish(t);
               else if (recheck) {
                 recheck = false;
                 check();
@@ -373,7 +429,9 @@ export class OwnerRouter {
           );
         };
         const unsubscribe = this.store.onChange((id) => {
-          if (id === sandboxId) check();
+          if (id !== sandboxId) return;
+          changed = true;
+          check();
         });
         const timer = setTimeout(() => finish(null), this.ownerWaitMs);
         timer.unref();

@@ -208,3 +208,46 @@ export function sandboxPayloadConditions(payload: Uint8Array): SandboxCondition[
   });
   return out;
 }
+
+/** A string field of an embedded message field (`outer.inner`), the last occurrence winning; undefined when absent. */
+function embeddedString(message: Uint8Array, outer: number, inner: number): string | undefined {
+  let value: string | undefined;
+  forEachField(message, (field, wireType, reader) => {
+    if (wireType !== WireType.LengthDelimited) return false;
+    if (field !== outer) return false;
+    forEachField(reader.bytes(), (f, wt, r) => {
+      if (f !== inner || wt !== WireType.LengthDelimited) return false;
+      value = r.string();
+      return true;
+    });
+    return true;
+  });
+  return value;
+}
+
+/** `GatewayMessage{relay_open=4: RelayOpen{channel_id=1}}` (reference §2.1): the channel id, if this is one. Throws on undecodable bytes. */
+export function gatewayRelayOpenChannel(message: Uint8Array): string | undefined {
+  return embeddedString(message, 4, 1);
+}
+
+/** `SupervisorMessage{relay_open_result=3: RelayOpenResult{channel_id=1, success=2}}`: a relay the supervisor could not open. Throws on undecodable bytes. */
+export function supervisorRelayOpenFailure(message: Uint8Array): string | undefined {
+  let channel: string | undefined;
+  let success = false;
+  forEachField(message, (field, wireType, reader) => {
+    if (field !== 3 || wireType !== WireType.LengthDelimited) return false;
+    forEachField(reader.bytes(), (f, wt, r) => {
+      if (f === 1 && wt === WireType.LengthDelimited) channel = r.string();
+      else if (f === 2 && wt === WireType.Varint) success = r.bool();
+      else return false;
+      return true;
+    });
+    return true;
+  });
+  return channel !== undefined && !success ? channel : undefined;
+}
+
+/** `RelayFrame{init=1: RelayInit{channel_id=1}}` (reference §2.2): the channel a RelayStream claims. Throws on undecodable bytes. */
+export function relayInitChannel(message: Uint8Array): string | undefined {
+  return embeddedString(message, 1, 1);
+}

@@ -175,7 +175,7 @@ describe('adversarial peers and records', () => {
     await finish(
       1,
       `forged peer calls (${n}, no or wrong secret)`,
-      `all ${n} refused 401, none forwarded; ohs_forwards_total grew by ${seriesAfter - seriesBefore} series (label from the unauthenticated x-ohs-class)`,
+      `all ${n} refused 401, none forwarded; ohs_forwards_total grew by ${seriesAfter - seriesBefore} series (labels only from authenticated peers, from a fixed set)`,
       rss,
       probe,
       100,

@@ -163,6 +163,53 @@ describe.skipIf(skipUnless(H3))('the own chart under real Helm 3', () => {
   });
 });
 
+describe.skipIf(skipUnless(H3))('peer mTLS values of the own chart under real Helm 3', () => {
+  it('certManager with createIssuer renders the self-signed root, the CA certificate and the CA Issuer the CSI driver asks', () => {
+    const r = run(H3.bin as string, [
+      'template', 'ha', OWN_CHART, '-n', 'openshell', '--api-versions', 'cert-manager.io/v1/Issuer',
+      '--set', 'peerTls.enabled=true', '--set', 'peerTls.source=certManager', '--set', 'peerTls.certManager.createIssuer=true',
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const docs = docsOf(r.stdout);
+    const byName = (kind: string, name: string): Json => docs.find((d) => d['kind'] === kind && (d['metadata'] as Json)['name'] === name) as Json;
+    expect(byName('Issuer', 'openshell-ha-peer-ca-selfsigned')['spec']).toEqual({ selfSigned: {} });
+    expect(byName('Certificate', 'openshell-ha-peer-ca')['spec']).toMatchObject({
+      isCA: true,
+      secretName: 'openshell-ha-peer-ca',
+      issuerRef: { group: 'cert-manager.io', kind: 'Issuer', name: 'openshell-ha-peer-ca-selfsigned' },
+    });
+    expect(byName('Issuer', 'openshell-ha-peer-ca')['spec']).toEqual({ ca: { secretName: 'openshell-ha-peer-ca' } });
+    expect((byName('Issuer', 'openshell-ha-peer-ca')['metadata'] as Json)['namespace']).toBe('openshell');
+    // Off by default, and with an issuer of one's own: nothing of this.
+    for (const args of [[], ['--set', 'peerTls.enabled=true', '--set', 'peerTls.source=certManager', '--set', 'peerTls.certManager.issuerKind=ClusterIssuer']]) {
+      const plain = run(H3.bin as string, ['template', 'ha', OWN_CHART, '-n', 'openshell', ...args]);
+      expect(plain.code).toBe(0);
+      expect(docsOf(plain.stdout).map((d) => d['kind'])).toEqual(['Secret']);
+    }
+    const lint = run(H3.bin as string, ['lint', OWN_CHART, '--strict', '--set', 'peerTls.enabled=true', '--set', 'peerTls.source=secret', '--set', 'peerTls.secretName=peer-certs']);
+    expect(lint.code).toBe(0);
+  });
+
+  it('refuses peer mTLS values that cannot work, with the reason', () => {
+    const bad = (args: string[]): string => {
+      const r = run(H3.bin as string, ['template', 'ha', OWN_CHART, '--set', 'peerTls.enabled=true', ...args]);
+      expect(r.code).not.toBe(0);
+      return r.stderr;
+    };
+    // Enabled without a source of certificates: the schema names the field and the choices.
+    expect(bad([])).toMatch(/peerTls\/source.*must be one of 'certManager', 'secret'/);
+    expect(bad(['--set', 'peerTls.source=spire'])).toMatch(/peerTls\/source/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.identity=san'])).toMatch(/peerTls.identity=san cannot work in Kubernetes: peers dial pod IPs/);
+    expect(bad(['--set', 'peerTls.source=secret'])).toMatch(/peerTls.source=secret needs peerTls.secretName/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.certManager.issuerName='])).toMatch(/peerTls\/certManager\/issuerName/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.certManager.createIssuer=true'])).toMatch(/no cert-manager.io\/v1 Issuer/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.spiffeIdTemplate=spiffe://td/no-placeholder'])).toMatch(/spiffeIdTemplate/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.certManager.issuerKind=Vault'])).toMatch(/issuerKind/);
+    expect(bad(['--set', 'peerTls.source=certManager', '--set', 'peerTls.tipo=1'])).toMatch(/additional properties|tipo/i);
+  });
+});
+
 describe.skipIf(skipUnless(H4))('the own chart under real Helm 4', () => {
   it('helm lint --strict and helm template pass', () => {
     const lint = run(H4.bin as string, ['lint', OWN_CHART, '--strict']);
@@ -207,6 +254,35 @@ describe.skipIf(skipUnless(H3))('the post-renderer under real Helm 3 (--post-ren
       console.log(`helm v3 template ${c.tag} + post-renderer: ${parseManifestStream(input).docs.length} docs in, ${parseManifestStream(output).docs.length} out; ${checked.length} invariant checks passed`);
     });
   }
+
+  it('--post-renderer-args for peer mTLS (what NOTES prints): the sidecar gets the CSI volume, its mount and the peer TLS variables', () => {
+    const chart = chartFromFixtures('h3-peer-tls', fixture('head-ha.helm3-input.yaml'));
+    const cap = capture('h3-peer-tls');
+    const r = run(H3.bin as string, [
+      'template', 'openshell', chart, '-n', 'openshell', '--post-renderer', WRAPPER, '--post-renderer-args', '--mode=native',
+      '--post-renderer-args=--peer-tls=cert-manager', '--post-renderer-args=--peer-tls-issuer=Issuer/openshell-ha-peer-ca',
+      '--post-renderer-args=--peer-spiffe-id=spiffe://cluster.local/ns/{namespace}/openshell-ha/{replica}',
+    ], cap.env);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const opts = { ...INJECT_DEFAULTS, mode: 'native' as const, peerTls: { source: 'cert-manager' as const, issuer: { kind: 'Issuer' as const, name: 'openshell-ha-peer-ca' }, spiffeIdTemplate: 'spiffe://cluster.local/ns/{namespace}/openshell-ha/{replica}' } };
+    expect(checkInvariants(cap.input(), cap.output(), opts).violations).toEqual([]);
+    const pod = podSpecOf(injectedWorkload(r.stdout));
+    const vol = ((pod['volumes'] as Json[]) ?? []).find((v) => v['name'] === 'ohs-peer-tls') as Json;
+    expect((vol['csi'] as Json)['driver']).toBe('csi.cert-manager.io');
+    expect(((vol['csi'] as Json)['volumeAttributes'] as Json)['csi.cert-manager.io/uri-sans']).toBe('spiffe://cluster.local/ns/${POD_NAMESPACE}/openshell-ha/${POD_NAME}');
+    const sc = findContainer(pod, 'ohs-sidecar') as Json;
+    expect(sc['volumeMounts']).toContainEqual({ name: 'ohs-peer-tls', mountPath: '/etc/ohs/peer-tls', readOnly: true });
+    const env = Object.fromEntries(((sc['env'] as Json[]) ?? []).map((e) => [e['name'], e['value']]));
+    expect(env).toMatchObject({
+      OHS_PEER_TLS_CERT_FILE: '/etc/ohs/peer-tls/tls.crt',
+      OHS_PEER_TLS_KEY_FILE: '/etc/ohs/peer-tls/tls.key',
+      OHS_PEER_TLS_CA_FILE: '/etc/ohs/peer-tls/ca.crt',
+      OHS_PEER_IDENTITY: 'spiffe',
+      OHS_PEER_SPIFFE_ID: 'spiffe://cluster.local/ns/$(POD_NAMESPACE)/openshell-ha/{replica}',
+      OHS_PEER_HOST: '$(POD_IP)',
+    });
+  });
 
   it('helm template --output-dir hands the post-renderer empty input, which is answered with empty output', () => {
     const chart = chartFromFixtures('h3-outdir', fixture('head-ha.helm3-input.yaml'));

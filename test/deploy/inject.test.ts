@@ -2,6 +2,7 @@
 // invariants of deployment reference §3.10, what the injected pod looks like, and what it refuses.
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { loadConfig } from '../../src/config/load.ts';
 import { injectManifests } from '../../src/deploy/inject.ts';
 import { INJECT_MODES, parseInjectArgs, type InjectMode } from '../../src/deploy/inject-options.ts';
 import { parseManifestStream } from '../../src/deploy/manifest-stream.ts';
@@ -358,5 +359,115 @@ describe('inject flags', () => {
       const out = injectManifests(fixture(f), options()).output;
       expect(parseAllDocuments(out, { version: '1.1' }).every((d) => d.errors.length === 0)).toBe(true);
     }
+  });
+});
+
+/** The sidecar's environment as the kubelet would hand it over: fieldRefs and Secrets filled in, $(VAR) expanded in order. */
+function kubeletEnv(sc: Json, pod: { name: string; namespace: string; ip: string }): Record<string, string> {
+  const env: Record<string, string> = {};
+  const fields: Record<string, string> = { 'metadata.name': pod.name, 'metadata.namespace': pod.namespace, 'status.podIP': pod.ip };
+  for (const e of (sc['env'] as Json[] | undefined) ?? []) {
+    const name = String(e['name']);
+    if (typeof e['value'] === 'string') env[name] = e['value'].replace(/\$\(([A-Z_][A-Z0-9_]*)\)/g, (m, v: string) => env[v] ?? m);
+    const from = e['valueFrom'] as Json | undefined;
+    const field = (from?.['fieldRef'] as Json | undefined)?.['fieldPath'];
+    if (typeof field === 'string') env[name] = fields[field] ?? '';
+    const secret = from?.['secretKeyRef'] as Json | undefined;
+    // Required Secret keys (the database URL) are there; optional ones (redis-url) are left out.
+    if (secret && secret['optional'] !== true) env[name] = 'postgres://openshell@pg:5432/openshell';
+  }
+  return env;
+}
+
+/** The sidecar's loader on that environment, the mounted peer secret file stood in for by its value. */
+function loadPodConfig(env: Record<string, string>): ReturnType<typeof loadConfig> {
+  const rest = Object.fromEntries(Object.entries(env).filter(([k]) => k !== 'OHS_PEER_SECRET_FILE'));
+  return loadConfig({ argv: [], env: { ...rest, OHS_PEER_SECRET: 'a-peer-secret-of-24-chars' } });
+}
+
+describe('peer mTLS injection (--peer-tls)', () => {
+  const SPIFFE = 'spiffe://cluster.local/ns/{namespace}/openshell-ha/{replica}';
+
+  it('cert-manager: a csi.cert-manager.io volume per pod naming its SPIFFE id, mounted into the sidecar, whose config turns peer mTLS on', () => {
+    const opts = options({ peerTls: { source: 'cert-manager', issuer: { kind: 'ClusterIssuer', name: 'ohs-peer-ca' }, spiffeIdTemplate: SPIFFE } });
+    const result = injectManifests(fixture('head-ha.helm3-input.yaml'), opts);
+    const { violations } = checkInvariants(fixture('head-ha.helm3-input.yaml'), result.output, opts);
+    expect(violations).toEqual([]);
+    const pod = podSpecOf(injectedWorkload(result.output));
+    const sc = findContainer(pod, 'ohs-sidecar') as Json;
+    const vol = ((pod['volumes'] as Json[]) ?? []).find((v) => v['name'] === 'ohs-peer-tls');
+    expect(vol).toEqual({
+      name: 'ohs-peer-tls',
+      csi: {
+        driver: 'csi.cert-manager.io',
+        readOnly: true,
+        volumeAttributes: {
+          'csi.cert-manager.io/issuer-name': 'ohs-peer-ca',
+          'csi.cert-manager.io/issuer-kind': 'ClusterIssuer',
+          'csi.cert-manager.io/issuer-group': 'cert-manager.io',
+          'csi.cert-manager.io/uri-sans': 'spiffe://cluster.local/ns/${POD_NAMESPACE}/openshell-ha/${POD_NAME}',
+          'csi.cert-manager.io/common-name': '${POD_NAME}',
+          'csi.cert-manager.io/key-usages': 'digital signature,key encipherment,server auth,client auth',
+          'csi.cert-manager.io/fs-group': '1000',
+        },
+      },
+    });
+    expect(sc['volumeMounts']).toContainEqual({ name: 'ohs-peer-tls', mountPath: '/etc/ohs/peer-tls', readOnly: true });
+    // The gateway container does not see the peer key.
+    const gw = containersOf(pod, 'containers').find((c) => c['name'] !== 'ohs-sidecar') as Json;
+    expect(JSON.stringify(gw['volumeMounts'] ?? [])).not.toContain('ohs-peer-tls');
+    const env = kubeletEnv(sc, { name: 'openshell-7d9f-abcde', namespace: 'openshell', ip: '10.1.2.3' });
+    expect(env).toMatchObject({
+      OHS_PEER_TLS_CERT_FILE: '/etc/ohs/peer-tls/tls.crt',
+      OHS_PEER_TLS_KEY_FILE: '/etc/ohs/peer-tls/tls.key',
+      OHS_PEER_TLS_CA_FILE: '/etc/ohs/peer-tls/ca.crt',
+      OHS_PEER_IDENTITY: 'spiffe',
+      OHS_PEER_SPIFFE_ID: 'spiffe://cluster.local/ns/openshell/openshell-ha/{replica}',
+      OHS_REPLICA_ID: 'openshell-7d9f-abcde',
+      OHS_PEER_HOST: '10.1.2.3',
+    });
+    // The sidecar's own loader: peer TLS with the SPIFFE identity the CSI driver writes for this pod
+    // ({replica} = OHS_REPLICA_ID = the pod name), and a peer URL it builds as https:// (no http one given).
+    const cfg = loadPodConfig(env);
+    expect(cfg.peerTls).toMatchObject({ certFile: '/etc/ohs/peer-tls/tls.crt', identity: 'spiffe', spiffeIdTemplate: 'spiffe://cluster.local/ns/openshell/openshell-ha/{replica}' });
+    expect(cfg.peerUrl).toBeUndefined();
+    expect(cfg.peerHost).toBe('10.1.2.3');
+    expect(result.notes.some((n) => n.includes('peer mTLS cert-manager'))).toBe(true);
+    // The shared secret stays mounted: with both, both must hold.
+    expect(env['OHS_PEER_SECRET_FILE']).toBe('/etc/ohs/peer/peer-secret');
+  });
+
+  it('secret: a StatefulSet mounts the Secret and each pod reads the pair named after itself', () => {
+    for (const f of ['seed-ha.helm3-input.yaml', 'head-default.helm3-input.yaml']) {
+      const out = injectManifests(fixture(f), options({ peerTls: { source: 'secret', secret: 'ohs-peer-certs', spiffeIdTemplate: SPIFFE } })).output;
+      const pod = podSpecOf(injectedWorkload(out));
+      const sc = findContainer(pod, 'ohs-sidecar') as Json;
+      expect(((pod['volumes'] as Json[]) ?? []).find((v) => v['name'] === 'ohs-peer-tls')).toEqual({ name: 'ohs-peer-tls', secret: { secretName: 'ohs-peer-certs', defaultMode: 0o440 } });
+      const env = kubeletEnv(sc, { name: 'openshell-1', namespace: 'ns1', ip: '10.0.0.7' });
+      expect(env).toMatchObject({ OHS_PEER_TLS_CERT_FILE: '/etc/ohs/peer-tls/openshell-1.crt', OHS_PEER_TLS_KEY_FILE: '/etc/ohs/peer-tls/openshell-1.key', OHS_PEER_TLS_CA_FILE: '/etc/ohs/peer-tls/ca.crt' });
+      expect(loadPodConfig(env).peerTls?.spiffeIdTemplate).toBe('spiffe://cluster.local/ns/ns1/openshell-ha/{replica}');
+    }
+  });
+
+  it('off by default: no peer TLS volume, mount or variables', () => {
+    const { pod, sc } = injected('head-ha.helm3-input.yaml');
+    expect(JSON.stringify(pod)).not.toContain('ohs-peer-tls');
+    expect(Object.keys(kubeletEnv(sc, { name: 'p', namespace: 'n', ip: '10.0.0.1' })).filter((k) => k.startsWith('OHS_PEER_TLS') || k === 'OHS_PEER_IDENTITY')).toEqual([]);
+  });
+
+  it('refuses what cannot work, saying why', () => {
+    expect(() => parseInjectArgs(['--peer-tls', 'cert-manager'])).toThrow(/--peer-tls cert-manager needs --peer-tls-issuer/);
+    expect(() => parseInjectArgs(['--peer-tls', 'secret'])).toThrow(/--peer-tls secret needs --peer-tls-secret NAME/);
+    expect(() => parseInjectArgs(['--peer-tls', 'spire'])).toThrow(/--peer-tls: expected one of off, cert-manager, secret/);
+    expect(() => parseInjectArgs(['--peer-tls', 'cert-manager', '--peer-tls-issuer', 'Vault/x'])).toThrow(/Issuer or ClusterIssuer/);
+    expect(() => parseInjectArgs(['--peer-tls', 'cert-manager', '--peer-tls-issuer', 'ca', '--peer-identity', 'san'])).toThrow(/no issuer|neither the cert-manager CSI driver nor a Secret can issue a certificate naming a pod IP/);
+    expect(() => parseInjectArgs(['--peer-tls', 'cert-manager', '--peer-tls-issuer', 'ca', '--peer-spiffe-id', 'spiffe://td/no-placeholder'])).toThrow(/\{replica\} once/);
+    expect(() => parseInjectArgs(['--peer-tls-issuer', 'ca'])).toThrow(/need --peer-tls cert-manager\|secret/);
+    const p = parseInjectArgs(['--peer-tls=cert-manager', '--peer-tls-issuer=ClusterIssuer/ca', '--peer-identity=spiffe', '--peer-spiffe-id', 'spiffe://example.org/{namespace}/{replica}']);
+    expect(!p.help && p.options.peerTls).toEqual({ source: 'cert-manager', issuer: { kind: 'ClusterIssuer', name: 'ca' }, spiffeIdTemplate: 'spiffe://example.org/{namespace}/{replica}' });
+    // A Deployment's pods have random names: no per-pod key can be put in a Secret beforehand.
+    expect(() => injectManifests(fixture('head-ha.helm3-input.yaml'), options({ peerTls: { source: 'secret', secret: 's', spiffeIdTemplate: SPIFFE } }))).toThrow(
+      /--peer-tls secret needs pod names known in advance \(a StatefulSet\), but the gateway is a Deployment/,
+    );
   });
 });

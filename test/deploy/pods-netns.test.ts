@@ -323,13 +323,14 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
         await new Promise((r) => setTimeout(r, 250));
       }
     })();
-    // A fine-grained probe: one SSH with a 3 s timeout every second to one affected sandbox.
+    // A fine-grained probe: one SSH with an 8 s timeout every second to one affected sandbox (an SSH
+    // handshake in JavaScript takes seconds on a loaded 2-core machine).
     let firstProbeOk: number | undefined;
     let probing = true;
     const probe = (async () => {
       const s = affected[0] as (typeof sandboxes)[number];
       while (probing && firstProbeOk === undefined && Date.now() < deadline) {
-        if ((await sshVia(endpoint, s, 3000)).ok) firstProbeOk = since();
+        if ((await sshVia(endpoint, s, 8000)).ok) firstProbeOk = since();
         else await new Promise((r) => setTimeout(r, 1000));
       }
     })();
@@ -361,7 +362,7 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
         `link cut: ${victim.name} (${victim.net.ip}) owned ${affected.length}/${SANDBOXES} sandboxes`,
         `it left the Service endpoints ${fmt(((removedAt.get(victim.name) ?? NaN) - cutAt) / 1000)} after the cut (readiness probe: period 2 s, failureThreshold 2)`,
         `sessions moved (owner row changed) after ${[...moved.values()].sort((a, b) => a - b).map(fmt).join(', ')}`,
-        `first SSH to one of its sandboxes served again at ${firstProbeOk === undefined ? 'never' : fmt(firstProbeOk)} (3 s probes); the 20 s retry loops succeeded at ${servedAt.map((t) => (t === undefined ? 'never' : fmt(t))).join(', ')}`,
+        `first SSH to one of its sandboxes served again at ${firstProbeOk === undefined ? 'never' : fmt(firstProbeOk)} (8 s probes); the 20 s retry loops succeeded at ${servedAt.map((t) => (t === undefined ? 'never' : fmt(t))).join(', ')}`,
         `requests for its sandboxes (20 s client timeout): ${onAffected.length} attempts, ${onAffected.length - failed.length} ok, ${failed.length} failed ` +
           `(started ${failed.map((a) => fmt(a.start)).join(', ')}); in flight when the session moved: ${held.length} held and served, ${lost.length} ran into the client timeout`,
         `failures: ${[...new Set(failed.map((a) => a.detail.replace(/[0-9a-f-]{36}/g, '<id>').replace(/,name resolution.*$/, '')))].slice(0, 5).join(' | ') || 'none'}`,

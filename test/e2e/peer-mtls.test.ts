@@ -162,7 +162,7 @@ describe('peer mTLS with SPIFFE identities', () => {
         // No shared secret at all: the certificates authenticate.
         peerSecret: false,
         extraArgs: ['--log-level', 'info', '--peer-tls-ca', pki.ca, '--peer-identity', 'spiffe', '--peer-spiffe-id', SPIFFE_TEMPLATE,
-          '--peer-tls-reload-interval-ms', '200', '--rebalance', 'off', '--readiness-mode', 'off'],
+          '--peer-tls-reload-interval-ms', '200', '--rebalance', 'off', '--readiness-mode', 'off', '--owner-wait-ms', '2000'],
         replicaArgs: ({ index }) => ['--peer-tls-cert', rig.certs![index]!.cert, '--peer-tls-key', rig.certs![index]!.key],
       },
     });
@@ -306,6 +306,38 @@ describe('peer mTLS with SPIFFE identities', () => {
     }
   });
 
+  it("the dialling side refuses a peer presenting another replica's valid SPIFFE certificate", async () => {
+    // Replica ry is registered at an address where the server holds r0's certificate (valid, same
+    // CA): a taken-over address, or a stolen key. r1 means to reach ry, so it must see ry's id.
+    const impostor = await startFakePeer(pki, 'ry', rig.certs![0]!);
+    const admin = new pg.Client({ connectionString: rig.db!.url });
+    await admin.connect();
+    const sandboxG = `impostor-${Date.now()}`;
+    try {
+      await admin.query(
+        `INSERT INTO ohs_replicas (replica_id, peer_url, state, heartbeat_at, sessions, started_at, version) VALUES ('ry', $1, 'active', now(), 0, now(), 'fake')`,
+        [`https://127.0.0.1:${impostor.port}`],
+      );
+      await admin.query(`INSERT INTO ohs_owners (sandbox_id, replica_id, epoch, claimed_at) VALUES ($1, 'ry', 1, now())`, [sandboxG]);
+      await admin.query(`SELECT pg_notify('ohs_owners', $1)`, [sandboxG]);
+      const started = Date.now();
+      // The owner is unreachable (not trusted): held for another owner, then the local gateway
+      // answers as it would without us (it has no such sandbox: NOT_FOUND).
+      expect(await grpcCode(exec(client(1), sandboxG, ['true']))).toBe(5);
+      // r1 dialled it, saw r0's id where ry's was due, and sent it nothing.
+      expect(impostor.streams()).toBe(0);
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(r(1).sidecar?.output.some((l) => l.includes(`not ${TRUST_DOMAIN}ry`))).toBe(true);
+      // The real r0, reached at its own registered address with the same certificate, still works.
+      expect((await exec(client(1), sandboxA, ['sandbox-id'])).stdout).toBe(`${sandboxA}\n`);
+    } finally {
+      await admin.query(`DELETE FROM ohs_owners WHERE sandbox_id = $1`, [sandboxG]);
+      await admin.query(`DELETE FROM ohs_replicas WHERE replica_id = 'ry'`);
+      await admin.end();
+      await impostor.close();
+    }
+  });
+
   it('a half-written rotation (a key that does not fit the certificate) is refused and the old pair kept', async () => {
     const before = await metric(r(0), 'ohs_peer_tls_reloads_total', { outcome: 'refused' });
     // Only a new key: the certificate on disk no longer matches it.
@@ -325,9 +357,14 @@ describe('peer mTLS with SPIFFE identities', () => {
 });
 
 /** A TLS h2 server standing in for a replica's peer port: records the client certificates it sees. */
-async function startFakePeer(pki: TestPki, replicaId: string): Promise<{ port: number; clientFingerprints: string[]; dropSessions(): void; close(): Promise<void> }> {
-  const own = issueCert(pki, replicaId, { uri: [`${TRUST_DOMAIN}${replicaId}`], ip: ['127.0.0.1'] });
+async function startFakePeer(
+  pki: TestPki,
+  replicaId: string,
+  presenting?: { cert: string; key: string },
+): Promise<{ port: number; clientFingerprints: string[]; streams: () => number; dropSessions(): void; close(): Promise<void> }> {
+  const own = presenting ?? issueCert(pki, replicaId, { uri: [`${TRUST_DOMAIN}${replicaId}`], ip: ['127.0.0.1'] });
   const clientFingerprints: string[] = [];
+  let streams = 0;
   const sessions = new Set<http2.ServerHttp2Session>();
   const server = http2.createSecureServer({ cert: readFileSync(own.cert), key: readFileSync(own.key), ca: readFileSync(pki.ca), requestCert: true, rejectUnauthorized: true });
   server.on('secureConnection', (sock: tls.TLSSocket) => clientFingerprints.push(sock.getPeerCertificate().fingerprint256));
@@ -337,6 +374,7 @@ async function startFakePeer(pki: TestPki, replicaId: string): Promise<{ port: n
     s.on('error', () => undefined);
   });
   server.on('stream', (stream) => {
+    streams++;
     stream.on('error', () => undefined);
     stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': 'fake peer' }, { endStream: true });
   });
@@ -344,6 +382,7 @@ async function startFakePeer(pki: TestPki, replicaId: string): Promise<{ port: n
   return {
     port: (server.address() as AddressInfo).port,
     clientFingerprints,
+    streams: () => streams,
     dropSessions() {
       for (const s of sessions) s.destroy();
     },

@@ -31,7 +31,7 @@ beforeAll(async () => {
     databaseUrl: db.url,
     protocol: '2026-08',
     logLevel: 'info',
-    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('rebalance'), extraArgs: ['--rebalance-interval-ms', '300'] },
+    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('rebalance'), extraArgs: ['--rebalance-interval-ms', '300', '--rebalance-min-session-age-ms', '5000'] },
   });
   // Only r0 in the Service at first: every supervisor lands there.
   cluster.balancer.setBackends([{ host: '127.0.0.1', port: cluster.replica(0).publicPort }]);

@@ -152,6 +152,51 @@ describe('owner lookups under a flood of unknown sandbox ids', () => {
   }, 30_000);
 });
 
+describe('the bounded lookup queue', () => {
+  it('a flood beyond the queue bound is refused at once with OHS_ERR_OVERLOADED, counted, and lookups work again after it', async () => {
+    let refusedCount = 0;
+    const log = captureLogger();
+    const store = await openStore('queue-a', { lookupPoolSize: 2, lookupQueueMax: 50, logger: log.logger, onLookupRefused: () => refusedCount++ });
+    const known = randomId();
+    await store.claim(known);
+    // 2,000 lookups for ids nobody owns, all at once: 2 run, 50 wait, the rest are refused.
+    const started = performance.now();
+    const outcomes = await Promise.all(
+      Array.from({ length: 2_000 }, () =>
+        store.lookup(randomId()).then(
+          () => ({ ok: true as const, atMs: performance.now() - started }),
+          (err: unknown) => ({ ok: false as const, code: (err as { code?: string }).code, atMs: performance.now() - started }),
+        ),
+      ),
+    );
+    const refused = outcomes.filter((o) => !o.ok);
+    const served = outcomes.filter((o) => o.ok);
+    console.log(`lookup queue: ${served.length} served, ${refused.length} refused; last refusal after ${Math.round(Math.max(...refused.map((o) => o.atMs)))} ms, last served after ${Math.round(Math.max(...served.map((o) => o.atMs)))} ms`);
+    expect(served.length).toBe(52);
+    expect(refused.length).toBe(2_000 - 52);
+    expect(new Set(refused.map((o) => o.code))).toEqual(new Set(['OHS_ERR_OVERLOADED']));
+    // Refused synchronously with the call, not after waiting for anything.
+    expect(Math.max(...refused.map((o) => o.atMs))).toBeLessThan(Math.min(...served.map((o) => o.atMs)) + 5);
+    expect(refusedCount).toBe(refused.length);
+    // One warning per thousand refusals, not one per refusal.
+    expect(log.messages('warn').filter((m) => m.startsWith('owner lookup queue full')).length).toBe(2);
+    // The queue drained: lookups are served again, the claimed sandbox included.
+    expect((await store.lookup(known, { fresh: true })).owner).toMatchObject({ replicaId: 'queue-a' });
+    expect((await store.lookup(randomId())).owner).toBeNull();
+    expect(refusedCount).toBe(refused.length);
+  });
+
+  it('with a queue of 0, lookups beyond the running ones are refused, and the heartbeat is unaffected', async () => {
+    let refusedCount = 0;
+    const store = await openStore('queue-b', { lookupPoolSize: 1, lookupQueueMax: 0, onLookupRefused: () => refusedCount++ });
+    const results = await Promise.allSettled(Array.from({ length: 10 }, () => store.lookup(randomId())));
+    expect(results.filter((r) => r.status === 'fulfilled').length).toBe(1);
+    expect(refusedCount).toBe(9);
+    await sleep(700);
+    expect(await heartbeatAgeMs('queue-b')).toBeLessThan(1_500);
+  });
+});
+
 describe('owner records read from Redis', () => {
   it('are ignored when their replica is registered but its lease has expired', async () => {
     const redisPrefix = `${prefix}live:`;

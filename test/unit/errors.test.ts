@@ -51,6 +51,7 @@ describe('status mapping', () => {
     ['OHS_ERR_HOP_LIMIT', 508, GrpcStatus.INTERNAL],
     ['OHS_ERR_TIMEOUT', 504, GrpcStatus.DEADLINE_EXCEEDED],
     ['OHS_ERR_STORE_UNAVAILABLE', 503, GrpcStatus.UNAVAILABLE],
+    ['OHS_ERR_OVERLOADED', 503, GrpcStatus.UNAVAILABLE],
     ['OHS_ERR_INTERNAL', 500, GrpcStatus.INTERNAL],
     ['OHS_ERR_CONFIG', 500, GrpcStatus.INTERNAL],
   ];

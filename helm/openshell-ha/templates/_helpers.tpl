@@ -15,3 +15,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: openshell-ha
 {{- end -}}
+
+{{/* The post-renderer flags that match .Values.peerTls (the post-renderer makes the pods). */}}
+{{- define "openshell-ha.peerTlsArgs" -}}
+{{- $p := .Values.peerTls -}}
+{{- if $p.enabled -}}
+{{- if eq $p.source "certManager" -}}
+--post-renderer-args=--peer-tls=cert-manager --post-renderer-args=--peer-tls-issuer={{ $p.certManager.issuerKind }}/{{ $p.certManager.issuerName }}
+{{- else -}}
+--post-renderer-args=--peer-tls=secret --post-renderer-args=--peer-tls-secret={{ $p.secretName }}
+{{- end }} --post-renderer-args=--peer-spiffe-id={{ $p.spiffeIdTemplate }}
+{{- end -}}
+{{- end -}}
