@@ -97,8 +97,38 @@ const MAX_PENDING_RELEASES = 10_000;
  * never written to Redis: the key carries a digest of the token instead.
  */
 export function slotKey(keyPrefix: string, rule: LimitRule, value: string): string {
-  const part = rule.key === 'token' ? `sha256-${createHash('sha256').update(value).digest('base64url').slice(0, 32)}` : value;
+  const part = rule.key === 'token' ? tokenDigest(value) : value;
   return `${keyPrefix}slots:${rule.name}:${part}`;
+}
+
+/** Recent token digests: a token opens many connections, and hashing it each time is hot-path work. */
+const tokenDigests = new Map<string, string>();
+const TOKEN_DIGESTS_MAX = 10_000;
+
+function tokenDigest(token: string): string {
+  let d = tokenDigests.get(token);
+  if (d === undefined) {
+    d = `sha256-${createHash('sha256').update(token).digest('base64url').slice(0, 32)}`;
+    if (tokenDigests.size >= TOKEN_DIGESTS_MAX) tokenDigests.delete(tokenDigests.keys().next().value as string);
+    tokenDigests.set(token, d);
+  }
+  return d;
+}
+
+/**
+ * Resolves once per event-loop turn for everyone who asked during it. Redis calls made right after
+ * leave in one write (the client auto-pipelines what is sent in one tick): one write per turn
+ * instead of one per connection, which on a busy replica is most of what limits cost.
+ */
+function createTurnBatcher(): () => Promise<void> {
+  let next: Promise<void> | undefined;
+  return () =>
+    (next ??= new Promise<void>((resolve) => {
+      setImmediate(() => {
+        next = undefined;
+        resolve();
+      });
+    }));
 }
 
 interface Claim {
@@ -136,6 +166,9 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   const slots = new Map<string, Slot>();
   const localCounts = new Map<string, number>();
   const pendingReleases = new Map<string, string[]>();
+  const nextTurn = createTurnBatcher();
+  /** Releases of this turn, sent together at its end (see createTurnBatcher). */
+  let releaseBatch: Slot[] = [];
   const inflight = new Set<Promise<unknown>>();
   let closed = false;
 
@@ -168,6 +201,9 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       commandTimeout: opts.commandTimeoutMs ?? 1000,
       // disconnect() on a dead socket arms a ref'd timer of this length; keep close() quick.
       disconnectTimeout: 100,
+      // Acquires and releases issued in one event-loop turn (many tunnels opening or closing at
+      // once) leave in one write instead of one each.
+      enableAutoPipelining: true,
       connectionName: `ohs-limits-${opts.holderId.replace(/[^\w.:-]/g, '_')}`,
       retryStrategy: (times: number) => Math.min(reconnectMaxMs, 25 * 2 ** Math.min(times, 10)) + Math.floor(Math.random() * 25),
     });
@@ -339,15 +375,25 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       metrics.slotsHeld.dec({ rule: c.rule.name });
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
-    if (client?.status !== 'ready') {
-      rememberRelease(slot.member, slot.claims);
-      return;
+    releaseBatch.push(slot);
+    if (releaseBatch.length === 1) void nextTurn().then(flushReleases);
+  }
+
+  function flushReleases(): void {
+    const batch = releaseBatch;
+    releaseBatch = [];
+    for (const slot of batch) {
+      if (closed || scripts === undefined) return;
+      if (client?.status !== 'ready') {
+        rememberRelease(slot.member, slot.claims);
+        continue;
+      }
+      const keys = slot.claims.map((c) => c.redisKey);
+      track(scripts.ohsSlotRelease(keys.length, ...keys, slot.member)).catch((err: unknown) => {
+        rememberRelease(slot.member, slot.claims);
+        enterOutage(err);
+      });
     }
-    const keys = slot.claims.map((c) => c.redisKey);
-    track(scripts.ohsSlotRelease(keys.length, ...keys, slot.member)).catch((err: unknown) => {
-      rememberRelease(slot.member, slot.claims);
-      enterOutage(err);
-    });
   }
 
   function refuse(rule: LimitRule, error: OhsError): AcquireResult {
@@ -372,6 +418,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   async function acquireGlobally(claims: Claim[], member: string): Promise<AcquireResult> {
+    // Commands on one connection run in order: a release made before this acquire lands first.
+    flushReleases();
     const keys = claims.map((c) => c.redisKey);
     const maxes = claims.map((c) => c.rule.max);
     const reply = await track(requireScripts().ohsSlotAcquire(keys.length, ...keys, member, leaseTtlMs, ...maxes));
@@ -393,6 +441,10 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       await settled;
       const member = newMember();
       if (mode === 'global') {
+        await nextTurn();
+        if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed');
+      }
+      if (mode === 'global') {
         try {
           return await acquireGlobally(claims, member);
         } catch (err) {
@@ -412,6 +464,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       if (rule === undefined) throw new OhsError('OHS_ERR_BAD_REQUEST', `unknown limit rule ${ruleName}`);
       const redisKey = slotKey(opts.keyPrefix, rule, key);
       await settled;
+      flushReleases();
       if (mode === 'global' && !closed) {
         try {
           return parseCountReply(await track(requireScripts().ohsSlotCount(1, redisKey)));
@@ -426,6 +479,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
     async close() {
       if (closed) return;
+      // Releases still waiting for the end of this turn go out before the client does.
+      flushReleases();
       closed = true;
       clearInterval(renewTimer);
       clearTimeout(settleTimer);

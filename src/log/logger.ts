@@ -55,3 +55,56 @@ export function createLogger(options: CreateLoggerOptions): Logger {
     options.destination,
   );
 }
+
+type Bindings = Record<string, unknown>;
+const LEVEL_METHODS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal']);
+const noop = (): void => undefined;
+
+/** What a lazy child holds: its parent, its bindings, and the real child once one was needed. */
+interface LazyState {
+  parent: Logger;
+  bindings: Bindings;
+  real: Logger | undefined;
+}
+
+const materialize = (state: LazyState): Logger => (state.real ??= state.parent.child(state.bindings));
+const LAZY_STATE = Symbol('lazy logger state');
+
+/** One handler for every lazy child: per request there is only the state object and the proxy. */
+const LAZY_HANDLER: ProxyHandler<LazyState> = {
+  get(state, prop) {
+    if (prop === LAZY_STATE) return state;
+    if (state.real === undefined) {
+      // A child's level is its parent's until someone sets it (which makes the child).
+      if (prop === 'isLevelEnabled' || prop === 'level') {
+        const value: unknown = Reflect.get(state.parent, prop, state.parent);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(state.parent) : value;
+      }
+      if (prop === 'child') {
+        return (more: Bindings, options?: object): Logger =>
+          options === undefined ? lazyChild(state.parent, { ...state.bindings, ...more }) : materialize(state).child(more, options);
+      }
+      if (typeof prop === 'string' && LEVEL_METHODS.has(prop) && !state.parent.isLevelEnabled(prop)) return noop;
+    }
+    const logger = materialize(state);
+    const value: unknown = Reflect.get(logger, prop, logger);
+    return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(logger) : value;
+  },
+  set(state, prop, value) {
+    return Reflect.set(materialize(state), prop, value);
+  },
+};
+
+/**
+ * `parent.child(bindings)`, created only when something is actually logged through it. pino
+ * serializes a child's bindings (and sets up redaction) when the child is made, which per request
+ * or per stream is work on the hot path at info level, where most requests log nothing at all.
+ * Calls at a level that is off cost nothing; children of a lazy child stay lazy.
+ */
+export function lazyChild(parent: Logger, bindings: Bindings): Logger {
+  const outer = (parent as unknown as { [LAZY_STATE]?: LazyState })[LAZY_STATE];
+  // A lazy child of a lazy child that was never made: one child of the nearest real logger.
+  const state: LazyState =
+    outer !== undefined && outer.real === undefined ? { parent: outer.parent, bindings: { ...outer.bindings, ...bindings }, real: undefined } : { parent, bindings, real: undefined };
+  return new Proxy<LazyState>(state, LAZY_HANDLER) as unknown as Logger;
+}

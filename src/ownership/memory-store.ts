@@ -78,6 +78,16 @@ export function createMemoryOwnershipStore(opts: MemoryOwnershipStoreOptions): O
       return owner === undefined ? { owner: null, source: 'miss' } : { owner: { ...owner }, source: 'memory' };
     },
 
+    cachedLookup(sandboxId): LookupResult | undefined {
+      try {
+        assertRunning();
+      } catch {
+        return undefined;
+      }
+      const owner = owners.get(sandboxId);
+      return owner === undefined ? undefined : { owner: { ...owner }, source: 'memory' };
+    },
+
     async ownerEpoch(sandboxId) {
       assertRunning();
       return owners.get(sandboxId)?.epoch ?? null;

@@ -389,12 +389,21 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     return deleted;
   }
 
+  const MISS: LookupResult = Object.freeze({ owner: null, source: 'miss' });
+
+  function cachedLookup(sandboxId: string): LookupResult | undefined {
+    if (!running) return undefined;
+    const hit = memory.get(sandboxId);
+    if (hit !== undefined) return hit.value === null ? MISS : { owner: hit.value, source: 'memory' };
+    if (negatives.get(sandboxId) !== undefined) return MISS;
+    return undefined;
+  }
+
   function lookup(sandboxId: string, fresh: boolean): Promise<LookupResult> {
     requirePool();
     if (fresh) return lookupThrough(sandboxId, true);
-    const hit = memory.get(sandboxId);
-    if (hit !== undefined) return Promise.resolve(hit.value === null ? { owner: null, source: 'miss' } : { owner: hit.value, source: 'memory' });
-    if (negatives.get(sandboxId) !== undefined) return Promise.resolve({ owner: null, source: 'miss' });
+    const cached = cachedLookup(sandboxId);
+    if (cached !== undefined) return Promise.resolve(cached);
     const inFlight = lookupsInFlight.get(sandboxId);
     if (inFlight !== undefined) return inFlight;
     const p = lookupThrough(sandboxId, false).finally(() => {
@@ -525,6 +534,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     claim: (sandboxId) => guard('claim', sandboxId, () => claim(sandboxId)),
     release: (sandboxId, epoch) => guard('release', sandboxId, () => release(sandboxId, epoch)),
     lookup: (sandboxId, lookupOpts) => guard('lookup', sandboxId, () => lookup(sandboxId, lookupOpts?.fresh === true)),
+    cachedLookup,
     ownerEpoch: (sandboxId) => guard('ownerEpoch', sandboxId, () => ownerEpoch(sandboxId)),
     onChange: (listener) => listeners.add(listener),
     liveReplicas: () => guard('liveReplicas', undefined, liveReplicas),

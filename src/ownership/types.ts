@@ -86,6 +86,12 @@ export interface OwnershipStore {
    * lease has expired are reported as absent (null).
    */
   lookup(sandboxId: string, opts?: { fresh?: boolean }): Promise<LookupResult>;
+  /**
+   * What a non-fresh `lookup` would answer from the in-process caches alone, synchronously;
+   * undefined when it would have to ask Redis or Postgres. The hot path's way of routing a known
+   * owner without a promise or a round trip.
+   */
+  cachedLookup?(sandboxId: string): LookupResult | undefined;
   /** Current epoch of the owner row in Postgres (whatever replica holds it), null when there is none. */
   ownerEpoch(sandboxId: string): Promise<number | null>;
   /**

@@ -1,6 +1,7 @@
 // The peer listener: other replicas' sidecars forward streams and tunnels here. Every stream is
 // authenticated, hop-limited and checked against the sessions this replica really holds; a
 // "not owner" answer goes out before anything reaches the gateway, so the sender may retry.
+import { lazyChild } from '../log/logger.ts';
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
@@ -124,7 +125,7 @@ function handleVerifiedPeerStream(ctx: ProxyContext, baseLog: Logger, stream: ht
 function handleAuthenticatedPeerStream(ctx: ProxyContext, baseLog: Logger, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, sandboxId: string, cls: string): void {
   const hop = Number(headers[PEER_HOP] ?? '0');
   const epoch = Number(headers[PEER_EPOCH] ?? '-1');
-  const log = baseLog.child({ origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
+  const log = lazyChild(baseLog, { origin: headers[PEER_ORIGIN], sandbox: sandboxId, class: cls });
   if (!Number.isInteger(hop) || hop < 1 || hop > ctx.config.hopLimit) {
     refuse(stream, 508, 'hop-limit');
     log.warn({ hop }, 'peer request over the hop limit refused');

@@ -1,5 +1,6 @@
 // Public HTTP/2 streams: classify, read the routing key (first gRPC message, bearer JWT, sandbox
 // name or service host), and forward per stream to the local gateway or the owning peer (DESIGN §3).
+import { lazyChild } from '../log/logger.ts';
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { grpcMethod, isGrpcContentType, RELAY_CLASSES, ROUTE_POLICY, type GrpcMethod, type TrafficClass } from '../classify/classify.ts';
@@ -34,7 +35,7 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
       });
       return;
     }
-    void forwardLocal(ctx, stream, upHeaders, 'passthrough', conn.log.child({ class: 'passthrough', path }));
+    void forwardLocal(ctx, stream, upHeaders, 'passthrough', lazyChild(conn.log, { class: 'passthrough', path }));
     return;
   }
   const method = grpcMethod(path);
@@ -47,11 +48,11 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
     return;
   }
   if (!method) {
-    void forwardLocal(ctx, stream, upHeaders, 'passthrough', conn.log.child({ class: 'passthrough', path }));
+    void forwardLocal(ctx, stream, upHeaders, 'passthrough', lazyChild(conn.log, { class: 'passthrough', path }));
     return;
   }
   const cls = method.cls;
-  const log = conn.log.child({ class: cls, path });
+  const log = lazyChild(conn.log, { class: cls, path });
   // One trace per sandbox-scoped stream (the client's traceparent honoured); nothing while tracing is off.
   if (!tracingEnabled()) return dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log);
   const span = streamSpan('ohs.request', stream, headers, { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'rpc.method': path });
@@ -74,7 +75,7 @@ function dispatchGrpc(ctx: ProxyContext, conn: DownstreamConnection, stream: htt
     // instead of waiting for a first batch.
     void ctx.jwt.verify(headers.authorization).then((v) => {
       if (v.kind === 'verified') {
-        followOwner(ctx, stream, upHeaders, cls, v.sandboxId, Buffer.alloc(0), log.child({ sandbox: v.sandboxId }));
+        followOwner(ctx, stream, upHeaders, cls, v.sandboxId, Buffer.alloc(0), lazyChild(log, { sandbox: v.sandboxId }));
       } else {
         readAndRoute(ctx, conn, stream, upHeaders, method, log);
       }
@@ -131,7 +132,7 @@ async function routeByKey(
   } else {
     sandboxId = key.sandboxId;
   }
-  const slog = log.child({ sandbox: sandboxId });
+  const slog = lazyChild(log, { sandbox: sandboxId });
   if (tracingEnabled()) annotateActive({ [ATTR_SANDBOX]: sandboxId });
   switch (ROUTE_POLICY[cls]) {
     case 'supervisor':
@@ -252,7 +253,7 @@ export async function routeKeyed(
   // gateway that may hold only a shadow of the sandbox's session.
   let target: Target;
   try {
-    target = (await ctx.router.resolveHeld(sandboxId, { refuseWhenOverloaded: true })) ?? NO_OWNER;
+    target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId, { refuseWhenOverloaded: true })) ?? NO_OWNER;
   } catch (err) {
     const e = toOhsError(err);
     ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: e.code });
@@ -425,7 +426,7 @@ export function forwardAttempt(
     ? startSpan('ohs.forward', { [ATTR_CLASS]: cls, [ATTR_SANDBOX]: sandboxId, [ATTR_REPLICA]: ctx.store.replicaId, 'ohs.target': peer ? peer.replicaId : 'local' })
     : undefined;
   const attempt = new Promise<Attempt>((resolve) => {
-    const plog = peer ? log.child({ target: peer.replicaId }) : log;
+    const plog = peer ? lazyChild(log, { target: peer.replicaId }) : log;
     if (target.kind === 'local' && target.reason !== 'owner' && RELAY_CLASSES.has(cls) && ctx.hostedShadows.has(sandboxId)) {
       // Our gateway holds only another replica's shadow of this session: it would accept the request
       // and send its RelayOpen down the shadow, where nobody answers it (DEADLINE_EXCEEDED after 10 s).

@@ -1,5 +1,6 @@
 // The public listener: h2c and HTTP/1.1 on one port, told apart by the connection preface
 // (as the gateway itself does, reference §1.1), with optional TLS in front.
+import { lazyChild } from '../log/logger.ts';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -51,7 +52,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     h2Conns.add(conn);
     liveness.watch(session, cfg.connectionIdleTimeoutMs);
     session.once('close', () => h2Conns.delete(conn));
-    conn.log = log.child({ conn: conn.id, proto: 'h2' });
+    conn.log = lazyChild(log, { conn: conn.id, proto: 'h2' });
     session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
     try {
       session.setLocalWindowSize(ctx.config.h2InitialWindowBytes);
@@ -84,7 +85,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   });
   h1.on('connect', (req, socket, head) => {
     const conn = ctx.nextConnId();
-    handleConnect(ctx, log.child({ conn, proto: 'http1' }), req, socket as net.Socket, head);
+    handleConnect(ctx, lazyChild(log, { conn, proto: 'http1' }), req, socket as net.Socket, head);
   });
   h1.on('upgrade', (req, socket, head) => {
     const host = services.hostOf(req);
@@ -215,7 +216,7 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
   socket.pause();
   const upstream = ctx.gateway.connect(() => {
     upstream.write(requestHead(req));
-    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, undefined, head);
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, head);
   });
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
 }

@@ -106,7 +106,7 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
     const sandboxId = await ctx.sandboxKeys.byServiceHost(host);
     // Unknown service: the local gateway answers 404 as it would without us.
     if (sandboxId === undefined) return local;
-    const target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+    const target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
     if (target.kind === 'local') return local;
     // Through a peer tunnel the bytes are plain HTTP/1.1 to the owner's sidecar.
     return { target: `http://${ctx.gatewayHost}:${ctx.gatewayPort}`, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };

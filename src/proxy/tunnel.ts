@@ -1,6 +1,7 @@
 // HTTP/1.1 CONNECT tunnels (seed SSH, reference §2.3). The CONNECT head is re-serialised
 // (minus x-ohs-* headers) and replayed to the target with the head bytes, so the gateway sees
 // the client's request and the client sees the gateway's own answer (401/404/412/429/502/200).
+import { lazyChild } from '../log/logger.ts';
 import type { IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
@@ -12,6 +13,17 @@ import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
+import { splice } from './splice.ts';
+
+export { splice } from './splice.ts';
+
+/** Bytes through a tunnel once it was open, from the client socket's own counters. */
+export interface TunnelBytes {
+  toSandbox: number;
+  fromSandbox: number;
+}
+
+type CountedDuplex = Duplex & { bytesRead?: number; bytesWritten?: number };
 
 /** An HTTP header name (RFC 9110 token). */
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -48,28 +60,6 @@ export function writeHttpError(socket: Duplex, status: number, reason: string, b
   socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
 }
 
-/** Pipes two byte streams both ways; either side closing or failing closes the other. */
-export function splice(a: Duplex, b: Duplex, onClose: () => void, onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void): void {
-  let closed = false;
-  const cleanup = (): void => {
-    if (closed) return;
-    closed = true;
-    a.destroy();
-    b.destroy();
-    onClose();
-  };
-  a.on('error', cleanup);
-  b.on('error', cleanup);
-  a.on('close', cleanup);
-  b.on('close', cleanup);
-  if (onBytes) {
-    a.on('data', (d: Buffer) => onBytes('to_sandbox', d.length));
-    b.on('data', (d: Buffer) => onBytes('from_sandbox', d.length));
-  }
-  a.pipe(b);
-  b.pipe(a);
-}
-
 /** Longest response head read from an upstream before a tunnel is opened. */
 const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
 
@@ -80,11 +70,10 @@ const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
  * reach the gateway raw, past classification, limits and header stripping.
  */
 export function spliceAfterResponseHead(
-  client: Duplex,
+  client: CountedDuplex,
   upstream: Duplex,
   accept: (status: number) => boolean,
-  onClose: () => void,
-  onBytes?: (dir: 'to_sandbox' | 'from_sandbox', n: number) => void,
+  onClose: (bytes?: TunnelBytes) => void,
   /** Bytes the client sent after its request head: they go upstream only once it accepted. */
   early?: Buffer,
 ): void {
@@ -114,14 +103,17 @@ export function spliceAfterResponseHead(
     upstream.pause();
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(all.subarray(0, Math.min(end, 64)).toString('latin1'))?.[1] ?? 0);
     if (accept(status)) {
-      // From here splice owns both sides and calls onClose once.
+      // From here splice owns both sides and calls onClose once; bytes are counted by the client
+      // socket itself (nothing per chunk), from here on.
       closed = true;
       client.write(all);
-      if (early && early.length > 0) {
-        upstream.write(early);
-        onBytes?.('to_sandbox', early.length);
-      }
-      splice(client, upstream, onClose, onBytes);
+      const read0 = client.bytesRead ?? 0;
+      const written0 = client.bytesWritten ?? 0;
+      const earlyBytes = early?.length ?? 0;
+      if (early && earlyBytes > 0) upstream.write(early);
+      splice(client, upstream, () =>
+        onClose({ toSandbox: earlyBytes + (client.bytesRead ?? read0) - read0, fromSandbox: (client.bytesWritten ?? written0) - written0 }),
+      );
       upstream.resume();
       return;
     }
@@ -154,6 +146,12 @@ export function spliceAfterResponseHead(
 
 const isSuccess = (status: number): boolean => status >= 200 && status < 300;
 
+function countTunnelBytes(ctx: ProxyContext, bytes: TunnelBytes | undefined): void {
+  if (!bytes) return;
+  if (bytes.toSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'to_sandbox' }, bytes.toSandbox);
+  if (bytes.fromSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'from_sandbox' }, bytes.fromSandbox);
+}
+
 /** A CONNECT to replay upstream: its head, and what the client pipelined after it. */
 interface TunnelOpening {
   head: Buffer;
@@ -177,7 +175,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   const rawHead: TunnelOpening = { head: requestHead(req), early: head };
   const sandboxHeader = req.headers['x-sandbox-id'];
   const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
-  const log = connLog.child({ class: cls, sandbox: sandboxId });
+  const log = lazyChild(connLog, { class: cls, sandbox: sandboxId });
   // No usable routing key: the local gateway gives the client its own answer (401/400/404).
   if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined || ctx.gatewayWatch.nativeHa()) {
     tunnelLocal(ctx, log, socket, rawHead, cls);
@@ -197,7 +195,15 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     }
     let admission;
     try {
-      admission = await ctx.limiter.acquire({ cls, sandboxId, ...(token ? { token } : {}), ...(socket.remoteAddress ? { clientAddress: socket.remoteAddress } : {}) });
+      // The client address is read (getpeername) only if a rule is keyed by it.
+      admission = await ctx.limiter.acquire({
+        cls,
+        sandboxId,
+        ...(token ? { token } : {}),
+        get clientAddress() {
+          return socket.remoteAddress;
+        },
+      });
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'limit check failed');
       writeHttpError(socket, 503, 'Service Unavailable', 'connection limits unavailable');
@@ -221,7 +227,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
 
 /** Held while no owner is reachable; past the bound the local gateway answers as it would. */
 async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, sandboxId: string, cls: string): Promise<void> {
-  let target: Target = (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+  let target: Target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -254,11 +260,12 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(rawHead.head);
-    spliceAfterResponseHead(socket, upstream, isSuccess, () => {
+    spliceAfterResponseHead(socket, upstream, isSuccess, (bytes) => {
       ctx.metrics.activeTunnels.dec({ target: 'local' });
       ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
       ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
-    }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n), rawHead.early);
+      countTunnelBytes(ctx, bytes);
+    }, rawHead.early);
   });
   upstream.setNoDelay(true);
   socket.setNoDelay(true);
@@ -286,7 +293,7 @@ function tunnelToPeer(
   sandboxId: string,
   target: PeerTarget,
 ): Promise<PeerTunnelResult> {
-  const plog = log.child({ target: target.replicaId });
+  const plog = lazyChild(log, { target: target.replicaId });
   return ctx.peerPool.get(target.peerUrl).then(
     (session) =>
       new Promise<PeerTunnelResult>((resolve) => {
@@ -334,11 +341,12 @@ function tunnelToPeer(
           const start = process.hrtime.bigint();
           // The peer answered before touching its gateway; now the replayed CONNECT goes through.
           stream.write(rawHead.head);
-          spliceAfterResponseHead(socket, stream, isSuccess, () => {
+          spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
             ctx.metrics.activeTunnels.dec({ target: 'peer' });
             ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
             ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
-          }, (dir, n) => ctx.metrics.tunnelBytesTotal.inc({ direction: dir }, n), rawHead.early);
+            countTunnelBytes(ctx, bytes);
+          }, rawHead.early);
           resolve('done');
         });
       }),

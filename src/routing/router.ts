@@ -5,7 +5,7 @@ import { toOhsError } from '../errors.ts';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import { phaseWillNotReconnect } from '../wire/gateway-payloads.ts';
-import type { OwnershipStore } from '../ownership/types.ts';
+import type { LookupResult, OwnershipStore } from '../ownership/types.ts';
 import { ATTR_REPLICA, ATTR_SANDBOX, endSpan, startSpan, tracingEnabled } from '../tracing/tracing.ts';
 
 export type Target =
@@ -299,6 +299,11 @@ export class OwnerRouter {
       return known ?? { kind: 'local', epoch: null, reason: 'no-owner' };
     }
     this.metrics.ownerLookupsTotal.inc({ source: result.source });
+    return this.targetFor(sandboxId, result, localEpoch);
+  }
+
+  /** The target a lookup result means, with this replica's own session taken into account. */
+  private targetFor(sandboxId: string, result: LookupResult, localEpoch: number | undefined): Target {
     const owner = result.owner;
     let target: Target;
     if (!owner) {
@@ -312,6 +317,24 @@ export class OwnerRouter {
     }
     // "No owner" does not erase what we knew: it is the evidence that an owner is moving.
     if (target.kind === 'peer' || target.reason === 'owner') this.lastKnown.set(sandboxId, { target, atMs: Date.now() });
+    return target;
+  }
+
+  /**
+   * The hot path: a usable target (an owner, here or on a peer) straight from the in-process cache,
+   * with no promise and no round trip; undefined when `resolveHeld` has to decide (cache miss, no
+   * usable owner, or tracing on, which wants its lookup span).
+   */
+  resolveCached(sandboxId: string): Target | undefined {
+    if (this.store.cachedLookup === undefined || tracingEnabled()) return undefined;
+    const result = this.store.cachedLookup(sandboxId);
+    if (result === undefined) return undefined;
+    const localEpoch = this.local.isShedding(sandboxId) ? undefined : this.local.epoch(sandboxId);
+    // No owner is never answered from here: whether to hold is resolveHeld's call.
+    if (result.owner === null && localEpoch === undefined) return undefined;
+    const target = this.targetFor(sandboxId, result, localEpoch);
+    if (target.kind === 'local' && target.reason !== 'owner') return undefined;
+    this.metrics.ownerLookupsTotal.inc({ source: result.source });
     return target;
   }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { OhsError } from '../../../src/errors.ts';
-import { REDACTED, createLogger } from '../../../src/log/logger.ts';
+import { REDACTED, createLogger, lazyChild } from '../../../src/log/logger.ts';
 import type { LogLevel } from '../../../src/config/schema.ts';
 
 function capture(level: LogLevel = 'info') {
@@ -59,5 +59,39 @@ describe('createLogger', () => {
     expect(logged).toMatchObject({ type: 'OhsError', code: 'OHS_ERR_UPSTREAM' });
     expect(String(logged['message'])).toContain('gateway unreachable');
     expect(String(logged['stack'])).toContain('ECONNREFUSED');
+  });
+});
+
+describe('lazyChild', () => {
+  it('logs with the parent bindings and its own, like a child, and children of it merge theirs', () => {
+    const { logger, lines } = capture();
+    const conn = lazyChild(logger.child({ listener: 'public' }), { conn: 7 });
+    conn.info({ extra: true }, 'one');
+    lazyChild(conn, { class: 'ssh-tunnel' }).child({ sandbox: 's1' }).warn('two');
+    expect(lines[0]).toMatchObject({ listener: 'public', conn: 7, extra: true, msg: 'one' });
+    expect(lines[1]).toMatchObject({ listener: 'public', conn: 7, class: 'ssh-tunnel', sandbox: 's1', level: 'warn', msg: 'two' });
+  });
+
+  it('makes no pino child until a line at an enabled level is written', () => {
+    const { logger, lines } = capture('info');
+    let made = 0;
+    const child = logger.child.bind(logger);
+    logger.child = ((...args: Parameters<typeof logger.child>) => {
+      made++;
+      return child(...args);
+    }) as typeof logger.child;
+    const lazy = lazyChild(logger, { conn: 1 });
+    lazy.debug('not at info');
+    lazyChild(lazy, { sandbox: 's' }).trace('nor this');
+    expect(made).toBe(0);
+    lazy.error(new OhsError('OHS_ERR_INTERNAL', 'boom'), 'failed');
+    expect(made).toBe(1);
+    expect(lines[0]).toMatchObject({ conn: 1, level: 'error', msg: 'failed' });
+  });
+
+  it('redacts tokens as every logger does', () => {
+    const { logger, lines } = capture();
+    lazyChild(logger, { conn: 1 }).info({ token: 'secret' }, 'x');
+    expect(lines[0]?.['token']).toBe(REDACTED);
   });
 });

@@ -1,0 +1,463 @@
+// The proxy hop itself, raw, on both SSH data paths, every path side by side in one run:
+//   direct     client -> fake gateway (echo/sink/source; bench/lib/fake-gateway.ts)
+//   haproxy    client -> HAProxy -> fake gateway      (tcp mode for CONNECT, HTTP/2 for gRPC)
+//   sidecar    client -> owner's sidecar -> gateway   (owner local)
+//   sidecar2   client -> sidecar -> owner's sidecar (peer hop) -> gateway
+// for a 2026-04 `CONNECT /connect/ssh` tunnel and a 2026-08 `ForwardTcp` gRPC stream. Metrics: RTT
+// p50/p99 of a 32-byte ping-pong, bulk throughput both ways, and opens per second (tunnel or stream
+// set up and one ping through it) at concurrency 1 and 64. Paths are interleaved over rounds in
+// rotating order and the median round is reported, as ratios against direct from the same run:
+// absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
+//
+// Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
+// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,sidecar,sidecar2),
+// BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
+// BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
+// BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
+// node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs).
+import { readFileSync } from 'node:fs';
+import type http2 from 'node:http2';
+import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
+import { GatewayStore } from '../emulator/gateway/store.ts';
+import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { haproxyVersion, startHaproxy, type Haproxy } from './lib/haproxy.ts';
+import {
+  ACK_BYTES,
+  GRPC_BULK_CHUNK,
+  PING_BYTES,
+  RAW_BULK_CHUNK,
+  connectH2,
+  openForward,
+  openTunnel,
+  writeAll,
+  type Channel,
+  type Endpoint,
+  type Proto,
+} from './lib/raw-clients.ts';
+import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type BenchSidecar } from './lib/sidecars.ts';
+import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
+
+const ALL_PROTOS = ['connect', 'grpc'] as const;
+const ALL_PATHS = ['direct', 'haproxy', 'sidecar', 'sidecar2'] as const;
+const ALL_METRICS = ['rtt', 'bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const;
+type PathName = (typeof ALL_PATHS)[number];
+type MetricName = (typeof ALL_METRICS)[number];
+
+function envList<T extends string>(name: string, all: readonly T[]): T[] {
+  const raw = process.env[name];
+  if (!raw) return [...all];
+  const picked = raw.split(',').map((s) => s.trim()) as T[];
+  for (const p of picked) if (!all.includes(p)) throw new Error(`${name}: unknown '${p}' (known: ${all.join(', ')})`);
+  return picked;
+}
+
+const ROUNDS = envInt('BENCH_ROUNDS', 3);
+const RTT_N = envInt('BENCH_RTT_N', 2000);
+const RTT_WARMUP = 200;
+const BULK_BYTES = envInt('BENCH_BULK_MIB', 256) * 1024 * 1024;
+const OPEN_MS = envInt('BENCH_OPEN_MS', 1500);
+const OPEN_MAX = envInt('BENCH_OPEN_MAX', 3_000);
+const PROTOS = envList('BENCH_PROTOS', ALL_PROTOS);
+const METRICS = envList('BENCH_METRICS', ALL_METRICS);
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
+const WINDOW_BYTES = 1024 * 1024;
+const PEER_SECRET = 'bench-peer-secret-0123456789';
+const STEP_TIMEOUT_MS = 10_000;
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const PATH_LABEL: Record<PathName, string> = {
+  direct: 'direct',
+  haproxy: 'haproxy',
+  sidecar: 'sidecar (owner local)',
+  sidecar2: 'sidecar x2 (forwarded)',
+};
+const PROTO_LABEL: Record<Proto, string> = {
+  connect: 'CONNECT /connect/ssh tunnel (2026-04), raw bytes',
+  grpc: 'ForwardTcp gRPC stream (2026-08), 32-byte data messages / 16 KiB bulk messages',
+};
+
+const cleanups = createCleanups();
+const started = Date.now();
+const elapsed = (): string => `${((Date.now() - started) / 1000).toFixed(1)}s`;
+
+interface PathRig {
+  ep: Endpoint;
+  /** gRPC: one client connection per path, reused by every stream (reopened if it closes). */
+  session?: http2.ClientHttp2Session;
+}
+
+async function h2Session(rig: PathRig): Promise<http2.ClientHttp2Session> {
+  if (!rig.session || rig.session.closed || rig.session.destroyed) rig.session = await connectH2(rig.ep.port, WINDOW_BYTES);
+  return rig.session;
+}
+
+async function open(rig: PathRig, mode: string, first?: Buffer): Promise<Channel> {
+  if (rig.ep.proto === 'connect') {
+    const ch = await openTunnel(rig.ep, mode);
+    if (first) ch.out.write(first);
+    return ch;
+  }
+  return openForward(await h2Session(rig), rig.ep, mode, first);
+}
+
+async function measureRtt(rig: PathRig): Promise<{ p50: number; p99: number }> {
+  const ping = PING_BYTES[rig.ep.proto];
+  const ch = await open(rig, 'echo');
+  try {
+    const rtts = new Float64Array(RTT_N);
+    let expect = 0;
+    for (let i = -RTT_WARMUP; i < RTT_N; i++) {
+      const t0 = process.hrtime.bigint();
+      ch.out.write(ping);
+      expect += ping.length;
+      await ch.counter.until(expect, STEP_TIMEOUT_MS);
+      if (i >= 0) rtts[i] = Number(process.hrtime.bigint() - t0) / 1000;
+    }
+    rtts.sort();
+    return { p50: percentile(rtts, 50), p99: percentile(rtts, 99) };
+  } finally {
+    await ch.close();
+  }
+}
+
+const mibPerSec = (bytes: number, ns: bigint): number => bytes / (1024 * 1024) / (Number(ns) / 1e9);
+
+async function measureBulkUp(rig: PathRig): Promise<number> {
+  const chunk = rig.ep.proto === 'connect' ? RAW_BULK_CHUNK : GRPC_BULK_CHUNK;
+  const deadline = Date.now() + 120_000;
+  const t0 = process.hrtime.bigint();
+  const ch = await open(rig, `sink:${BULK_BYTES}`);
+  try {
+    await writeAll(ch.out, chunk, BULK_BYTES, deadline);
+    await ch.counter.until(ACK_BYTES[rig.ep.proto], Math.max(1, deadline - Date.now()));
+    return mibPerSec(BULK_BYTES, process.hrtime.bigint() - t0);
+  } finally {
+    await ch.close();
+  }
+}
+
+async function measureBulkDown(rig: PathRig): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const ch = await open(rig, `source:${BULK_BYTES}`);
+  try {
+    await ch.counter.until(BULK_BYTES, 120_000);
+    return mibPerSec(BULK_BYTES, process.hrtime.bigint() - t0);
+  } finally {
+    await ch.close();
+  }
+}
+
+/** Tunnels or streams opened per second: set up, one ping through to the gateway and back, closed. */
+async function measureOpens(rig: PathRig, concurrency: number): Promise<number> {
+  const ping = PING_BYTES[rig.ep.proto];
+  if (rig.ep.proto === 'grpc') await h2Session(rig);
+  const deadline = Date.now() + OPEN_MS;
+  let begun = 0;
+  let done = 0;
+  let errors = 0;
+  let firstError: unknown;
+  const t0 = process.hrtime.bigint();
+  const worker = async (): Promise<void> => {
+    while (begun < OPEN_MAX && Date.now() < deadline) {
+      begun++;
+      try {
+        // gRPC: init and the first bytes go together, as ssh-proxy sends them; CONNECT waits for 200.
+        const ch = await open(rig, 'echo', ping);
+        try {
+          await ch.counter.until(ping.length, STEP_TIMEOUT_MS);
+        } finally {
+          await ch.close();
+        }
+        done++;
+      } catch (err) {
+        errors++;
+        firstError ??= err;
+        if (errors > 20) throw new Error(`opens: ${errors} errors, first: ${(firstError as Error).message}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (errors > 0) console.log(`[${elapsed()}]   ${errors} failed opens (first: ${(firstError as Error).message})`);
+  return done / secs;
+}
+
+type Sample = Partial<Record<'rtt_p50' | 'rtt_p99' | 'bulk_up' | 'bulk_down' | 'opens_c1' | 'opens_c64', number>>;
+
+async function measure(rig: PathRig, metric: MetricName): Promise<Sample> {
+  switch (metric) {
+    case 'rtt': {
+      const r = await measureRtt(rig);
+      return { rtt_p50: r.p50, rtt_p99: r.p99 };
+    }
+    case 'bulk_up':
+      return { bulk_up: await measureBulkUp(rig) };
+    case 'bulk_down':
+      return { bulk_down: await measureBulkDown(rig) };
+    case 'opens_c1':
+      return { opens_c1: await measureOpens(rig, 1) };
+    case 'opens_c64':
+      return { opens_c64: await measureOpens(rig, 64) };
+  }
+}
+
+const COLUMNS = [
+  { key: 'rtt_p50', head: 'RTT p50 us', unit: 'us', lowerIsBetter: true },
+  { key: 'rtt_p99', head: 'RTT p99 us', unit: 'us', lowerIsBetter: true },
+  { key: 'bulk_up', head: 'bulk up MiB/s', unit: 'MiB/s', lowerIsBetter: false },
+  { key: 'bulk_down', head: 'bulk down MiB/s', unit: 'MiB/s', lowerIsBetter: false },
+  { key: 'opens_c1', head: 'opens/s c=1', unit: '1/s', lowerIsBetter: false },
+  { key: 'opens_c64', head: 'opens/s c=64', unit: '1/s', lowerIsBetter: false },
+] as const;
+type ColumnKey = (typeof COLUMNS)[number]['key'];
+
+function fmt(v: number): string {
+  return v >= 100 ? v.toFixed(0) : v.toFixed(1);
+}
+
+function printTable(proto: Proto, summary: Map<PathName, Sample>, paths: PathName[]): void {
+  const direct = summary.get('direct');
+  const cols = COLUMNS.filter((c) => [...summary.values()].some((s) => s[c.key] !== undefined));
+  const rows: string[][] = [['path', ...cols.map((c) => c.head)]];
+  for (const path of paths) {
+    const s = summary.get(path);
+    const row = [PATH_LABEL[path]];
+    for (const c of cols) {
+      const v = s?.[c.key];
+      const d = direct?.[c.key];
+      if (v === undefined) row.push('-');
+      else if (path === 'direct' || d === undefined) row.push(fmt(v));
+      else if (c.lowerIsBetter) row.push(`${fmt(v)} (+${fmt(v - d)})`);
+      else row.push(`${fmt(v)} (${(v / d).toFixed(2)}x)`);
+    }
+    rows.push(row);
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  console.log(`\n${PROTO_LABEL[proto]}: median of ${ROUNDS} rounds; (+added us) and (x of direct)`);
+  for (const [i, r] of rows.entries()) {
+    console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  }
+}
+
+interface TargetCheck {
+  proto: Proto;
+  what: string;
+  value: number;
+  target: number;
+  met: boolean;
+  unit: string;
+}
+
+/** Issue 13's parity targets, evaluated on this run's medians. */
+function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  const d = s.get('direct');
+  const h = s.get('haproxy');
+  const one = s.get('sidecar');
+  const two = s.get('sidecar2');
+  for (const key of ['bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const) {
+    const hv = h?.[key];
+    const sv = one?.[key];
+    if (hv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs haproxy`, value: round2(sv / hv), target: 0.9, met: sv / hv >= 0.9, unit: 'x' });
+    const tv = two?.[key];
+    if (sv !== undefined && tv !== undefined) out.push({ proto, what: `forwarded ${key} vs sidecar`, value: round2(tv / sv), target: 0.8, met: tv / sv >= 0.8, unit: 'x' });
+  }
+  if (d?.rtt_p50 !== undefined && h?.rtt_p50 !== undefined && one?.rtt_p50 !== undefined) {
+    const addedH = h.rtt_p50 - d.rtt_p50;
+    const addedS = one.rtt_p50 - d.rtt_p50;
+    out.push({ proto, what: 'sidecar added RTT p50 minus haproxy added RTT p50', value: round1(addedS - addedH), target: 50, met: addedS - addedH <= 50, unit: 'us' });
+  }
+  if (one?.rtt_p50 !== undefined && two?.rtt_p50 !== undefined && d?.rtt_p50 !== undefined) {
+    out.push({ proto, what: 'forwarded added RTT p50 vs sidecar added (second hop cost)', value: round1(two.rtt_p50 - one.rtt_p50), target: NaN, met: true, unit: 'us' });
+  }
+  return out;
+}
+
+async function main(): Promise<number> {
+  const paths = envList('BENCH_PATHS', ALL_PATHS);
+  const hv = haproxyVersion();
+  let runPaths = paths;
+  if (!hv && paths.includes('haproxy')) {
+    console.log('haproxy is not on PATH: the HAProxy columns are skipped (apt-get install -y haproxy to include them)');
+    runPaths = paths.filter((p) => p !== 'haproxy');
+  }
+  const needSidecars = runPaths.includes('sidecar') || runPaths.includes('sidecar2');
+
+  // One gateway port per client of it (direct, HAProxy, owner sidecar, ingress sidecar): see fake-gateway.ts.
+  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '3']);
+  cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
+  const [gatewayPort, haproxyGatewayPort, ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number, number, number];
+
+  let haproxy: Haproxy | undefined;
+  if (runPaths.includes('haproxy')) {
+    const nb = process.env.BENCH_HAPROXY_NBTHREAD ? envInt('BENCH_HAPROXY_NBTHREAD', 1) : undefined;
+    haproxy = await startHaproxy(haproxyGatewayPort, { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) });
+    cleanups.push({ what: 'haproxy', run: () => haproxy!.close() });
+  }
+
+  const sandboxId = 'bench-sandbox-0001';
+  let token = 'bench-token';
+  const sidecars: { owner?: BenchSidecar; ingress?: BenchSidecar } = {};
+  if (needSidecars) {
+    const db = await createTestDatabase('bench_proxy');
+    cleanups.push({ what: 'database', run: () => db.drop() });
+    // The gateway's own tables, so that tokens are valid ones and limit slots are really taken.
+    const store = new GatewayStore(db.url);
+    cleanups.push({ what: 'gateway store', run: () => store.close() });
+    await store.migrate();
+    await store.createSandbox({ id: sandboxId });
+    token = (await store.createSshSession(sandboxId, 3600)).token;
+    const common = {
+      databaseUrl: db.url,
+      redisUrl: TEST_REDIS_URL,
+      redisKeyPrefix: testRedisPrefix('bench-proxy'),
+      peerSecret: PEER_SECRET,
+      // Limits stay on (slots taken in Redis per tunnel), high enough for 64 concurrent opens.
+      extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', ...(process.env.BENCH_SIDECAR_ARGS?.split(' ').filter(Boolean) ?? [])],
+      ...(CPU_PROF_DIR ? { cpuProfDir: CPU_PROF_DIR } : {}),
+      ...(process.env.BENCH_SIDECAR_NODE_ARGS ? { nodeArgs: process.env.BENCH_SIDECAR_NODE_ARGS.split(' ').filter(Boolean) } : {}),
+      echo: process.env.BENCH_SIDECAR_ECHO === '1',
+    };
+    const [owner, ingress] = await Promise.all([
+      startBenchSidecar('owner', { ...common, gatewayPort: ownerGatewayPort }),
+      startBenchSidecar('ingress', { ...common, gatewayPort: ingressGatewayPort }),
+    ]);
+    sidecars.owner = owner;
+    sidecars.ingress = ingress;
+    // Stopped gracefully (profiles are written on exit) before the database goes.
+    cleanups.push({ what: 'sidecars', run: () => Promise.all([owner.stop(), ingress.stop()]) });
+    const sup = await holdSupervisor(owner.publicPort, sandboxId);
+    cleanups.push({ what: 'supervisor', run: async () => sup.close() });
+    await waitForOwner(db.url, sandboxId, 'owner');
+  }
+  console.log(
+    `[${elapsed()}] up: fake gateway :${gatewayPort}` +
+      (haproxy ? `, haproxy ${haproxy.version} :${haproxy.tcpPort} (tcp) :${haproxy.h2Port} (h2)` : '') +
+      (needSidecars ? `, sidecars ${sidecarEntry().what} (owner :${sidecars.owner!.publicPort}, ingress :${sidecars.ingress!.publicPort}), sandbox owned by 'owner'` : ''),
+  );
+
+  const portOf = (proto: Proto, path: PathName): number => {
+    if (path === 'direct') return gatewayPort;
+    if (path === 'haproxy') return proto === 'connect' ? haproxy!.tcpPort : haproxy!.h2Port;
+    if (path === 'sidecar') return sidecars.owner!.publicPort;
+    return sidecars.ingress!.publicPort;
+  };
+  const rigs = new Map<string, PathRig>();
+  for (const proto of PROTOS) for (const path of runPaths) rigs.set(`${proto}/${path}`, { ep: { proto, port: portOf(proto, path), sandboxId, token } });
+  cleanups.push({ what: 'client sessions', run: async () => rigs.forEach((r) => r.session?.destroy()) });
+
+  // Warm-up: every path once (JIT, pools, caches), results dropped.
+  for (const [key, rig] of rigs) {
+    await measureRtt(rig);
+    await measureOpens(rig, 8);
+    console.log(`[${elapsed()}] warmed up ${key}`);
+  }
+
+  const samples = new Map<string, Sample[]>();
+  const failures = new Map<string, string>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const proto of PROTOS) {
+      for (const metric of METRICS) {
+        const order = runPaths.map((_, i) => runPaths[(i + round) % runPaths.length]!);
+        for (const path of order) {
+          const key = `${proto}/${path}`;
+          let s: Sample;
+          try {
+            s = await measure(rigs.get(key)!, metric);
+          } catch (err) {
+            const msg = `round ${round + 1} ${metric}: ${(err as Error).message}`;
+            failures.set(`${key}/${metric}`, msg);
+            console.log(`[${elapsed()}] ${key} FAILED ${msg}`);
+            for (const sc of [sidecars.owner, sidecars.ingress]) {
+              const lines = sc?.proc.output.filter((l) => /"level":"(warn|error|fatal)"/.test(l)).slice(-5) ?? [];
+              for (const l of lines) console.log(`    [${sc!.name}] ${l}`);
+            }
+            continue;
+          }
+          const list = samples.get(key) ?? [];
+          Object.assign((list[round] ??= {}), s);
+          samples.set(key, list);
+          console.log(`[${elapsed()}] round ${round + 1} ${proto.padEnd(7)} ${metric.padEnd(9)} ${path.padEnd(8)} ${Object.entries(s).map(([k, v]) => `${k} ${fmt(v)}`).join('  ')}`);
+        }
+      }
+    }
+  }
+
+  const results: Record<string, BenchResult> = {};
+  const targets: TargetCheck[] = [];
+  const tables: Record<string, Record<string, Record<string, number>>> = {};
+  for (const proto of PROTOS) {
+    const summary = new Map<PathName, Sample>();
+    for (const path of runPaths) {
+      const list = samples.get(`${proto}/${path}`) ?? [];
+      const s: Sample = {};
+      for (const c of COLUMNS) {
+        const vals = list.map((x) => x?.[c.key]).filter((v): v is number => v !== undefined);
+        if (vals.length > 0) s[c.key] = median(vals);
+      }
+      summary.set(path, s);
+    }
+    printTable(proto, summary, runPaths);
+    targets.push(...checkTargets(proto, summary));
+    const direct = summary.get('direct');
+    tables[proto] = {};
+    for (const path of runPaths) {
+      const s = summary.get(path)!;
+      tables[proto]![path] = Object.fromEntries(Object.entries(s).map(([k, v]) => [k, round1(v)]));
+      for (const c of COLUMNS) {
+        const v = s[c.key as ColumnKey];
+        if (v === undefined) continue;
+        const base = `proxy_${proto}_${c.key}`;
+        results[`${base}_${path}`] = { value: round1(v), unit: c.unit, baseline: path === 'direct' ? 'direct' : `${base}_direct` };
+        const d = direct?.[c.key as ColumnKey];
+        if (path !== 'direct' && d !== undefined) {
+          results[`${base}_${path}_ratio`] = { value: round2(v / d), unit: 'x', baseline: `${base}_direct` };
+        }
+      }
+    }
+  }
+  if (targets.length > 0) {
+    console.log('\nissue 13 targets (this run):');
+    for (const t of targets) {
+      const goal = Number.isNaN(t.target) ? '' : t.unit === 'x' ? ` (target >= ${t.target}x)` : ` (target <= ${t.target} us)`;
+      console.log(`  ${Number.isNaN(t.target) ? 'info' : t.met ? 'met ' : 'MISS'}  ${t.proto.padEnd(7)} ${t.what}: ${t.value}${t.unit === 'x' ? 'x' : ' us'}${goal}`);
+    }
+  }
+  await mergeResults(results, {
+    proxy_bench: {
+      label: process.env.BENCH_LABEL ?? null,
+      haproxy: hv ?? 'not installed (columns skipped)',
+      haproxy_config: haproxy ? { nbthread: process.env.BENCH_HAPROXY_NBTHREAD ?? 'default (one per core)', h2_initial_window_bytes: WINDOW_BYTES } : null,
+      sidecar: { version: VERSION, entry: needSidecars ? sidecarEntry().what : null, mode: 'cluster (Postgres + Redis), limits on, log level info' },
+      rounds: ROUNDS,
+      rtt_round_trips: RTT_N,
+      rtt_message_bytes: { connect: PING_BYTES.connect.length, grpc: PING_BYTES.grpc.length },
+      bulk_bytes: BULK_BYTES,
+      opens_window_ms: OPEN_MS,
+      opens_max: OPEN_MAX,
+      paths: PATH_LABEL,
+      medians: tables,
+      targets,
+      ...(failures.size > 0 ? { failures: Object.fromEntries(failures) } : {}),
+    },
+  });
+  console.log(`\nwrote ${RESULTS_FILE} [${elapsed()}]`);
+  if (failures.size > 0) {
+    console.error(`failed measurements: ${[...failures.keys()].join(', ')}`);
+    return 1;
+  }
+  return 0;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  console.error(`proxy bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+} finally {
+  await cleanups.runAll();
+}
+process.exit(code);

@@ -1,0 +1,449 @@
+// One sidecar at scale (issue 13 item 3): it holds SCALE_SUPERVISORS supervisor sessions
+// (ConnectSupervisor streams, SCALE_SUPERVISOR_CONNS HTTP/2 connections) and SCALE_IDLE idle
+// ForwardTcp streams (SCALE_IDLE_CONNS connections), all owned locally, in front of the minimal fake
+// gateway (bench/lib/fake-gateway.ts). Then, with all of that held:
+//   1. steady state: RSS, CPU and event-loop lag of the loaded sidecar over SCALE_STEADY_S seconds;
+//   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), on the
+//      loaded sidecar (owner local) and through a second sidecar (forwarded): p50/p99/max;
+//   3. sustained: SCALE_RATE new forwarded streams per second for SCALE_SECONDS seconds through the
+//      second sidecar to the loaded one, each opened, pinged and closed; errors, achieved rate,
+//      latency, and the loaded sidecar's RSS/CPU/lag meanwhile.
+// Postgres and Redis are real (cluster mode, limits on: a slot per stream in Redis). Every loop is
+// bounded in count and time. Prints figures, writes bench/results/scale.json; asserts nothing.
+//
+// Env: SCALE_SUPERVISORS (10000), SCALE_SUPERVISOR_CONNS (200), SCALE_IDLE (10000),
+// SCALE_IDLE_CONNS (100), SCALE_PROBES (2000), SCALE_RATE (1000), SCALE_SECONDS (30),
+// SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
+// loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
+// (flags for the sidecars' node, e.g. '--max-old-space-size=256').
+import { readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import type http2 from 'node:http2';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
+import { GatewayStore } from '../emulator/gateway/store.ts';
+import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { CONNECT_SUPERVISOR, PING_BYTES, connectH2, helloFrame, openForward, type Channel, type Endpoint } from './lib/raw-clients.ts';
+import { machineMeta } from './lib/results.ts';
+import { sidecarEntry, startBenchSidecar, type BenchSidecar } from './lib/sidecars.ts';
+import { envInt, percentile, round1, round2 } from './lib/stats.ts';
+
+const SUPERVISORS = envInt('SCALE_SUPERVISORS', 10_000);
+const SUPERVISOR_CONNS = envInt('SCALE_SUPERVISOR_CONNS', 200);
+const IDLE = envInt('SCALE_IDLE', 10_000);
+const IDLE_CONNS = envInt('SCALE_IDLE_CONNS', 100);
+const PROBES = envInt('SCALE_PROBES', 2_000);
+const PROBE_CONCURRENCY = envInt('SCALE_PROBE_CONCURRENCY', 1);
+const RATE = envInt('SCALE_RATE', 1_000);
+const SECONDS = envInt('SCALE_SECONDS', 30);
+const STEADY_S = envInt('SCALE_STEADY_S', 10);
+const TOKEN_SANDBOXES = envInt('SCALE_SANDBOXES_WITH_TOKENS', 50);
+/** Most sustained-phase streams in flight; past it a tick's opens count as errors (never an unbounded queue). */
+const MAX_IN_FLIGHT = 4_000;
+const STEP_TIMEOUT_MS = 10_000;
+const PEER_SECRET = 'bench-peer-secret-0123456789';
+const RESULTS = join(dirname(fileURLToPath(import.meta.url)), 'results', 'scale.json');
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const cleanups = createCleanups();
+const started = Date.now();
+const elapsed = (): string => `${((Date.now() - started) / 1000).toFixed(1)}s`;
+const log = (msg: string): void => console.log(`[${elapsed()}] ${msg}`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** RSS (bytes) and CPU time (seconds, user + system) of a process, from /proc. */
+function procStat(pid: number): { rssBytes: number; cpuSeconds: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+}
+
+/** prom-client samples the loop with a 10 ms timer; its gauges include that interval, which is taken off. */
+const LAG_RESOLUTION_MS = 10;
+
+/** prom-client's event-loop lag gauges from the admin port, less the sampling interval; reading them resets the histogram. */
+function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number; heapUsedMb: number; heapTotalMb: number; externalMb: number }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => {
+        const gauge = (name: string): number => Math.max(0, Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) * 1000 - LAG_RESOLUTION_MS);
+        const mb = (name: string): number => round1(Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) / 1048576);
+        resolve({
+          p50Ms: gauge('nodejs_eventloop_lag_p50_seconds'),
+          p99Ms: gauge('nodejs_eventloop_lag_p99_seconds'),
+          maxMs: gauge('nodejs_eventloop_lag_max_seconds'),
+          heapUsedMb: mb('nodejs_heap_size_used_bytes'),
+          heapTotalMb: mb('nodejs_heap_size_total_bytes'),
+          externalMb: mb('nodejs_external_memory_bytes'),
+        });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
+    req.on('error', reject);
+  });
+}
+
+interface Window {
+  rssMb: number;
+  /** V8 heap in use and reserved, and memory held by Buffers and other external objects (at the end). */
+  heapUsedMb: number;
+  heapTotalMb: number;
+  externalMb: number;
+  cpuPercent: number;
+  lagP50Ms: number;
+  lagP99Ms: number;
+  lagMaxMs: number;
+}
+
+/** Samples a process over `ms`: RSS at the end (and the peak), CPU share of one core, event-loop lag over the window. */
+async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>): Promise<Window & { rssPeakMb: number }> {
+  const pid = sc.proc.child.pid as number;
+  await eventLoopLag(sc.adminPort); // resets the lag histogram: what follows covers this window only
+  const a = procStat(pid);
+  const t0 = Date.now();
+  let peak = a.rssBytes;
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    await sleep(Math.min(500, Math.max(1, until - Date.now())));
+    peak = Math.max(peak, procStat(pid).rssBytes);
+  }
+  if (during) await during;
+  const b = procStat(pid);
+  const lag = await eventLoopLag(sc.adminPort);
+  const wall = (Date.now() - t0) / 1000;
+  return {
+    rssMb: round1(b.rssBytes / 1048576),
+    rssPeakMb: round1(Math.max(peak, b.rssBytes) / 1048576),
+    heapUsedMb: lag.heapUsedMb,
+    heapTotalMb: lag.heapTotalMb,
+    externalMb: lag.externalMb,
+    cpuPercent: round1((100 * (b.cpuSeconds - a.cpuSeconds)) / wall),
+    lagP50Ms: round2(lag.p50Ms),
+    lagP99Ms: round2(lag.p99Ms),
+    lagMaxMs: round2(lag.maxMs),
+  };
+}
+
+async function countOwned(db: pg.Client, replicaId: string): Promise<number> {
+  const res = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM ohs_owners WHERE replica_id = $1', [replicaId]);
+  return res.rows[0]?.n ?? 0;
+}
+
+/** A pool of client HTTP/2 connections to one port, streams spread round robin (reopened if one closed). */
+class ClientConns {
+  readonly #sessions: http2.ClientHttp2Session[] = [];
+  #next = 0;
+  constructor(
+    private readonly port: number,
+    private readonly count: number,
+  ) {}
+  async get(): Promise<http2.ClientHttp2Session> {
+    const i = this.#next++ % this.count;
+    let s = this.#sessions[i];
+    if (!s || s.closed || s.destroyed) {
+      s = await connectH2(this.port);
+      this.#sessions[i] = s;
+    }
+    return s;
+  }
+  close(): void {
+    for (const s of this.#sessions) s.destroy();
+  }
+}
+
+/** Opens a ForwardTcp stream, sends init + one ping and waits for the echo; resolves with the ms it took. */
+async function openAndPing(conns: ClientConns, ep: Endpoint): Promise<{ ms: number; ch: Channel }> {
+  const t0 = process.hrtime.bigint();
+  const ping = PING_BYTES.grpc;
+  const ch = openForward(await conns.get(), ep, 'echo', ping);
+  try {
+    await ch.counter.until(ping.length, STEP_TIMEOUT_MS);
+  } catch (err) {
+    await ch.close();
+    throw err;
+  }
+  return { ms: Number(process.hrtime.bigint() - t0) / 1e6, ch };
+}
+
+interface ProbeResult {
+  n: number;
+  errors: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+/** `n` new streams, `concurrency` at a time, each opened, pinged and closed. */
+async function probe(conns: ClientConns, ep: Endpoint, n: number, concurrency: number): Promise<ProbeResult> {
+  const ms: number[] = [];
+  let begun = 0;
+  let errors = 0;
+  const deadline = Date.now() + 120_000;
+  const worker = async (): Promise<void> => {
+    while (begun < n && Date.now() < deadline) {
+      begun++;
+      try {
+        const r = await openAndPing(conns, ep);
+        ms.push(r.ms);
+        await r.ch.close();
+      } catch {
+        errors++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  ms.sort((a, b) => a - b);
+  return { n: ms.length, errors, p50Ms: round2(percentile(ms, 50)), p99Ms: round2(percentile(ms, 99)), maxMs: round2(ms[ms.length - 1] ?? NaN) };
+}
+
+/** RATE new streams per second for SECONDS seconds, paced in 10 ms ticks; each opened, pinged, closed. */
+async function sustained(conns: ClientConns, endpoints: Endpoint[]): Promise<ProbeResult & { attempted: number; achievedPerSec: number; firstError?: string }> {
+  const ms: number[] = [];
+  let attempted = 0;
+  let errors = 0;
+  let inFlight = 0;
+  let firstError: string | undefined;
+  const pending = new Set<Promise<void>>();
+  const total = RATE * SECONDS;
+  const t0 = Date.now();
+  const one = async (ep: Endpoint): Promise<void> => {
+    inFlight++;
+    try {
+      const r = await openAndPing(conns, ep);
+      ms.push(r.ms);
+      await r.ch.close();
+    } catch (err) {
+      errors++;
+      firstError ??= (err as Error).message;
+    } finally {
+      inFlight--;
+    }
+  };
+  while (attempted < total && Date.now() - t0 < SECONDS * 1000 + 5_000) {
+    // Streams due by now, at RATE per second since t0.
+    const due = Math.min(total, Math.floor(((Date.now() - t0) * RATE) / 1000));
+    while (attempted < due) {
+      const ep = endpoints[attempted % endpoints.length]!;
+      attempted++;
+      if (inFlight >= MAX_IN_FLIGHT) {
+        errors++;
+        firstError ??= `more than ${MAX_IN_FLIGHT} streams in flight`;
+        continue;
+      }
+      const p = one(ep);
+      pending.add(p);
+      void p.finally(() => pending.delete(p));
+    }
+    await sleep(10);
+  }
+  const sendSecs = (Date.now() - t0) / 1000;
+  await Promise.race([Promise.all(pending), sleep(STEP_TIMEOUT_MS + 1_000)]);
+  ms.sort((a, b) => a - b);
+  return {
+    attempted,
+    n: ms.length,
+    errors,
+    achievedPerSec: round1(ms.length / sendSecs),
+    p50Ms: round2(percentile(ms, 50)),
+    p99Ms: round2(percentile(ms, 99)),
+    maxMs: round2(ms[ms.length - 1] ?? NaN),
+    ...(firstError ? { firstError } : {}),
+  };
+}
+
+async function main(): Promise<void> {
+  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '1', '--counts']);
+  cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
+  const [ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number];
+
+  const db = await createTestDatabase('bench_scale');
+  cleanups.push({ what: 'database', run: () => db.drop() });
+  const store = new GatewayStore(db.url);
+  cleanups.push({ what: 'gateway store', run: () => store.close() });
+  await store.migrate();
+  const sandboxes = Array.from({ length: SUPERVISORS }, (_, i) => `scale-sandbox-${String(i).padStart(5, '0')}`);
+  // Valid tokens (the limits take Redis slots for them) for the first few sandboxes.
+  const endpoints: Endpoint[] = [];
+  for (const id of sandboxes.slice(0, TOKEN_SANDBOXES)) {
+    await store.createSandbox({ id, name: id });
+    endpoints.push({ proto: 'grpc', port: 0, sandboxId: id, token: (await store.createSshSession(id, 3600)).token });
+  }
+  const common = {
+    databaseUrl: db.url,
+    redisUrl: TEST_REDIS_URL,
+    redisKeyPrefix: testRedisPrefix('bench-scale'),
+    peerSecret: PEER_SECRET,
+    noFile: 20_000,
+    nodeArgs: [...(process.env.SCALE_HEAP_SNAPSHOT === '1' ? ['--heapsnapshot-signal=SIGUSR2'] : []), ...(process.env.SCALE_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? [])],
+    extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', '--h2-max-concurrent-streams', '10000'],
+  };
+  const [owner, ingress] = await Promise.all([
+    startBenchSidecar('owner', { ...common, gatewayPort: ownerGatewayPort }),
+    startBenchSidecar('ingress', { ...common, gatewayPort: ingressGatewayPort }),
+  ]);
+  cleanups.push({ what: 'sidecars', run: () => Promise.all([owner.stop(), ingress.stop()]) });
+  const ownerPid = owner.proc.child.pid as number;
+  const baseline = procStat(ownerPid);
+  log(`up: sidecars ${sidecarEntry().what} (owner :${owner.publicPort} pid ${ownerPid}, ingress :${ingress.publicPort}); owner RSS ${round1(baseline.rssBytes / 1048576)} MB`);
+
+  const probeDb = new pg.Client({ connectionString: db.url });
+  await probeDb.connect();
+  cleanups.push({ what: 'probe client', run: () => probeDb.end() });
+
+  // 1. Supervisor sessions: SUPERVISORS ConnectSupervisor streams over SUPERVISOR_CONNS connections.
+  const supConns = new ClientConns(owner.publicPort, SUPERVISOR_CONNS);
+  cleanups.push({ what: 'supervisor connections', run: async () => supConns.close() });
+  const supT0 = Date.now();
+  for (let i = 0; i < sandboxes.length; i++) {
+    const session = await supConns.get();
+    const stream = session.request({ ':method': 'POST', ':path': CONNECT_SUPERVISOR, 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+    stream.on('error', () => undefined);
+    stream.write(helloFrame(sandboxes[i]!, `scale-${i}`));
+    stream.resume();
+    // Paced in batches so that the claims (a Postgres transaction each) queue in the sidecar, not here.
+    if (i % 500 === 499) {
+      const deadline = Date.now() + 60_000;
+      while ((await countOwned(probeDb, 'owner')) < i + 1 - 500 && Date.now() < deadline) await sleep(100);
+    }
+  }
+  const supDeadline = Date.now() + 180_000;
+  let owned = 0;
+  while ((owned = await countOwned(probeDb, 'owner')) < SUPERVISORS && Date.now() < supDeadline) await sleep(250);
+  const supSecs = (Date.now() - supT0) / 1000;
+  log(`supervisors: ${owned}/${SUPERVISORS} sandboxes owned by the sidecar after ${supSecs.toFixed(1)} s (${SUPERVISOR_CONNS} connections)`);
+  const afterSup = procStat(ownerPid);
+
+  // 2. Idle ForwardTcp streams: opened, one ping through, then left open and silent.
+  const idleConns = new ClientConns(owner.publicPort, IDLE_CONNS);
+  cleanups.push({ what: 'idle stream connections', run: async () => idleConns.close() });
+  const idle: Channel[] = [];
+  let idleErrors = 0;
+  const idleT0 = Date.now();
+  const ownerEps = endpoints.map((e) => ({ ...e, port: owner.publicPort }));
+  for (let i = 0; i < IDLE && Date.now() - idleT0 < 180_000; i += 100) {
+    const batch = await Promise.allSettled(Array.from({ length: Math.min(100, IDLE - i) }, (_, k) => openAndPing(idleConns, ownerEps[(i + k) % ownerEps.length]!)));
+    for (const r of batch) {
+      if (r.status === 'fulfilled') idle.push(r.value.ch);
+      else idleErrors++;
+    }
+  }
+  cleanups.push({ what: 'idle streams', run: () => Promise.all(idle.map((c) => c.close())).then(() => undefined) });
+  log(`idle forward streams: ${idle.length} open (${idleErrors} failed) after ${((Date.now() - idleT0) / 1000).toFixed(1)} s`);
+  const gwCounts = gw.output.filter((l) => l.includes('"counts"')).at(-1);
+
+  // 3. Steady state with everything held.
+  const steady = await observe(owner, STEADY_S * 1000);
+  log(`steady: RSS ${steady.rssMb} MB (peak ${steady.rssPeakMb}; V8 heap ${steady.heapUsedMb} used / ${steady.heapTotalMb} reserved, external ${steady.externalMb}), CPU ${steady.cpuPercent}% of a core, event-loop lag p50 ${steady.lagP50Ms} ms p99 ${steady.lagP99Ms} ms max ${steady.lagMaxMs} ms`);
+
+  if (process.env.SCALE_HEAP_SNAPSHOT === '1') {
+    // Written by the sidecar into its working directory (Heap.*.heapsnapshot), for a look at what each session costs.
+    process.kill(ownerPid, 'SIGUSR2');
+    await sleep(15_000);
+    log('heap snapshot of the loaded sidecar requested (SIGUSR2)');
+  }
+
+  // 4. Routing probe: new streams on the loaded sidecar, local and forwarded.
+  const probeLocalConns = new ClientConns(owner.publicPort, 4);
+  const probeFwdConns = new ClientConns(ingress.publicPort, 4);
+  cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
+  const ingressEps = endpoints.map((e) => ({ ...e, port: ingress.publicPort }));
+  const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, PROBE_CONCURRENCY);
+  log(`routing probe, owner local: ${probeLocal.n} streams (${probeLocal.errors} errors) p50 ${probeLocal.p50Ms} ms p99 ${probeLocal.p99Ms} ms max ${probeLocal.maxMs} ms`);
+  const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, PROBE_CONCURRENCY);
+  log(`routing probe, forwarded:   ${probeFwd.n} streams (${probeFwd.errors} errors) p50 ${probeFwd.p50Ms} ms p99 ${probeFwd.p99Ms} ms max ${probeFwd.maxMs} ms`);
+
+  // 5. Sustained forwarded opens, the loaded sidecar observed meanwhile.
+  const sustainedConns = new ClientConns(ingress.publicPort, 8);
+  cleanups.push({ what: 'sustained connections', run: async () => sustainedConns.close() });
+  const ingressPid = ingress.proc.child.pid as number;
+  const ingressCpu0 = procStat(ingressPid).cpuSeconds;
+  const clientCpu0 = process.cpuUsage();
+  const susT0 = Date.now();
+  const run = sustained(sustainedConns, ingressEps);
+  const during = await observe(owner, SECONDS * 1000, run);
+  const sus = await run;
+  const susWall = (Date.now() - susT0) / 1000;
+  const clientCpu = process.cpuUsage(clientCpu0);
+  const ingressCpuPercent = round1((100 * (procStat(ingressPid).cpuSeconds - ingressCpu0)) / susWall);
+  const clientCpuPercent = round1((clientCpu.user + clientCpu.system) / 1e4 / susWall);
+  log(
+    `sustained: ${sus.attempted} forwarded streams asked at ${RATE}/s for ${SECONDS} s: ${sus.n} done (${sus.achievedPerSec}/s), ${sus.errors} errors` +
+      `${sus.firstError ? ` (first: ${sus.firstError})` : ''}; p50 ${sus.p50Ms} ms p99 ${sus.p99Ms} ms max ${sus.maxMs} ms`,
+  );
+  log(`  loaded sidecar meanwhile: RSS ${during.rssMb} MB (peak ${during.rssPeakMb}), CPU ${during.cpuPercent}%, event-loop lag p99 ${during.lagP99Ms} ms max ${during.lagMaxMs} ms`);
+  log(`  ingress sidecar CPU ${ingressCpuPercent}%, bench client CPU ${clientCpuPercent}%, machine load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+
+  const targets = {
+    rss_under_300mb: { value: Math.max(steady.rssPeakMb, during.rssPeakMb), target: '< 300 MB', met: Math.max(steady.rssPeakMb, during.rssPeakMb) < 300 },
+    routing_p99_under_5ms_local: { value: probeLocal.p99Ms, target: '< 5 ms', met: probeLocal.p99Ms < 5 },
+    routing_p99_under_5ms_forwarded: { value: probeFwd.p99Ms, target: '< 5 ms', met: probeFwd.p99Ms < 5 },
+    sustained_rate_without_errors: {
+      value: sus.achievedPerSec,
+      target: `${RATE}/s for ${SECONDS} s, 0 errors`,
+      met: sus.errors === 0 && sus.n === RATE * SECONDS && sus.achievedPerSec >= RATE * 0.95,
+    },
+  };
+  for (const [k, t] of Object.entries(targets)) console.log(`  ${t.met ? 'met ' : 'MISS'}  ${k}: ${t.value} (target ${t.target})`);
+  // What the sidecars complained about, if anything (their last warnings and errors).
+  const complaints: Record<string, string[]> = {};
+  for (const sc of [owner, ingress]) {
+    const lines = sc.proc.output.filter((l) => /"level":"(warn|error|fatal)"/.test(l));
+    complaints[sc.name] = lines.slice(-10);
+    for (const l of lines.slice(-5)) console.log(`  [${sc.name}] ${l.slice(0, 300)}`);
+  }
+  const out = {
+    _meta: {
+      ...machineMeta(),
+      sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info', node_args: process.env.SCALE_SIDECAR_NODE_ARGS ?? '' },
+      gateway: 'bench/lib/fake-gateway.ts (separate process)',
+      supervisors: SUPERVISORS,
+      supervisor_connections: SUPERVISOR_CONNS,
+      idle_forward_streams: IDLE,
+      idle_connections: IDLE_CONNS,
+      steady_seconds: STEADY_S,
+      probes: PROBES,
+      rate_per_second: RATE,
+      seconds: SECONDS,
+      note: 'the bench client, the fake gateway, both sidecars, Postgres and Redis share the machine',
+    },
+    baseline_rss_mb: round1(baseline.rssBytes / 1048576),
+    after_supervisors_rss_mb: round1(afterSup.rssBytes / 1048576),
+    supervisors_owned: owned,
+    supervisors_setup_seconds: round1(supSecs),
+    idle_streams_open: idle.length,
+    idle_stream_errors: idleErrors,
+    fake_gateway_counts: gwCounts ? (JSON.parse(gwCounts) as unknown) : null,
+    steady,
+    routing_probe_local: probeLocal,
+    routing_probe_forwarded: probeFwd,
+    sustained: sus,
+    sustained_loaded_sidecar: during,
+    sustained_ingress_cpu_percent: ingressCpuPercent,
+    sustained_client_cpu_percent: clientCpuPercent,
+    load_average_at_end: os.loadavg().map(round2),
+    targets,
+    sidecar_warnings: complaints,
+  };
+  writeFileSync(RESULTS, `${JSON.stringify(out, null, 2)}\n`);
+  log(`wrote ${RESULTS}`);
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(err);
+  process.exitCode = 1;
+} finally {
+  await cleanups.runAll();
+}
