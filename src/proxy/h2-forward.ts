@@ -161,14 +161,6 @@ export function forwardStream(
     recorded = null;
     up.pipe(down);
     if (opts.onResponseChunk) up.on('data', opts.onResponseChunk);
-    // Nothing is replayed once an answer came: the request side becomes a plain pipe, with no
-    // closure of ours per chunk.
-    if (!down.readableEnded && !up.destroyed) {
-      down.off('data', onData);
-      down.off('end', onEnd);
-      up.off('drain', onDrain);
-      down.pipe(up);
-    }
   });
 
   up.on('trailers', (t) => {
@@ -244,7 +236,6 @@ export function forwardStream(
       abandoned = true;
       down.off('data', onData);
       down.off('end', onEnd);
-      down.unpipe(up);
       up.unpipe(down);
       if (!up.destroyed) up.close(NGHTTP2_CANCEL);
       grpcStatus = String(code);
