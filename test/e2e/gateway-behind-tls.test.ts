@@ -110,13 +110,15 @@ describe('2026-08 gateways serving TLS behind sidecars', () => {
         call.on('data', (ev: ExecSandboxEvent) => {
           if (ev.stdout) out += ev.stdout.data.toString();
           if (ev.exit) exit = ev.exit.exit_code;
+          // Input ends once the echo came back: ending it earlier races the relay's close against
+          // the command's exit status (the gateway then answers UNAVAILABLE, as upstream does).
+          if (out.endsWith('\n') && !call.writableEnded) call.end();
         });
         call.on('error', () => undefined);
         call.on('status', (st) => resolve(st.code));
       });
       call.write({ start: { sandbox_id: s.id, command: ['cat'] } });
       call.write({ stdin: Buffer.from('over tls\n') });
-      call.end();
       expect(await done).toBe(Status.OK);
       expect(out).toBe('over tls\n');
       expect(exit).toBe(0);

@@ -76,7 +76,16 @@ describe('owner lookups on the request path', () => {
     const owner = await openStore('hot-owner');
     const ingress = await openStore('hot-ingress');
     const sandbox = 'hot-path-sandbox';
+    // The claim's invalidation reaches the ingress replica asynchronously (pub/sub and NOTIFY): let it
+    // arrive, and settle, before the cache is filled, or it would empty the cache mid-loop.
+    let lastEvent = 0;
+    const off = ingress.onChange((id) => {
+      if (id === sandbox) lastEvent = Date.now();
+    });
     await owner.claim(sandbox);
+    await waitFor('the claim to be announced to the ingress replica', async () => lastEvent > 0, 5_000);
+    await waitFor('no further announcement for 500 ms', async () => Date.now() - lastEvent >= 500, 5_000);
+    off();
     const logger = captureLogger().logger;
     const router = new OwnerRouter(ingress, new LocalSessions(), createGatewayObjects(undefined, logger), createMetrics({ defaultMetrics: false }), logger, 5_000);
     // The first request reads Redis or Postgres and fills the cache.
