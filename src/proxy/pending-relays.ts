@@ -2,7 +2,22 @@
 // has not arrived yet. A shed ends the control stream only once these arrived (or failed, or aged
 // past the gateway's own 10 s wait): a relay lost with the control stream is a client's ForwardTcp,
 // exec or service request failing with DEADLINE_EXCEEDED "relay open timed out" (reference §2.2).
+import { grpcMethod, OPENSHELL_SERVICE_PREFIX } from '../classify/classify.ts';
 import { GRPC_FRAME_HEADER_BYTES, GrpcMessageSplitter } from '../wire/grpc-frame.ts';
+import { extractRoutingKey } from '../wire/routing-key.ts';
+
+const RELAY_KEY = grpcMethod(`${OPENSHELL_SERVICE_PREFIX}RelayStream`)?.key;
+
+/** The channel a RelayStream's first frame claims (the routing key the classifier reads), if it is an init frame. */
+export function relayInitChannel(message: Uint8Array): string | undefined {
+  if (!RELAY_KEY) return undefined;
+  try {
+    const key = extractRoutingKey(RELAY_KEY, message, 'RelayStream');
+    return 'channelId' in key ? key.channelId : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The gateway drops a pending relay after this long (RELAY_PENDING_TIMEOUT, reference §6). */
 export const RELAY_PENDING_MS = 10_000;

@@ -13,8 +13,8 @@ import { forwardStream, respondGrpcError, type ForwardHandle, type ForwardOption
 import { connectSession, sessionUsable } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
 import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
-import { gatewayRelayOpenChannel, PHASE_READY, relayInitChannel, supervisorRelayOpenFailure } from '../wire/gateway-payloads.ts';
-import { messageWatcher, PendingRelays, RELAY_PENDING_MS } from './pending-relays.ts';
+import { gatewayRelayOpenChannel, PHASE_READY, supervisorRelayOpenFailure } from '../wire/gateway-payloads.ts';
+import { messageWatcher, PendingRelays, RELAY_PENDING_MS, relayInitChannel } from './pending-relays.ts';
 import { track } from './stream-tracking.ts';
 
 /** State of one downstream HTTP/2 connection. */

@@ -246,8 +246,3 @@ export function supervisorRelayOpenFailure(message: Uint8Array): string | undefi
   });
   return channel !== undefined && !success ? channel : undefined;
 }
-
-/** `RelayFrame{init=1: RelayInit{channel_id=1}}` (reference §2.2): the channel a RelayStream claims. Throws on undecodable bytes. */
-export function relayInitChannel(message: Uint8Array): string | undefined {
-  return embeddedString(message, 1, 1);
-}

@@ -2,8 +2,8 @@
 // as encoded by protobufjs from the emulator's proto (an independent encoder).
 import { describe, expect, it } from 'vitest';
 import { encodeMessage } from '../../../emulator/proto.ts';
-import { messageWatcher, PendingRelays, RELAY_PENDING_MS } from '../../../src/proxy/pending-relays.ts';
-import { gatewayRelayOpenChannel, relayInitChannel, supervisorRelayOpenFailure } from '../../../src/wire/gateway-payloads.ts';
+import { messageWatcher, PendingRelays, RELAY_PENDING_MS, relayInitChannel } from '../../../src/proxy/pending-relays.ts';
+import { gatewayRelayOpenChannel, supervisorRelayOpenFailure } from '../../../src/wire/gateway-payloads.ts';
 import { grpcFrame } from '../../helpers/raw.ts';
 
 const CH = '0b7e4c1a-3f2d-4e5b-9a8c-1d2e3f4a5b6c';
