@@ -1,6 +1,7 @@
 // Starts harness and sidecar entry points as real OS processes (so kill -9 and SIGTERM are
 // real) and waits for their one-line JSON "ready" announcement on stdout.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +44,19 @@ function installExitHook(): void {
   });
 }
 
+/**
+ * With OHS_TEST_PROCESS_LOG_DIR set, every process's whole output also goes to `<dir>/<name>-<pid>.log`
+ * (for diagnosing a failed run; `output` keeps only the last lines).
+ */
+function processLogFile(name: string, pid: number | undefined): WriteStream | undefined {
+  const dir = process.env.OHS_TEST_PROCESS_LOG_DIR;
+  if (!dir) return undefined;
+  mkdirSync(dir, { recursive: true });
+  const stream = createWriteStream(join(dir, `${name.replace(/[^\w.-]+/g, '_')}-${pid ?? 'nopid'}.log`));
+  stream.on('error', () => undefined);
+  return stream;
+}
+
 export async function startProcess(
   name: string,
   command: string[],
@@ -59,7 +73,10 @@ export async function startProcess(
   live.add(child);
   child.once('exit', () => live.delete(child));
   const output: string[] = [];
+  const file = processLogFile(name, child.pid);
+  child.once('exit', () => file?.end());
   const keep = (line: string): void => {
+    file?.write(`${line}\n`);
     output.push(line);
     if (output.length > 400) output.shift();
     if (opts.echo) console.log(`[${name}] ${line}`);

@@ -202,6 +202,15 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   (gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin)).then(
     (session) => {
       if (stream.destroyed) return answered();
+      if (ctx.localSessions.isShedding(sandboxId) || ctx.localSessions.epoch(sandboxId) !== epoch) {
+        // The session began leaving (a shed) or was replaced while we waited: nothing reached the
+        // gateway, so the sender holds the request for the next owner.
+        answered();
+        ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'not_owner' });
+        log.info('session being shed while the stream waited; answered not owner');
+        refuse(stream, NOT_OWNER_STATUS, 'not-owner', { [PEER_NOT_OWNER]: '1', [PEER_OWNER_HINT]: 'none' });
+        return;
+      }
       // Counted like the ingress' own streams: a drain lets them finish.
       const done = track(ctx, cls as TrafficClass, 'local');
       try {

@@ -440,12 +440,25 @@ export function forwardAttempt(
     }
     // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
     const gate = target.kind === 'local' && target.reason === 'owner' ? ctx.localSessions.acceptedSettled(sandboxId) : undefined;
+    // To our own gateway for a session held here: a shed waits until the gateway answered. Counted
+    // from the routing decision on, not from the send: a shed must not end the control stream while
+    // this request waits for a gateway connection and then gets its RelayOpen lost.
+    const heldEpoch = target.kind === 'local' && target.reason === 'owner' && RELAY_CLASSES.has(cls) ? ctx.localSessions.epoch(sandboxId) : undefined;
+    const answered = heldEpoch !== undefined ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
     const session = peer ? ctx.peerPool.get(peer.peerUrl) : gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
       (session) => {
         if (stream.destroyed) {
+          answered();
           endSpan(span, 'client gone');
           return resolve({ kind: 'done' });
+        }
+        if (heldEpoch !== undefined && (ctx.localSessions.isShedding(sandboxId) || ctx.localSessions.epoch(sandboxId) !== heldEpoch)) {
+          // The session began leaving (a shed) or was replaced while we waited: nothing was sent,
+          // so the request waits for the supervisor's next owner instead.
+          answered();
+          plog.info('local session is being shed; holding the request for the next owner');
+          return resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'not-owner' });
         }
         const done = track(ctx, cls, where);
         let settled = false;
@@ -465,8 +478,6 @@ export function forwardAttempt(
           : span
             ? { ...headers, ...traceHeaders(span) }
             : headers;
-        // To our own gateway for a session held here: a shed waits until the gateway answered.
-        const answered = target.kind === 'local' && target.reason === 'owner' && RELAY_CLASSES.has(cls) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
         let handle: ReturnType<typeof forwardStream>;
         try {
           handle = forwardStream(stream, session, upHeaders, {
@@ -521,6 +532,7 @@ export function forwardAttempt(
         }
       },
       (err: unknown) => {
+        answered();
         if (!peer) {
           endSpan(span, 'gateway unreachable');
           log.warn({ err: (err as Error).message }, 'local gateway unreachable');

@@ -274,7 +274,8 @@ const SHED_RELAY_SETTLE_MS = 300;
 const SHED_RELAY_SETTLE_MAX_MS = RELAY_PENDING_MS;
 
 /**
- * Waits (bounded) until no request is on its way to the gateway for this sandbox, every RelayOpen the
+ * Waits (bounded) until no request is on its way to the gateway for this sandbox nor was answered a
+ * moment ago (its RelayOpen may still be on the way up the control stream), every RelayOpen the
  * gateway sent down the control stream has its RelayStream (or a failed RelayOpenResult), and no relay
  * stream has opened on the connection for a short while: a RelayOpen the gateway sent just before
  * the shed then reaches the supervisor, and its relay arrives, instead of being lost with the
@@ -286,7 +287,11 @@ async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, s
   for (;;) {
     await new Promise((r) => setTimeout(r, SHED_RELAY_SETTLE_MS).unref());
     const now = conn.relaysOpened ?? 0;
-    const quiet = now === last && ctx.localSessions.inflightRequests(sandboxId) === 0 && (conn.pendingRelays?.count() ?? 0) === 0;
+    const quiet =
+      now === last &&
+      ctx.localSessions.inflightRequests(sandboxId) === 0 &&
+      !ctx.localSessions.answeredWithin(sandboxId, SHED_RELAY_SETTLE_MS) &&
+      (conn.pendingRelays?.count() ?? 0) === 0;
     if (quiet || Date.now() >= deadline) return;
     last = now;
   }

@@ -147,11 +147,24 @@ export class LocalSessions {
       const n = (this.inflight.get(sandboxId) ?? 1) - 1;
       if (n <= 0) this.inflight.delete(sandboxId);
       else this.inflight.set(sandboxId, n);
+      if (this.sessions.has(sandboxId)) this.lastAnswered.set(sandboxId, Date.now());
     };
   }
 
   inflightRequests(sandboxId: string): number {
     return this.inflight.get(sandboxId) ?? 0;
+  }
+
+  private readonly lastAnswered = new Map<string, number>();
+
+  /**
+   * Whether the gateway answered a request for this sandbox within `ms`. Its RelayOpen goes down
+   * the control stream, another connection, and may reach us a moment after the answer: a shed
+   * waits that moment out before it counts the relays still awaited.
+   */
+  answeredWithin(sandboxId: string, ms: number, now = Date.now()): boolean {
+    const at = this.lastAnswered.get(sandboxId);
+    return at !== undefined && now - at < ms;
   }
 
   /** A session being shed takes no new requests: they wait for the supervisor's next owner. */
@@ -182,6 +195,7 @@ export class LocalSessions {
     if (!s || s.id !== id) return undefined;
     s.markAccepted?.();
     this.sessions.delete(sandboxId);
+    this.lastAnswered.delete(sandboxId);
     return s.epoch;
   }
 
