@@ -99,6 +99,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['rebalanceIntervalMs'], '--rebalance-interval-ms', 'OHS_REBALANCE_INTERVAL_MS', 'int'),
   opt(['rebalanceCooldownMs'], '--rebalance-cooldown-ms', 'OHS_REBALANCE_COOLDOWN_MS', 'int'),
   opt(['rebalanceMinSessionAgeMs'], '--rebalance-min-session-age-ms', 'OHS_REBALANCE_MIN_SESSION_AGE_MS', 'int'),
+  opt(['shedParkMs'], '--shed-park-ms', 'OHS_SHED_PARK_MS', 'int'),
   opt(['terminationGraceSeconds'], '--termination-grace-seconds', 'OHS_TERMINATION_GRACE_SECONDS', 'int'),
   opt(['peerHost'], '--peer-host', 'OHS_PEER_HOST'),
   opt(['tls', 'clientCertMode'], '--tls-client-cert', 'OHS_TLS_CLIENT_CERT'),
@@ -191,6 +192,9 @@ export const CONFIG_DEFAULTS = {
   // it is left where it landed for a minute, so a rolling restart moves each session as few times
   // as it can.
   rebalanceMinSessionAgeMs: 60_000,
+  // The supervisor's reconnect backoff is capped at 30 s (reference §2.1): a shed supervisor has
+  // reconnected somewhere by then, unless it is gone.
+  shedParkMs: 40_000,
   adminAllowCidrs: [],
   tracing: 'off',
   // Unknown ids are forgotten after 5 s at the latest; claims invalidate them at once.

@@ -214,6 +214,11 @@ const scalarShape = {
   /** Sessions younger than this on a replica (they just moved) are not shed to rebalance. */
   rebalanceMinSessionAgeMs: int(0, 86_400_000),
   /**
+   * A shed session's gateway registration is kept (parked) until the supervisor's next owner fences
+   * it, at most this long; 0 ends it with the shed (the gateway then writes Provisioning at once).
+   */
+  shedParkMs: int(0, 600_000),
+  /**
    * The pod's terminationGracePeriodSeconds: the drain the gateway's preStop starts (GET /drain/wait)
    * ends by grace − gateway stop − margin (deployment reference §3.5).
    */
@@ -349,6 +354,7 @@ export interface SidecarConfig {
   readonly rebalanceIntervalMs: number;
   readonly rebalanceCooldownMs: number;
   readonly rebalanceMinSessionAgeMs: number;
+  readonly shedParkMs: number;
   readonly terminationGraceSeconds?: number;
   readonly peerHost?: string;
   readonly adminAllowCidrs: readonly string[];

@@ -17,8 +17,12 @@ export interface DrainReport {
   reason: string;
   durationMs: number;
   sessionsShed: number;
-  /** What was still open when the deadline came (cut by the exit). */
-  cut: { sessions: number; relays: number; tunnels: number; streams: number };
+  /**
+   * What was still open when the deadline came (cut by the exit). `parked`: of `sessions`, those
+   * already shed whose supervisor had not reconnected elsewhere yet (in its reconnect backoff): their
+   * gateway registrations end with the exit, so those sandboxes show Provisioning until it does.
+   */
+  cut: { sessions: number; parked: number; relays: number; tunnels: number; streams: number };
   endedBy: 'empty' | 'deadline';
 }
 
@@ -111,7 +115,10 @@ export function createDrainer(deps: DrainDeps): Drainer {
       reason,
       durationMs: Date.now() - started,
       sessionsShed: shed,
-      cut: endedBy === 'empty' ? { sessions: 0, relays: 0, tunnels: 0, streams: 0 } : { sessions: deps.localSessions.size, ...left },
+      cut:
+        endedBy === 'empty'
+          ? { sessions: 0, parked: 0, relays: 0, tunnels: 0, streams: 0 }
+          : { sessions: deps.localSessions.size, parked: deps.localSessions.list().filter((s) => s.shedding).length, ...left },
       endedBy,
     };
     deps.metrics.drainDurationSeconds.set(report.durationMs / 1000);

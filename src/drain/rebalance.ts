@@ -53,7 +53,8 @@ export function startRebalancer(deps: {
     if (replicas.some((r) => r.state === 'draining')) return;
     const active = replicas.filter((r) => r.state === 'active');
     const self = deps.store.replicaId;
-    const mine = deps.localSessions.size;
+    // Parked sessions (shed, their supervisor on its way elsewhere) are not ours any more.
+    const mine = deps.localSessions.held;
     // Counts come with heartbeats; this replica's own is the freshest it has.
     const total = active.reduce((sum, r) => sum + (r.replicaId === self ? mine : r.sessions), 0);
     const fair = active.length > 0 ? total / active.length : 0;
@@ -65,7 +66,7 @@ export function startRebalancer(deps: {
     for (const [id, at] of shedAt) if (now - at > deps.cooldownMs) shedAt.delete(id);
     const candidates = deps.localSessions
       .list()
-      .filter((s) => !shedAt.has(s.sandboxId) && now - s.sinceMs >= (deps.minAgeMs ?? 10_000))
+      .filter((s) => !s.shedding && !shedAt.has(s.sandboxId) && now - s.sinceMs >= (deps.minAgeMs ?? 10_000))
       .sort((a, b) => a.relays - b.relays || a.sinceMs - b.sinceMs);
     const pick = candidates[0];
     if (!pick) return;

@@ -59,6 +59,13 @@ export interface SidecarMetrics {
   readonly readinessRepairsTotal: Counter;
   /** Supervisor sessions shed (drain, rebalance) or refused while draining, by reason. */
   readonly sessionsShedTotal: Counter<'reason'>;
+  /**
+   * How shed sessions parked on the gateway ended: handed_over (the next owner's fence; no
+   * demotion), closed (fenced where no hand-over is possible; the gateway's disconnect write
+   * follows), expired (nobody fenced within --shed-park-ms), superseded (the supervisor came back
+   * here), ended (the gateway or the connection ended it).
+   */
+  readonly parkedSessionsTotal: Counter<'outcome'>;
   /** 1 while this replica drains. */
   readonly draining: Gauge;
   /** How long the last drain took, from its start to exit readiness. */
@@ -246,6 +253,12 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
       name: 'ohs_sessions_shed_total',
       help: 'Supervisor sessions shed by this replica, by reason (draining, rebalance), and supervisors refused while draining (refused-draining).',
       labelNames: ['reason'] as const,
+      registers,
+    }),
+    parkedSessionsTotal: new Counter({
+      name: 'ohs_parked_sessions_total',
+      help: 'Shed supervisor sessions kept registered on the gateway until the next owner, by how they ended (handed_over, closed, expired, superseded, ended).',
+      labelNames: ['outcome'] as const,
       registers,
     }),
     draining: new Gauge({ name: 'ohs_draining', help: '1 while this replica drains.', registers }),

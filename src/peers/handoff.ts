@@ -115,6 +115,15 @@ export async function handleRelease(ctx: ProxyContext, stream: http2.ServerHttp2
   const started = Date.now();
   // A session this replica shed a moment ago: its gateway's disconnect write is being awaited.
   await ctx.localSessions.shedSettled(sandboxId);
+  // Shed and parked: the registration is handed over, and no disconnect write comes.
+  if (await ctx.localSessions.handOverIf(sandboxId, epoch)) {
+    const waitedMs = Date.now() - started;
+    log.info({ sandbox: sandboxId, epoch, waitedMs, origin: headers[PEER_ORIGIN] }, 'handed a parked supervisor session over to its new owner');
+    if (stream.destroyed) return;
+    stream.respond({ ':status': 200, 'content-type': 'application/json' });
+    stream.end(JSON.stringify({ released: true, handedOver: true, waitedMs }));
+    return;
+  }
   const before = await ctx.gatewayObjects.sandboxState(sandboxId);
   const closed = ctx.localSessions.closeIf(sandboxId, epoch);
   let sawWrite: boolean | null = null;

@@ -90,6 +90,13 @@ export interface ForwardHandle {
    * supervisor session: a non-OK status makes the supervisor reconnect (an OK end would stop it).
    */
   terminate(code: number, message: string): void;
+  /**
+   * Ends downstream the way `terminate` does but keeps the upstream stream open, its request side
+   * not ended and its response read and dropped, until upstream closes it or the caller does
+   * (`upstream.close()`); `onDone` comes then. A shed supervisor session is *parked* this way: the
+   * gateway keeps its registration while the supervisor reconnects elsewhere (DESIGN §6).
+   */
+  detach(code: number, message: string): void;
 }
 
 /** Bytes kept for a possible retry while no response has arrived (a not-owner answer is immediate). */
@@ -109,6 +116,7 @@ export function forwardStream(
   const up = session.request(headers, { endStream: false });
   let responded = false;
   let abandoned = false;
+  let detached = false;
   let finished = false;
   let trailers: http2.OutgoingHttpHeaders | undefined;
   let grpcStatus: string | undefined;
@@ -127,6 +135,7 @@ export function forwardStream(
   down.on('close', onDownClose);
 
   up.on('error', (err) => {
+    if (detached) return finish(true);
     if (abandoned) return;
     if (!responded) {
       opts.onUpstreamError?.(err);
@@ -138,7 +147,7 @@ export function forwardStream(
   });
 
   up.on('response', (resHeaders, flags) => {
-    if (abandoned) return;
+    if (abandoned || detached) return;
     if (opts.onResponse && !opts.onResponse(resHeaders, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)) return;
     responded = true;
     if (down.destroyed || down.closed) {
@@ -164,13 +173,15 @@ export function forwardStream(
   });
 
   up.on('trailers', (t) => {
+    if (detached) return;
     trailers = copyResponseHeaders(t, drop);
     grpcStatus = t['grpc-status'] as string | undefined;
   });
 
   up.on('close', () => {
-    if (abandoned) return;
     const code = up.rstCode ?? 0;
+    if (detached) return finish(code !== 0 && code !== http2.constants.NGHTTP2_NO_ERROR);
+    if (abandoned) return;
     if (code !== 0 && code !== http2.constants.NGHTTP2_NO_ERROR) {
       // Upstream reset: propagate the reset downstream.
       if (!responded && !down.headersSent) {
@@ -230,6 +241,24 @@ export function forwardStream(
       down.pause();
       if (!up.destroyed) up.close(NGHTTP2_CANCEL);
       return recorded ? { bytes: Buffer.concat(recorded), ended: down.readableEnded } : null;
+    },
+    detach(code, message) {
+      if (finished || abandoned || detached) return;
+      detached = true;
+      down.off('data', onData);
+      down.off('end', onEnd);
+      down.off('close', onDownClose);
+      up.off('drain', onDrain);
+      up.unpipe(down);
+      up.on('data', () => undefined);
+      up.resume();
+      grpcStatus = String(code);
+      if (down.destroyed || down.closed) return;
+      if (!responded && !down.headersSent) respondGrpcError(down, code, message);
+      else {
+        trailers = { 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) };
+        if (!down.writableEnded) down.end();
+      }
     },
     terminate(code, message) {
       if (finished) return;

@@ -1,7 +1,7 @@
 // Supervisor connections (DESIGN §3, §4): the control stream claims ownership, fences the previous
 // owner and then reaches the local gateway over a 1:1 upstream connection that also carries the
 // supervisor's RelayStreams; claims and releases outlive a Postgres outage.
-import type http2 from 'node:http2';
+import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import type { TrafficClass } from '../classify/classify.ts';
 import { authorizeHello } from '../auth/hello-auth.ts';
@@ -35,6 +35,11 @@ export interface DownstreamConnection {
   relaysOpened?: number;
   /** RelayOpens the gateway sent down the control stream whose RelayStream has not arrived yet. */
   pendingRelays?: PendingRelays;
+  /**
+   * A shed control stream is parked on the upstream connection (the gateway keeps the session
+   * registered): the upstream connection outlives the supervisor's until it ends.
+   */
+  parked?: boolean;
 }
 
 function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection): Promise<http2.ClientHttp2Session> {
@@ -56,7 +61,7 @@ function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection
         up.once('close', closeDown);
         conn.session.once('close', () => {
           up.off('close', closeDown);
-          if (!up.destroyed) up.destroy();
+          if (!conn.parked && !up.destroyed) up.destroy();
         });
         if (conn.session.destroyed) up.destroy();
       },
@@ -203,41 +208,112 @@ export async function supervisorControl(
   // gateway sees the disconnect and makes its Provisioning write (reference §6).
   /** The control stream's forward, set once the Hello went to the gateway. */
   const control: { handle?: ForwardHandle } = {};
+  let parkTimer: NodeJS.Timeout | undefined;
+  let parkCounted = false;
+  const parkEnded = (outcome: 'handed_over' | 'closed' | 'expired' | 'superseded' | 'ended'): void => {
+    if (parkCounted) return;
+    parkCounted = true;
+    ctx.metrics.parkedSessionsTotal.inc({ outcome });
+  };
+  /** A parked session nobody fenced in time: its registration ends, with the gateway's write. */
+  const endPark = (): void => {
+    const handle = control.handle;
+    if (!conn.parked || !handle || ctx.localSessions.current(sandboxId) !== sessionId) return;
+    log.info({ parkedMs: ctx.config.shedParkMs }, 'shed supervisor did not reconnect anywhere within the park bound; ending its gateway registration');
+    parkEnded('expired');
+    ctx.localSessions.markShedding(sandboxId, waitForDisconnectWrite(ctx, sandboxId, log, () => handle.upstream.close(http2.constants.NGHTTP2_CANCEL)));
+  };
   const shed = (reason: string): void => {
     // First no new requests (they wait for the next owner), and a moment for relays the gateway just
     // asked for to arrive; then the control stream ends with UNAVAILABLE and the supervisor
     // reconnects through the Service. The connection and its open relays stay until they finish.
-    // Our gateway's disconnect write must land before anyone else's Ready: the ownership row stays
-    // until it did, and fences wait for it.
+    // The gateway's side of the stream stays open (parked): the gateway keeps the session
+    // registered, so the sandbox stays Ready while its supervisor is in backoff, and the next
+    // owner's fence hands the registration over (or closes it, and waits for the disconnect write,
+    // which lands before the new owner's Ready). Without parking, the write comes now and the
+    // ownership row stays until it did.
     ctx.metrics.sessionsShedTotal.inc({ reason });
+    // No longer part of this replica's share (rebalancing, heartbeats), though it stays parked.
+    ctx.metrics.supervisorSessions.set(ctx.localSessions.held);
+    ctx.store.setSessionCount(ctx.localSessions.held);
     log.info({ reason, relays: conn.activeRelays ?? 0 }, 'shedding supervisor session');
+    const message = `gateway replica ${reason}; reconnect`;
     const waited = (async () => {
       await settleBeforeShed(ctx, conn, sandboxId);
-      control.handle?.terminate(14, `gateway replica ${reason}; reconnect`);
-      await waitForDisconnectWrite(ctx, sandboxId, log);
+      const handle = control.handle;
+      if (handle && ctx.config.shedParkMs > 0 && ctx.localSessions.current(sandboxId) === sessionId) {
+        conn.parked = true;
+        handle.detach(14, message);
+        parkTimer = setTimeout(endPark, ctx.config.shedParkMs);
+        parkTimer.unref();
+        log.debug('control stream parked on the gateway until the next owner fences it');
+        return;
+      }
+      await waitForDisconnectWrite(ctx, sandboxId, log, () => handle?.terminate(14, message));
     })();
     ctx.localSessions.markShedding(sandboxId, waited);
   };
+  /**
+   * Fence of the parked session by the supervisor's next owner: the same registration (the
+   * supervisor's own headers and Hello) is made again on our gateway, which supersedes the parked
+   * one without a demoting cleanup, and stays as a shadow of the new owner's session until the
+   * new owner's own shadow supersedes it. The shadows on the other gateways stay the same way.
+   */
+  let handingOver = false;
+  const handOver = async (): Promise<boolean> => {
+    if (!conn.parked || !canHandOver) return false;
+    clearTimeout(parkTimer);
+    // From here the parked stream's end (the gateway superseding it) is part of the hand-over.
+    handingOver = true;
+    const registered = await registerOnLocalGateway(ctx, sandboxId, headers, helloFrame(frameBytes), log);
+    if (!registered) {
+      handingOver = false;
+      return false;
+    }
+    parkEnded('handed_over');
+    // Usually done already: the superseded stream ended (release). If not, it ends without a write.
+    release();
+    log.info('parked session handed over to the next owner: its gateway registration was superseded, no demotion');
+    return true;
+  };
+  // Handing a parked session over replays the supervisor's registration on our gateway, as shadows
+  // do: only for sessions proven by a sandbox JWT on a gateway with the lease (see `mirror`).
+  const canHandOver = auth.via === 'jwt' && ctx.shadows !== undefined && epoch > 0 && !ctx.gatewayWatch.nativeHa();
   const sessionId = ctx.localSessions.set(
     sandboxId,
     epoch,
     () => {
+      clearTimeout(parkTimer);
+      if (conn.parked) parkEnded('closed');
+      conn.parked = false;
       conn.session.destroy();
       void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
       // Shadows go with the real session, before the fence is acknowledged (reference §10).
       void ctx.shadows?.drop(sandboxId);
     },
-    { shed, relays: () => conn.activeRelays ?? 0 },
+    { shed, relays: () => conn.activeRelays ?? 0, handOver },
   );
   claimDone();
-  ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
-  ctx.store.setSessionCount(ctx.localSessions.size);
+  ctx.metrics.supervisorSessions.set(ctx.localSessions.held);
+  ctx.store.setSessionCount(ctx.localSessions.held);
   const release = (): void => {
+    clearTimeout(parkTimer);
+    if (conn.parked) {
+      // The parked stream ended: its upstream connection goes once the supervisor's has.
+      if (!handingOver) parkEnded(ctx.localSessions.current(sandboxId) === sessionId ? 'ended' : 'superseded');
+      conn.parked = false;
+      if (conn.session.destroyed) void conn.supervisorUpstream?.then((up) => up.destroy(), () => undefined);
+    }
     // Only this stream's entry: a newer stream for the same sandbox may have replaced it.
     const held = ctx.localSessions.removeSession(sandboxId, sessionId);
     if (held === undefined) return;
-    ctx.metrics.supervisorSessions.set(ctx.localSessions.size);
-    ctx.store.setSessionCount(ctx.localSessions.size);
+    ctx.metrics.supervisorSessions.set(ctx.localSessions.held);
+    ctx.store.setSessionCount(ctx.localSessions.held);
+    if (handingOver) {
+      // The new owner holds the row; the shadows stay until its registrations supersede them.
+      ctx.shadows?.handOver(sandboxId, HANDED_OVER_LINGER_MS);
+      return;
+    }
     log.info({ epoch: held }, 'supervisor disconnected; releasing ownership');
     void ctx.shadows?.drop(sandboxId);
     if (held <= 0) return;
@@ -297,9 +373,76 @@ async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, s
   }
 }
 
-/** Resolves once the gateway's row for the sandbox changed (its disconnect write), bounded. */
-async function waitForDisconnectWrite(ctx: ProxyContext, sandboxId: string, log: Logger): Promise<void> {
-  const before = await ctx.gatewayObjects.sandboxState(sandboxId);
+/** How long handed-over registrations wait for the new owner's to supersede them. */
+const HANDED_OVER_LINGER_MS = 10_000;
+/** Longest wait for our gateway to take a handed-over registration. */
+const HAND_OVER_ACCEPT_MS = 2_000;
+
+/**
+ * Registers the supervisor's session again on our own gateway (its headers and Hello, as a shadow
+ * does on other gateways) and resolves true once the gateway took it (its first message, sent after
+ * it registered), false otherwise. The registration is read and dropped, and closed after
+ * HANDED_OVER_LINGER_MS unless the gateway ends it first (the new owner's shadow superseding it).
+ */
+function registerOnLocalGateway(ctx: ProxyContext, sandboxId: string, headers: http2.OutgoingHttpHeaders, hello: Buffer, log: Logger): Promise<boolean> {
+  return ctx.shadowUpstreams.acquire().then(
+    (lease) =>
+      new Promise<boolean>((resolve) => {
+        let stream: http2.ClientHttp2Stream;
+        try {
+          stream = lease.session.request(headers, { endStream: false });
+        } catch (err) {
+          lease.release();
+          log.info({ err: (err as Error).message }, 'hand-over: gateway connection closing');
+          resolve(false);
+          return;
+        }
+        let settled = false;
+        const settle = (ok: boolean): void => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          if (!ok && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+          resolve(ok);
+        };
+        const timer = setTimeout(() => {
+          log.info({ sandbox: sandboxId }, 'hand-over: the gateway did not take the registration in time');
+          settle(false);
+        }, HAND_OVER_ACCEPT_MS);
+        timer.unref();
+        const linger = setTimeout(() => {
+          if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+        }, HANDED_OVER_LINGER_MS);
+        linger.unref();
+        stream.on('error', () => undefined);
+        stream.on('response', (h, flags) => {
+          if (h[':status'] !== 200 || h['grpc-status'] !== undefined || (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0) {
+            log.info({ sandbox: sandboxId, status: h[':status'], grpcStatus: h['grpc-status'] }, 'hand-over: the gateway refused the registration');
+            settle(false);
+          }
+        });
+        stream.on('data', () => settle(true));
+        stream.on('close', () => {
+          clearTimeout(linger);
+          lease.release();
+          settle(false);
+        });
+        stream.write(hello);
+      }),
+    (err: unknown) => {
+      log.info({ err: (err as Error).message }, 'hand-over: local gateway unreachable');
+      return false;
+    },
+  );
+}
+
+/**
+ * Resolves once the gateway's row for the sandbox changed (its disconnect write), bounded. `act`
+ * (ending the stream) runs once the row's state before it was read.
+ */
+async function waitForDisconnectWrite(ctx: ProxyContext, sandboxId: string, log: Logger, act?: () => void): Promise<void> {
+  const before = await ctx.gatewayObjects.sandboxState(sandboxId).catch(() => undefined);
+  act?.();
   // At HEAD the disconnect write happens only over Ready (reference §8); unknown state: a short grace.
   if (!before) return new Promise((r) => setTimeout(r, 200).unref());
   if (before.layout === 'head' && before.phase !== PHASE_READY) return;

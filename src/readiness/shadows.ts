@@ -74,6 +74,12 @@ export interface ShadowRegistry {
    * streams closed (bounded), so a fence can wait for their disconnects to reach the gateways.
    */
   drop(sandboxId: string): Promise<void>;
+  /**
+   * The session moved to another replica without ending (a parked shed handed over): the shadows
+   * stay until the new owner's registrations supersede them on each gateway (which closes them,
+   * without a demoting cleanup), and close after `lingerMs` at the latest. No longer renewed.
+   */
+  handOver(sandboxId: string, lingerMs: number): void;
   /** Shadows with an accepted registration, per replica (for metrics, status and tests). */
   held(): Map<string, number>;
   /** The shadows of one sandbox's session (none: not a session of this replica), for explain. */
@@ -149,6 +155,8 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
           const wasAccepted = shadow.accepted;
           shadow.accepted = false;
           updateGauge();
+          // Dropped or handed over: nothing to renew.
+          if (entries.get(entry.sandboxId) !== entry) return;
           if (wasAccepted) {
             log.info({ sandbox: entry.sandboxId, replica: shadow.replicaId }, 'shadow registration ended; renewing');
             // That gateway's cleanup of a current session writes Provisioning (reference §6): look
@@ -303,6 +311,21 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
       if (!entry) return;
       entries.delete(sandboxId);
       await Promise.all([...entry.shadows.values()].map(closeShadow));
+      updateGauge();
+    },
+    handOver(sandboxId, lingerMs) {
+      const entry = entries.get(sandboxId);
+      if (!entry) return;
+      entries.delete(sandboxId);
+      for (const shadow of entry.shadows.values()) {
+        clearTimeout(shadow.retry);
+        shadow.retry = undefined;
+        const stream = shadow.stream;
+        if (!stream || stream.closed) continue;
+        setTimeout(() => {
+          if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+        }, lingerMs).unref();
+      }
       updateGauge();
     },
     held() {

@@ -34,6 +34,11 @@ interface LocalSession {
   shed?: (reason: string) => void;
   /** Relays open on the supervisor's connection. */
   relays?: () => number;
+  /**
+   * A shed session still parked on the gateway hands its registration over to the next owner
+   * without a demoting write; false when it cannot (the fence then closes it as usual).
+   */
+  handOver?: () => Promise<boolean>;
   sinceMs: number;
   /** Set when a shed began: no new requests are sent to this session. */
   shedding?: boolean;
@@ -51,6 +56,8 @@ export interface LocalSessionInfo {
   epoch: number;
   relays: number;
   sinceMs: number;
+  /** Shed already: parked until the next owner fences it. */
+  shedding: boolean;
 }
 
 /** Supervisor sessions whose control stream passes through this sidecar, by sandbox. */
@@ -86,7 +93,7 @@ export class LocalSessions {
     sandboxId: string,
     epoch: number,
     close: () => void = () => undefined,
-    controls: { shed?: (reason: string) => void; relays?: () => number } = {},
+    controls: { shed?: (reason: string) => void; relays?: () => number; handOver?: () => Promise<boolean> } = {},
   ): number {
     const id = ++this.seq;
     const session: LocalSession = { id, epoch, close, ...controls, sinceMs: Date.now() };
@@ -120,7 +127,7 @@ export class LocalSessions {
   }
 
   list(): LocalSessionInfo[] {
-    return [...this.sessions].map(([sandboxId, s]) => ({ sandboxId, epoch: s.epoch, relays: s.relays?.() ?? 0, sinceMs: s.sinceMs }));
+    return [...this.sessions].map(([sandboxId, s]) => ({ sandboxId, epoch: s.epoch, relays: s.relays?.() ?? 0, sinceMs: s.sinceMs, shedding: s.shedding === true }));
   }
 
   /** Sheds a session (drain, rebalance); false when there is none or it cannot be shed. */
@@ -218,12 +225,36 @@ export class LocalSessions {
     return true;
   }
 
+  /**
+   * Fence of a session that was shed and is parked: hands its gateway registration over (see
+   * LocalSession.handOver). False when there is no such session at or before `epoch`, or it could
+   * not be handed over.
+   */
+  async handOverIf(sandboxId: string, epoch: number): Promise<boolean> {
+    const s = this.sessions.get(sandboxId);
+    if (!s?.shedding || !s.handOver || (s.epoch !== 0 && s.epoch > epoch)) return false;
+    return s.handOver();
+  }
+
+  /** The id of the sandbox's current stream here (see `set`). */
+  current(sandboxId: string): number | undefined {
+    return this.sessions.get(sandboxId)?.id;
+  }
+
   epoch(sandboxId: string): number | undefined {
     return this.sessions.get(sandboxId)?.epoch;
   }
 
+  /** Every session here, parked (shed, awaiting their next owner's fence) ones included. */
   get size(): number {
     return this.sessions.size;
+  }
+
+  /** Sessions held here and not shed: what this replica counts as its share. */
+  get held(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) if (!s.shedding) n++;
+    return n;
   }
 
   entries(): Array<[string, number]> {

@@ -1,6 +1,7 @@
 // Paced rebalancing (DESIGN §6): after a scale-up, a replica holding far more than its fair share
 // sheds sessions one at a time until the cluster is within the margin, without a reconnect storm,
-// while requests to the sandboxes in motion keep working.
+// while requests to the sandboxes in motion keep working, and (the shed session parked on its
+// gateway until the new owner's fence hands it over) no sandbox in motion ever leaves Ready.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
@@ -48,7 +49,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-it('a scale-up is rebalanced in paced steps to within ±20 % of fair share, and exec keeps working', async () => {
+it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec keeps working and every sandbox stays Ready', async () => {
   expect(await perReplica()).toEqual({ r0: SANDBOXES });
   // Scale-up: r1 joins the Service.
   cluster.balancer.setBackends(cluster.replicas.map((r) => ({ host: '127.0.0.1', port: r.publicPort })));
@@ -56,6 +57,18 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share, and 
   let stop = false;
   let ops = 0;
   const failures: string[] = [];
+  // Every sandbox's phase, 10 times a second, for the whole run (with --shed-park-ms 0, so without
+  // parking, each move shows as about a second of Provisioning: 115 samples in one run).
+  const notReady: string[] = [];
+  let samples = 0;
+  const sampler = (async () => {
+    while (!stop) {
+      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
+      samples++;
+      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}: phase ${phase}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
   const load = (async () => {
     const client = gatewayClient(cluster.endpoint);
     try {
@@ -80,10 +93,16 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share, and 
   await new Promise((r) => setTimeout(r, 1000));
   stop = true;
   await load;
+  await sampler;
   const text = await (await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/metrics`)).text();
   const shed = Number(/^ohs_sessions_shed_total\{reason="rebalance"\} (\d+)/m.exec(text)?.[1] ?? 0);
-  console.log(`rebalance: 12 sessions on r0 → ${JSON.stringify(balanced)} in ${tookMs} ms; ${shed} sessions shed (minimum 6); ${ops} execs, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 3).join('; ')}` : ''}`);
+  const handedOver = Number(/^ohs_parked_sessions_total\{outcome="handed_over"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  console.log(
+    `rebalance: 12 sessions on r0 → ${JSON.stringify(balanced)} in ${tookMs} ms; ${shed} sessions shed (minimum 6), ${handedOver} handed over; ${ops} execs, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 3).join('; ')}` : ''}; ${samples} phase samples, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 3).join('; ')}` : ''}`,
+  );
   expect(failures).toEqual([]);
+  expect(notReady).toEqual([]);
+  expect(handedOver).toBeGreaterThanOrEqual(1);
   expect(shed).toBeGreaterThanOrEqual(5);
   expect(shed).toBeLessThanOrEqual(12);
 }, 120_000);

@@ -52,6 +52,7 @@ describe('createMetrics', () => {
         'ohs_not_ready_holds_total',
         'ohs_watch_refreshes_total',
         'ohs_sessions_shed_total',
+        'ohs_parked_sessions_total',
         'ohs_draining',
         'ohs_drain_duration_seconds',
         'ohs_session_imbalance',
