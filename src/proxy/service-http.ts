@@ -19,6 +19,11 @@ import { writeHttpError } from './tunnel.ts';
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
+/** A request to our gateway for a session held here: ended once the gateway answered (it has then sent its RelayOpen). */
+const ANSWERED = Symbol('ohs.service.answered');
+type Tracked = http.IncomingMessage & { [ANSWERED]?: () => void };
+const answered = (req: http.IncomingMessage): void => (req as Tracked)[ANSWERED]?.();
+
 /**
  * The HTTP client and http-proxy-3 tune the socket they are given (Nagle, keepalive): on a tunnel
  * stream those TCP options belong to the peer connection underneath, so they are no-ops here.
@@ -73,6 +78,13 @@ class PeerTunnelAgent extends http.Agent {
   }
 }
 
+/** No session here and only a shadow on our gateway: answered 502 without asking the gateway. */
+class NoSessionHere extends Error {
+  constructor() {
+    super('no supervisor session for the sandbox on this replica');
+  }
+}
+
 export interface ServiceHttp {
   /** The service host a request names, or undefined when it is not a service request. */
   hostOf(req: http.IncomingMessage): ServiceHost | undefined;
@@ -84,7 +96,16 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
   const log = baseLog.child({ class: 'service-http' });
   // The client's Host is kept: the owner's gateway routes on it too (reference §2.7).
   const proxy = createProxyServer({ changeOrigin: false, xfwd: false, ws: true, proxyTimeout: 0 });
-  proxy.on('error', (err, _req, resOrSocket) => {
+  // What a shed waits for (as for gRPC relay requests): the gateway's answer, or the end.
+  proxy.on('proxyRes', (_proxyRes, req) => answered(req));
+  proxy.on('proxyReqWs', (proxyReq, req) => {
+    const end = (): void => answered(req);
+    proxyReq.once('upgrade', end);
+    proxyReq.once('response', end);
+    proxyReq.once('close', end);
+  });
+  proxy.on('error', (err, req, resOrSocket) => {
+    answered(req);
     log.info({ err: err.message }, 'service request failed');
     if (resOrSocket instanceof http.ServerResponse) {
       if (!resOrSocket.headersSent) resOrSocket.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
@@ -106,10 +127,34 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
     const sandboxId = await ctx.sandboxKeys.byServiceHost(host);
     // Unknown service: the local gateway answers 404 as it would without us.
     if (sandboxId === undefined) return local;
-    const target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
-    if (target.kind === 'local') return local;
-    // Through a peer tunnel the bytes are plain HTTP/1.1 to the owner's sidecar.
-    return { target: `http://${ctx.gatewayHost}:${ctx.gatewayPort}`, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const target = ctx.router.resolveCached(sandboxId) ?? (await ctx.router.resolveHeld(sandboxId)) ?? NO_OWNER;
+      if (target.kind === 'peer') {
+        // Through a peer tunnel the bytes are plain HTTP/1.1 to the owner's sidecar.
+        return { target: `http://${ctx.gatewayHost}:${ctx.gatewayPort}`, agent: new PeerTunnelAgent(ctx, target, sandboxId), where: target.replicaId };
+      }
+      if (target.reason !== 'owner') {
+        // Our gateway holds only another replica's shadow of the session: it would send its
+        // RelayOpen down the shadow, where nobody answers. The gateway's own answer for a sandbox
+        // with no session is a 502.
+        if (ctx.hostedShadows.has(sandboxId)) throw new NoSessionHere();
+        return local;
+      }
+      // The session is held here: as for gRPC relay requests, a shed waits for this one's answer, a
+      // session claimed a moment ago is first taken by the gateway, and a session that began leaving
+      // meanwhile sends the request to its next owner instead.
+      const epoch = ctx.localSessions.epoch(sandboxId);
+      const end = ctx.localSessions.beginRequest(sandboxId);
+      const gate = ctx.localSessions.acceptedSettled(sandboxId);
+      if (gate) await gate;
+      if (ctx.localSessions.isShedding(sandboxId) || ctx.localSessions.epoch(sandboxId) !== epoch) {
+        end();
+        continue;
+      }
+      (req as Tracked)[ANSWERED] = end;
+      return local;
+    }
+    return local;
   };
 
   return {
@@ -118,9 +163,16 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
       route(req, host).then(
         ({ target, agent, where }) => {
           ctx.metrics.requestsTotal.inc({ class: 'service-http', target: where === 'local' ? 'local' : 'peer', outcome: 'forwarded' });
+          res.once('close', () => answered(req));
           void proxy.web(req, res, { target, ...(agent ? { agent } : {}) });
         },
         (err: unknown) => {
+          if (err instanceof NoSessionHere) {
+            ctx.metrics.requestsTotal.inc({ class: 'service-http', target: 'none', outcome: 'OHS_ERR_NO_OWNER' });
+            log.info('no owner, and the local gateway holds only a shadow of the session: answered here');
+            if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
+            return;
+          }
           log.warn({ err: (err as Error).message }, 'service request could not be routed');
           if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
         },
@@ -131,6 +183,7 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
       route(req, host).then(
         ({ target, agent, where }) => {
           ctx.metrics.requestsTotal.inc({ class: 'service-http', target: where === 'local' ? 'local' : 'peer', outcome: 'upgrade' });
+          socket.once('close', () => answered(req));
           void proxy.ws(req, socket, head, { target, ...(agent ? { agent } : {}) });
         },
         () => writeHttpError(socket, 502, 'Bad Gateway', 'sandbox service unavailable'),
