@@ -29,6 +29,7 @@ import { Phase } from '../emulator/proto.ts';
 import { exec, gatewayClient } from '../test/helpers/grpc-client.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { createCleanups } from './lib/cleanup.ts';
+import { ReadinessLog, runLoad, runSchedule, sleep, spread } from './lib/readiness.ts';
 import { RESULTS_FILE, machineMeta } from './lib/results.ts';
 import { envInt } from './lib/stats.ts';
 
@@ -41,7 +42,6 @@ const RESTART_AFTER_MS = 15_000;
 const OUT_FILE = join(dirname(RESULTS_FILE), 'readiness-drill.json');
 const LEASE_ARGS = ['--reconcile-interval-secs', String(SWEEP_SECS), '--log-level', 'warn'];
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const cleanups = createCleanups();
 const watchdog = setTimeout(() => {
   console.error('readiness drill overran its budget: cleaning up');
@@ -110,12 +110,6 @@ async function leaseHolder(store: Gen2Store): Promise<string | undefined> {
   return row ? (JSON.parse(row.payload.toString('utf8')) as { holder: string }).holder : undefined;
 }
 
-function spread(own: Map<string, string>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const r of own.values()) out[r] = (out[r] ?? 0) + 1;
-  return out;
-}
-
 async function baseline(): Promise<Record<string, unknown>> {
   console.log(`baseline (--readiness-mode off): 3 replicas, ${SANDBOXES} sandboxes, sweep every ${SWEEP_SECS} s; waiting ${1.5 * SWEEP_SECS} s`);
   const env = await startEnv('readiness_base', 'off');
@@ -138,7 +132,7 @@ async function baseline(): Promise<Record<string, unknown>> {
     sweepSecs: SWEEP_SECS,
     waitedSecs: 1.5 * SWEEP_SECS,
     leaseHolder: holder,
-    sessionsPerReplica: spread(own),
+    sessionsPerReplica: spread(own.values()),
     provisioning: provisioning.length,
     share: provisioning.length / SANDBOXES,
     demotedOfThoseNotOnHolder: `${demotedNotOnHolder}/${notOnHolder.length}`,
@@ -147,16 +141,6 @@ async function baseline(): Promise<Record<string, unknown>> {
   console.log(`baseline: ${JSON.stringify(result)}`);
   await cleanups.runAll();
   return result;
-}
-
-interface Op {
-  at: number;
-  kind: 'ssh' | 'exec';
-  sandbox: string;
-  ok: boolean;
-  code: string;
-  detail: string;
-  ms: number;
 }
 
 async function withFix(): Promise<Record<string, unknown>> {
@@ -172,73 +156,51 @@ async function withFix(): Promise<Record<string, unknown>> {
   }
   const tokens = new Map<string, string>();
   for (const id of ids) tokens.set(id, (await store.createSshSession(id, 86_400)).token);
-  const started = Date.now();
-  const t = (): number => Date.now() - started;
-  const ops: Op[] = [];
-  const events: Array<{ at: number; what: string; replica?: string; affected?: string[] }> = [];
+  const log = new ReadinessLog();
+  log.start();
+  const t = log.t;
   let victimDead = false;
   let stop = false;
+  const live = (): string[] => ids.filter((id) => !(id === victim && victimDead));
 
   // Load: ForwardTcp SSH and ExecSandbox through the Service, round robin over live sandboxes.
-  let next = 0;
-  const worker = async (w: number): Promise<void> => {
-    const client = gatewayClient(cluster.endpoint);
-    try {
-      while (!stop) {
-        const id = ids[next++ % ids.length]!;
-        if (id === victim && victimDead) continue;
-        const kind = (next + w) % 2 === 0 ? 'ssh' : 'exec';
-        const at = t();
-        let ok = false;
-        let code = 'OK';
-        let detail = '';
-        try {
+  const load = runLoad(log, {
+    workers: WORKERS,
+    ids,
+    skip: (id) => id === victim && victimDead,
+    stopped: () => stop,
+    worker: () => {
+      const client = gatewayClient(cluster.endpoint);
+      return {
+        close: () => client.close(),
+        op: async (kind, id) => {
           if (kind === 'ssh') {
             const r = await sshViaForwardTcp({ endpoint: cluster.endpoint, sandboxId: id, token: tokens.get(id)!, command: 'sandbox-id', timeoutMs: 40_000 });
-            ok = r.grpcCode === null && r.stdout.trim() === id;
-            code = r.grpcCode === null ? (ok ? 'OK' : 'WRONG_OUTPUT') : (grpc.status[r.grpcCode] ?? String(r.grpcCode));
-            detail = r.grpcDetails;
-          } else {
-            const r = await exec(client, id, ['sandbox-id']);
-            ok = r.exitCode === 0 && r.stdout.trim() === id;
-            code = ok ? 'OK' : `exit ${r.exitCode}`;
+            const ok = r.grpcCode === null && r.stdout.trim() === id;
+            return { ok, code: r.grpcCode === null ? (ok ? 'OK' : 'WRONG_OUTPUT') : (grpc.status[r.grpcCode] ?? String(r.grpcCode)), detail: r.grpcDetails };
           }
-        } catch (err) {
-          const e = err as grpc.ServiceError;
-          code = typeof e.code === 'number' ? (grpc.status[e.code] ?? String(e.code)) : (err as Error).message;
-          detail = e.details ?? (err as Error).message;
-        }
-        ops.push({ at, kind, sandbox: id, ok, code, detail, ms: t() - at });
-      }
-    } finally {
-      client.close();
-    }
-  };
+          const r = await exec(client, id, ['sandbox-id']);
+          const ok = r.exitCode === 0 && r.stdout.trim() === id;
+          return { ok, code: ok ? 'OK' : `exit ${r.exitCode}`, detail: '' };
+        },
+      };
+    },
+  });
 
   // Phase sampler: non-Ready windows of live sandboxes.
-  const windows: Array<{ sandbox: string; from: number; to: number }> = [];
-  const open = new Map<string, number>();
   const sampler = async (): Promise<void> => {
     while (!stop) {
       const at = t();
       const ph = await phases(store, ids);
-      for (const id of ids) {
-        if (id === victim && victimDead) continue;
-        const ready = ph.get(id) === Phase.READY;
-        if (!ready && !open.has(id)) open.set(id, at);
-        if (ready && open.has(id)) {
-          windows.push({ sandbox: id, from: open.get(id)!, to: at });
-          open.delete(id);
-        }
-      }
+      log.sample(at, live(), (id) => ph.get(id) === Phase.READY);
       await sleep(Math.max(0, 1000 - (t() - at)));
     }
-    for (const [id, from] of open) windows.push({ sandbox: id, from, to: t() });
+    log.finish();
   };
   const spreads: Array<{ at: number; perReplica: Record<string, number>; leaseHolder: string | undefined }> = [];
   const spreadSampler = async (): Promise<void> => {
     while (!stop) {
-      spreads.push({ at: t(), perReplica: spread(await owners(store)), leaseHolder: await leaseHolder(store) });
+      spreads.push({ at: t(), perReplica: spread((await owners(store)).values()), leaseHolder: await leaseHolder(store) });
       await sleep(30_000);
     }
   };
@@ -247,75 +209,51 @@ async function withFix(): Promise<Record<string, unknown>> {
     const holder = await leaseHolder(store);
     const i = cluster.replicas.findIndex((r) => r.name === holder);
     if (i < 0) {
-      events.push({ at: t(), what: `${what}: no lease holder found` });
+      log.event({ what: `${what}: no lease holder found` });
       return;
     }
     const own = await owners(store);
     const affected = ids.filter((id) => own.get(id) === holder);
     // Its endpoint leaves the Service at once, as Kubernetes takes a terminating pod's endpoint out.
     cluster.balancer.setBackends(cluster.replicas.filter((_, j) => j !== i).map((r) => ({ host: '127.0.0.1', port: r.publicPort })));
-    events.push({ at: t(), what, replica: holder, affected });
+    log.event({ what, replica: holder, affected });
     console.log(`t=${(t() / 1000).toFixed(0)} s: ${what} of lease holder ${holder} (${affected.length} sessions there)`);
     await cluster.kill(i, signal);
     await sleep(RESTART_AFTER_MS);
     await cluster.restart(i);
-    events.push({ at: t(), what: `${what}: restarted`, replica: holder });
+    log.event({ what: `${what}: restarted`, replica: holder });
   };
 
-  const timeline = async (): Promise<Record<string, unknown>> => {
-    await sleep(durationMs * 0.3);
-    await podEvent('SIGTERM', 'SIGTERM');
-    await sleep(Math.max(0, durationMs * 0.6 - t()));
-    await podEvent('SIGKILL', 'kill -9');
-    await sleep(Math.max(0, durationMs * 0.85 - t()));
-    const killedAt = t();
-    victimDead = true;
-    events.push({ at: killedAt, what: 'supervisor killed (kill -9 of its process)', affected: [victim] });
-    await env.victimFleet.kill('SIGKILL');
-    let provisioningAfterMs: number | null = null;
-    for (let i = 0; i < 600 && provisioningAfterMs === null; i++) {
-      if ((await store.getSandbox(victim))?.phase === Phase.PROVISIONING) provisioningAfterMs = t() - killedAt;
-      else await sleep(100);
-    }
-    console.log(`supervisor of ${victim.slice(0, 8)} killed: Provisioning after ${provisioningAfterMs} ms`);
-    await sleep(Math.max(0, durationMs - t()));
-    return { victim, provisioningAfterMs };
-  };
-
-  const loads = Array.from({ length: WORKERS }, (_, w) => worker(w));
   const samplers = [sampler(), spreadSampler()];
-  const killed = await timeline();
+  const killed = await runSchedule(log, {
+    durationMs,
+    graceful: () => podEvent('SIGTERM', 'SIGTERM'),
+    hard: () => podEvent('SIGKILL', 'kill -9'),
+    supervisor: async () => {
+      const killedAt = t();
+      victimDead = true;
+      log.event({ at: killedAt, what: 'supervisor killed (kill -9 of its process)', affected: [victim] });
+      await env.victimFleet.kill('SIGKILL');
+      let provisioningAfterMs: number | null = null;
+      for (let i = 0; i < 600 && provisioningAfterMs === null; i++) {
+        if ((await store.getSandbox(victim))?.phase === Phase.PROVISIONING) provisioningAfterMs = t() - killedAt;
+        else await sleep(100);
+      }
+      console.log(`supervisor of ${victim.slice(0, 8)} killed: Provisioning after ${provisioningAfterMs} ms`);
+      return { victim, provisioningAfterMs };
+    },
+  });
   stop = true;
-  await Promise.all([...loads, ...samplers]);
+  await Promise.all([load, ...samplers]);
 
-  const failed = ops.filter((o) => !o.ok);
-  const byCode: Record<string, number> = {};
-  for (const o of failed) byCode[o.code] = (byCode[o.code] ?? 0) + 1;
-  // A window is the event's own when its sandbox's session was on the pod (or supervisor) that the
-  // event took down and it opened within 30 s of the event: that sandbox really was disconnected.
-  const ownWindow = (w: (typeof windows)[number]): boolean =>
-    events.some((e) => (e.affected ?? []).includes(w.sandbox) && w.from >= e.at - 1000 && w.from <= e.at + 30_000);
-  const longest = (ws: typeof windows): number => ws.reduce((m, w) => Math.max(m, w.to - w.from), 0);
   const result = {
     minutes: MINUTES,
     sweepSecs: SWEEP_SECS,
-    operations: ops.length,
-    failed: failed.length,
-    refusedForPhase: failed.filter((o) => o.code === 'FAILED_PRECONDITION').length,
-    failuresByCode: byCode,
-    failures: failed.map((o) => ({ at: o.at, ms: o.ms, kind: o.kind, code: o.code, detail: o.detail, sandbox: o.sandbox.slice(0, 8) })).slice(0, 100),
-    longestNonReadyMs: longest(windows),
-    longestNonReadyMsOutsideKilledPods: longest(windows.filter((w) => !ownWindow(w))),
-    nonReadyWindowsOutsideKilledPods: windows.filter((w) => !ownWindow(w)).length,
-    nonReadyWindows: windows.map((w) => ({ sandbox: w.sandbox.slice(0, 8), fromS: +(w.from / 1000).toFixed(1), ms: w.to - w.from })),
-    events,
+    ...log.summary(),
     killedSupervisor: killed,
     sessionsPerReplica: spreads,
   };
-  console.log(
-    `with shadows: ${ops.length} operations, ${failed.length} failed (${JSON.stringify(byCode)}), refused for phase ${result.refusedForPhase}; ` +
-      `longest non-Ready window ${result.longestNonReadyMs} ms (${result.longestNonReadyMsOutsideKilledPods} ms for sandboxes not on a killed pod)`,
-  );
+  console.log(log.headline('with shadows'));
   await cleanups.runAll();
   return result;
 }
