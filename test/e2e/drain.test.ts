@@ -1,6 +1,9 @@
 // Graceful drain (DESIGN §6): a replica stopped the way Kubernetes stops a pod (SIGTERM to the
 // sidecar, the gateway only after it) leaves the Service, sheds its supervisor sessions in paced
-// steps and exits, while SSH and exec to every sandbox through the Service keep working.
+// steps and exits, while SSH and exec to every sandbox through the Service keep working and, while
+// the sessions move, every sandbox stays Ready (shed sessions are parked on the gateway and handed
+// over to their new owners). What the replica's gateway held ends when the pod goes: its cleanups
+// demote those sandboxes for a moment, and the owners repair that at once.
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
@@ -82,8 +85,29 @@ it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec th
     }
   };
   const load = Array.from({ length: 4 }, (_, w) => worker(w));
+  // Every sandbox's phase, 10 times a second, until the drain reported (every session moved).
+  const notReady: string[] = [];
+  let started = Date.now();
+  let sampling = true;
+  let samples = 0;
+  const drainReported = (): boolean => victim.sidecar!.output.some((l) => l.includes('drain complete') || l.includes('drain deadline'));
+  const sampler = (async () => {
+    while (sampling && !drainReported()) {
+      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
+      samples++;
+      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
   await new Promise((r) => setTimeout(r, 1000));
-  const took = await cluster.terminate(victim.index);
+  // As Kubernetes stops the pod with the injected hooks: the sidecar drains, the gateway goes after.
+  started = Date.now();
+  await victim.sidecar!.kill('SIGTERM', 60_000);
+  const took = Date.now() - started;
+  sampling = false;
+  await sampler;
+  const handedOver = victim.sidecar!.output.filter((l) => l.includes('handed a parked supervisor session over')).length;
+  await victim.gateway.kill('SIGTERM', 10_000);
   // The drained replica is gone; every one of its sandboxes has a new owner and stays reachable.
   await waitUntil('sessions moved', async () => {
     const now = await owners();
@@ -97,9 +121,11 @@ it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec th
   console.log(
     `drain: ${victim.name} held ${moving.length} sessions; sidecar exited ${took} ms after SIGTERM; new owners ${JSON.stringify(
       moving.map((id) => after.get(id)),
-    )}; ${ops} operations, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 5).join('; ')}` : ''}; ${drainLine ?? 'no drain line'}`,
+    )}; ${ops} operations, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 5).join('; ')}` : ''}; ${handedOver} handed over; ${samples} phase samples during the drain, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 5).join('; ')}` : ''}; ${drainLine ?? 'no drain line'}`,
   );
   expect(failures).toEqual([]);
+  expect(notReady).toEqual([]);
+  expect(handedOver).toBeGreaterThanOrEqual(1);
   expect(drainLine).toContain('drain complete');
   // Within the pod's grace period (8 s), with a little for the process to go.
   expect(took).toBeLessThan(9_000);
