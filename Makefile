@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-ssh bench-scale drill drill-readiness clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-ssh bench-scale drill drill-readiness drill-readiness-real clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -73,6 +73,12 @@ drill: build
 # with the lease holder stopped and killed (READINESS_DRILL_MINUTES, READINESS_SWEEP_SECS).
 drill-readiness: build
 	node --import tsx bench/readiness-drill.ts
+
+# The same readiness drill against upstream's real gateway, supervisor and CLI (issue 14; docs/interop.md,
+# results in bench/results/readiness-drill-real.json). Needs OPENSHELL_GATEWAY_BIN, OPENSHELL_SANDBOX_BIN
+# and OPENSHELL_CLI_BIN like `make interop`; without them it prints one line and skips. Not part of `make drill`.
+drill-readiness-real: install
+	node --import tsx bench/real-readiness-drill.ts
 
 clean:
 	rm -rf dist coverage .vitest-report.json

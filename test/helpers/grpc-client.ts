@@ -26,13 +26,12 @@ export interface ExecResult {
   exitCode: number | null;
 }
 
-export function exec(client: OpenShellClient, sandboxId: string, command: string[], stdin?: string): Promise<ExecResult> {
+/** ExecSandbox to completion; with `deadlineMs` the call ends DEADLINE_EXCEEDED after that long. */
+export function exec(client: OpenShellClient, sandboxId: string, command: string[], stdin?: string, deadlineMs?: number): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
-    const call = (client.ExecSandbox as (r: unknown) => grpc.ClientReadableStream<ExecSandboxEvent>).call(client, {
-      sandbox_id: sandboxId,
-      command,
-      stdin: stdin ? Buffer.from(stdin) : Buffer.alloc(0),
-    });
+    const req = { sandbox_id: sandboxId, command, stdin: stdin ? Buffer.from(stdin) : Buffer.alloc(0) };
+    const fn = client.ExecSandbox as (r: unknown, md?: grpc.Metadata, o?: grpc.CallOptions) => grpc.ClientReadableStream<ExecSandboxEvent>;
+    const call = deadlineMs === undefined ? fn.call(client, req) : fn.call(client, req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
     const out: ExecResult = { stdout: '', stderr: '', exitCode: null };
     call.on('data', (ev: ExecSandboxEvent) => {
       if (ev.stdout) out.stdout += ev.stdout.data.toString();

@@ -115,6 +115,8 @@ export interface RealReplica {
   gateway: UpstreamProcess;
   gatewayPort: number;
   healthPort: number;
+  /** When this gateway process was started (a restarted replica keeps its id, not this). */
+  startedAtMs: number;
   sidecar?: ManagedProcess;
   sidecarPort?: number;
   killed: boolean;
@@ -130,6 +132,15 @@ export interface RealClusterOptions {
   /** Keep the run directory (logs, supervisor logs) after close(). */
   keepRunDir?: boolean;
   onDriverEvent?: (e: DriverEvent & { at: number }) => void;
+}
+
+export interface ReplicaStop {
+  /** SIGTERM to the sidecar → its exit (its drain). */
+  sidecarMs: number;
+  sidecarExit?: { code: number | null; signal: NodeJS.Signals | null };
+  /** SIGTERM to the gateway → its exit. */
+  gatewayMs: number;
+  gatewayExit: { code: number | null; signal: NodeJS.Signals | null };
 }
 
 export interface SandboxRow {
@@ -273,6 +284,7 @@ export class RealCluster {
     const [gatewayPort, healthPort] = [await freePort(), await freePort()];
     const dir = join(this.runDir, `gateway-${id}`);
     mkdirSync(dir, { recursive: true });
+    const startedAtMs = Date.now();
     const gateway = spawnUpstream(
       `gateway-${id}`,
       this.opts.bins.gateway,
@@ -303,7 +315,7 @@ export class RealCluster {
       await gateway.kill('SIGKILL');
       throw err;
     }
-    return { index, id, gateway, gatewayPort, healthPort, killed: false };
+    return { index, id, gateway, gatewayPort, healthPort, startedAtMs, killed: false };
   }
 
   private async launchSidecar(r: RealReplica): Promise<void> {
@@ -352,6 +364,65 @@ export class RealCluster {
     this.refreshBalancers();
   }
 
+  /**
+   * A graceful pod stop, the way Kubernetes stops a replica with the sidecar injected: its endpoint
+   * leaves the balancers at once (a terminating pod leaves the Service), SIGTERM to the sidecar (it
+   * drains: its supervisor sessions move to the other replicas, then it exits), then SIGTERM to the
+   * gateway once the sidecar is gone (the gateway's preStop waits for the sidecar's drain). Each
+   * gets SIGKILL after its grace. Resolves with how long each took and how each exited.
+   */
+  async stopReplica(id: string, opts: { sidecarGraceMs?: number; gatewayGraceMs?: number } = {}): Promise<ReplicaStop> {
+    const r = this.replica(id);
+    r.killed = true;
+    this.refreshBalancers();
+    const started = Date.now();
+    let sidecarExit: ReplicaStop['sidecarExit'];
+    if (r.sidecar) {
+      await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
+      sidecarExit = await r.sidecar.exited;
+    }
+    const sidecarMs = Date.now() - started;
+    const gatewayStarted = Date.now();
+    if (r.gateway.alive()) {
+      r.gateway.child.kill('SIGTERM');
+      const timer = setTimeout(() => r.gateway.child.kill('SIGKILL'), opts.gatewayGraceMs ?? 10_000);
+      await r.gateway.exited;
+      clearTimeout(timer);
+    }
+    return { sidecarMs, sidecarExit, gatewayMs: Date.now() - gatewayStarted, gatewayExit: await r.gateway.exited };
+  }
+
+  /**
+   * Starts replica `id` again after a stop or a kill, as a new pod: a new gateway (same replica id)
+   * and sidecar on new ports, put back in the balancers once both are up.
+   */
+  async restartReplica(id: string): Promise<RealReplica> {
+    const old = this.replica(id);
+    await Promise.all([old.gateway.kill('SIGKILL'), old.sidecar?.kill('SIGKILL')]);
+    const fresh = await this.launchGateway(old.index);
+    try {
+      if (this.opts.sidecars) await this.launchSidecar(fresh);
+    } catch (err) {
+      await fresh.gateway.kill('SIGKILL');
+      throw err;
+    }
+    this.replicas[this.replicas.indexOf(old)] = fresh;
+    this.refreshBalancers();
+    return fresh;
+  }
+
+  /**
+   * kill -9 of one sandbox's supervisor process (its workload stays, as the driver's stop would
+   * find it). The driver restarts nothing by itself: it reports the exit (`Ready=False
+   * ProcessExited`) and starts a supervisor again only on StartSandbox. Returns the pid killed.
+   */
+  killSupervisor(sandboxId: string): number {
+    const view = this.driver.sandbox(sandboxId);
+    if (!view || view.state !== 'running' || view.pid === undefined) throw new Error(`sandbox ${sandboxId} has no running supervisor (${view?.state ?? 'unknown'})`);
+    process.kill(view.pid, 'SIGKILL');
+    return view.pid;
+  }
+
   async sandboxRows(): Promise<SandboxRow[]> {
     const res = await this.pool.query<{ id: string; name: string; payload: Buffer; updated_at_ms: string }>(
       "SELECT id, name, payload, updated_at_ms FROM objects WHERE object_type = 'sandbox'",
@@ -377,6 +448,24 @@ export class RealCluster {
     if (!row) return undefined;
     try {
       return (JSON.parse(row.payload.toString('utf8')) as { holder?: string }).holder;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The reconciler-lease row: its holder and when it was last written (taken or renewed; upstream
+   * renews every 10 s, TTL 30 s). A graceful shutdown deletes it when it can; a kill -9 leaves it to expire.
+   */
+  async lease(): Promise<{ holder: string; updatedAtMs: number } | undefined> {
+    const res = await this.pool.query<{ payload: Buffer; updated_at_ms: string }>(
+      "SELECT payload, updated_at_ms FROM objects WHERE object_type = 'reconciler_lease' AND id = 'singleton'",
+    );
+    const row = res.rows[0];
+    if (!row) return undefined;
+    try {
+      const holder = (JSON.parse(row.payload.toString('utf8')) as { holder?: string }).holder;
+      return holder === undefined ? undefined : { holder, updatedAtMs: Number(row.updated_at_ms) };
     } catch {
       return undefined;
     }
