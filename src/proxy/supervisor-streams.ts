@@ -241,7 +241,10 @@ export async function supervisorControl(
     const waited = (async () => {
       await settleBeforeShed(ctx, conn, sandboxId);
       const handle = control.handle;
-      if (handle && ctx.config.shedParkMs > 0 && ctx.localSessions.current(sandboxId) === sessionId) {
+      // Only with the store reachable: a fence then comes with the next owner's claim. Without it the
+      // next owner accepts the supervisor unclaimed, nobody fences, and a parked registration
+      // ending later would write Provisioning over its Ready.
+      if (handle && ctx.config.shedParkMs > 0 && ctx.localSessions.current(sandboxId) === sessionId && storeReachable(ctx)) {
         conn.parked = true;
         handle.detach(14, message);
         parkTimer = setTimeout(endPark, ctx.config.shedParkMs);
@@ -371,6 +374,12 @@ async function settleBeforeShed(ctx: ProxyContext, conn: DownstreamConnection, s
     if (quiet || Date.now() >= deadline) return;
     last = now;
   }
+}
+
+/** Whether this replica's last heartbeat reached Postgres within two intervals (and a second of slack). */
+function storeReachable(ctx: ProxyContext): boolean {
+  const at = ctx.store.lastHeartbeatAtMs?.();
+  return at !== undefined && Date.now() - at < 2 * ctx.config.replicaHeartbeatIntervalMs + 1_000;
 }
 
 /** How long handed-over registrations wait for the new owner's to supersede them. */
