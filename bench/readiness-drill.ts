@@ -11,7 +11,8 @@
 //    and ForwardTcp SSH to them (refused FAILED_PRECONDITION).
 // 2. With the fix (the default): READINESS_DRILL_MINUTES (default 10) of continuous ForwardTcp SSH and
 //    ExecSandbox through the Service over every sandbox; every phase sampled every second. At 30 %
-//    the lease holder's pod (gateway + sidecar) is SIGTERM'd, at 60 % another holder is killed -9;
+//    the lease holder's pod is stopped as Kubernetes stops it with the injected hooks (SIGTERM to the
+//    sidecar, which drains, then to the gateway), at 60 % another holder is killed -9 (both at once);
 //    each leaves the Service at once (as its endpoint does) and is restarted 15 s later. At 85 % one
 //    supervisor is killed for real (its process, kill -9): its sandbox must become Provisioning
 //    within the gateway's own timing. Reported: operations and failures (refused for phase apart),
@@ -218,7 +219,10 @@ async function withFix(): Promise<Record<string, unknown>> {
     cluster.balancer.setBackends(cluster.replicas.filter((_, j) => j !== i).map((r) => ({ host: '127.0.0.1', port: r.publicPort })));
     log.event({ what, replica: holder, affected });
     console.log(`t=${(t() / 1000).toFixed(0)} s: ${what} of lease holder ${holder} (${affected.length} sessions there)`);
-    await cluster.kill(i, signal);
+    // SIGTERM as the injected pod stops: the sidecar drains first (its sessions move), the gateway
+    // goes after (its preStop waits for the drain); kill -9 takes both at once.
+    if (signal === 'SIGTERM') await cluster.terminate(i);
+    else await cluster.kill(i, signal);
     await sleep(RESTART_AFTER_MS);
     await cluster.restart(i);
     log.event({ what: `${what}: restarted`, replica: holder });
