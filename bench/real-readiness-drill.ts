@@ -15,7 +15,9 @@
 // to the gateway), at 60 % the then holder's gateway and sidecar are killed -9; each leaves the
 // Service at once and is started again (new processes, new ports, same replica id) 15 s after it is
 // gone. At 85 % one supervisor is killed -9 (the driver restarts nothing by itself): its sandbox must
-// become Provisioning. The lease timings are the gateway's own (sweep every 60 s).
+// become Provisioning. On the real gateway it races the driver's report of the exit (`Ready=False
+// ProcessExited`, a terminal reason: Error), so the drill records the first non-Ready phase and when
+// the gateways logged the session's end too. The lease timings are the gateway's own (sweep every 60 s).
 //
 // Reported as for the emulator: operations, failures by code (refused for phase = FAILED_PRECONDITION
 // apart), the longest non-Ready window (overall and outside the killed pods' own sandboxes), time to
@@ -24,10 +26,12 @@
 // command that ran (upstream's U2, docs/interop.md) counted apart. Writes
 // bench/results/readiness-drill-real.json. READINESS_KEEP_RUN_DIR=1 keeps the run directory (every
 // gateway, sidecar and supervisor log).
+import { execFileSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { sshViaForwardTcp } from '../emulator/forward-tcp-client.ts';
+import { repoRoot } from '../emulator/process.ts';
 import { exec, gatewayClient } from '../test/helpers/grpc-client.ts';
 import { SKIP_LINE, upstreamBins } from '../test/interop/support/bins.ts';
 import { Cli, pool, run } from '../test/interop/support/cli.ts';
@@ -83,6 +87,19 @@ async function liveHolder(cluster: RealCluster): Promise<string | undefined> {
   const lease = await cluster.lease();
   if (!lease || Date.now() - lease.updatedAtMs > LEASE_TTL_MS) return undefined;
   return cluster.replicas.find((r) => r.id === lease.holder && !r.killed && r.startedAtMs <= lease.updatedAtMs)?.id;
+}
+
+/**
+ * Which sidecar code ran: each sidecar (and each restarted one) runs src/ of this working tree as it
+ * is when it starts, so the report says what src/ was at the start and at the end of the run.
+ */
+function sidecarSource(): { head: string; srcTree: string; srcUncommitted: string[] } {
+  const git = (...args: string[]): string => execFileSync('git', args, { cwd: repoRoot, encoding: 'utf8', timeout: 10_000 }).trim();
+  try {
+    return { head: git('rev-parse', '--short', 'HEAD'), srcTree: git('rev-parse', '--short', 'HEAD:src'), srcUncommitted: git('status', '--porcelain', '--', 'src').split('\n').filter(Boolean) };
+  } catch {
+    return { head: 'unknown', srcTree: 'unknown', srcUncommitted: [] };
+  }
 }
 
 /** Wall-clock ms of an upstream log line (`r0: 2026-11-29T10:21:46.665785Z  INFO ...`). */
@@ -166,6 +183,7 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
   const victim = ids[ids.length - 1]!;
   console.log(`drill: ${MINUTES} min of SSH and exec over ${ids.length} sandboxes (${WORKERS} workers), phases sampled every second`);
   log.start();
+  const startedWall = Date.now();
   clockStarted = true;
   const t = log.t;
   let victimDead = false;
@@ -202,14 +220,18 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
   // Phase sampler: non-Ready windows of live sandboxes, every phase change, the lease holder.
   const phaseNow = new Map<string, number>();
   const phaseChanges: Array<{ at: number; sandbox: string; from: string; to: string }> = [];
-  const holders: Array<{ at: number; holder: string | undefined }> = [];
+  const holders: Array<{ at: number; holder: string | undefined; gateway: string | undefined }> = [];
   let samplerErrors = 0;
   const sampler = async (): Promise<void> => {
     while (!stop) {
       const at = t();
       try {
         const [rows, lease] = [await cluster.sandboxRows(), await cluster.lease()];
-        const holder = lease ? `${lease.holder}${Date.now() - lease.updatedAtMs > LEASE_TTL_MS ? ' (expired)' : ''}` : undefined;
+        // `(expired)`: not renewed within the TTL; `(gone)`: its replica is down, or restarted since
+        // the row was written (a restarted replica keeps its id and may take the row back at once).
+        const up = lease ? cluster.replicas.find((r) => r.id === lease.holder && !r.killed && r.startedAtMs <= lease.updatedAtMs) : undefined;
+        const holder = lease ? `${lease.holder}${Date.now() - lease.updatedAtMs > LEASE_TTL_MS ? ' (expired)' : up ? '' : ' (gone)'}` : undefined;
+        const holderGateway = up ? `${up.id}@${up.startedAtMs}` : undefined;
         const ph = new Map(rows.map((r) => [r.id, r.phase]));
         log.sample(at, live(), (id) => ph.get(id) === PHASE.READY);
         for (const id of ids) {
@@ -218,7 +240,8 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
           if (before !== undefined && before !== p) phaseChanges.push({ at, sandbox: id.slice(0, 8), from: phaseName(before), to: phaseName(p) });
           phaseNow.set(id, p);
         }
-        if (holders.at(-1)?.holder !== holder || holders.length === 0) holders.push({ at, holder });
+        const last = holders.at(-1);
+        if (!last || last.holder !== holder || last.gateway !== holderGateway) holders.push({ at, holder, gateway: holderGateway });
       } catch {
         samplerErrors++;
       }
@@ -318,6 +341,11 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
     byExit[String(o.exit)] = (byExit[String(o.exit)] ?? 0) + 1;
   }
   const exitNonZero = (kind: string): number => Object.values(reachedExitNonZero[kind] ?? {}).reduce((a, b) => a + b, 0);
+  const acquisitions = cluster
+    .gatewayLogLines(/acquired reconciler lease/)
+    .map((l) => ({ at: gatewayLineTime(l) - startedWall, replica: /replica=(\S+)/.exec(l)?.[1] ?? '?' }))
+    .filter((a) => a.at >= 0)
+    .sort((a, b) => a.at - b.at);
   // What the gateways logged about the killed supervisor's session: its end is what writes Provisioning.
   const victimLines = cluster
     .gatewayLogLines(/supervisor session: (ended|stream closed)|failed to mark sandbox/)
@@ -343,8 +371,11 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
       gatewayLines: victimLines.slice(0, 10),
     },
     sessionsPerReplica: spreads,
-    leaseHolders: holders,
-    leaseHolderChanges: holders.length - 1,
+    leaseHolders: holders.map(({ at, holder }) => ({ at, holder })),
+    // Every acquisition is a change of holder (a holder renews, it does not acquire again), also
+    // a restarted replica taking its own id's row back; from the gateways' own log lines.
+    leaseHolderChanges: acquisitions.length,
+    leaseAcquisitions: acquisitions,
     sweeps: sweeps.map((s) => +(s / 1000).toFixed(1)),
     drainReports: drains.map((e) => ({ time: e.time, replica: e.replica, msg: e.msg, ...Object.fromEntries(Object.entries(e).filter(([k]) => !['time', 'msg', 'level', 'pid', 'hostname', 'replica'].includes(k))) })),
     phaseChanges: phaseChanges.slice(0, 2000),
@@ -357,17 +388,22 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
   console.log(
     `reached with exit status ≠ 0 (U2): ssh ${exitNonZero('ssh')}, exec ${exitNonZero('exec')} ${JSON.stringify(reachedExitNonZero)}; ` +
       `killed supervisor → Provisioning ${killed.provisioningAfterMs} ms, first non-Ready ${JSON.stringify(killed.firstNotReady)}, gateway session end +${sessionEnd?.afterKillMs ?? '?'} ms ` +
-      `(supervisor restarts after the kill: ${restartsOfVictim.length}); lease holders ${holders.map((h) => `${h.holder}@${(h.at / 1000).toFixed(0)}s`).join(' → ')}`,
+      `(supervisor restarts after the kill: ${restartsOfVictim.length}); lease holders ${holders.map((h) => `${h.holder}@${(h.at / 1000).toFixed(0)}s`).join(' → ')}; ` +
+      `lease taken by ${acquisitions.map((a) => `${a.replica}@${(a.at / 1000).toFixed(1)}s`).join(', ') || 'nobody'}`,
   );
   for (const s of spreads) console.log(`  t=${(s.at / 1000).toFixed(0)} s: sessions ${JSON.stringify(s.perReplica)}, lease holder ${s.leaseHolder}, in Service ${s.inService.join(',')}`);
   return result;
 }
 
 try {
+  const sourceAtStart = sidecarSource();
   const { cluster, setup } = await setUp();
   const ids = setup.ids as string[];
   const realGateway = await drill(cluster, ids);
-  const out = { machine: machineMeta(), setup: { ...setup, ids: undefined, runDir: KEEP_RUN_DIR ? cluster.runDir : undefined }, realGateway };
+  const sourceAtEnd = sidecarSource();
+  const sidecarCode = { atStart: sourceAtStart, atEnd: sourceAtEnd, changedDuringRun: JSON.stringify(sourceAtStart) !== JSON.stringify(sourceAtEnd) };
+  if (sidecarCode.changedDuringRun) console.error(`src/ changed during the run (restarted sidecars ran other code): ${JSON.stringify(sidecarCode)}`);
+  const out = { machine: machineMeta(), sidecarCode, setup: { ...setup, ids: undefined, runDir: KEEP_RUN_DIR ? cluster.runDir : undefined }, realGateway };
   await cleanups.runAll();
   const mode = tmpMode();
   if (mode !== '1777') console.error(`/tmp mode is ${mode} after the run (expected 1777)`);
