@@ -401,7 +401,9 @@ try {
   const ids = setup.ids as string[];
   const realGateway = await drill(cluster, ids);
   const sourceAtEnd = sidecarSource();
-  const sidecarCode = { atStart: sourceAtStart, atEnd: sourceAtEnd, changedDuringRun: JSON.stringify(sourceAtStart) !== JSON.stringify(sourceAtEnd) };
+  // Commits elsewhere in the tree move HEAD; only src/ (committed tree and uncommitted files) counts.
+  const srcOf = (x: ReturnType<typeof sidecarSource>): string => JSON.stringify([x.srcTree, x.srcUncommitted]);
+  const sidecarCode = { atStart: sourceAtStart, atEnd: sourceAtEnd, changedDuringRun: srcOf(sourceAtStart) !== srcOf(sourceAtEnd) };
   if (sidecarCode.changedDuringRun) console.error(`src/ changed during the run (restarted sidecars ran other code): ${JSON.stringify(sidecarCode)}`);
   const out = { machine: machineMeta(), sidecarCode, setup: { ...setup, ids: undefined, runDir: KEEP_RUN_DIR ? cluster.runDir : undefined }, realGateway };
   await cleanups.runAll();
