@@ -11,8 +11,9 @@
 //    and ForwardTcp SSH to them (refused FAILED_PRECONDITION).
 // 2. With the fix (the default): READINESS_DRILL_MINUTES (default 10) of continuous ForwardTcp SSH and
 //    ExecSandbox through the Service over every sandbox; every phase sampled every second. At 30 %
-//    the lease holder's pod is stopped as Kubernetes stops it with the injected hooks (SIGTERM to the
-//    sidecar, which drains, then to the gateway), at 60 % another holder is killed -9 (both at once);
+//    the lease holder's pod is stopped as Kubernetes stops it with the sidecar injected natively (the
+//    gateway's preStop drains the sidecar, SIGTERM to the gateway, then to the sidecar), at 60 %
+//    another holder is killed -9 (both at once);
 //    each leaves the Service at once (as its endpoint does) and is restarted 15 s later. At 85 % one
 //    supervisor is killed for real (its process, kill -9): its sandbox must become Provisioning
 //    within the gateway's own timing. Reported: operations and failures (refused for phase apart),
@@ -219,9 +220,9 @@ async function withFix(): Promise<Record<string, unknown>> {
     cluster.balancer.setBackends(cluster.replicas.filter((_, j) => j !== i).map((r) => ({ host: '127.0.0.1', port: r.publicPort })));
     log.event({ what, replica: holder, affected });
     console.log(`t=${(t() / 1000).toFixed(0)} s: ${what} of lease holder ${holder} (${affected.length} sessions there)`);
-    // SIGTERM as the injected pod stops: the sidecar drains first (its sessions move), the gateway
-    // goes after (its preStop waits for the drain); kill -9 takes both at once.
-    if (signal === 'SIGTERM') await cluster.terminate(i);
+    // SIGTERM as the injected pod stops (native sidecar): the gateway's preStop drains the sidecar
+    // (its sessions move), the gateway gets SIGTERM, the sidecar goes last; kill -9 takes both at once.
+    if (signal === 'SIGTERM') await cluster.stop(i);
     else await cluster.kill(i, signal);
     await sleep(RESTART_AFTER_MS);
     await cluster.restart(i);

@@ -216,9 +216,32 @@ export class Cluster {
   }
 
   /**
-   * Stops a replica the way Kubernetes stops a pod with the sidecar injected: SIGTERM to the sidecar
-   * (it drains), and to the gateway only once the sidecar is gone (the gateway's preStop waits for
-   * it). Resolves with how long the sidecar took to exit.
+   * Stops a replica the way Kubernetes stops a pod with the sidecar injected as a native sidecar
+   * (the default on Kubernetes 1.29+): the gateway's preStop runs the drain (GET /drain/wait on the
+   * sidecar's admin port), then the gateway gets SIGTERM, and the sidecar only once the gateway is
+   * gone. Resolves with how long the drain took.
+   */
+  async stop(i: number, timeoutMs = 60_000): Promise<number> {
+    const r = this.replica(i);
+    const started = Date.now();
+    const admin = r.sidecarPorts?.admin;
+    if (admin) {
+      await fetch(`http://127.0.0.1:${admin}/drain/wait`, { signal: AbortSignal.timeout(timeoutMs) }).then(
+        (res) => res.arrayBuffer(),
+        () => undefined,
+      );
+    }
+    const took = Date.now() - started;
+    await r.gateway.kill('SIGTERM', 10_000);
+    if (r.sidecar) await r.sidecar.kill('SIGTERM', timeoutMs);
+    return took;
+  }
+
+  /**
+   * Stops a replica the way Kubernetes stops a pod with the sidecar injected as a plain container,
+   * and as Compose stops it: SIGTERM to the sidecar (it drains), and to the gateway only once the
+   * sidecar is gone (the gateway's preStop waits for it). Resolves with how long the sidecar took to
+   * exit.
    */
   async terminate(i: number, timeoutMs = 60_000): Promise<number> {
     const r = this.replica(i);

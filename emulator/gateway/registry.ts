@@ -52,7 +52,16 @@ export class SessionRegistry {
     this.reaper.unref();
   }
 
+  /**
+   * Set once the process shuts down. The 2026-08 gateway (v0.0.111) stops its listeners, releases the
+   * lease and returns: session tasks are dropped, so a session that ends then writes nothing
+   * (measured: 0 `supervisor session: ended` lines and no Provisioning write between SIGTERM and exit
+   * for the 11-12 registrations a gateway still held).
+   */
+  closing = false;
+
   close(): void {
+    this.closing = true;
     clearInterval(this.reaper);
     for (const p of this.pending.values()) p.reject(new GatewayError(Status.UNAVAILABLE, 'gateway shutting down'));
     this.pending.clear();

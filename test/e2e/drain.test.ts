@@ -129,7 +129,44 @@ it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec th
   expect(drainLine).toContain('drain complete');
   // Within the pod's grace period (8 s), with a little for the process to go.
   expect(took).toBeLessThan(9_000);
-  // The stopped gateway's cleanups demote what it held shadows of; the owners repair that at once.
+  // The sidecar's exit cut the shadows its still-running gateway held: that gateway's cleanups demote
+  // them (as upstream's does, docs/interop.md R1); the owners repair that at once.
   for (const id of ids) await waitUntil(`${id.slice(0, 8)} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 5_000 });
+  await cluster.restart(victim.index);
+}, 120_000);
+
+it('stopped as a native sidecar pod (preStop drain, then the gateway, then the sidecar): no sandbox leaves Ready at any point', async () => {
+  // Everyone back in place after the previous test (the restarted replica holds nothing yet).
+  for (const id of ids) await waitUntil(`${id.slice(0, 8)} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 15_000 });
+  const before = await owners();
+  const counts = new Map<string, number>();
+  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
+  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
+  const moving = ids.filter((id) => before.get(id) === victim.name);
+  expect(moving.length).toBeGreaterThan(0);
+  const notReady: string[] = [];
+  let sampling = true;
+  let samples = 0;
+  const started = Date.now();
+  const sampler = (async () => {
+    while (sampling) {
+      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
+      samples++;
+      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  const drainMs = await cluster.stop(victim.index);
+  const stoppedMs = Date.now() - started;
+  // A little past the end: a late cleanup write would show now.
+  await new Promise((r) => setTimeout(r, 2000));
+  sampling = false;
+  await sampler;
+  const after = await owners();
+  console.log(
+    `native stop: ${victim.name} held ${moving.length} sessions; drain ${drainMs} ms, gateway and sidecar gone ${stoppedMs} ms after the preStop; new owners ${JSON.stringify(moving.map((id) => after.get(id)))}; ${samples} phase samples, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 5).join('; ')}` : ''}`,
+  );
+  expect(moving.every((id) => after.get(id) !== undefined && after.get(id) !== victim.name)).toBe(true);
+  expect(notReady).toEqual([]);
   await cluster.restart(victim.index);
 }, 120_000);

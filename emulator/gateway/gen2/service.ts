@@ -430,7 +430,8 @@ function connectSupervisor(ctx: Gen2Context, call: ServerDuplexStream<Supervisor
     if (session) {
       const s = session;
       log.info({ sandboxId: s.sandboxId, sessionId: s.sessionId, reason }, 'supervisor session ended');
-      if (ctx.registry.removeIfCurrent(s.sandboxId, s.sessionId)) void supervisorSessionChanged(ctx, s.sandboxId, false);
+      // A shutting-down gateway drops its session tasks: no disconnect write (see registry.closing).
+      if (ctx.registry.removeIfCurrent(s.sandboxId, s.sessionId) && !ctx.registry.closing) void supervisorSessionChanged(ctx, s.sandboxId, false);
     }
     try {
       call.end();
