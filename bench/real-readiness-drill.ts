@@ -11,8 +11,9 @@
 // which watches until Ready). Then READINESS_DRILL_MINUTES (default 10) of continuous ForwardTcp SSH
 // (our SSH client over ForwardTcp, a token from CreateSshSession) and ExecSandbox through the Service
 // over every sandbox, every phase sampled every second from the gateways' `objects` table. At 30 %
-// the reconciler-lease holder's pod is stopped gracefully (SIGTERM to the sidecar, which drains, then
-// to the gateway), at 60 % the then holder's gateway and sidecar are killed -9; each leaves the
+// the reconciler-lease holder's pod is stopped gracefully as a native-sidecar pod stops (the gateway's
+// preStop drains the sidecar, SIGTERM to the gateway, then to the sidecar), at 60 % the then holder's
+// gateway and sidecar are killed -9; each leaves the
 // Service at once and is started again (new processes, new ports, same replica id) 15 s after it is
 // gone. At 85 % one supervisor is killed -9 (the driver restarts nothing by itself): its sandbox must
 // become Provisioning. On the real gateway it races the driver's report of the exit (`Ready=False
@@ -286,10 +287,11 @@ async function drill(cluster: RealCluster, ids: string[]): Promise<Record<string
     log.event({ what: kind, replica: holder, affected, waitedForHolderMs: Date.now() - asked });
     console.log(`t=${(t() / 1000).toFixed(0)} s: ${kind} of lease holder ${holder}'s pod (${affected.length} sessions there)`);
     let stopped: ReplicaStop | undefined;
-    if (kind === 'SIGTERM') stopped = await cluster.stopReplica(holder);
+    // As the injected pod stops on Kubernetes 1.29+ (native sidecar): preStop drain, gateway, sidecar.
+    if (kind === 'SIGTERM') stopped = await cluster.stopReplica(holder, { order: 'native' });
     else await cluster.killReplica(holder);
     log.event({ what: `${kind}: gone`, replica: holder, ...(stopped ? { stop: stopped } : {}) });
-    if (stopped) console.log(`t=${(t() / 1000).toFixed(0)} s: ${holder}'s sidecar drained and exited in ${stopped.sidecarMs} ms (${JSON.stringify(stopped.sidecarExit)}), gateway in ${stopped.gatewayMs} ms (${JSON.stringify(stopped.gatewayExit)})`);
+    if (stopped) console.log(`t=${(t() / 1000).toFixed(0)} s: ${holder} stopped (${stopped.order} order): drain ${stopped.sidecarMs} ms, gateway ${stopped.gatewayMs} ms (${JSON.stringify(stopped.gatewayExit)}), sidecar exit ${JSON.stringify(stopped.sidecarExit)}`);
     await sleep(RESTART_AFTER_MS);
     const restartStarted = Date.now();
     try {

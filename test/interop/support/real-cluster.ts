@@ -135,7 +135,8 @@ export interface RealClusterOptions {
 }
 
 export interface ReplicaStop {
-  /** SIGTERM to the sidecar → its exit (its drain). */
+  order: 'native' | 'container';
+  /** Container order: SIGTERM to the sidecar → its exit (its drain). Native order: the drain (GET /drain/wait). */
   sidecarMs: number;
   sidecarExit?: { code: number | null; signal: NodeJS.Signals | null };
   /** SIGTERM to the gateway → its exit. */
@@ -366,17 +367,43 @@ export class RealCluster {
 
   /**
    * A graceful pod stop, the way Kubernetes stops a replica with the sidecar injected: its endpoint
-   * leaves the balancers at once (a terminating pod leaves the Service), SIGTERM to the sidecar (it
-   * drains: its supervisor sessions move to the other replicas, then it exits), then SIGTERM to the
-   * gateway once the sidecar is gone (the gateway's preStop waits for the sidecar's drain). Each
-   * gets SIGKILL after its grace. Resolves with how long each took and how each exited.
+   * leaves the balancers at once (a terminating pod leaves the Service). Container order (default;
+   * Kubernetes < 1.29, Compose): SIGTERM to the sidecar (it drains: its supervisor sessions move to
+   * the other replicas, then it exits), then SIGTERM to the gateway once the sidecar is gone (the
+   * gateway's preStop waits for the sidecar's drain). Native order: see below. Each gets SIGKILL
+   * after its grace. Resolves with how long each took and how each exited.
    */
-  async stopReplica(id: string, opts: { sidecarGraceMs?: number; gatewayGraceMs?: number } = {}): Promise<ReplicaStop> {
+  async stopReplica(id: string, opts: { sidecarGraceMs?: number; gatewayGraceMs?: number; order?: 'native' | 'container' } = {}): Promise<ReplicaStop> {
     const r = this.replica(id);
     r.killed = true;
     this.refreshBalancers();
     const started = Date.now();
     let sidecarExit: ReplicaStop['sidecarExit'];
+    if (opts.order === 'native') {
+      // Native sidecar (Kubernetes 1.29+): the gateway's preStop drains the sidecar, the gateway gets
+      // SIGTERM, and the sidecar only once the gateway is gone.
+      const admin = r.sidecar?.ready.adminPort as number | undefined;
+      if (admin) {
+        await fetch(`http://127.0.0.1:${admin}/drain/wait`, { signal: AbortSignal.timeout(opts.sidecarGraceMs ?? 60_000) }).then(
+          (res) => res.arrayBuffer(),
+          () => undefined,
+        );
+      }
+      const sidecarMs = Date.now() - started;
+      const gatewayStarted = Date.now();
+      if (r.gateway.alive()) {
+        r.gateway.child.kill('SIGTERM');
+        const timer = setTimeout(() => r.gateway.child.kill('SIGKILL'), opts.gatewayGraceMs ?? 10_000);
+        await r.gateway.exited;
+        clearTimeout(timer);
+      }
+      const gatewayMs = Date.now() - gatewayStarted;
+      if (r.sidecar) {
+        await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
+        sidecarExit = await r.sidecar.exited;
+      }
+      return { order: 'native', sidecarMs, sidecarExit, gatewayMs, gatewayExit: await r.gateway.exited };
+    }
     if (r.sidecar) {
       await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
       sidecarExit = await r.sidecar.exited;
@@ -389,7 +416,7 @@ export class RealCluster {
       await r.gateway.exited;
       clearTimeout(timer);
     }
-    return { sidecarMs, sidecarExit, gatewayMs: Date.now() - gatewayStarted, gatewayExit: await r.gateway.exited };
+    return { order: 'container', sidecarMs, sidecarExit, gatewayMs: Date.now() - gatewayStarted, gatewayExit: await r.gateway.exited };
   }
 
   /**
