@@ -6,7 +6,7 @@
 // demote those sandboxes for a moment, and the owners repair that at once.
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../../emulator/cluster.ts';
+import { Cluster, type Replica } from '../../emulator/cluster.ts';
 import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
 import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
 import { Phase } from '../../emulator/proto.ts';
@@ -24,6 +24,38 @@ const ids: string[] = [];
 async function owners(): Promise<Map<string, string>> {
   const res = await store.pool.query<{ sandbox_id: string; replica_id: string }>('SELECT sandbox_id, replica_id FROM ohs_owners');
   return new Map(res.rows.map((r) => [r.sandbox_id, r.replica_id]));
+}
+
+/** The replica holding the most sessions, and the sandboxes whose sessions are there. */
+async function busiest(): Promise<{ victim: Replica; moving: string[] }> {
+  const before = await owners();
+  const counts = new Map<string, number>();
+  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
+  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
+  return { victim, moving: ids.filter((id) => before.get(id) === victim.name) };
+}
+
+/** Every sandbox's phase, 10 times a second, until `stop()` or `until()`; what was not Ready, with when. */
+function samplePhases(moving: string[], until: () => boolean = () => false): { stop(): Promise<{ samples: number; notReady: string[] }> } {
+  const notReady: string[] = [];
+  const started = Date.now();
+  let sampling = true;
+  let samples = 0;
+  const loop = (async () => {
+    while (sampling && !until()) {
+      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
+      samples++;
+      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  return {
+    async stop() {
+      sampling = false;
+      await loop;
+      return { samples, notReady };
+    },
+  };
 }
 
 beforeAll(async () => {
@@ -53,11 +85,7 @@ afterAll(async () => {
 });
 
 it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec through the Service fails', async () => {
-  const before = await owners();
-  const counts = new Map<string, number>();
-  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
-  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
-  const moving = ids.filter((id) => before.get(id) === victim.name);
+  const { victim, moving } = await busiest();
   expect(moving.length).toBeGreaterThan(0);
 
   let stop = false;
@@ -86,26 +114,14 @@ it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec th
   };
   const load = Array.from({ length: 4 }, (_, w) => worker(w));
   // Every sandbox's phase, 10 times a second, until the drain reported (every session moved).
-  const notReady: string[] = [];
-  let started = Date.now();
-  let sampling = true;
-  let samples = 0;
   const drainReported = (): boolean => victim.sidecar!.output.some((l) => l.includes('drain complete') || l.includes('drain deadline'));
-  const sampler = (async () => {
-    while (sampling && !drainReported()) {
-      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
-      samples++;
-      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  })();
+  const phases = samplePhases(moving, drainReported);
   await new Promise((r) => setTimeout(r, 1000));
   // As Kubernetes stops the pod with the injected hooks: the sidecar drains, the gateway goes after.
-  started = Date.now();
+  const started = Date.now();
   await victim.sidecar!.kill('SIGTERM', 60_000);
   const took = Date.now() - started;
-  sampling = false;
-  await sampler;
+  const { samples, notReady } = await phases.stop();
   const handedOver = victim.sidecar!.output.filter((l) => l.includes('handed a parked supervisor session over')).length;
   await victim.gateway.kill('SIGTERM', 10_000);
   // The drained replica is gone; every one of its sandboxes has a new owner and stays reachable.
@@ -138,30 +154,15 @@ it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec th
 it('stopped as a native sidecar pod (preStop drain, then the gateway, then the sidecar): no sandbox leaves Ready at any point', async () => {
   // Everyone back in place after the previous test (the restarted replica holds nothing yet).
   for (const id of ids) await waitUntil(`${id.slice(0, 8)} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 15_000 });
-  const before = await owners();
-  const counts = new Map<string, number>();
-  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
-  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
-  const moving = ids.filter((id) => before.get(id) === victim.name);
+  const { victim, moving } = await busiest();
   expect(moving.length).toBeGreaterThan(0);
-  const notReady: string[] = [];
-  let sampling = true;
-  let samples = 0;
+  const phases = samplePhases(moving);
   const started = Date.now();
-  const sampler = (async () => {
-    while (sampling) {
-      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
-      samples++;
-      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  })();
   const drainMs = await cluster.stop(victim.index);
   const stoppedMs = Date.now() - started;
   // A little past the end: a late cleanup write would show now.
   await new Promise((r) => setTimeout(r, 2000));
-  sampling = false;
-  await sampler;
+  const { samples, notReady } = await phases.stop();
   const after = await owners();
   console.log(
     `native stop: ${victim.name} held ${moving.length} sessions; drain ${drainMs} ms, gateway and sidecar gone ${stoppedMs} ms after the preStop; new owners ${JSON.stringify(moving.map((id) => after.get(id)))}; ${samples} phase samples, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 5).join('; ')}` : ''}`,

@@ -378,7 +378,22 @@ export class RealCluster {
     r.killed = true;
     this.refreshBalancers();
     const started = Date.now();
-    let sidecarExit: ReplicaStop['sidecarExit'];
+    const stopSidecar = async (): Promise<ReplicaStop['sidecarExit']> => {
+      if (!r.sidecar) return undefined;
+      await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
+      return r.sidecar.exited;
+    };
+    /** SIGTERM to the gateway, SIGKILL after its grace; resolves with how long it took. */
+    const stopGateway = async (): Promise<number> => {
+      const gatewayStarted = Date.now();
+      if (r.gateway.alive()) {
+        r.gateway.child.kill('SIGTERM');
+        const timer = setTimeout(() => r.gateway.child.kill('SIGKILL'), opts.gatewayGraceMs ?? 10_000);
+        await r.gateway.exited;
+        clearTimeout(timer);
+      }
+      return Date.now() - gatewayStarted;
+    };
     if (opts.order === 'native') {
       // Native sidecar (Kubernetes 1.29+): the gateway's preStop drains the sidecar, the gateway gets
       // SIGTERM, and the sidecar only once the gateway is gone.
@@ -390,33 +405,14 @@ export class RealCluster {
         );
       }
       const sidecarMs = Date.now() - started;
-      const gatewayStarted = Date.now();
-      if (r.gateway.alive()) {
-        r.gateway.child.kill('SIGTERM');
-        const timer = setTimeout(() => r.gateway.child.kill('SIGKILL'), opts.gatewayGraceMs ?? 10_000);
-        await r.gateway.exited;
-        clearTimeout(timer);
-      }
-      const gatewayMs = Date.now() - gatewayStarted;
-      if (r.sidecar) {
-        await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
-        sidecarExit = await r.sidecar.exited;
-      }
+      const gatewayMs = await stopGateway();
+      const sidecarExit = await stopSidecar();
       return { order: 'native', sidecarMs, sidecarExit, gatewayMs, gatewayExit: await r.gateway.exited };
     }
-    if (r.sidecar) {
-      await r.sidecar.kill('SIGTERM', opts.sidecarGraceMs ?? 60_000);
-      sidecarExit = await r.sidecar.exited;
-    }
+    const sidecarExit = await stopSidecar();
     const sidecarMs = Date.now() - started;
-    const gatewayStarted = Date.now();
-    if (r.gateway.alive()) {
-      r.gateway.child.kill('SIGTERM');
-      const timer = setTimeout(() => r.gateway.child.kill('SIGKILL'), opts.gatewayGraceMs ?? 10_000);
-      await r.gateway.exited;
-      clearTimeout(timer);
-    }
-    return { order: 'container', sidecarMs, sidecarExit, gatewayMs: Date.now() - gatewayStarted, gatewayExit: await r.gateway.exited };
+    const gatewayMs = await stopGateway();
+    return { order: 'container', sidecarMs, sidecarExit, gatewayMs, gatewayExit: await r.gateway.exited };
   }
 
   /**
