@@ -158,13 +158,11 @@ export class GatewayStore implements GatewayPersistence {
       const sandbox = decodeMessage<SandboxPayload>('Sandbox', row.payload);
       sandbox.phase = phase;
       const payload = encodeMessage('Sandbox', sandbox);
+      // The row and its instrumentation record in one statement: no reader sees one without the other.
       await client.query(
-        `UPDATE objects SET payload = $2, updated_at_ms = $3 WHERE object_type = 'sandbox' AND id = $1`,
-        [sandboxId, payload, Date.now()],
-      );
-      await client.query(
-        `INSERT INTO emulator_phase_writes (sandbox_id, phase, replica, reason) VALUES ($1, $2, $3, $4)`,
-        [sandboxId, phase, replica, reason],
+        `WITH updated AS (UPDATE objects SET payload = $2, updated_at_ms = $3 WHERE object_type = 'sandbox' AND id = $1 RETURNING id)
+         INSERT INTO emulator_phase_writes (sandbox_id, phase, replica, reason) SELECT id, $4::int, $5::text, $6::text FROM updated`,
+        [sandboxId, payload, Date.now(), phase, replica, reason],
       );
       return true;
     } finally {

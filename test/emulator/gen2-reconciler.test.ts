@@ -189,7 +189,9 @@ describe('the holder sweeps with its own session registry', () => {
     await oldHolder.close();
     await waitUntil('the other replica holds the lease', async () => newHolder.gen2!.reconciler.holds(), (h) => h, { timeoutMs: 3_000 });
     const store = newHolder.gen2!.store;
-    await expect.poll(() => phaseOf(store, ids.elsewhere!), { timeout: 3_000 }).toBe(Phase.READY);
+    // The row changes before its instrumentation record is inserted: wait for the record.
+    await expect.poll(async () => (await store.phaseHistory(ids.elsewhere!)).at(-1)?.phase, { timeout: 3_000 }).toBe(Phase.READY);
+    expect(await phaseOf(store, ids.elsewhere!)).toBe(Phase.READY);
     const last = (await store.phaseHistory(ids.elsewhere!)).at(-1)!;
     expect(last.replica).toBe(newHolder.replica);
     expect(last.reason).toMatch(/^reconciler on gateway-r[ab] \(lease holder r[ab]\), (sweep|watch initial snapshot): backend ready, local session \(DependenciesReady\)$/);
@@ -231,7 +233,8 @@ describe('driver events reach the holder wherever the lifecycle call landed', ()
     for (const id of [away, home]) await expect.poll(() => phaseOf(p.store, id), { timeout: 5_000 }).toBe(Phase.READY);
     await notify(away, 'ready');
     await notify(home, 'ready');
-    await expect.poll(() => phaseOf(p.store, away), { timeout: 3_000 }).toBe(Phase.PROVISIONING);
+    await expect.poll(async () => (await p.store.phaseHistory(away)).at(-1)?.phase, { timeout: 3_000 }).toBe(Phase.PROVISIONING);
+    expect(await phaseOf(p.store, away)).toBe(Phase.PROVISIONING);
     const last = (await p.store.phaseHistory(away)).at(-1)!;
     expect(last.reason).toBe(
       `reconciler on ${p.holder.replica} (lease holder ${p.holder.gen2!.reconciler.replicaId}), driver event (updated): backend ready, no local session (SupervisorNotConnected)`,

@@ -54,14 +54,16 @@ export async function casPhase(
   reason: string,
   mutate: (msg: SandboxMessage) => void,
 ): Promise<Gen2Sandbox | 'conflict' | null> {
-  const res = await ctx.store.updateSandboxCas(sandbox.id, sandbox.resourceVersion, (m) => {
-    mutate(m);
-    (m.status ??= {}).phase = phase;
-  });
-  if (res && res !== 'conflict') {
-    await ctx.store.recordPhaseWrite(sandbox.id, phase, ctx.replica, reason);
-    ctx.watch.notify(sandbox.id);
-  }
+  const res = await ctx.store.updateSandboxCas(
+    sandbox.id,
+    sandbox.resourceVersion,
+    (m) => {
+      mutate(m);
+      (m.status ??= {}).phase = phase;
+    },
+    { phase, replica: ctx.replica, reason },
+  );
+  if (res && res !== 'conflict') ctx.watch.notify(sandbox.id);
   return res;
 }
 

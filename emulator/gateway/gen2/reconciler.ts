@@ -360,10 +360,19 @@ export class ReconcilerCoordinator {
       const backend = backendGiven === 'from-store' ? backendFromStoredPhase(row.phase) : backendGiven;
       const session = ctx.registry.has(sandboxId);
       const c = composeDriverSnapshot(row.phase, backend, session);
-      const res = await ctx.store.updateSandboxCas(sandboxId, row.resourceVersion, (m) => {
-        if (c.condition) upsertReadyCondition(m, c.condition.status, c.condition.reason, c.condition.message);
-        (m.status ??= {}).phase = c.phase;
-      });
+      const why = `${session ? 'local session' : 'no local session'}${c.condition ? ` (${c.condition.reason})` : ''}`;
+      const reason = `reconciler on ${ctx.replica} (lease holder ${this.replicaId}), ${trigger}: backend ${backend}, ${why}`;
+      // Only writes that change the phase are recorded.
+      const record = c.phase !== row.phase ? { phase: c.phase, replica: ctx.replica, reason } : undefined;
+      const res = await ctx.store.updateSandboxCas(
+        sandboxId,
+        row.resourceVersion,
+        (m) => {
+          if (c.condition) upsertReadyCondition(m, c.condition.status, c.condition.reason, c.condition.message);
+          (m.status ??= {}).phase = c.phase;
+        },
+        record,
+      );
       if (res === null) return;
       if (res === 'conflict') {
         this.counters.conflicts++;
@@ -373,9 +382,6 @@ export class ReconcilerCoordinator {
       ctx.watch.notify(sandboxId);
       if (c.phase !== row.phase) {
         if (row.phase === Phase.READY && c.phase === Phase.PROVISIONING) this.counters.demotions++;
-        const why = `${session ? 'local session' : 'no local session'}${c.condition ? ` (${c.condition.reason})` : ''}`;
-        const reason = `reconciler on ${ctx.replica} (lease holder ${this.replicaId}), ${trigger}: backend ${backend}, ${why}`;
-        await ctx.store.recordPhaseWrite(sandboxId, c.phase, ctx.replica, reason);
         this.log.info(
           { sandboxId, oldPhase: PHASE_NAMES[row.phase], newPhase: PHASE_NAMES[c.phase], trigger, localSession: session },
           'Sandbox phase changed',

@@ -203,11 +203,14 @@ export class Gen2Store implements GatewayPersistence {
   /**
    * update_message_cas: one attempt, conditional on `resource_version` (postgres.rs@v0.0.111:145-181).
    * Returns the new row, 'conflict' when another write got there first, or null when the row is gone.
+   * `record` (emulator instrumentation) is inserted into `emulator_phase_writes` by the same statement,
+   * so a reader never sees the new phase without its record.
    */
   async updateSandboxCas(
     id: string,
     expectedVersion: number,
     mutate: (msg: SandboxMessage) => void,
+    record?: { phase: PhaseValue; replica: string; reason: string },
   ): Promise<Gen2Sandbox | 'conflict' | null> {
     const current = await this.sandboxById(id);
     if (!current) return null;
@@ -216,10 +219,16 @@ export class Gen2Store implements GatewayPersistence {
     mutate(message);
     message.metadata = { ...message.metadata, resource_version: expectedVersion + 1 };
     const now = Date.now();
+    const update = `UPDATE objects SET payload = $3, updated_at_ms = $4, resource_version = resource_version + 1
+       WHERE object_type = 'sandbox' AND id = $1 AND resource_version = $2 RETURNING resource_version`;
+    const params: unknown[] = [id, expectedVersion, encode('Sandbox', message), now];
     const res = await this.pool.query<{ resource_version: string }>(
-      `UPDATE objects SET payload = $3, updated_at_ms = $4, resource_version = resource_version + 1
-       WHERE object_type = 'sandbox' AND id = $1 AND resource_version = $2 RETURNING resource_version`,
-      [id, expectedVersion, encode('Sandbox', message), now],
+      record
+        ? `WITH updated AS (${update}),
+             recorded AS (INSERT INTO emulator_phase_writes (sandbox_id, phase, replica, reason) SELECT $1::text, $5::int, $6::text, $7::text FROM updated)
+           SELECT resource_version FROM updated`
+        : update,
+      record ? [...params, record.phase, record.replica, record.reason] : params,
     );
     const row = res.rows[0];
     if (!row) return (await this.sandboxById(id)) ? 'conflict' : null;
@@ -229,15 +238,6 @@ export class Gen2Store implements GatewayPersistence {
   async deleteSandboxRow(id: string): Promise<boolean> {
     const res = await this.pool.query(`DELETE FROM objects WHERE object_type = 'sandbox' AND id = $1`, [id]);
     return (res.rowCount ?? 0) > 0;
-  }
-
-  async recordPhaseWrite(sandboxId: string, phase: PhaseValue, replica: string, reason: string): Promise<void> {
-    await this.pool.query(`INSERT INTO emulator_phase_writes (sandbox_id, phase, replica, reason) VALUES ($1, $2, $3, $4)`, [
-      sandboxId,
-      phase,
-      replica,
-      reason,
-    ]);
   }
 
   // --- GatewayPersistence (what tests and tools share with the seed store) ----------------
@@ -261,12 +261,15 @@ export class Gen2Store implements GatewayPersistence {
   async writePhase(sandboxId: string, phase: PhaseValue, replica: string, reason: string): Promise<boolean> {
     const s = await this.sandboxById(sandboxId);
     if (!s) return false;
-    const res = await this.updateSandboxCas(sandboxId, s.resourceVersion, (m) => {
-      m.status = { ...m.status, phase };
-    });
-    if (res === null || res === 'conflict') return false;
-    await this.recordPhaseWrite(sandboxId, phase, replica, reason);
-    return true;
+    const res = await this.updateSandboxCas(
+      sandboxId,
+      s.resourceVersion,
+      (m) => {
+        m.status = { ...m.status, phase };
+      },
+      { phase, replica, reason },
+    );
+    return res !== null && res !== 'conflict';
   }
 
   async phaseHistory(sandboxId: string): Promise<PhaseWrite[]> {
