@@ -261,6 +261,8 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           marginPct: config.rebalanceMarginPct,
           cooldownMs: config.rebalanceCooldownMs,
           minAgeMs: config.rebalanceMinSessionAgeMs,
+          // Two heartbeats: every replica has reported the sessions that moved.
+          stepOut: { leadMs: config.rebalanceStepOutLeadMs, maxMs: config.rebalanceStepOutMaxMs, settleMs: 2 * config.replicaHeartbeatIntervalMs },
         })
       : undefined;
   ctx.inspect = {
@@ -279,6 +281,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     replicaId: config.replicaId,
     mode: config.mode,
     draining: () => drainState.draining,
+    steppedOut: () => rebalancer?.steppedOut() ?? false,
     drain: (reason) => drainer.start(reason, drainBudgetMs(config, reason)),
     ops: operator.ops,
     access: operator.access,

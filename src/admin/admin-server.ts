@@ -18,6 +18,8 @@ export interface AdminDeps {
   replicaId: string;
   mode: string;
   draining: () => boolean;
+  /** True while the rebalancer keeps this replica out of the Service to shed (readiness false). */
+  steppedOut?: () => boolean;
   /** Starts (or joins) the drain; resolves with its report when it is over. */
   drain: (reason: string) => Promise<unknown>;
   /** Operator endpoints (/v1/status, /v1/explain, /ui), behind the admin access check. */
@@ -58,9 +60,11 @@ export function createAdminServer(deps: AdminDeps): http.Server {
         if (store.redis !== null) deps.metrics.storeUp.set({ store: 'redis' }, store.redis ? 1 : 0);
         // The stores are reported, never gating: routing keeps working from caches through an outage,
         // and a Postgres outage must not take every replica out of the Service at once.
-        const ready = gateway && !deps.draining();
+        // A rebalancing replica leaves the Service too, so that its shed supervisors land elsewhere.
+        const rebalancing = deps.steppedOut?.() ?? false;
+        const ready = gateway && !deps.draining() && !rebalancing;
         res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(
-          JSON.stringify({ ready, draining: deps.draining(), checks: { gateway, postgres: store.postgres, redis: store.redis } }),
+          JSON.stringify({ ready, draining: deps.draining(), rebalancing, checks: { gateway, postgres: store.postgres, redis: store.redis } }),
         );
       } else if ((path === '/drain' && req.method === 'POST') || (path === '/drain/wait' && req.method === 'GET')) {
         // The preStop hook's call (kubelet hooks can only GET: /drain/wait): leave the Service and move

@@ -99,6 +99,8 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['rebalanceIntervalMs'], '--rebalance-interval-ms', 'OHS_REBALANCE_INTERVAL_MS', 'int'),
   opt(['rebalanceCooldownMs'], '--rebalance-cooldown-ms', 'OHS_REBALANCE_COOLDOWN_MS', 'int'),
   opt(['rebalanceMinSessionAgeMs'], '--rebalance-min-session-age-ms', 'OHS_REBALANCE_MIN_SESSION_AGE_MS', 'int'),
+  opt(['rebalanceStepOutLeadMs'], '--rebalance-step-out-lead-ms', 'OHS_REBALANCE_STEP_OUT_LEAD_MS', 'int'),
+  opt(['rebalanceStepOutMaxMs'], '--rebalance-step-out-max-ms', 'OHS_REBALANCE_STEP_OUT_MAX_MS', 'int'),
   opt(['shedParkMs'], '--shed-park-ms', 'OHS_SHED_PARK_MS', 'int'),
   opt(['terminationGraceSeconds'], '--termination-grace-seconds', 'OHS_TERMINATION_GRACE_SECONDS', 'int'),
   opt(['peerHost'], '--peer-host', 'OHS_PEER_HOST'),
@@ -192,6 +194,10 @@ export const CONFIG_DEFAULTS = {
   // it is left where it landed for a minute, so a rolling restart moves each session as few times
   // as it can.
   rebalanceMinSessionAgeMs: 60_000,
+  // Out of the Service before shedding: the injected readiness probe (every 2 s, 2 failures) and the
+  // compose front (every 2 s, fall 2) notice within 4 s, endpoints propagate within about a second.
+  rebalanceStepOutLeadMs: 5_000,
+  rebalanceStepOutMaxMs: 60_000,
   // The supervisor's reconnect backoff is capped at 30 s (reference §2.1): a shed supervisor has
   // reconnected somewhere by then, unless it is gone.
   shedParkMs: 40_000,

@@ -214,6 +214,13 @@ const scalarShape = {
   /** Sessions younger than this on a replica (they just moved) are not shed to rebalance. */
   rebalanceMinSessionAgeMs: int(0, 86_400_000),
   /**
+   * A replica about to shed turns its readiness false this long before its first shed, so that the
+   * Service sends its shed supervisors elsewhere; 0 = it stays in the Service.
+   */
+  rebalanceStepOutLeadMs: int(0, 600_000),
+  /** Longest a replica stays out of the Service to shed. */
+  rebalanceStepOutMaxMs: int(1_000, 3_600_000),
+  /**
    * A shed session's gateway registration is kept (parked) until the supervisor's next owner fences
    * it, at most this long; 0 ends it with the shed (the gateway then writes Provisioning at once).
    */
@@ -354,6 +361,8 @@ export interface SidecarConfig {
   readonly rebalanceIntervalMs: number;
   readonly rebalanceCooldownMs: number;
   readonly rebalanceMinSessionAgeMs: number;
+  readonly rebalanceStepOutLeadMs: number;
+  readonly rebalanceStepOutMaxMs: number;
   readonly shedParkMs: number;
   readonly terminationGraceSeconds?: number;
   readonly peerHost?: string;

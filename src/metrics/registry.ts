@@ -72,6 +72,7 @@ export interface SidecarMetrics {
   readonly drainDurationSeconds: Gauge;
   /** This replica's sessions over its fair share (sessions / live replicas); 1 is balanced. */
   readonly sessionImbalance: Gauge;
+  readonly rebalanceSteppedOut: Gauge;
   /** Status watches sent a sandbox's stored state that another replica wrote (their gateway stayed silent). */
   readonly watchRefreshesTotal: Counter;
   /** Requests refused "not ready" for a sandbox with a live session, held for Ready and sent again. */
@@ -266,6 +267,11 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     sessionImbalance: new Gauge({
       name: 'ohs_session_imbalance',
       help: "This replica's supervisor sessions over its fair share (cluster sessions / live active replicas); 1 is balanced.",
+      registers,
+    }),
+    rebalanceSteppedOut: new Gauge({
+      name: 'ohs_rebalance_stepped_out',
+      help: '1 while this replica is out of the Service (readiness false) to shed sessions towards its fair share.',
       registers,
     }),
     watchRefreshesTotal: new Counter({

@@ -1,7 +1,9 @@
 // Paced rebalancing (DESIGN §6): after a scale-up, a replica holding far more than its fair share
 // sheds sessions one at a time until the cluster is within the margin, without a reconnect storm,
 // while requests to the sandboxes in motion keep working, and (the shed session parked on its
-// gateway until the new owner's fence hands it over) no sandbox in motion ever leaves Ready.
+// gateway until the new owner's fence hands it over) no sandbox in motion ever leaves Ready. It
+// steps out of the Service while it sheds, so its shed supervisors land only on the new replica:
+// the number moved is the minimum.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
@@ -27,15 +29,20 @@ beforeAll(async () => {
   db = await createTestDatabase('rebalance');
   store = new Gen2Store(db.url, { poolSize: 3 });
   await store.migrate();
+  // r0 alone at first: every supervisor lands there. The Service follows each sidecar's /readyz, as
+  // a Kubernetes Service follows its pods' readiness.
   cluster = await Cluster.start({
-    replicas: 2,
+    replicas: 1,
     databaseUrl: db.url,
     protocol: '2026-08',
     logLevel: 'info',
-    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('rebalance'), extraArgs: ['--rebalance-interval-ms', '300', '--rebalance-min-session-age-ms', '5000'] },
+    readinessProbeMs: 250,
+    sidecars: {
+      redisUrl: TEST_REDIS_URL,
+      redisKeyPrefix: testRedisPrefix('rebalance'),
+      extraArgs: ['--rebalance-interval-ms', '300', '--rebalance-min-session-age-ms', '5000', '--rebalance-step-out-lead-ms', '1000'],
+    },
   });
-  // Only r0 in the Service at first: every supervisor lands there.
-  cluster.balancer.setBackends([{ host: '127.0.0.1', port: cluster.replica(0).publicPort }]);
   for (let i = 0; i < SANDBOXES; i++) ids.push((await store.createSandbox({ name: `rb-${i}` })).id);
   fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: ids, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
   await fleet.waitAllConnected(30_000);
@@ -51,9 +58,11 @@ afterAll(async () => {
 
 it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec keeps working and every sandbox stays Ready', async () => {
   expect(await perReplica()).toEqual({ r0: SANDBOXES });
-  // Scale-up: r1 joins the Service.
-  cluster.balancer.setBackends(cluster.replicas.map((r) => ({ host: '127.0.0.1', port: r.publicPort })));
+  // Scale-up: r1 starts and joins the Service.
+  await cluster.add();
   const started = Date.now();
+  // r0's readiness, sampled with the phases below: it leaves the Service while it sheds.
+  const r0Ready: boolean[] = [];
   let stop = false;
   let ops = 0;
   const failures: string[] = [];
@@ -66,6 +75,7 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec
       const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
       samples++;
       for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}: phase ${phase}`);
+      r0Ready.push((await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/readyz`)).ok);
       await new Promise((r) => setTimeout(r, 100));
     }
   })();
@@ -97,12 +107,19 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec
   const text = await (await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/metrics`)).text();
   const shed = Number(/^ohs_sessions_shed_total\{reason="rebalance"\} (\d+)/m.exec(text)?.[1] ?? 0);
   const handedOver = Number(/^ohs_parked_sessions_total\{outcome="handed_over"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  const outSamples = r0Ready.filter((ready) => !ready).length;
   console.log(
-    `rebalance: 12 sessions on r0 → ${JSON.stringify(balanced)} in ${tookMs} ms; ${shed} sessions shed (minimum 6), ${handedOver} handed over; ${ops} execs, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 3).join('; ')}` : ''}; ${samples} phase samples, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 3).join('; ')}` : ''}`,
+    `rebalance: 12 sessions on r0 → ${JSON.stringify(balanced)} in ${tookMs} ms; ${shed} sessions shed (minimum 6), ${handedOver} handed over; ` +
+      `r0 out of the Service in ${outSamples}/${r0Ready.length} samples; ${ops} execs, ${failures.length} failed${failures.length ? `: ${failures.slice(0, 3).join('; ')}` : ''}; ` +
+      `${samples} phase samples, ${notReady.length} not Ready${notReady.length ? `: ${notReady.slice(0, 3).join('; ')}` : ''}`,
   );
   expect(failures).toEqual([]);
   expect(notReady).toEqual([]);
   expect(handedOver).toBeGreaterThanOrEqual(1);
-  expect(shed).toBeGreaterThanOrEqual(5);
-  expect(shed).toBeLessThanOrEqual(12);
+  // Every shed landed on r1 (r0 was out of the Service): the minimum, 6.
+  expect(shed).toBe(6);
+  expect(await perReplica()).toEqual({ r0: 6, r1: 6 });
+  expect(outSamples).toBeGreaterThan(0);
+  // Back in once balanced and its shed supervisors had landed.
+  await expect.poll(async () => (await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/readyz`)).ok, { timeout: 10_000 }).toBe(true);
 }, 120_000);
