@@ -1,5 +1,6 @@
-// A round-robin TCP balancer standing in for a Kubernetes ClusterIP Service: each new TCP
-// connection goes to the next backend, and stays there (kube-proxy pins connections).
+// A TCP balancer standing in for a Kubernetes ClusterIP Service: each new TCP connection goes to
+// the next backend (round robin, deterministic for tests) or to a random one (as kube-proxy's
+// iptables mode picks), and stays there (kube-proxy pins connections).
 import net from 'node:net';
 
 export interface Backend {
@@ -15,7 +16,9 @@ export interface Balancer {
   close(): Promise<void>;
 }
 
-export async function startBalancer(initial: Backend[], host = '127.0.0.1', listenPort = 0): Promise<Balancer> {
+export type BalancerPick = 'round-robin' | 'random';
+
+export async function startBalancer(initial: Backend[], host = '127.0.0.1', listenPort = 0, pick: BalancerPick = 'round-robin'): Promise<Balancer> {
   let backends = [...initial];
   let next = 0;
   const counts: number[] = backends.map(() => 0);
@@ -27,7 +30,9 @@ export async function startBalancer(initial: Backend[], host = '127.0.0.1', list
       client.destroy();
       return;
     }
-    const idx = next++ % backends.length;
+    // Round robin can pin a client that opens connections in a fixed pattern (two per supervisor,
+    // say) to one backend; random cannot.
+    const idx = pick === 'random' ? Math.floor(Math.random() * backends.length) : next++ % backends.length;
     const target = backends[idx] as Backend;
     counts[idx] = (counts[idx] ?? 0) + 1;
     const upstream = net.connect(target.port, target.host);

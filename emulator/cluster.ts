@@ -2,7 +2,7 @@
 // processes (optionally each behind its sidecar process) and a round-robin balancer standing in
 // for the Kubernetes Service in front of them.
 import { rmSync } from 'node:fs';
-import { startBalancer, type Backend, type Balancer } from './balancer.ts';
+import { startBalancer, type Backend, type Balancer, type BalancerPick } from './balancer.ts';
 import { createJwtKeyDir } from './gateway/gen2/jwt.ts';
 import type { Protocol } from './proto.ts';
 import { startProcess, tsEntry, type ManagedProcess } from './process.ts';
@@ -42,6 +42,8 @@ export interface ClusterOptions {
    * Kubernetes does with a pod's endpoint (a draining replica leaves the Service). Off by default.
    */
   readinessProbeMs?: number;
+  /** How the Service picks a replica for a new connection (default round robin). */
+  balancerPick?: BalancerPick;
   /**
    * Gateways serve TLS with this certificate (as a gateway without disable_tls does) and sidecars
    * reach them over `https://`, trusting `ca`. Clients still talk plaintext to the sidecars.
@@ -82,7 +84,7 @@ export class Cluster {
   }
 
   static async start(opts: ClusterOptions): Promise<Cluster> {
-    const balancer = await startBalancer([]);
+    const balancer = await startBalancer([], '127.0.0.1', 0, opts.balancerPick);
     const cluster = new Cluster(opts, balancer);
     try {
       const results = await Promise.allSettled(Array.from({ length: opts.replicas }, (_, i) => cluster.launch(i)));
