@@ -221,6 +221,7 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
     if (r.runtime && r.runtime.limitPolicy !== 'global' && r.runtime.limitPolicy !== 'local-full') warnings.push(`${r.replicaId}: limits degraded to ${r.runtime.limitPolicy}`);
     if (r.runtime && r.runtime.pendingStoreWrites > 0) warnings.push(`${r.replicaId}: ${r.runtime.pendingStoreWrites} ownership write(s) waiting for Postgres`);
     if (r.live && r.state === 'draining') warnings.push(`${r.replicaId}: draining`);
+    if (r.runtime?.rebalancing) warnings.push(`${r.replicaId}: out of the Service while it sheds sessions towards its fair share`);
   }
   if (lease && !replicas.some((r) => r.replicaId === lease.holder && r.live)) {
     warnings.push(`the reconciler lease holder ${lease.holder} is not a live replica of this cluster`);

@@ -43,6 +43,8 @@ export interface ReplicaRuntime {
   mode: string;
   uptimeMs: number;
   draining: boolean;
+  /** Out of the Service (readiness false) while it sheds towards its fair share. */
+  rebalancing: boolean;
   limitPolicy: string;
   readinessMode: string;
   nativeHa: boolean;
@@ -98,6 +100,7 @@ export async function replicaRuntime(deps: InspectDeps): Promise<ReplicaRuntime>
     mode: deps.config.mode,
     uptimeMs: Date.now() - deps.startedAtMs,
     draining: deps.draining(),
+    rebalancing: (await total(deps, 'ohs_rebalance_stepped_out')) === 1,
     limitPolicy: deps.limiter.policy(),
     readinessMode: deps.config.readinessMode,
     nativeHa: deps.gatewayWatch.nativeHa(),

@@ -63,6 +63,7 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec
   const started = Date.now();
   // r0's readiness, sampled with the phases below: it leaves the Service while it sheds.
   const r0Ready: boolean[] = [];
+  let outWarnings: string[] | undefined;
   let stop = false;
   let ops = 0;
   const failures: string[] = [];
@@ -75,7 +76,11 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec
       const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
       samples++;
       for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}: phase ${phase}`);
-      r0Ready.push((await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/readyz`)).ok);
+      const admin = `http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}`;
+      const ready = (await fetch(`${admin}/readyz`)).ok;
+      r0Ready.push(ready);
+      // What an operator's `status` says meanwhile.
+      if (!ready && !outWarnings) outWarnings = ((await (await fetch(`${admin}/v1/status`)).json()) as { warnings: string[] }).warnings;
       await new Promise((r) => setTimeout(r, 100));
     }
   })();
@@ -120,6 +125,7 @@ it('a scale-up is rebalanced in paced steps to within ±20 % of fair share; exec
   expect(shed).toBe(6);
   expect(await perReplica()).toEqual({ r0: 6, r1: 6 });
   expect(outSamples).toBeGreaterThan(0);
+  expect(outWarnings).toContain('r0: out of the Service while it sheds sessions towards its fair share');
   // Back in once balanced and its shed supervisors had landed.
   await expect.poll(async () => (await fetch(`http://127.0.0.1:${cluster.replica(0).sidecarPorts!.admin}/readyz`)).ok, { timeout: 10_000 }).toBe(true);
 }, 120_000);

@@ -48,6 +48,7 @@ describe('createMetrics', () => {
         'ohs_shadows_hosted',
         'ohs_readiness_demotions_total',
         'ohs_readiness_repairs_total',
+        'ohs_rebalance_stepped_out',
         'ohs_reconciler_lease_holder',
         'ohs_not_ready_holds_total',
         'ohs_watch_refreshes_total',
