@@ -14,7 +14,9 @@
 // Service follows the sidecars' /readyz and picks a replica at random per connection, as kube-proxy does.
 // Writes its keys into bench/results/drill.json. Env: ROLLING_SHUTDOWN_GRACE_MS (default 20000);
 // ROLLING_PARTS (default `rolling,scaleup,short`) runs some parts only (results are then not written);
-// ROLLING_STOP_ORDER=native stops the short-grace replica the native-sidecar way (default: sidecar first);
+// ROLLING_STOP_ORDER stops the short-grace replica: `container` (default; sidecar first, the gateway
+// once it exited, as Compose does), `native` (preStop drain, gateway, then sidecar: a native sidecar
+// pod) or `container-pod` (preStop drain, then both at once: a plain-container pod);
 // ROLLING_LOG_DIR keeps every gateway's and sidecar's output there, for reading what went wrong.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -32,7 +34,7 @@ import { envInt, percentile } from './lib/stats.ts';
 
 const GRACE_MS = envInt('ROLLING_SHUTDOWN_GRACE_MS', 20_000);
 const DRILL_FILE = join(dirname(RESULTS_FILE), 'drill.json');
-const STOP_ORDER = process.env.ROLLING_STOP_ORDER === 'native' ? 'native' : 'container';
+const STOP_ORDER = process.env.ROLLING_STOP_ORDER === 'native' ? 'native' : process.env.ROLLING_STOP_ORDER === 'container-pod' ? 'container-pod' : 'container';
 const PARTS = new Set((process.env.ROLLING_PARTS ?? 'rolling,scaleup,short').split(','));
 const LOG_DIR = process.env.ROLLING_LOG_DIR;
 
@@ -255,7 +257,12 @@ async function shortGrace(): Promise<Record<string, unknown>> {
   });
   await sleep(1_000);
   // ROLLING_STOP_ORDER=native: the native-sidecar pod stop (preStop drain, gateway, then sidecar).
-  const exitMs = STOP_ORDER === 'native' ? await env.cluster.stop(victim.index, 10_000) : await env.cluster.terminate(victim.index, 10_000);
+  const exitMs =
+    STOP_ORDER === 'native'
+      ? await env.cluster.stop(victim.index, 10_000)
+      : STOP_ORDER === 'container-pod'
+        ? await env.cluster.stopContainerPod(victim.index, 10_000)
+        : await env.cluster.terminate(victim.index, 10_000);
   const reportLine = victim.sidecar?.output.find((l) => l.includes('drain deadline') || l.includes('drain complete'));
   const longOutcomes = await Promise.all(long);
   // Nothing else is lost: every sandbox answers through the Service afterwards.

@@ -225,6 +225,26 @@ export class Cluster {
    */
   async stop(i: number, timeoutMs = 60_000): Promise<number> {
     const r = this.replica(i);
+    const took = await this.preStopDrain(r, timeoutMs);
+    await r.gateway.kill('SIGTERM', 10_000);
+    if (r.sidecar) await r.sidecar.kill('SIGTERM', timeoutMs);
+    return took;
+  }
+
+  /**
+   * Stops a replica the way Kubernetes stops a pod with the sidecar injected as a plain container:
+   * both containers' preStop runs the drain, then both get SIGTERM at once. Resolves with how long
+   * the drain took.
+   */
+  async stopContainerPod(i: number, timeoutMs = 60_000): Promise<number> {
+    const r = this.replica(i);
+    const took = await this.preStopDrain(r, timeoutMs);
+    await Promise.all([r.gateway.kill('SIGTERM', 10_000), r.sidecar?.kill('SIGTERM', timeoutMs)]);
+    return took;
+  }
+
+  /** The preStop hook's call: GET /drain/wait, answered when the drain is over. Resolves with its duration. */
+  private async preStopDrain(r: Replica, timeoutMs: number): Promise<number> {
     const started = Date.now();
     const admin = r.sidecarPorts?.admin;
     if (admin) {
@@ -233,10 +253,7 @@ export class Cluster {
         () => undefined,
       );
     }
-    const took = Date.now() - started;
-    await r.gateway.kill('SIGTERM', 10_000);
-    if (r.sidecar) await r.sidecar.kill('SIGTERM', timeoutMs);
-    return took;
+    return Date.now() - started;
   }
 
   /**

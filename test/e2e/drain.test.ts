@@ -6,13 +6,14 @@
 // demote those sandboxes for a moment, and the owners repair that at once.
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster, type Replica } from '../../emulator/cluster.ts';
+import { Cluster } from '../../emulator/cluster.ts';
 import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
 import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
 import { Phase } from '../../emulator/proto.ts';
 import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
+import { busiest as busiestOf, owners as ownersOf, samplePhases as sample } from '../helpers/drain-checks.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
 let db: TestDatabase;
@@ -21,42 +22,9 @@ let cluster: Cluster;
 let fleet: SupervisorFleet;
 const ids: string[] = [];
 
-async function owners(): Promise<Map<string, string>> {
-  const res = await store.pool.query<{ sandbox_id: string; replica_id: string }>('SELECT sandbox_id, replica_id FROM ohs_owners');
-  return new Map(res.rows.map((r) => [r.sandbox_id, r.replica_id]));
-}
-
-/** The replica holding the most sessions, and the sandboxes whose sessions are there. */
-async function busiest(): Promise<{ victim: Replica; moving: string[] }> {
-  const before = await owners();
-  const counts = new Map<string, number>();
-  for (const r of before.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
-  const victim = cluster.replicas.reduce((a, b) => ((counts.get(b.name) ?? 0) > (counts.get(a.name) ?? 0) ? b : a));
-  return { victim, moving: ids.filter((id) => before.get(id) === victim.name) };
-}
-
-/** Every sandbox's phase, 10 times a second, until `stop()` or `until()`; what was not Ready, with when. */
-function samplePhases(moving: string[], until: () => boolean = () => false): { stop(): Promise<{ samples: number; notReady: string[] }> } {
-  const notReady: string[] = [];
-  const started = Date.now();
-  let sampling = true;
-  let samples = 0;
-  const loop = (async () => {
-    while (sampling && !until()) {
-      const phases = await Promise.all(ids.map(async (id) => [id, (await store.getSandbox(id))?.phase] as const));
-      samples++;
-      for (const [id, phase] of phases) if (phase !== Phase.READY) notReady.push(`${id.slice(0, 8)}${moving.includes(id) ? ' (moving)' : ''}: phase ${phase} at ${Date.now() - started} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  })();
-  return {
-    async stop() {
-      sampling = false;
-      await loop;
-      return { samples, notReady };
-    },
-  };
-}
+const owners = (): Promise<Map<string, string>> => ownersOf(store);
+const busiest = (): ReturnType<typeof busiestOf> => busiestOf(store, cluster, ids);
+const samplePhases = (moving: string[], until?: () => boolean): ReturnType<typeof sample> => sample(store, ids, moving, until);
 
 beforeAll(async () => {
   db = await createTestDatabase('drain');
