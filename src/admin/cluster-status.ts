@@ -133,6 +133,7 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
   let replicas: ReplicaStatus[] = [];
   let postgres = false;
   let orphanedOwners = 0;
+  let ownersWithoutReplica = 0;
   if (src.embedded) {
     postgres = true;
     const view = await src.embedded.view().catch(() => undefined);
@@ -170,12 +171,14 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
         runtime: null,
         runtimeError: null,
       }));
-      const orphans = await src.pg.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM ohs_owners o LEFT JOIN ohs_replicas r ON r.replica_id = o.replica_id
+      const orphans = await src.pg.query<{ n: number; unregistered: number }>(
+        `SELECT count(*)::int AS n, count(*) FILTER (WHERE r.replica_id IS NULL)::int AS unregistered
+         FROM ohs_owners o LEFT JOIN ohs_replicas r ON r.replica_id = o.replica_id
          WHERE r.replica_id IS NULL OR now() - r.heartbeat_at > $1::float8 * interval '1 millisecond'`,
         [src.leaseTtlMs],
       );
       orphanedOwners = orphans.rows[0]?.n ?? 0;
+      ownersWithoutReplica = orphans.rows[0]?.unregistered ?? 0;
     } catch (err) {
       problems.push(`Postgres unreachable: ${(err as Error).message}`);
     }
@@ -214,6 +217,9 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
   const lease = await src.reconcilerLease().catch(() => undefined);
   const live = replicas.filter((r) => r.live);
   if (postgres && live.length === 0) problems.push('no live replica');
+  // A replica row deleted by hand (or never written) while owner rows still name it: no live
+  // replica answers for those sandboxes until they are claimed again.
+  if (ownersWithoutReplica > 0) problems.push(`${ownersWithoutReplica} sandbox(es) owned by a replica that has no row in ohs_replicas`);
   for (const r of replicas) {
     if (!r.live && r.owned > 0) problems.push(`${r.replicaId}: lease expired ${Math.round(-(r.leaseLeftMs ?? 0) / 1000)} s ago but still owns ${r.owned} sandbox(es)`);
     if (r.runtime && !r.runtime.store.postgres && !src.embedded) problems.push(`${r.replicaId}: cannot reach Postgres`);
