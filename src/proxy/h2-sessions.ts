@@ -61,7 +61,19 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
       reject(new OhsError('OHS_ERR_TIMEOUT', `connect to ${origin} timed out after ${opts.connectTimeoutMs} ms`));
     }, opts.connectTimeoutMs);
     timer.unref();
+    // Ready once connected and the server's SETTINGS arrived: until then its concurrent-stream
+    // limit is unknown, and a burst sent on the new connection would be refused in part.
+    let connected = false;
+    let settingsSeen = false;
+    session.once('remoteSettings', () => {
+      settingsSeen = true;
+      if (connected) ready();
+    });
     session.once('connect', () => {
+      connected = true;
+      if (settingsSeen) ready();
+    });
+    const ready = (): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
@@ -75,7 +87,7 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
       // Errors after connect surface as stream errors and 'close'; never crash the process.
       session.on('error', () => undefined);
       resolve(session);
-    });
+    };
     const onError = (err: NodeJS.ErrnoException): void => {
       if (settled) return;
       settled = true;
@@ -130,8 +142,11 @@ export class SessionPool {
       if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
       const list = this.origins.get(origin) ?? [];
       this.retireSpent(origin, list);
-      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active < streamLimit(e.session));
-      if (ready?.session) return ready.session;
+      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active + e.reserved < streamLimit(e.session));
+      if (ready?.session) {
+        reserve(ready);
+        return ready.session;
+      }
       // A connect in flight with room to spare is joined rather than racing another one.
       const pending = list.find((e) => e.session === undefined);
       if (pending) {
@@ -142,11 +157,12 @@ export class SessionPool {
     }
     // Still no room (many callers raced for the same slots): a fresh connection of our own.
     const entry = this.open(origin);
+    reserve(entry);
     return entry.connecting;
   }
 
   private open(origin: string): PoolEntry {
-    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, resets: 0, resetsAt: Date.now() };
+    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, reserved: 0, reservations: [], resets: 0, resetsAt: Date.now() };
     const list = this.origins.get(origin) ?? [];
     list.push(entry);
     this.origins.set(origin, list);
@@ -224,6 +240,12 @@ interface PoolEntry {
   session: http2.ClientHttp2Session | undefined;
   /** Streams open on the session, counted as they are requested and closed. */
   active: number;
+  /**
+   * Streams promised by get() and not requested yet: callers waiting on one connect all resume
+   * before any of them sends, and would otherwise all see the same room.
+   */
+  reserved: number;
+  reservations: NodeJS.Timeout[];
   /** Reset streams carried, decayed at the budget's refill rate as of `resetsAt` (ms). */
   resets: number;
   resetsAt: number;
@@ -233,6 +255,22 @@ function decayResets(e: PoolEntry, budget: ResetBudget): void {
   const now = Date.now();
   e.resets = Math.max(0, e.resets - ((now - e.resetsAt) / 1000) * budget.refillPerSecond);
   e.resetsAt = now;
+}
+
+/** How long get()'s promise of a stream holds if its caller never sends one. */
+const RESERVATION_MS = 1_000;
+
+/** A stream promised to a get() caller: taken by its request(), or given back after RESERVATION_MS. */
+function reserve(e: PoolEntry): void {
+  e.reserved++;
+  const timer = setTimeout(() => {
+    const i = e.reservations.indexOf(timer);
+    if (i < 0) return;
+    e.reservations.splice(i, 1);
+    e.reserved--;
+  }, RESERVATION_MS);
+  timer.unref();
+  e.reservations.push(timer);
 }
 
 /** Assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2 recommends at least 100). */
@@ -251,6 +289,12 @@ function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budge
   session.request = ((headers?: http2.OutgoingHttpHeaders, options?: http2.ClientSessionRequestOptions) => {
     const stream = request(headers, options);
     entry.active++;
+    // The oldest promise of a stream on this connection is kept now.
+    const kept = entry.reservations.shift();
+    if (kept) {
+      clearTimeout(kept);
+      entry.reserved--;
+    }
     stream.once('close', () => {
       entry.active--;
       // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
