@@ -165,7 +165,8 @@ export function forwardStream(
     down.respond(out, { waitForTrailers: true });
     down.on('wantTrailers', () => {
       if (trailers && Object.keys(trailers).length > 0) down.sendTrailers(trailers);
-      else down.close();
+      // No trailers (plain HTTP over h2): an empty trailing HEADERS frame carries END_STREAM.
+      else down.sendTrailers({});
     });
     recorded = null;
     up.pipe(down);

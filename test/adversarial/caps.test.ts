@@ -137,6 +137,8 @@ describe('--max-connections and the upstream pool (embedded sidecar, in-test h2c
   const openOn = new Map<http2.ServerHttp2Session, number>();
   let maxOpenOnOne = 0;
   let holdConnections = new Set<http2.ServerHttp2Session>();
+  /** `/refuse-once/*` paths seen: the first stream of each is refused unprocessed (REFUSED_STREAM). */
+  const refusedOnce = new Set<string>();
   let proc: ManagedProcess;
   let port: number;
   let admin: number;
@@ -153,6 +155,21 @@ describe('--max-connections and the upstream pool (embedded sidecar, in-test h2c
     gateway.on('stream', (stream, headers) => {
       stream.on('error', () => undefined);
       const path = String(headers[':path']);
+      if (path.startsWith('/refuse-once/')) {
+        if (!refusedOnce.has(path)) {
+          refusedOnce.add(path);
+          stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+          return;
+        }
+        // The retry: answer with the request body it carried.
+        const body: Buffer[] = [];
+        stream.on('data', (d: Buffer) => body.push(d));
+        stream.on('end', () => {
+          stream.respond({ ':status': 200 });
+          stream.end(Buffer.concat(body));
+        });
+        return;
+      }
       if (!path.startsWith('/hold/')) {
         stream.respond({ ':status': path.startsWith('/openshell.') ? 200 : 204, 'grpc-status': '12' }, { endStream: true });
         return;
@@ -206,6 +223,27 @@ describe('--max-connections and the upstream pool (embedded sidecar, in-test h2c
     for (let i = 0; i < 4; i++) clients.push(await h2(port));
     expect(clients).toHaveLength(MAX_CONNECTIONS);
     for (const c of clients.splice(0)) c.destroy();
+  }, 30_000);
+
+  it('a stream the gateway refused unprocessed (REFUSED_STREAM) is sent again, body and all, and answered', async () => {
+    const c = (await waitUntil('a connection accepted', () => h2(port).then((s) => s, () => undefined), (s) => s !== undefined, { timeoutMs: 5000 })) as http2.ClientHttp2Session;
+    clients.push(c);
+    const answer = await withTimeout(
+      new Promise<{ status: string; body: string }>((resolve, reject) => {
+        const req = c.request({ ':method': 'POST', ':path': '/refuse-once/a' });
+        let status = '';
+        let body = '';
+        req.setEncoding('utf8');
+        req.on('response', (h) => (status = String(h[':status'])));
+        req.on('data', (d: string) => (body += d));
+        req.on('end', () => resolve({ status, body }));
+        req.on('error', reject);
+        req.end('the request body');
+      }),
+      10_000,
+    );
+    expect(refusedOnce.has('/refuse-once/a')).toBe(true);
+    expect(answer).toEqual({ status: '200', body: 'the request body' });
   }, 30_000);
 
   it('more long-lived streams than the gateway allows per connection: all served, spread over several connections', async () => {
