@@ -35,6 +35,12 @@ export interface SandboxJwtVerifierOptions {
   cacheMaxAgeMs?: number;
   /** Least time between two fetches (default 30 s), so a flood of forged kids cannot hammer the gateway. */
   cooldownMs?: number;
+  /**
+   * An unknown kid within the cooldown may be a key the gateway just rotated in: the set is fetched
+   * again anyway, at most this often (default 2 s), so a rotation is honoured at once while a flood
+   * of forged kids still costs at most one fetch per period.
+   */
+  rotationRefetchMinMs?: number;
   timeoutMs?: number;
   now?: () => number;
 }
@@ -92,6 +98,19 @@ export function createSandboxJwtVerifier(opts: SandboxJwtVerifierOptions): Sandb
     [customFetch]: fetchJwks,
   });
   let issuesJwts: { value: boolean; atMs: number } | undefined;
+  let rotationRefetchAt = -Infinity;
+
+  /** What a failed verification says: the key set was not usable, or the token is bad. */
+  const failure = (err: unknown): JwtVerdict => {
+    const e = err as { code?: unknown; message?: string };
+    // Key set unreachable (a fetch error carries no JOSE code), refused or malformed: nothing
+    // about the token itself was learnt.
+    const code = typeof e.code === 'string' ? e.code : '';
+    if (!code.startsWith('ERR_J') || code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JOSE_GENERIC' || code === 'ERR_JWKS_INVALID') {
+      return { kind: 'unavailable', reason: e.message ?? 'jwks unavailable' };
+    }
+    return { kind: 'invalid', reason: code };
+  };
 
   return {
     async verify(authorization) {
@@ -109,14 +128,16 @@ export function createSandboxJwtVerifier(opts: SandboxJwtVerifierOptions): Sandb
       try {
         payload = (await compactVerify(token, jwks, { algorithms: ['EdDSA'] })).payload;
       } catch (err) {
-        const e = err as { code?: unknown; message?: string };
-        // Key set unreachable (a fetch error carries no JOSE code), refused or malformed: nothing
-        // about the token itself was learnt.
-        const code = typeof e.code === 'string' ? e.code : '';
-        if (!code.startsWith('ERR_J') || code === 'ERR_JWKS_TIMEOUT' || code === 'ERR_JOSE_GENERIC' || code === 'ERR_JWKS_INVALID') {
-          return { kind: 'unavailable', reason: e.message ?? 'jwks unavailable' };
+        const rotated =
+          (err as { code?: unknown }).code === 'ERR_JWKS_NO_MATCHING_KEY' && jwks.coolingDown && now() - rotationRefetchAt >= (opts.rotationRefetchMinMs ?? 2_000);
+        if (!rotated) return failure(err);
+        rotationRefetchAt = now();
+        try {
+          await jwks.reload();
+          payload = (await compactVerify(token, jwks, { algorithms: ['EdDSA'] })).payload;
+        } catch (again) {
+          return failure(again);
         }
-        return { kind: 'invalid', reason: code };
       }
       let claims: Claims;
       try {

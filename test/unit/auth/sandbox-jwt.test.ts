@@ -111,6 +111,29 @@ describe('sandbox JWT verification', () => {
     for (let i = 0; i < 20; i++) expect((await cached.verify(token)).kind).toBe('verified');
     expect(jwksRequests - before).toBe(1);
   });
+
+  it('a rotated key: a token with a kid not in the cached set fetches the set again and verifies; forged kids wait for the cooldown', async () => {
+    const rotating = createSandboxJwtVerifier({ gatewayOrigin: origin, logger: pino({ level: 'silent' }), cooldownMs: 60_000 });
+    const saved = jwksBody;
+    try {
+      expect((await rotating.verify(`Bearer ${await mint()}`)).kind).toBe('verified');
+      // The gateway rotates: a new key published under a new kid beside the old one.
+      const next = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+      jwksBody = { keys: [...saved!.keys, { ...(await exportJWK(next.publicKey)), kid: 'k2', alg: 'EdDSA', use: 'sig' }] };
+      const before = jwksRequests;
+      const rotated = await rotating.verify(`Bearer ${await mint({ key: next.privateKey, kid: 'k2' })}`);
+      expect(rotated).toMatchObject({ kind: 'verified', sandboxId: SANDBOX });
+      expect(jwksRequests - before).toBe(1);
+      // Tokens with kids nobody published: refused, and within the cooldown the gateway is not asked again.
+      for (let i = 0; i < 20; i++) expect((await rotating.verify(`Bearer ${await mint({ key: otherKey, kid: `forged-${i}` })}`)).kind).not.toBe('verified');
+      expect(jwksRequests - before).toBe(1);
+      // Both keys keep verifying from the cache.
+      expect((await rotating.verify(`Bearer ${await mint()}`)).kind).toBe('verified');
+      expect(jwksRequests - before).toBe(1);
+    } finally {
+      jwksBody = saved;
+    }
+  });
 });
 
 describe('checkSandboxClaims', () => {
