@@ -90,8 +90,11 @@ describe('owner lookups under a flood of unknown sandbox ids', () => {
           await store.lookup(randomId());
           done++;
         } catch {
+          // Refused at once (the lookup queue is bounded): try again soon, without turning 10,000
+          // clients in this very process into a busy loop that delays every timer here, the
+          // heartbeat's included.
           failed++;
-          await sleep(5);
+          await sleep(100);
         }
       }
     };
@@ -101,9 +104,16 @@ describe('owner lookups under a flood of unknown sandbox ids', () => {
     lag.enable();
     const workers = Array.from({ length: outstanding }, () => worker());
     let maxAgeMs = 0;
+    // A Postgres slowed by everything else on the machine slows the heartbeat's UPDATE as much as
+    // this probe's own query on its own connection (whose round trip also carries this process's
+    // event-loop lag): the larger of the two is set apart. Lookups queued in the store's pool, which
+    // is what starved heartbeats, never delay the probe.
+    let maxProbeMs = 0;
     const started = Date.now();
     while (Date.now() - started < floodMs) {
+      const asked = performance.now();
       maxAgeMs = Math.max(maxAgeMs, await heartbeatAgeMs('flood-hb'));
+      maxProbeMs = Math.max(maxProbeMs, performance.now() - asked);
       await sleep(100);
     }
     stop = true;
@@ -112,12 +122,12 @@ describe('owner lookups under a flood of unknown sandbox ids', () => {
     await Promise.all(workers);
     const beatFailures = log.messages('warn').filter((m) => m.startsWith('heartbeat failed')).length;
     console.log(
-      `lookup flood: ${done} lookups (${failed} failed) in ${floodMs} ms, heartbeat age at most ${Math.round(maxAgeMs)} ms (interval ${intervalMs} ms; event-loop lag at most ${Math.round(maxLagMs)} ms), heartbeat failures logged: ${beatFailures}`,
+      `lookup flood: ${done} lookups (${failed} failed) in ${floodMs} ms, heartbeat age at most ${Math.round(maxAgeMs)} ms (interval ${intervalMs} ms; event-loop lag at most ${Math.round(maxLagMs)} ms, probe query at most ${Math.round(maxProbeMs)} ms), heartbeat failures logged: ${beatFailures}`,
     );
     expect(done).toBeGreaterThan(1_000);
     // One interval plus scheduling slack in this busy process (before the split: 1.7-2.6 s), far from
-    // the 5 s lease; a machine busy elsewhere adds its event-loop lag on top.
-    expect(maxAgeMs - maxLagMs).toBeLessThan(intervalMs * 3);
+    // the 5 s lease; a machine busy elsewhere adds its event-loop lag and a slower Postgres on top.
+    expect(maxAgeMs - Math.max(maxLagMs, maxProbeMs)).toBeLessThan(intervalMs * 3);
     expect(beatFailures).toBe(0);
     expect(store.lastHeartbeatAtMs?.()).toBeGreaterThan(Date.now() - 2 * intervalMs);
   }, 30_000);
