@@ -6,51 +6,30 @@
 // demote those sandboxes for a moment, and the owners repair that at once.
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Cluster } from '../../emulator/cluster.ts';
+import type { Cluster } from '../../emulator/cluster.ts';
 import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
-import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
+import type { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
 import { Phase } from '../../emulator/proto.ts';
-import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient } from '../helpers/grpc-client.ts';
-import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { busiest as busiestOf, owners as ownersOf, samplePhases as sample } from '../helpers/drain-checks.ts';
+import { busiest as busiestOf, owners as ownersOf, samplePhases as sample, startDrainEnv, type DrainEnv } from '../helpers/drain-checks.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
-let db: TestDatabase;
+let env: DrainEnv;
 let store: Gen2Store;
 let cluster: Cluster;
-let fleet: SupervisorFleet;
-const ids: string[] = [];
+let ids: string[];
 
 const owners = (): Promise<Map<string, string>> => ownersOf(store);
 const busiest = (): ReturnType<typeof busiestOf> => busiestOf(store, cluster, ids);
 const samplePhases = (moving: string[], until?: () => boolean): ReturnType<typeof sample> => sample(store, ids, moving, until);
 
 beforeAll(async () => {
-  db = await createTestDatabase('drain');
-  store = new Gen2Store(db.url, { poolSize: 3 });
-  await store.migrate();
-  cluster = await Cluster.start({
-    replicas: 3,
-    databaseUrl: db.url,
-    protocol: '2026-08',
-    readinessProbeMs: 200,
-    logLevel: 'info',
-    // An 8 s grace: sessions move within its first half (--drain-shed-share 0.5).
-    sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('drain'), extraArgs: ['--shutdown-grace-ms', '8000', '--rebalance', 'off'] },
-  });
-  for (let i = 0; i < 12; i++) ids.push((await store.createSandbox({ name: `drain-${i}` })).id);
-  fleet = await startSupervisorFleet({ endpoint: cluster.endpoint, sandboxIds: ids, protocol: '2026-08', jwtKeyDir: cluster.jwtKeyDir });
-  await fleet.waitAllConnected(30_000);
-  for (const id of ids) await waitUntil(`${id} Ready`, async () => (await store.getSandbox(id))?.phase, (p) => p === Phase.READY, { timeoutMs: 15_000 });
+  // An 8 s grace: sessions move within its first half (--drain-shed-share 0.5).
+  env = await startDrainEnv('drain', 12, ['--shutdown-grace-ms', '8000', '--rebalance', 'off']);
+  ({ store, cluster, ids } = env);
 }, 90_000);
 
-afterAll(async () => {
-  await fleet?.stop();
-  await cluster?.close();
-  await store?.close();
-  await db?.drop();
-});
+afterAll(() => env?.close());
 
 it('SIGTERM drains a replica: its sessions move, it exits, and no SSH or exec through the Service fails', async () => {
   const { victim, moving } = await busiest();
