@@ -142,7 +142,7 @@ export class SessionPool {
       if (this.closed) throw new OhsError('OHS_ERR_UPSTREAM', 'session pool closed');
       const list = this.origins.get(origin) ?? [];
       this.retireSpent(origin, list);
-      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active + e.reserved < streamLimit(e.session));
+      const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active + reserved(e) < streamLimit(e.session));
       if (ready?.session) {
         reserve(ready);
         return ready.session;
@@ -162,7 +162,7 @@ export class SessionPool {
   }
 
   private open(origin: string): PoolEntry {
-    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, reserved: 0, reservations: [], resets: 0, resetsAt: Date.now() };
+    const entry: PoolEntry = { connecting: connectSession(origin, this.opts), session: undefined, active: 0, reservations: [], resets: 0, resetsAt: Date.now() };
     const list = this.origins.get(origin) ?? [];
     list.push(entry);
     this.origins.set(origin, list);
@@ -241,11 +241,11 @@ interface PoolEntry {
   /** Streams open on the session, counted as they are requested and closed. */
   active: number;
   /**
-   * Streams promised by get() and not requested yet: callers waiting on one connect all resume
-   * before any of them sends, and would otherwise all see the same room.
+   * Streams promised by get() and not requested yet, as the times the promises lapse: callers
+   * waiting on one connect all resume before any of them sends, and would otherwise all see the
+   * same room.
    */
-  reserved: number;
-  reservations: NodeJS.Timeout[];
+  reservations: number[];
   /** Reset streams carried, decayed at the budget's refill rate as of `resetsAt` (ms). */
   resets: number;
   resetsAt: number;
@@ -260,17 +260,16 @@ function decayResets(e: PoolEntry, budget: ResetBudget): void {
 /** How long get()'s promise of a stream holds if its caller never sends one. */
 const RESERVATION_MS = 1_000;
 
-/** A stream promised to a get() caller: taken by its request(), or given back after RESERVATION_MS. */
+/** A stream promised to a get() caller: taken by its request(), or lapsed after RESERVATION_MS. */
 function reserve(e: PoolEntry): void {
-  e.reserved++;
-  const timer = setTimeout(() => {
-    const i = e.reservations.indexOf(timer);
-    if (i < 0) return;
-    e.reservations.splice(i, 1);
-    e.reserved--;
-  }, RESERVATION_MS);
-  timer.unref();
-  e.reservations.push(timer);
+  e.reservations.push(Date.now() + RESERVATION_MS);
+}
+
+/** Promises still standing (lapsed ones are dropped here; they are in the order they were made). */
+function reserved(e: PoolEntry): number {
+  const now = Date.now();
+  while (e.reservations.length > 0 && e.reservations[0]! <= now) e.reservations.shift();
+  return e.reservations.length;
 }
 
 /** Assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2 recommends at least 100). */
@@ -290,11 +289,7 @@ function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budge
     const stream = request(headers, options);
     entry.active++;
     // The oldest promise of a stream on this connection is kept now.
-    const kept = entry.reservations.shift();
-    if (kept) {
-      clearTimeout(kept);
-      entry.reserved--;
-    }
+    entry.reservations.shift();
     stream.once('close', () => {
       entry.active--;
       // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
