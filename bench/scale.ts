@@ -106,6 +106,31 @@ interface Window {
   lagMaxMs: number;
 }
 
+/** The sidecar's own request and forward counters (`ohs_requests_total`, `ohs_forwards_total`), by label set. */
+function requestCounters(adminPort: number): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => {
+        const out = new Map<string, number>();
+        for (const m of body.matchAll(/^(ohs_(?:requests|forwards)_total\{[^}]*\}) ([0-9.eE+-]+)$/gm)) out.set(m[1]!, Number(m[2]));
+        resolve(out);
+      });
+    });
+    req.on('error', reject);
+    req.on('timeout', () => req.destroy(new Error('metrics timed out')));
+  });
+}
+
+/** What the counters grew by between two readings (non-zero only). */
+function counterGrowth(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of after) if (v - (before.get(k) ?? 0) > 0) out[k] = v - (before.get(k) ?? 0);
+  return out;
+}
+
 /** Samples a process over `ms`: RSS at the end (and the peak), CPU share of one core, event-loop lag over the window. */
 async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>): Promise<Window & { rssPeakMb: number }> {
   const pid = sc.proc.child.pid as number;
@@ -167,11 +192,24 @@ async function openAndPing(conns: ClientConns, ep: Endpoint): Promise<{ ms: numb
   const t0 = process.hrtime.bigint();
   const ping = PING_BYTES.grpc;
   const ch = openForward(await conns.get(), ep, 'echo', ping);
+  const s = ch.out as http2.ClientHttp2Stream;
+  let answered = false;
+  let grpcStatus: string | undefined;
+  s.once('response', (h) => {
+    answered = true;
+    if (h['grpc-status'] !== undefined) grpcStatus = `${String(h['grpc-status'])} ${decodeURIComponent(String(h['grpc-message'] ?? ''))}`;
+  });
+  // An answer that ends before the echo (a refusal) fails the stream at once, with its status.
+  const ended = new Promise<never>((_, reject) => s.once('end', () => reject(new Error(`ended before the echo: grpc-status ${grpcStatus ?? 'none'}`))));
+  ended.catch(() => undefined);
   try {
-    await ch.counter.until(ping.length, STEP_TIMEOUT_MS);
+    await Promise.race([ch.counter.until(ping.length, STEP_TIMEOUT_MS), ended]);
   } catch (err) {
+    // Where it stopped: never sent (no stream id: the client connection's stream limit), sent but
+    // unanswered, or answered without the echo.
+    const where = s.pending ? 'never sent' : answered ? 'answered' : `sent as stream ${s.id}, no answer`;
     await ch.close();
-    throw err;
+    throw new Error(`${(err as Error).message} (${where})`);
   }
   return { ms: Number(process.hrtime.bigint() - t0) / 1e6, ch };
 }
@@ -369,6 +407,7 @@ async function main(): Promise<void> {
   const ingressPid = ingress.proc.child.pid as number;
   const ingressCpu0 = procStat(ingressPid).cpuSeconds;
   const clientCpu0 = process.cpuUsage();
+  const countersBefore = await Promise.all([requestCounters(owner.adminPort), requestCounters(ingress.adminPort)]);
   const susT0 = Date.now();
   const run = sustained(sustainedConns, ingressEps);
   const during = await observe(owner, SECONDS * 1000, run);
@@ -382,6 +421,12 @@ async function main(): Promise<void> {
       `${sus.firstError ? ` (first: ${sus.firstError})` : ''}; p50 ${sus.p50Ms} ms p99 ${sus.p99Ms} ms max ${sus.maxMs} ms`,
   );
   log(`  loaded sidecar meanwhile: RSS ${during.rssMb} MB (peak ${during.rssPeakMb}), CPU ${during.cpuPercent}%, event-loop lag p99 ${during.lagP99Ms} ms max ${during.lagMaxMs} ms`);
+  const countersAfter = await Promise.all([requestCounters(owner.adminPort), requestCounters(ingress.adminPort)]);
+  const sustainedCounters = { owner: counterGrowth(countersBefore[0], countersAfter[0]), ingress: counterGrowth(countersBefore[1], countersAfter[1]) };
+  await sleep(1_200); // the fake gateway prints its counts every second
+  const gwCountsAfter = gw.output.filter((l) => l.includes('"counts"')).at(-1);
+  log(`  fake gateway afterwards: ${gwCountsAfter ?? 'no counts'}`);
+  for (const [who, c] of Object.entries(sustainedCounters)) log(`  ${who} counters during it: ${Object.entries(c).map(([k, v]) => `${k} +${v}`).join(', ')}`);
   log(`  ingress sidecar CPU ${ingressCpuPercent}%, bench client CPU ${clientCpuPercent}%, machine load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 
   const targets = {
@@ -424,11 +469,13 @@ async function main(): Promise<void> {
     idle_streams_open: idle.length,
     idle_stream_errors: idleErrors,
     fake_gateway_counts: gwCounts ? (JSON.parse(gwCounts) as unknown) : null,
+    fake_gateway_counts_after_sustained: gwCountsAfter ? (JSON.parse(gwCountsAfter) as unknown) : null,
     steady,
     routing_probe_local: probeLocal,
     routing_probe_forwarded: probeFwd,
     sustained: sus,
     sustained_loaded_sidecar: during,
+    sustained_sidecar_counters: sustainedCounters,
     sustained_ingress_cpu_percent: ingressCpuPercent,
     sustained_client_cpu_percent: clientCpuPercent,
     load_average_at_end: os.loadavg().map(round2),

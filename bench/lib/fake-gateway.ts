@@ -31,7 +31,7 @@ export interface FakeGateway {
   /** Every port it listens on (`extraPorts` more than the first), all served alike. */
   ports: number[];
   /** Open connections and streams, for the scale bench. */
-  counts(): { sockets: number; streams: number; supervisors: number };
+  counts(): { sockets: number; streams: number; supervisors: number } & ForwardTally;
   close(): Promise<void>;
 }
 
@@ -127,7 +127,7 @@ export async function startFakeGateway(opts: { host?: string; port?: number; ext
   return {
     port: ports[0] as number,
     ports,
-    counts: () => ({ sockets: sockets.size, streams, supervisors }),
+    counts: () => ({ sockets: sockets.size, streams, supervisors, ...tally }),
     close: async () => {
       const closed = servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
       for (const s of sockets) s.destroy();
@@ -163,6 +163,14 @@ function serveTunnel(socket: net.Socket, mode: BenchMode, rest: Buffer): void {
   socket.resume();
 }
 
+/** How closed `ForwardTcp` streams ended, by what reached the gateway: a lost byte on the way shows here. */
+interface ForwardTally {
+  forwardsClosedBeforeInit: number;
+  forwardsClosedWithoutPayload: number;
+  forwardsClosedWithPayload: number;
+}
+const tally: ForwardTally = { forwardsClosedBeforeInit: 0, forwardsClosedWithoutPayload: 0, forwardsClosedWithPayload: 0 };
+
 function serveForward(stream: http2.ServerHttp2Stream, mode: BenchMode): void {
   stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
   stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
@@ -191,6 +199,12 @@ function serveForward(stream: http2.ServerHttp2Stream, mode: BenchMode): void {
     sourcing = true;
     writeBounded(stream, GRPC_BULK_CHUNK, mode.bytes, () => stream.end());
   };
+  let payloadBytes = 0;
+  stream.once('close', () => {
+    if (skip !== 0) tally.forwardsClosedBeforeInit++;
+    else if (payloadBytes === 0) tally.forwardsClosedWithoutPayload++;
+    else tally.forwardsClosedWithPayload++;
+  });
   stream.on('data', (chunk: Buffer) => {
     if (skip < 0) {
       header = header.length === 0 ? chunk : Buffer.concat([header, chunk]);
@@ -204,7 +218,10 @@ function serveForward(stream: http2.ServerHttp2Stream, mode: BenchMode): void {
       chunk = chunk.subarray(n);
       if (skip === 0) startSource();
     }
-    if (chunk.length > 0) payload(chunk);
+    if (chunk.length > 0) {
+      payloadBytes += chunk.length;
+      payload(chunk);
+    }
   });
   stream.on('end', () => {
     if (mode.kind !== 'source' && !stream.writableEnded) stream.end();

@@ -5,7 +5,7 @@ import { lazyChild } from '../log/logger.ts';
 import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import { handlePeerInspect, isPeerInspect } from '../admin/peer-inspect.ts';
-import { copyRequestHeaders, forwardStream, respondGrpcError } from '../proxy/h2-forward.ts';
+import { copyRequestHeaders, forwardStream, respondGrpcError, type ForwardHandle } from '../proxy/h2-forward.ts';
 import { RELAY_CLASSES, ROUTE_POLICY, type TrafficClass } from '../classify/classify.ts';
 import { track } from '../proxy/stream-tracking.ts';
 import { SHADOW_CLASS } from '../readiness/shadows.ts';
@@ -166,6 +166,7 @@ function handleAuthenticatedPeerStream(ctx: ProxyContext, baseLog: Logger, strea
 }
 
 const CLAIM_WAIT_MS = 2_000;
+const { NGHTTP2_REFUSED_STREAM: REFUSED_STREAM } = http2.constants;
 
 function waitBounded(p: Promise<void>, ms: number): Promise<void> {
   return new Promise((resolve) => {
@@ -199,44 +200,69 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   const answered = RELAY_CLASSES.has(cls as TrafficClass) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
   // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
   const gate = ctx.localSessions.acceptedSettled(sandboxId);
-  (gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin)).then(
-    (session) => {
-      if (stream.destroyed) return answered();
-      if (ctx.localSessions.isShedding(sandboxId) || ctx.localSessions.epoch(sandboxId) !== epoch) {
-        // The session began leaving (a shed) or was replaced while we waited: nothing reached the
-        // gateway, so the sender holds the request for the next owner.
+  const upHeaders = tracingEnabled() ? { ...copyRequestHeaders(headers), ...activeTraceHeaders() } : copyRequestHeaders(headers);
+  // Sent again on another connection, once, when the gateway took nothing of it: a pooled connection
+  // that began closing between get() and request(), or a stream refused unprocessed (REFUSED_STREAM:
+  // past the last stream id of a GOAWAY the gateway sent on shutdown). The sender cannot tell such a
+  // refusal from a failure, so it is replayed here rather than answered UNAVAILABLE.
+  const send = (prefix: Buffer | undefined, retries: number): void => {
+    (gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin)).then(
+      (session) => {
+        if (stream.destroyed) return answered();
+        if (ctx.localSessions.isShedding(sandboxId) || ctx.localSessions.epoch(sandboxId) !== epoch) {
+          // The session began leaving (a shed) or was replaced while we waited: nothing reached the
+          // gateway, so the sender holds the request for the next owner.
+          answered();
+          ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'not_owner' });
+          log.info('session being shed while the stream waited; answered not owner');
+          refuse(stream, NOT_OWNER_STATUS, 'not-owner', { [PEER_NOT_OWNER]: '1', [PEER_OWNER_HINT]: 'none' });
+          return;
+        }
+        // Counted like the ingress' own streams: a drain lets them finish.
+        const done = track(ctx, cls as TrafficClass, 'local');
+        const again = (bytes: Buffer | undefined, why: string): void => {
+          log.info({ why }, 'the gateway took nothing of the peer stream; sending it again on another connection');
+          send(bytes, retries - 1);
+        };
+        let handle: ForwardHandle;
+        try {
+          handle = forwardStream(stream, session, upHeaders, {
+            ...(prefix ? { prefix } : {}),
+            onResponse: () => {
+              answered();
+              return true;
+            },
+            onUpstreamError: (err) => {
+              const replay = retries > 0 && handle.upstream.rstCode === REFUSED_STREAM ? handle.abandon() : null;
+              if (replay) {
+                done('refused');
+                again(replay.bytes, 'refused stream');
+                return;
+              }
+              answered();
+              respondGrpcError(stream, 14, `upstream failed: ${err.message}`);
+            },
+            onDone: ({ reset, grpcStatus }) => {
+              answered();
+              done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+            },
+          });
+        } catch (err) {
+          done('OHS_ERR_UPSTREAM');
+          if (retries > 0) return again(prefix, `connection closing: ${(err as Error).message}`);
+          answered();
+          log.info({ err: (err as Error).message }, 'local gateway session closing');
+          respondGrpcError(stream, 14, 'owner gateway unavailable');
+        }
+      },
+      (err: unknown) => {
         answered();
-        ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'not_owner' });
-        log.info('session being shed while the stream waited; answered not owner');
-        refuse(stream, NOT_OWNER_STATUS, 'not-owner', { [PEER_NOT_OWNER]: '1', [PEER_OWNER_HINT]: 'none' });
-        return;
-      }
-      // Counted like the ingress' own streams: a drain lets them finish.
-      const done = track(ctx, cls as TrafficClass, 'local');
-      try {
-        forwardStream(stream, session, tracingEnabled() ? { ...copyRequestHeaders(headers), ...activeTraceHeaders() } : copyRequestHeaders(headers), {
-          onResponse: () => {
-            answered();
-            return true;
-          },
-          onDone: ({ reset, grpcStatus }) => {
-            answered();
-            done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
-          },
-        });
-      } catch (err) {
-        answered();
-        done('OHS_ERR_UPSTREAM');
-        log.info({ err: (err as Error).message }, 'local gateway session closing');
+        log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');
         respondGrpcError(stream, 14, 'owner gateway unavailable');
-      }
-    },
-    (err: unknown) => {
-      answered();
-      log.warn({ err: (err as Error).message }, 'local gateway unreachable for peer stream');
-      respondGrpcError(stream, 14, 'owner gateway unavailable');
-    },
-  );
+      },
+    );
+  };
+  send(undefined, 1);
 }
 
 /** A forwarded tunnel: 200 first (we are the owner), then raw bytes to the local gateway. */

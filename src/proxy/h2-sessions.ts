@@ -191,8 +191,11 @@ export class SessionPool {
       if (e.resets + e.active + 1 <= budget.burst) continue;
       this.remove(origin, e);
       budget.onRetire?.(origin, Math.round(e.resets), e.active);
-      // Graceful: streams still open finish; nothing new starts on it.
-      e.session.close();
+      // Nothing new starts on it, and it closes once its last stream ended. Closing now would send
+      // our GOAWAY ahead of HEADERS still queued for streams opened this very turn (nghttp2 sends
+      // GOAWAY first), and those streams would be refused (REFUSED_STREAM) instead of served.
+      e.retired = true;
+      if (e.active === 0) e.session.close();
     }
   }
 
@@ -249,6 +252,8 @@ interface PoolEntry {
   /** Reset streams carried, decayed at the budget's refill rate as of `resetsAt` (ms). */
   resets: number;
   resetsAt: number;
+  /** Out of rotation (its reset budget spent): closed once `active` is back to 0. */
+  retired?: boolean;
 }
 
 function decayResets(e: PoolEntry, budget: ResetBudget): void {
@@ -292,6 +297,7 @@ function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budge
     entry.reservations.shift();
     stream.once('close', () => {
       entry.active--;
+      if (entry.retired && entry.active === 0 && !session.closed) session.close();
       // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
       // them apart is not worth a budget that runs out a little early.
       if (budget && stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
