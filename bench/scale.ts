@@ -15,7 +15,8 @@
 // SCALE_IDLE_CONNS (100), SCALE_PROBES (2000), SCALE_RATE (1000), SCALE_SECONDS (30),
 // SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
 // loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
-// (flags for the sidecars' node, e.g. '--max-old-space-size=256').
+// (flags for the sidecars' node, e.g. '--max-old-space-size=256'), SCALE_OUTPUT_DIR (each sidecar's
+// whole output, e.g. with SCALE_SIDECAR_NODE_ARGS='--trace-gc', written there as <name>.log).
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -446,6 +447,10 @@ async function main(): Promise<void> {
     const lines = sc.proc.output.filter((l) => /"level":"(warn|error|fatal)"/.test(l));
     complaints[sc.name] = lines.slice(-10);
     for (const l of lines.slice(-5)) console.log(`  [${sc.name}] ${l.slice(0, 300)}`);
+  }
+  if (process.env.SCALE_OUTPUT_DIR) {
+    for (const sc of [owner, ingress]) writeFileSync(join(process.env.SCALE_OUTPUT_DIR, `${sc.name}.log`), `${sc.proc.output.join('\n')}\n`);
+    log(`sidecar output written to ${process.env.SCALE_OUTPUT_DIR}`);
   }
   const out = {
     _meta: {

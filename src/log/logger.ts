@@ -70,6 +70,24 @@ interface LazyState {
 const materialize = (state: LazyState): Logger => (state.real ??= state.parent.child(state.bindings));
 const LAZY_STATE = Symbol('lazy logger state');
 
+/**
+ * A line through a lazy child that was never made: the parent writes it with the child's bindings
+ * merged into the line's object, which prints what the child would have printed. No child is kept,
+ * so a session that logs once (a supervisor's claim) holds no pino child for its whole life.
+ */
+function writeMerged(state: LazyState, level: string, args: unknown[]): void {
+  const write = (state.parent as unknown as Record<string, (...a: unknown[]) => void>)[level] as (...a: unknown[]) => void;
+  const [first, ...rest] = args;
+  if (first instanceof Error) {
+    // pino takes the message from an error logged alone.
+    write.call(state.parent, { ...state.bindings, err: first }, ...(rest.length > 0 ? rest : [first.message]));
+  } else if (first !== null && typeof first === 'object') {
+    write.call(state.parent, { ...state.bindings, ...(first as Bindings) }, ...rest);
+  } else {
+    write.call(state.parent, state.bindings, ...args);
+  }
+}
+
 /** One handler for every lazy child: per request there is only the state object and the proxy. */
 const LAZY_HANDLER: ProxyHandler<LazyState> = {
   get(state, prop) {
@@ -84,7 +102,10 @@ const LAZY_HANDLER: ProxyHandler<LazyState> = {
         return (more: Bindings, options?: object): Logger =>
           options === undefined ? lazyChild(state.parent, { ...state.bindings, ...more }) : materialize(state).child(more, options);
       }
-      if (typeof prop === 'string' && LEVEL_METHODS.has(prop) && !state.parent.isLevelEnabled(prop)) return noop;
+      if (typeof prop === 'string' && LEVEL_METHODS.has(prop)) {
+        if (!state.parent.isLevelEnabled(prop)) return noop;
+        return (...args: unknown[]): void => writeMerged(state, prop, args);
+      }
     }
     const logger = materialize(state);
     const value: unknown = Reflect.get(logger, prop, logger);
@@ -96,10 +117,11 @@ const LAZY_HANDLER: ProxyHandler<LazyState> = {
 };
 
 /**
- * `parent.child(bindings)`, created only when something is actually logged through it. pino
- * serializes a child's bindings (and sets up redaction) when the child is made, which per request
- * or per stream is work on the hot path at info level, where most requests log nothing at all.
- * Calls at a level that is off cost nothing; children of a lazy child stay lazy.
+ * `parent.child(bindings)` without the child: pino serializes a child's bindings (and sets up
+ * redaction) when the child is made, work on the hot path per request or per stream, and a child
+ * kept for a long-lived stream is memory held for its whole life. Lines go through the parent with
+ * the bindings merged in; calls at a level that is off cost nothing; children of a lazy child stay
+ * lazy. A real child is made only for what lines do not need (another level, `bindings()`).
  */
 export function lazyChild(parent: Logger, bindings: Bindings): Logger {
   const outer = (parent as unknown as { [LAZY_STATE]?: LazyState })[LAZY_STATE];

@@ -21,7 +21,7 @@ import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnec
 import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, tracingEnabled, withSpan } from '../tracing/tracing.ts';
 
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-  stream.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream stream error'));
+  stream.on('error', (conn.onStreamError ??= (err: Error) => conn.log.debug({ err: err.message }, 'downstream stream error')));
   const path = String(headers[':path'] ?? '');
   const upHeaders = copyRequestHeaders(headers);
   if (!isGrpcContentType(headers['content-type'] as string | undefined)) {
@@ -164,14 +164,7 @@ function readFirstMessage(
   onComplete: (message: Buffer, frameBytes: Buffer) => void,
 ): void {
   const buf = new FirstMessageBuffer(ctx.config.maxFirstMessageBytes);
-  // Buffered bytes count against the connection's and the replica's budgets until the stream ends
-  // (the first message stays held for a replay until the upstream answers).
-  let held = 0;
-  stream.once('close', () => {
-    conn.buffer?.give(held);
-    ctx.bufferBudget.give(held);
-    held = 0;
-  });
+  const held = holdUntilClose(ctx, conn, stream);
   let done = false;
   const finish = (): void => {
     done = true;
@@ -199,7 +192,7 @@ function readFirstMessage(
       respondGrpcError(stream, 8, `too many bytes buffered for unrouted requests on ${scope}; retry later`);
       return;
     }
-    held += chunk.length;
+    held.bytes += chunk.length;
     const r = buf.push(chunk);
     if (r.state === 'need-more') return;
     finish();
@@ -222,6 +215,21 @@ function readFirstMessage(
   stream.on('data', onData);
   stream.on('end', onEnd);
   stream.on('close', onClose);
+}
+
+/**
+ * Buffered first-message bytes count against the connection's and the replica's budgets until the
+ * stream ends (the first message stays held for a replay until the upstream answers). Its own
+ * scope: the close listener lives as long as the stream and must not keep the reader's state.
+ */
+function holdUntilClose(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream): { bytes: number } {
+  const held = { bytes: 0 };
+  stream.once('close', () => {
+    conn.buffer?.give(held.bytes);
+    ctx.bufferBudget.give(held.bytes);
+    held.bytes = 0;
+  });
+  return held;
 }
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };

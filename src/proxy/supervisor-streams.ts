@@ -22,6 +22,11 @@ export interface DownstreamConnection {
   id: string;
   log: Logger;
   session: http2.ServerHttp2Session;
+  /**
+   * The 'error' listener of every stream on this connection (made once per connection: a closure
+   * per stream would keep that stream's routing state alive as long as the stream).
+   */
+  onStreamError?: (err: Error) => void;
   /** First-message bytes this connection may have buffered at once (config connectionBufferBytes). */
   buffer?: ByteBudget;
   /**

@@ -72,7 +72,7 @@ describe('lazyChild', () => {
     expect(lines[1]).toMatchObject({ listener: 'public', conn: 7, class: 'ssh-tunnel', sandbox: 's1', level: 'warn', msg: 'two' });
   });
 
-  it('makes no pino child until a line at an enabled level is written', () => {
+  it('makes no pino child, even for lines written: the parent writes them with the bindings merged', () => {
     const { logger, lines } = capture('info');
     let made = 0;
     const child = logger.child.bind(logger);
@@ -85,8 +85,15 @@ describe('lazyChild', () => {
     lazyChild(lazy, { sandbox: 's' }).trace('nor this');
     expect(made).toBe(0);
     lazy.error(new OhsError('OHS_ERR_INTERNAL', 'boom'), 'failed');
+    lazyChild(lazy, { sandbox: 's' }).warn(new Error('alone'));
+    lazy.info('plain %s', 'formatted');
+    expect(made).toBe(0);
+    expect(lines[0]).toMatchObject({ conn: 1, level: 'error', msg: 'failed', err: { message: 'boom' } });
+    expect(lines[1]).toMatchObject({ conn: 1, sandbox: 's', level: 'warn', msg: 'alone', err: { message: 'alone' } });
+    expect(lines[2]).toMatchObject({ conn: 1, level: 'info', msg: 'plain formatted' });
+    // Anything beyond lines (here a level of its own) makes the real child.
+    lazy.level = 'debug';
     expect(made).toBe(1);
-    expect(lines[0]).toMatchObject({ conn: 1, level: 'error', msg: 'failed' });
   });
 
   it('redacts tokens as every logger does', () => {
