@@ -1,5 +1,4 @@
 // openshell-ha-sidecar CLI: runs the sidecar. The local dev cluster lives with the emulators (emulator/main.ts).
-import { setFlagsFromString } from 'node:v8';
 import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
@@ -17,9 +16,6 @@ async function runSidecar(argv: string[]): Promise<void> {
     console.error(`openshell-ha-sidecar: ${isOhsError(err) ? err.message : String(err)}`);
     process.exit(2);
   }
-  // Before the sessions' memory is allocated: with V8's own policy a heap holding 10,000 sessions grew
-  // from ~300 MB live to ~600 MB under load before a full GC (docs/performance.md, scale).
-  if (config.heapGrowthPercent > 0) setFlagsFromString(`--heap-growing-percent=${config.heapGrowthPercent}`);
   const logger = createLogger({ level: config.logLevel, base: { replica: config.replicaId } });
   if (config.mode === 'embedded') {
     logger.warn('no database configured: running in embedded single-replica mode with an in-memory ownership store and local limits');

@@ -70,7 +70,6 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['maxHeldRequests'], '--max-held-requests', 'OHS_MAX_HELD_REQUESTS', 'int'),
   opt(['upstreamResetBudget'], '--upstream-reset-budget', 'OHS_UPSTREAM_RESET_BUDGET', 'int'),
   opt(['upstreamResetRefillPerSecond'], '--upstream-reset-refill-per-second', 'OHS_UPSTREAM_RESET_REFILL_PER_SECOND', 'int'),
-  opt(['heapGrowthPercent'], '--heap-growth-percent', 'OHS_HEAP_GROWTH_PERCENT', 'int'),
   opt(['connectionBufferBytes'], '--connection-buffer-bytes', 'OHS_CONNECTION_BUFFER_BYTES', 'int'),
   opt(['totalBufferBytes'], '--total-buffer-bytes', 'OHS_TOTAL_BUFFER_BYTES', 'int'),
   opt(['hopLimit'], '--hop-limit', 'OHS_HOP_LIMIT', 'int'),
@@ -152,7 +151,6 @@ export const CONFIG_DEFAULTS = {
   // (and a peer sidecar) applies per connection before it answers GOAWAY to every stream on it.
   upstreamResetBudget: 500,
   upstreamResetRefillPerSecond: 10,
-  heapGrowthPercent: 20,
   // 128 maximum-size first messages per connection; 4,096 across the replica.
   connectionBufferBytes: 8 * 1_048_576,
   totalBufferBytes: 256 * 1_048_576,

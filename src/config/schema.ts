@@ -153,7 +153,6 @@ const scalarShape = {
   upstreamResetBudget: int(0, 1_000_000),
   /** How fast that budget refills, per second. */
   upstreamResetRefillPerSecond: int(0, 100_000),
-  heapGrowthPercent: int(0, 1_000),
   /** First-message bytes one client connection may have buffered at once (streams beyond it are refused). */
   connectionBufferBytes: int(65_536, 2 ** 31 - 1),
   /** First-message bytes all client connections together may have buffered at once. */
@@ -329,11 +328,6 @@ export interface SidecarConfig {
   readonly maxHeldRequests: number;
   readonly upstreamResetBudget: number;
   readonly upstreamResetRefillPerSecond: number;
-  /**
-   * How far V8 lets the heap grow past what the last full GC kept alive, in percent (V8's
-   * --heap-growing-percent); 0 leaves V8's own policy, which lets a large heap double under load.
-   */
-  readonly heapGrowthPercent: number;
   readonly connectionBufferBytes: number;
   readonly totalBufferBytes: number;
   readonly hopLimit: number;

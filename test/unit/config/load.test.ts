@@ -145,13 +145,6 @@ describe('flags', () => {
     expect(err.message).toContain('hopLimit (--hop-limit / OHS_HOP_LIMIT)');
   });
 
-  it('takes the heap growth from flag or env (20 % by default, 0 = V8 decides), within 0-1000', () => {
-    expect(load().heapGrowthPercent).toBe(20);
-    expect(load({ env: { OHS_HEAP_GROWTH_PERCENT: '0' } }).heapGrowthPercent).toBe(0);
-    expect(load({ argv: ['--heap-growth-percent', '50'] }).heapGrowthPercent).toBe(50);
-    expect(configError(() => load({ argv: ['--heap-growth-percent', '1001'] })).message).toContain('heapGrowthPercent (--heap-growth-percent / OHS_HEAP_GROWTH_PERCENT)');
-  });
-
   it('refuses malformed addresses and URLs', () => {
     expect(configError(() => load({ argv: ['--listen', '8080'] })).message).toContain('listen');
     expect(configError(() => load({ argv: ['--gateway', 'ftp://x'] })).message).toContain('gatewayUrl');
