@@ -20,7 +20,9 @@ import { PHASE_READY, sandboxPayloadPhase, sandboxSignature, statusEventFrame, s
 import type { ProxyContext } from './context.ts';
 import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
 
-const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
+/** A watch refused unprocessed is sent again at most this many times. */
+const MAX_REFUSED_REPLAYS = 2;
 
 /** The gateway's own decode limit (reference §1.1) bounds every message we hold. */
 const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -74,6 +76,7 @@ export function followOwner(
   let finished = false;
   let trailers: http2.OutgoingHttpHeaders | undefined;
   let moves = 0;
+  let refusedReplays = 0;
   const started = process.hrtime.bigint();
   ctx.metrics.activeStreams.inc({ class: cls, target: 'follow' });
 
@@ -325,6 +328,15 @@ export function followOwner(
     }
     if (leg !== current) return;
     const code = leg.up.rstCode ?? 0;
+    if (!responded && replay && code === NGHTTP2_REFUSED_STREAM && refusedReplays < MAX_REFUSED_REPLAYS) {
+      // Refused unprocessed (past the last stream id of the gateway's GOAWAY, or over its stream
+      // limit): nothing was watched yet and the whole request is kept, so it goes again.
+      refusedReplays++;
+      current = undefined;
+      log.info({ target: describe(leg.target) }, 'watch refused before it was processed; sending it again');
+      void retarget(leg.target);
+      return;
+    }
     if (!responded) {
       fail(14, code !== 0 && code !== NGHTTP2_NO_ERROR ? 'upstream stream reset' : 'upstream closed without an answer');
       return;
