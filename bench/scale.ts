@@ -70,29 +70,34 @@ function procStat(pid: number): { rssBytes: number; cpuSeconds: number } {
 /** prom-client samples the loop with a 10 ms timer; its gauges include that interval, which is taken off. */
 const LAG_RESOLUTION_MS = 10;
 
-/** prom-client's event-loop lag gauges from the admin port, less the sampling interval; reading them resets the histogram. */
-function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number; heapUsedMb: number; heapTotalMb: number; externalMb: number }> {
+/** The sidecar's Prometheus text from its admin port. */
+function adminMetrics(adminPort: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
-      res.on('end', () => {
-        const gauge = (name: string): number => Math.max(0, Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) * 1000 - LAG_RESOLUTION_MS);
-        const mb = (name: string): number => round1(Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN) / 1048576);
-        resolve({
-          p50Ms: gauge('nodejs_eventloop_lag_p50_seconds'),
-          p99Ms: gauge('nodejs_eventloop_lag_p99_seconds'),
-          maxMs: gauge('nodejs_eventloop_lag_max_seconds'),
-          heapUsedMb: mb('nodejs_heap_size_used_bytes'),
-          heapTotalMb: mb('nodejs_heap_size_total_bytes'),
-          externalMb: mb('nodejs_external_memory_bytes'),
-        });
-      });
+      res.on('end', () => resolve(body));
     });
     req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
     req.on('error', reject);
   });
+}
+
+/** prom-client's event-loop lag gauges from the admin port, less the sampling interval; reading them resets the histogram. */
+async function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number; heapUsedMb: number; heapTotalMb: number; externalMb: number }> {
+  const body = await adminMetrics(adminPort);
+  const value = (name: string): number => Number(new RegExp(`^${name} ([0-9.eE+-]+)`, 'm').exec(body)?.[1] ?? NaN);
+  const gauge = (name: string): number => Math.max(0, value(name) * 1000 - LAG_RESOLUTION_MS);
+  const mb = (name: string): number => round1(value(name) / 1048576);
+  return {
+    p50Ms: gauge('nodejs_eventloop_lag_p50_seconds'),
+    p99Ms: gauge('nodejs_eventloop_lag_p99_seconds'),
+    maxMs: gauge('nodejs_eventloop_lag_max_seconds'),
+    heapUsedMb: mb('nodejs_heap_size_used_bytes'),
+    heapTotalMb: mb('nodejs_heap_size_total_bytes'),
+    externalMb: mb('nodejs_external_memory_bytes'),
+  };
 }
 
 interface Window {
@@ -108,21 +113,10 @@ interface Window {
 }
 
 /** The sidecar's own request and forward counters (`ohs_requests_total`, `ohs_forwards_total`), by label set. */
-function requestCounters(adminPort: number): Promise<Map<string, number>> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => {
-        const out = new Map<string, number>();
-        for (const m of body.matchAll(/^(ohs_(?:requests|forwards)_total\{[^}]*\}) ([0-9.eE+-]+)$/gm)) out.set(m[1]!, Number(m[2]));
-        resolve(out);
-      });
-    });
-    req.on('error', reject);
-    req.on('timeout', () => req.destroy(new Error('metrics timed out')));
-  });
+async function requestCounters(adminPort: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const m of (await adminMetrics(adminPort)).matchAll(/^(ohs_(?:requests|forwards)_total\{[^}]*\}) ([0-9.eE+-]+)$/gm)) out.set(m[1]!, Number(m[2]));
+  return out;
 }
 
 /** What the counters grew by between two readings (non-zero only). */
