@@ -1,10 +1,13 @@
 // One sidecar at scale (issue 13 item 3): it holds SCALE_SUPERVISORS supervisor sessions
 // (ConnectSupervisor streams, SCALE_SUPERVISOR_CONNS HTTP/2 connections) and SCALE_IDLE idle
 // ForwardTcp streams (SCALE_IDLE_CONNS connections), all owned locally, in front of the minimal fake
-// gateway (bench/lib/fake-gateway.ts). Then, with all of that held:
+// gateway (bench/lib/fake-gateway.ts). First, alone, Node's own floor for that shape: a bare process
+// holding as many server + client stream pairs on as many connection pairs (bench/lib/h2-floor-main.ts),
+// the baseline the sidecar's memory is read against. Then, with all of that held:
 //   1. steady state: RSS, CPU and event-loop lag of the loaded sidecar over SCALE_STEADY_S seconds;
-//   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), on the
-//      loaded sidecar (owner local) and through a second sidecar (forwarded): p50/p99/max;
+//   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), straight
+//      to the fake gateway (the baseline: this machine's own tail), on the loaded sidecar (owner local)
+//      and through a second sidecar (forwarded): p50/p99/max;
 //   3. sustained: SCALE_RATE new forwarded streams per second for SCALE_SECONDS seconds through the
 //      second sidecar to the loaded one, each opened, pinged and closed; errors, achieved rate,
 //      latency, and the loaded sidecar's RSS/CPU/lag meanwhile.
@@ -16,7 +19,9 @@
 // SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
 // loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
 // (flags for the sidecars' node, e.g. '--max-old-space-size=256'), SCALE_OUTPUT_DIR (each sidecar's
-// whole output, e.g. with SCALE_SIDECAR_NODE_ARGS='--trace-gc', written there as <name>.log).
+// whole output, e.g. with SCALE_SIDECAR_NODE_ARGS='--trace-gc', written there as <name>.log),
+// SCALE_RESULTS_NAME (file name under bench/results/, default scale.json).
+import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -24,7 +29,7 @@ import type http2 from 'node:http2';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
+import { repoRoot, startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
 import { GatewayStore } from '../emulator/gateway/store.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { createCleanups } from './lib/cleanup.ts';
@@ -47,7 +52,7 @@ const TOKEN_SANDBOXES = envInt('SCALE_SANDBOXES_WITH_TOKENS', 50);
 const MAX_IN_FLIGHT = 4_000;
 const STEP_TIMEOUT_MS = 10_000;
 const PEER_SECRET = 'bench-peer-secret-0123456789';
-const RESULTS = join(dirname(fileURLToPath(import.meta.url)), 'results', 'scale.json');
+const RESULTS = join(dirname(fileURLToPath(import.meta.url)), 'results', process.env.SCALE_RESULTS_NAME ?? 'scale.json');
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const cleanups = createCleanups();
@@ -295,7 +300,40 @@ async function sustained(conns: ClientConns, endpoints: Endpoint[]): Promise<Pro
   };
 }
 
+interface Floor {
+  held_streams: number;
+  connection_pairs: number;
+  rss_before_mb: number;
+  rss_after_mb: number;
+  heap_used_after_mb: number;
+  rss_per_held_stream_kb: number;
+  heap_per_held_stream_kb: number;
+}
+
+/**
+ * Node's own floor for the same shape (bench/lib/h2-floor-main.ts): a bare process holding the same
+ * number of server + client stream pairs on the same number of connection pairs, nothing of ours in it.
+ */
+function nodeFloor(): Promise<Floor> {
+  const args = ['--expose-gc', '--import', 'tsx', join(repoRoot, 'bench/lib/h2-floor-main.ts')];
+  args.push('--supervisors', String(SUPERVISORS), '--supervisor-conns', String(SUPERVISOR_CONNS), '--idle', String(IDLE), '--idle-conns', String(IDLE_CONNS));
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, args, { timeout: 180_000 }, (err, stdout) => {
+      const line = stdout.split('\n').find((l) => l.includes('"event":"floor"'));
+      if (err || line === undefined) reject(err ?? new Error(`no floor reading in: ${stdout.slice(-500)}`));
+      else resolve(JSON.parse(line) as Floor);
+    });
+  });
+}
+
 async function main(): Promise<void> {
+  // 0. Node's floor first, alone on the machine.
+  const floor = await nodeFloor();
+  log(
+    `node's floor for this shape (bare HTTP/2, ${floor.held_streams} stream pairs on ${floor.connection_pairs} connection pairs): ` +
+      `RSS ${floor.rss_before_mb} -> ${floor.rss_after_mb} MB, ${floor.rss_per_held_stream_kb} KB RSS and ${floor.heap_per_held_stream_kb} KB heap per held session`,
+  );
+
   const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '1', '--counts']);
   cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
   const [ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number];
@@ -378,6 +416,13 @@ async function main(): Promise<void> {
   // 3. Steady state with everything held.
   const steady = await observe(owner, STEADY_S * 1000);
   log(`steady: RSS ${steady.rssMb} MB (peak ${steady.rssPeakMb}; V8 heap ${steady.heapUsedMb} used / ${steady.heapTotalMb} reserved, external ${steady.externalMb}), CPU ${steady.cpuPercent}% of a core, event-loop lag p50 ${steady.lagP50Ms} ms p99 ${steady.lagP99Ms} ms max ${steady.lagMaxMs} ms`);
+  const heldSessions = owned + idle.length;
+  const perSession = {
+    rss_kb: round1(((steady.rssMb - baseline.rssBytes / 1048576) * 1024) / Math.max(1, heldSessions)),
+    node_floor_rss_kb: floor.rss_per_held_stream_kb,
+    steady_rss_over_floor: round2(steady.rssMb / floor.rss_after_mb),
+  };
+  log(`  per held session: ${perSession.rss_kb} KB RSS above the idle sidecar (node's floor ${perSession.node_floor_rss_kb} KB); steady RSS ${perSession.steady_rss_over_floor}x the floor's`);
 
   if (process.env.SCALE_HEAP_SNAPSHOT === '1') {
     // Written by the sidecar into its working directory (Heap.*.heapsnapshot), for a look at what each session costs.
@@ -387,6 +432,11 @@ async function main(): Promise<void> {
   }
 
   // 4. Routing probe: new streams on the loaded sidecar, local and forwarded.
+  // The same probe straight to the fake gateway first: the floor the two below are read against.
+  const probeDirectConns = new ClientConns(ownerGatewayPort, 4);
+  cleanups.push({ what: 'direct probe connections', run: async () => probeDirectConns.close() });
+  const probeDirect = await probe(probeDirectConns, { ...ownerEps[0]!, port: ownerGatewayPort }, PROBES, PROBE_CONCURRENCY);
+  log(`routing probe, direct:      ${probeDirect.n} streams (${probeDirect.errors} errors) p50 ${probeDirect.p50Ms} ms p99 ${probeDirect.p99Ms} ms max ${probeDirect.maxMs} ms`);
   const probeLocalConns = new ClientConns(owner.publicPort, 4);
   const probeFwdConns = new ClientConns(ingress.publicPort, 4);
   cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
@@ -425,9 +475,14 @@ async function main(): Promise<void> {
   log(`  ingress sidecar CPU ${ingressCpuPercent}%, bench client CPU ${clientCpuPercent}%, machine load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 
   const targets = {
-    rss_under_300mb: { value: Math.max(steady.rssPeakMb, during.rssPeakMb), target: '< 300 MB', met: Math.max(steady.rssPeakMb, during.rssPeakMb) < 300 },
-    routing_p99_under_5ms_local: { value: probeLocal.p99Ms, target: '< 5 ms', met: probeLocal.p99Ms < 5 },
-    routing_p99_under_5ms_forwarded: { value: probeFwd.p99Ms, target: '< 5 ms', met: probeFwd.p99Ms < 5 },
+    rss_under_300mb: {
+      value: Math.max(steady.rssPeakMb, during.rssPeakMb),
+      target: '< 300 MB',
+      met: Math.max(steady.rssPeakMb, during.rssPeakMb) < 300,
+      node_floor_mb: floor.rss_after_mb,
+    },
+    routing_p99_under_5ms_local: { value: probeLocal.p99Ms, target: '< 5 ms', met: probeLocal.p99Ms < 5, direct_p99_ms: probeDirect.p99Ms },
+    routing_p99_under_5ms_forwarded: { value: probeFwd.p99Ms, target: '< 5 ms', met: probeFwd.p99Ms < 5, direct_p99_ms: probeDirect.p99Ms },
     sustained_rate_without_errors: {
       value: sus.achievedPerSec,
       target: `${RATE}/s for ${SECONDS} s, 0 errors`,
@@ -470,6 +525,9 @@ async function main(): Promise<void> {
     fake_gateway_counts: gwCounts ? (JSON.parse(gwCounts) as unknown) : null,
     fake_gateway_counts_after_sustained: gwCountsAfter ? (JSON.parse(gwCountsAfter) as unknown) : null,
     steady,
+    node_floor: floor,
+    per_session: perSession,
+    routing_probe_direct: probeDirect,
     routing_probe_local: probeLocal,
     routing_probe_forwarded: probeFwd,
     sustained: sus,
