@@ -1,68 +1,99 @@
-// What Node's HTTP/2 alone costs per proxied stream held open: the floor under bench/scale.ts's
-// memory figures. One process plays client, a minimal proxy (a server stream piped to a client
-// stream on one upstream session, nothing else) and gateway (echo); N streams are opened, answered
-// once, and held. Prints heap and RSS growth per stream after a full GC. Needs --expose-gc:
-//   node --expose-gc --import tsx bench/h2-floor.ts        (env H2_FLOOR_STREAMS, default 5000)
+// Node's own memory floor for what the scale bench makes a sidecar hold, measured in one process with
+// nothing of ours in it. A proxy holds, per held session, a server stream (the client's side) and a
+// client stream (the gateway's side), on a server and a client HTTP/2 session per connection pair.
+// Here both ends of each connection live in this process, so every held stream is exactly that pair:
+// `--supervisors N --supervisor-conns C` held streams on C connection pairs, plus `--idle M --idle-conns D`.
+// Each stream is opened with headers both ways and one small message each way, then left open.
+// Prints one JSON line: RSS and V8 heap before and after (after a full GC), and per held stream.
+// bench/scale.ts runs it first with its own shape; alone (defaults: the scale bench's):
+//   node --expose-gc --import tsx bench/h2-floor.ts [--supervisors 10000 --supervisor-conns 200 --idle 10000 --idle-conns 100]
 import http2 from 'node:http2';
 import type net from 'node:net';
-import { envInt } from './lib/stats.ts';
 
-const N = envInt('H2_FLOOR_STREAMS', 5_000);
-const CLIENT_CONNS = 50;
-const settings: http2.Settings = { maxConcurrentStreams: 1_000_000 };
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+const SUPERVISORS = arg('--supervisors', 10_000);
+const SUPERVISOR_CONNS = arg('--supervisor-conns', 200);
+const IDLE = arg('--idle', 10_000);
+const IDLE_CONNS = arg('--idle-conns', 100);
+const MESSAGE = Buffer.from([0, 0, 0, 0, 16, ...Buffer.alloc(16, 0x61)]);
+
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 200));
+  }
+};
+const memory = (): { rssMb: number; heapUsedMb: number } => {
+  const m = process.memoryUsage();
+  return { rssMb: m.rss / 1048576, heapUsedMb: m.heapUsed / 1048576 };
+};
 
-const listen = (server: http2.Http2Server): Promise<number> =>
-  new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
-const connect = (port: number): Promise<http2.ClientHttp2Session> =>
-  new Promise((resolve, reject) => {
-    const s = http2.connect(`http://127.0.0.1:${port}`, { settings });
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-
-const gateway = http2.createServer({ settings });
-gateway.on('stream', (stream) => {
+const server = http2.createServer({ settings: { maxConcurrentStreams: 100_000 } });
+const held: http2.ServerHttp2Stream[] = [];
+server.on('stream', (stream) => {
+  stream.on('error', () => undefined);
   stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
-  stream.on('data', (d: Buffer) => stream.write(d));
+  stream.write(MESSAGE);
+  stream.resume();
+  held.push(stream);
 });
-const upstream = await connect(await listen(gateway));
+server.on('sessionError', () => undefined);
+await new Promise<void>((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve));
+const port = (server.address() as net.AddressInfo).port;
 
-const proxy = http2.createServer({ settings });
-proxy.on('stream', (down, headers) => {
-  const up = upstream.request({ ':method': 'POST', ':path': String(headers[':path']), 'content-type': 'application/grpc' });
-  up.on('response', () => {
-    down.respond({ ':status': 200, 'content-type': 'application/grpc' });
-    up.pipe(down);
+async function connect(): Promise<http2.ClientHttp2Session> {
+  const session = http2.connect(`http://127.0.0.1:${port}`, { settings: { maxConcurrentStreams: 100_000 } });
+  session.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    session.once('connect', () => resolve());
+    session.once('error', reject);
   });
-  down.pipe(up);
-});
-const proxyPort = await listen(proxy);
-const clients = await Promise.all(Array.from({ length: CLIENT_CONNS }, () => connect(proxyPort)));
-
-gc();
-const before = process.memoryUsage();
-let answered = 0;
-const held: http2.ClientHttp2Stream[] = [];
-for (let i = 0; i < N; i++) {
-  const s = clients[i % CLIENT_CONNS]!.request({ ':method': 'POST', ':path': '/floor', 'content-type': 'application/grpc' });
-  s.write(Buffer.from('hello'));
-  s.once('data', () => answered++);
-  held.push(s);
+  return session;
 }
-const deadline = Date.now() + 60_000;
-while (answered < N && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-gc();
-await new Promise((r) => setTimeout(r, 200));
-gc();
-const after = process.memoryUsage();
-const perKb = (a: number, b: number): string => ((b - a) / N / 1024).toFixed(1);
-console.log(`${answered}/${N} streams held through the proxy; per stream, all three roles together (4 Http2Streams):`);
-console.log(`  JS heap +${perKb(before.heapUsed, after.heapUsed)} KB, RSS +${perKb(before.rss, after.rss)} KB`);
-console.log('  the proxy holds 2 of the 4 (downstream and upstream): about half of each figure is its share');
-for (const c of clients) c.destroy();
-upstream.destroy();
-proxy.close();
-gateway.close();
+
+/** `n` streams on `conns` connection pairs, each answered with one message before the next batch. */
+async function hold(n: number, conns: number): Promise<http2.ClientHttp2Stream[]> {
+  const sessions: http2.ClientHttp2Session[] = [];
+  for (let i = 0; i < conns; i++) sessions.push(await connect());
+  const streams: http2.ClientHttp2Stream[] = [];
+  for (let i = 0; i < n; i += 200) {
+    const batch = Array.from({ length: Math.min(200, n - i) }, (_, k) => {
+      const stream = sessions[(i + k) % conns]!.request({ ':method': 'POST', ':path': '/openshell.v1.OpenShell/ConnectSupervisor', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+      stream.on('error', () => undefined);
+      stream.write(MESSAGE);
+      streams.push(stream);
+      return new Promise<void>((resolve) => stream.once('data', () => resolve()));
+    });
+    await Promise.all(batch);
+  }
+  return streams;
+}
+
+await settle();
+const before = memory();
+const supervisors = await hold(SUPERVISORS, SUPERVISOR_CONNS);
+const idle = await hold(IDLE, IDLE_CONNS);
+await settle();
+const after = memory();
+const streams = supervisors.length + idle.length;
+const round1 = (x: number): number => Math.round(x * 10) / 10;
+console.log(
+  JSON.stringify({
+    event: 'floor',
+    held_streams: streams,
+    connection_pairs: SUPERVISOR_CONNS + IDLE_CONNS,
+    server_streams_seen: held.length,
+    rss_before_mb: round1(before.rssMb),
+    rss_after_mb: round1(after.rssMb),
+    heap_used_after_mb: round1(after.heapUsedMb),
+    rss_per_held_stream_kb: round1(((after.rssMb - before.rssMb) * 1024) / Math.max(1, streams)),
+    heap_per_held_stream_kb: round1(((after.heapUsedMb - before.heapUsedMb) * 1024) / Math.max(1, streams)),
+  }),
+);
 process.exit(0);

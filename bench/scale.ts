@@ -2,7 +2,7 @@
 // (ConnectSupervisor streams, SCALE_SUPERVISOR_CONNS HTTP/2 connections) and SCALE_IDLE idle
 // ForwardTcp streams (SCALE_IDLE_CONNS connections), all owned locally, in front of the minimal fake
 // gateway (bench/lib/fake-gateway.ts). First, alone, Node's own floor for that shape: a bare process
-// holding as many server + client stream pairs on as many connection pairs (bench/lib/h2-floor-main.ts),
+// holding as many server + client stream pairs on as many connection pairs (bench/h2-floor.ts),
 // the baseline the sidecar's memory is read against. Then, with all of that held:
 //   1. steady state: RSS, CPU and event-loop lag of the loaded sidecar over SCALE_STEADY_S seconds;
 //   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), straight
@@ -311,11 +311,11 @@ interface Floor {
 }
 
 /**
- * Node's own floor for the same shape (bench/lib/h2-floor-main.ts): a bare process holding the same
+ * Node's own floor for the same shape (bench/h2-floor.ts): a bare process holding the same
  * number of server + client stream pairs on the same number of connection pairs, nothing of ours in it.
  */
 function nodeFloor(): Promise<Floor> {
-  const args = ['--expose-gc', '--import', 'tsx', join(repoRoot, 'bench/lib/h2-floor-main.ts')];
+  const args = ['--expose-gc', '--import', 'tsx', join(repoRoot, 'bench/h2-floor.ts')];
   args.push('--supervisors', String(SUPERVISORS), '--supervisor-conns', String(SUPERVISOR_CONNS), '--idle', String(IDLE), '--idle-conns', String(IDLE_CONNS));
   return new Promise((resolve, reject) => {
     execFile(process.execPath, args, { timeout: 180_000 }, (err, stdout) => {
