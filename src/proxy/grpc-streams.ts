@@ -271,7 +271,7 @@ export async function routeKeyed(
   let prefix = frameBytes;
   let exclude: PeerTarget | undefined;
   let notOwnerRetried = false;
-  const notReadyUntil = Date.now() + NOT_READY_WAIT_MS;
+  let notReadyUntil = Date.now() + NOT_READY_WAIT_MS;
   // At most: one hop to an owner that proves unreachable, a held re-resolve, one retry after a
   // "not owner" answer (DESIGN §4: re-resolve and retry once), and waits for Ready within one bound.
   for (let attempt = 0; attempt < 6; attempt++) {
@@ -285,7 +285,8 @@ export async function routeKeyed(
       // The owner holds a live session, yet its gateway says "not ready": a handoff's Ready write or
       // a readiness repair is moments away (reference §6, §10). The gateway refused before opening
       // anything, so the request is sent again once the phase is Ready (one bound for all waits).
-      await waitForReady(ctx, sandboxId, log, notReadyUntil);
+      // Past the cap on held requests the next attempt takes the gateway's refusal as the answer.
+      if (!(await waitForReady(ctx, sandboxId, log, notReadyUntil))) notReadyUntil = 0;
     } else {
       // Unreachable, or it says it holds no session (its record is stale: it is shutting down, or
       // lost the supervisor a moment ago): hold for an owner other than this one.
@@ -308,7 +309,14 @@ export async function routeKeyed(
 const NOT_READY_WAIT_MS = 10_000;
 const NOT_READY_POLL_MS = 100;
 
-async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger, until = Date.now() + NOT_READY_WAIT_MS): Promise<void> {
+/**
+ * Holds a request until the sandbox is Ready again or `until`. It takes one of the places the
+ * owner holds use (`--max-held-requests`); false when none was free: then nothing waited and the
+ * gateway's refusal is the answer.
+ */
+async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger, until = Date.now() + NOT_READY_WAIT_MS): Promise<boolean> {
+  const release = ctx.router.holdSlot(sandboxId, 'the sandbox to be Ready');
+  if (release === undefined) return false;
   const started = Date.now();
   ctx.metrics.notReadyHoldsTotal.inc();
   ctx.metrics.heldRequests.inc();
@@ -317,12 +325,14 @@ async function waitForReady(ctx: ProxyContext, sandboxId: string, log: Logger, u
       const state = await ctx.gatewayObjects.sandboxState(sandboxId);
       if (state?.phase === PHASE_READY) {
         log.info({ waitedMs: Date.now() - started }, 'sandbox Ready again; sending the request once more');
-        return;
+        return true;
       }
       await new Promise((r) => setTimeout(r, state === undefined ? 5 * NOT_READY_POLL_MS : NOT_READY_POLL_MS).unref());
     }
     log.warn({ waitedMs: Date.now() - started }, 'sandbox not Ready within the wait bound; the gateway answers');
+    return true;
   } finally {
+    release();
     ctx.metrics.heldRequests.dec();
   }
 }

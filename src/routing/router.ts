@@ -414,20 +414,37 @@ export class OwnerRouter {
     // try it; a not-owner answer or a refused connection brings us back here with it excluded.
     if (known && known.target.kind === 'peer' && recentlyOwned && usable(known.target)) return known.target;
     if (this.ownerWaitMs <= 0) return null;
+    const release = this.holdSlot(sandboxId, 'an owner');
+    if (release === undefined) return null;
+    try {
+      return await this.hold(sandboxId, usable, opts);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * A place among the requests held at once (`--max-held-requests`), whatever they wait for: an
+   * owner to appear, or a live sandbox to be Ready again (grpc-streams). Past the cap: undefined,
+   * counted in ohs_protections_total{reason="held_requests"} and logged at most once a second; the
+   * caller then lets the gateway answer at once. The release is idempotent.
+   */
+  holdSlot(sandboxId: string, waitingFor: 'an owner' | 'the sandbox to be Ready'): (() => void) | undefined {
     if (this.holding >= this.maxHeld) {
       this.metrics.protectionsTotal.inc({ reason: 'held_requests' });
       if (Date.now() - this.lastHoldRefusalLog > 1000) {
         this.lastHoldRefusalLog = Date.now();
-        this.logger.warn({ sandbox: sandboxId, maxHeld: this.maxHeld }, 'too many requests held for an owner; this one is not held (the local gateway answers)');
+        this.logger.warn({ sandbox: sandboxId, maxHeld: this.maxHeld }, `too many requests held for ${waitingFor}; this one is not held (the local gateway answers)`);
       }
-      return null;
+      return undefined;
     }
     this.holding++;
-    try {
-      return await this.hold(sandboxId, usable, opts);
-    } finally {
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
       this.holding--;
-    }
+    };
   }
 
   private async hold(sandboxId: string, usable: (t: Target) => boolean, opts: { exclude?: PeerTarget }): Promise<Target | null> {

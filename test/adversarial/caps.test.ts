@@ -1,7 +1,9 @@
 // Protective bounds of the sidecar, each shown by what a client sees (README "Protective bounds"):
 // - --max-held-requests: past the cap, a request for a sandbox with no reachable owner is not held;
 //   the local gateway answers it at once, while the capped ones stay held and are served once the
-//   supervisor is back (1-replica seed cluster, real gateway emulator and supervisor).
+//   supervisor is back (1-replica seed cluster, real gateway emulator and supervisor). The same cap
+//   bounds requests held for a live sandbox to be Ready again (its gateway said "not ready"): past
+//   it the gateway's refusal is the answer (a cluster-mode sidecar, in-test h2c gateway).
 // - --max-connections: public connections past the cap are closed at accept; the open ones keep
 //   working and new ones are accepted again once some closed (embedded sidecar).
 // - the upstream gateway pool opens another HTTP/2 connection when the gateway's
@@ -23,6 +25,9 @@ import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
 import { exec, gatewayClient, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
 import { waitUntil } from '../helpers/wait.ts';
+import { FORWARD_TCP, connectH2, forwardInitFrame, frameData } from '../../bench/lib/raw-clients.ts';
+import { holdSupervisor, startBenchSidecar, waitForOwner, type BenchSidecar, type HeldSupervisor } from '../../bench/lib/sidecars.ts';
+import { echoAfterInit, grpcCall, startScriptedGateway, type ScriptedGateway } from './scripted-gateway.ts';
 import { metric, sleep, withTimeout } from './support.ts';
 
 const MAX_HELD = 3;
@@ -126,6 +131,87 @@ describe('--max-held-requests (1-replica cluster, seed gateway emulator)', () =>
     await Promise.all(calls);
     expect(settled.filter((s) => s?.ok)).toEqual(Array(MAX_HELD).fill({ ok: true, stdout: sandbox }));
     await expect.poll(async () => (await metric(admin, 'ohs_held_requests')).sum, { timeout: 10_000 }).toBe(0);
+  }, 60_000);
+});
+
+describe('--max-held-requests also bounds requests held for a sandbox to be Ready again (cluster-mode sidecar, in-test h2c gateway)', () => {
+  const SANDBOX = 'not-ready-cap-sandbox';
+  let db: TestDatabase;
+  let store: GatewayStore;
+  let gateway: ScriptedGateway;
+  let sidecar: BenchSidecar;
+  let supervisor: HeldSupervisor;
+  let client: http2.ClientHttp2Session;
+  let token: string;
+  /** While set, the gateway refuses ForwardTcp as it does for a sandbox whose phase is not Ready. */
+  let notReady = false;
+  let forwardsSeen = 0;
+
+  beforeAll(async () => {
+    db = await createTestDatabase('adversarial_caps_not_ready');
+    store = new GatewayStore(db.url);
+    await store.migrate();
+    await store.createSandbox({ id: SANDBOX, name: SANDBOX, phase: Phase.READY });
+    token = (await store.createSshSession(SANDBOX, 3600)).token;
+    gateway = await startScriptedGateway((stream, path) => {
+      if (path !== FORWARD_TCP) return false;
+      forwardsSeen++;
+      if (notReady) stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '9', 'grpc-message': 'sandbox%20is%20not%20ready' }, { endStream: true });
+      else echoAfterInit(stream);
+      return true;
+    });
+    sidecar = await startBenchSidecar('owner', {
+      gatewayPort: gateway.port,
+      databaseUrl: db.url,
+      redisUrl: TEST_REDIS_URL,
+      redisKeyPrefix: testRedisPrefix('adversarial-caps-not-ready'),
+      peerSecret: 'not-ready-cap-secret-0123456789',
+      extraArgs: ['--max-held-requests', String(MAX_HELD), '--ssh-tunnels-per-token', '100', '--ssh-tunnels-per-sandbox', '100'],
+    });
+    supervisor = await holdSupervisor(sidecar.publicPort, SANDBOX);
+    await waitForOwner(db.url, SANDBOX, 'owner');
+    client = await connectH2(sidecar.publicPort);
+  }, 60_000);
+
+  afterAll(async () => {
+    client?.destroy();
+    supervisor?.close();
+    await sidecar?.stop();
+    await gateway?.close();
+    await store?.close();
+    await db?.drop();
+  });
+
+  it('past the cap the gateway’s "not ready" is the answer at once; the held ones are served once the sandbox is Ready', async () => {
+    const ping = frameData(Buffer.from('ping once Ready'));
+    const body = Buffer.concat([forwardInitFrame(SANDBOX, token), ping]);
+    // Served while Ready: the session is live and owned here.
+    expect(await grpcCall(client, FORWARD_TCP, body, false, (got) => got.length >= ping.length)).toEqual({ status: '0', body: ping });
+
+    notReady = true;
+    await store.writePhase(SANDBOX, Phase.PROVISIONING, 'test', 'demoted by the test');
+    const refusedBefore = (await metric(sidecar.adminPort, 'ohs_protections_total', { reason: 'held_requests' })).sum;
+    const N = 6;
+    const settled: Array<{ status: string | undefined; body: Buffer } | undefined> = Array(N).fill(undefined);
+    const calls = Array.from({ length: N }, (_, i) =>
+      grpcCall(client, FORWARD_TCP, body, false, (got) => got.length >= ping.length, 30_000).then((r) => void (settled[i] = r)),
+    );
+    // Exactly the cap waits; the others get the gateway's refusal without waiting for Ready.
+    await expect.poll(() => settled.filter((s) => s !== undefined).length, { timeout: 8_000, interval: 50 }).toBe(N - MAX_HELD);
+    expect(settled.filter((s) => s !== undefined)).toEqual(Array(N - MAX_HELD).fill({ status: '9', body: Buffer.alloc(0) }));
+    expect((await metric(sidecar.adminPort, 'ohs_held_requests')).sum).toBe(MAX_HELD);
+    expect((await metric(sidecar.adminPort, 'ohs_protections_total', { reason: 'held_requests' })).sum - refusedBefore).toBe(N - MAX_HELD);
+    await expect.poll(() => sidecar.proc.output.some((l) => l.includes('too many requests held for the sandbox to be Ready')), { timeout: 5_000 }).toBe(true);
+    // Still waiting a moment later, then sent once more and served once the sandbox is Ready again.
+    await sleep(500);
+    expect(settled.filter((s) => s === undefined)).toHaveLength(MAX_HELD);
+    const seenBeforeReady = forwardsSeen;
+    notReady = false;
+    await store.writePhase(SANDBOX, Phase.READY, 'test', 'Ready again');
+    await Promise.all(calls);
+    expect(settled.filter((s) => s?.status === '0')).toEqual(Array(MAX_HELD).fill({ status: '0', body: ping }));
+    expect(forwardsSeen - seenBeforeReady).toBe(MAX_HELD);
+    await expect.poll(async () => (await metric(sidecar.adminPort, 'ohs_held_requests')).sum, { timeout: 5_000 }).toBe(0);
   }, 60_000);
 });
 
