@@ -222,14 +222,28 @@ function readFirstMessage(
  * stream ends (the first message stays held for a replay until the upstream answers). Its own
  * scope: the close listener lives as long as the stream and must not keep the reader's state.
  */
-function holdUntilClose(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream): { bytes: number } {
-  const held = { bytes: 0 };
-  stream.once('close', () => {
-    conn.buffer?.give(held.bytes);
-    ctx.bufferBudget.give(held.bytes);
-    held.bytes = 0;
-  });
+function holdUntilClose(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream): HeldBytes {
+  const held: HeldBytes = { bytes: 0, ctx, conn };
+  (stream as HeldStream)[kHeld] = held;
+  stream.on('close', giveHeldBytes);
   return held;
+}
+
+interface HeldBytes {
+  bytes: number;
+  readonly ctx: ProxyContext;
+  readonly conn: DownstreamConnection;
+}
+const kHeld = Symbol('ohs held first-message bytes');
+type HeldStream = http2.ServerHttp2Stream & { [kHeld]?: HeldBytes };
+
+/** The close listener of every stream with held bytes (one function, the state on the stream). */
+function giveHeldBytes(this: HeldStream): void {
+  const held = this[kHeld];
+  if (held === undefined) return;
+  held.conn.buffer?.give(held.bytes);
+  held.ctx.bufferBudget.give(held.bytes);
+  held.bytes = 0;
 }
 
 const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
@@ -255,7 +269,7 @@ export async function routeKeyed(
 ): Promise<void> {
   const release = await admit(ctx, stream, cls, sandboxId, log, token);
   if (release === undefined) return;
-  stream.once('close', release);
+  stream.on('close', release);
   // Past the hold bound the local gateway answers exactly as it would without us. A lookup the
   // store refused (its queue full) is answered UNAVAILABLE here, at once, rather than sent to a
   // gateway that may hold only a shadow of the sandbox's session.

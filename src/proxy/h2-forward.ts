@@ -162,7 +162,7 @@ class StreamForward implements ForwardHandle {
     if (down.readableEnded) upstream.end();
     else {
       down.on('data', onDownData);
-      down.once('end', onDownEnd);
+      down.on('end', onDownEnd);
       down.resume();
     }
   }
@@ -233,7 +233,7 @@ class StreamForward implements ForwardHandle {
     // The response body, with backpressure both ways (what `pipe` does, without its closures).
     down.on('drain', onDownDrain);
     upstream.on('data', onUpData);
-    upstream.once('end', onUpEnd);
+    upstream.on('end', onUpEnd);
   }
 
   upData(chunk: Buffer): void {

@@ -254,6 +254,26 @@ interface PoolEntry {
   resetsAt: number;
   /** Out of rotation (its reset budget spent): closed once `active` is back to 0. */
   retired?: boolean;
+  /** The pool's reset budget, if any (read by the streams' shared close listener). */
+  budget?: ResetBudget;
+}
+
+/** The pool entry of a stream opened on a pooled session, for the one shared close listener below. */
+const kPoolEntry = Symbol('ohs pool entry');
+type PooledStream = http2.ClientHttp2Stream & { [kPoolEntry]?: PoolEntry };
+
+function onPooledStreamClose(this: PooledStream): void {
+  const entry = this[kPoolEntry];
+  if (entry === undefined) return;
+  entry.active--;
+  const session = entry.session;
+  if (entry.retired && entry.active === 0 && session && !session.closed) session.close();
+  // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
+  // them apart is not worth a budget that runs out a little early.
+  if (entry.budget && this.rstCode !== undefined && this.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+    decayResets(entry, entry.budget);
+    entry.resets++;
+  }
 }
 
 function decayResets(e: PoolEntry, budget: ResetBudget): void {
@@ -290,21 +310,14 @@ function streamLimit(session: http2.ClientHttp2Session): number {
  */
 function countStreams(session: http2.ClientHttp2Session, entry: PoolEntry, budget: ResetBudget | undefined): void {
   const request = session.request.bind(session);
+  if (budget) entry.budget = budget;
   session.request = ((headers?: http2.OutgoingHttpHeaders, options?: http2.ClientSessionRequestOptions) => {
-    const stream = request(headers, options);
+    const stream: PooledStream = request(headers, options);
     entry.active++;
     // The oldest promise of a stream on this connection is kept now.
     entry.reservations.shift();
-    stream.once('close', () => {
-      entry.active--;
-      if (entry.retired && entry.active === 0 && !session.closed) session.close();
-      // Either side's RST_STREAM counts: only ours count against the server's limit, but telling
-      // them apart is not worth a budget that runs out a little early.
-      if (budget && stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
-        decayResets(entry, budget);
-        entry.resets++;
-      }
-    });
+    stream[kPoolEntry] = entry;
+    stream.on('close', onPooledStreamClose);
     return stream;
   }) as typeof session.request;
 }

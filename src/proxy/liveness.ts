@@ -24,6 +24,17 @@ interface Watched {
   pingSentAt: number | undefined;
 }
 
+/** The watched connection of a server stream, for the one shared close listener below. */
+const kWatched = Symbol('ohs liveness');
+type WatchedStream = http2.Http2Stream & { [kWatched]?: Watched };
+
+function onWatchedStreamClose(this: WatchedStream): void {
+  const w = this[kWatched];
+  if (w === undefined) return;
+  w.openStreams--;
+  if (w.openStreams === 0) w.idleSince = Date.now();
+}
+
 export class H2Liveness {
   private readonly watched = new Set<Watched>();
   private readonly timer: NodeJS.Timeout | undefined;
@@ -48,13 +59,12 @@ export class H2Liveness {
     };
     this.watched.add(w);
     session.once('close', () => this.watched.delete(w));
-    const opened = (stream: http2.Http2Stream): void => {
+    // One listener function for every stream (a closure per stream would cost more than the stream's count).
+    const opened = (stream: WatchedStream): void => {
       w.openStreams++;
       w.idleSince = undefined;
-      stream.once('close', () => {
-        w.openStreams--;
-        if (w.openStreams === 0) w.idleSince = Date.now();
-      });
+      stream[kWatched] = w;
+      stream.on('close', onWatchedStreamClose);
     };
     // Server sessions announce their streams (client sessions are watched for PINGs only).
     session.on('stream', opened);
