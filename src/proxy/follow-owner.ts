@@ -21,7 +21,7 @@ import type { ProxyContext } from './context.ts';
 import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
-/** A watch refused unprocessed is sent again at most this many times. */
+/** A watch or log push refused unprocessed is sent again at most this many times. */
 const MAX_REFUSED_REPLAYS = 2;
 
 /** The gateway's own decode limit (reference §1.1) bounds every message we hold. */
@@ -42,13 +42,14 @@ interface Leg {
   /** This leg's response headers arrived (it answered). */
   answered: boolean;
   /**
-   * Log push to a peer: batches written while the peer could still refuse the leg (it answers "not
-   * owner" at once, before its gateway sees anything), replayed to the next leg if it does.
+   * Log push: batches written while the leg could still be refused unprocessed (a peer answers "not
+   * owner" at once, before its gateway sees anything; a gateway refuses with REFUSED_STREAM past its
+   * GOAWAY), replayed to the next leg if it is.
    */
   unconfirmed: Buffer[] | undefined;
 }
 
-/** A peer refuses a leg within a round trip; after this, batches sent to it are its gateway's. */
+/** A leg is refused within a round trip; after this, batches sent to it are its gateway's. */
 const REFUSAL_WINDOW_MS = 2_000;
 
 const replicaOf = (t: Target, self: string): string => (t.kind === 'peer' ? t.replicaId : self);
@@ -161,7 +162,7 @@ export function followOwner(
       log.info({ target: describe(target), err: (err as Error).message }, 'owner-following stream: session closing');
       return undefined;
     }
-    const leg: Leg = { target, up, splitter: new GrpcMessageSplitter(MAX_MESSAGE_BYTES), answered: false, unconfirmed: !replay && target.kind === 'peer' ? [] : undefined };
+    const leg: Leg = { target, up, splitter: new GrpcMessageSplitter(MAX_MESSAGE_BYTES), answered: false, unconfirmed: replay ? undefined : [] };
     if (leg.unconfirmed) {
       setTimeout(() => {
         leg.unconfirmed = undefined;
@@ -328,12 +329,17 @@ export function followOwner(
     }
     if (leg !== current) return;
     const code = leg.up.rstCode ?? 0;
-    if (!responded && replay && code === NGHTTP2_REFUSED_STREAM && refusedReplays < MAX_REFUSED_REPLAYS) {
+    if (!responded && code === NGHTTP2_REFUSED_STREAM && refusedReplays < MAX_REFUSED_REPLAYS && (replay || leg.unconfirmed !== undefined)) {
       // Refused unprocessed (past the last stream id of the gateway's GOAWAY, or over its stream
-      // limit): nothing was watched yet and the whole request is kept, so it goes again.
+      // limit): nothing reached the gateway. A watch keeps its whole request; a log push keeps the
+      // batches it wrote to the leg (within the refusal window), which go first on the next leg.
       refusedReplays++;
       current = undefined;
-      log.info({ target: describe(leg.target) }, 'watch refused before it was processed; sending it again');
+      if (!replay) {
+        queued.unshift(...(leg.unconfirmed ?? []));
+        down.pause();
+      }
+      log.info({ target: describe(leg.target) }, replay ? 'watch refused before it was processed; sending it again' : 'log push refused before it was processed; sending its batches again');
       void retarget(leg.target);
       return;
     }

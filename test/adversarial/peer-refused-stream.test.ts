@@ -4,7 +4,8 @@
 // cannot tell such a refusal from a failure once the owner answered it. Two sidecars (cluster mode,
 // real Postgres and Redis) in front of one in-test h2c gateway that refuses the first ForwardTcp
 // stream it sees and echoes every later one. A watch the gateway refuses the same way is sent again by
-// the sidecar that follows the owner for it (the whole request is kept for such a replay).
+// the sidecar that follows the owner for it (the whole request is kept for such a replay); a log push
+// the same way, with the batches it had written to the refused leg sent first on the next one.
 import http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FORWARD_TCP, connectH2, forwardInitFrame, frameData, grpcFrame } from '../../bench/lib/raw-clients.ts';
@@ -22,6 +23,7 @@ describe('streams a gateway refuses unprocessed (REFUSED_STREAM)', () => {
   let gateway: ScriptedGateway;
   let forwardsSeen = 0;
   let watchesSeen = 0;
+  let pushesSeen = 0;
   let owner: BenchSidecar;
   let ingress: BenchSidecar;
   let supervisor: HeldSupervisor;
@@ -53,6 +55,21 @@ describe('streams a gateway refuses unprocessed (REFUSED_STREAM)', () => {
           stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
           stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
           stream.end(grpcFrame(Buffer.concat([Buffer.from('event for '), Buffer.concat(request)])));
+        });
+        return true;
+      }
+      if (path.endsWith('/PushSandboxLogs')) {
+        if (++pushesSeen === 1) {
+          stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+          return true;
+        }
+        // Client streaming: every batch it got, answered once the push ends.
+        const got: Buffer[] = [];
+        stream.on('data', (d: Buffer) => got.push(d));
+        stream.on('end', () => {
+          stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+          stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+          stream.end(grpcFrame(Buffer.concat(got)));
         });
         return true;
       }
@@ -96,6 +113,22 @@ describe('streams a gateway refuses unprocessed (REFUSED_STREAM)', () => {
       expect(result).toEqual({ status: '0', body: grpcFrame(Buffer.concat([Buffer.from('event for '), request])) });
       expect(watchesSeen).toBe(2);
       await expect.poll(() => owner.proc.output.some((l) => l.includes('watch refused before it was processed; sending it again')), { timeout: 5_000 }).toBe(true);
+    } finally {
+      local.destroy();
+    }
+  }, 30_000);
+
+  it('a log push its gateway refused unprocessed is sent again with the batches written to it', async () => {
+    const local = await connectH2(owner.publicPort);
+    try {
+      // PushSandboxLogsRequest{ sandbox_id = SANDBOX, … }: three batches, sent together, then the end.
+      const batch = (n: number): Buffer => grpcFrame(Buffer.concat([Buffer.from([0x0a, SANDBOX.length]), Buffer.from(SANDBOX), Buffer.from([0x12, 7]), Buffer.from(`line ${n}\n`)]));
+      const batches = [batch(1), batch(2), batch(3)];
+      const result = await grpcCall(local, '/openshell.v1.OpenShell/PushSandboxLogs', Buffer.concat(batches), true);
+      // The gateway that served the push got every batch once, in order.
+      expect(result).toEqual({ status: '0', body: grpcFrame(Buffer.concat(batches)) });
+      expect(pushesSeen).toBe(2);
+      await expect.poll(() => owner.proc.output.some((l) => l.includes('log push refused before it was processed; sending its batches again')), { timeout: 5_000 }).toBe(true);
     } finally {
       local.destroy();
     }
