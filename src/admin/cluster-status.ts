@@ -55,7 +55,8 @@ export interface ClusterStatus {
   problems: string[];
   /** Worth a look, not unhealthy. */
   warnings: string[];
-  store: { postgres: boolean; redis: boolean | null };
+  /** postgres null: none (embedded mode, an in-memory store); redis null: not configured. */
+  store: { postgres: boolean | null; redis: boolean | null };
   leaseHolder: { holder: string; renewedAgoMs: number } | null;
   replicas: ReplicaStatus[];
   totals: {
@@ -131,11 +132,11 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
   const problems: string[] = [];
   const warnings: string[] = [];
   let replicas: ReplicaStatus[] = [];
-  let postgres = false;
+  let postgres: boolean | null = false;
   let orphanedOwners = 0;
   let ownersWithoutReplica = 0;
   if (src.embedded) {
-    postgres = true;
+    postgres = null;
     const view = await src.embedded.view().catch(() => undefined);
     replicas = [
       {
@@ -216,7 +217,7 @@ export async function collectStatus(src: StatusSources): Promise<ClusterStatus> 
 
   const lease = await src.reconcilerLease().catch(() => undefined);
   const live = replicas.filter((r) => r.live);
-  if (postgres && live.length === 0) problems.push('no live replica');
+  if (postgres === true && live.length === 0) problems.push('no live replica');
   // A replica row deleted by hand (or never written) while owner rows still name it: no live
   // replica answers for those sandboxes until they are claimed again.
   if (ownersWithoutReplica > 0) problems.push(`${ownersWithoutReplica} sandbox(es) owned by a replica that has no row in ohs_replicas`);

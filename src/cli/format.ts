@@ -23,7 +23,8 @@ export function renderStatus(st: ClusterStatus & { self?: string }): string {
   out.push(`cluster: ${st.healthy ? 'HEALTHY' : 'UNHEALTHY'} (${st.totals.live}/${st.totals.replicas} replicas live, ${st.totals.ownedSandboxes} sandboxes owned${seen})`);
   const redis = st.store.redis === null ? 'not configured' : st.store.redis ? 'up' : 'DOWN';
   const lease = st.leaseHolder ? `${st.leaseHolder.holder} (renewed ${seconds(st.leaseHolder.renewedAgoMs)} ago)` : 'none seen';
-  out.push(`store: postgres ${st.store.postgres ? 'up' : 'DOWN'}, redis ${redis}    reconciler lease: ${lease}`);
+  const postgres = st.store.postgres === null ? 'none (embedded: in-memory store)' : st.store.postgres ? 'up' : 'DOWN';
+  out.push(`store: postgres ${postgres}, redis ${redis}    reconciler lease: ${lease}`);
   out.push('');
   const rows = [['REPLICA', 'STATE', 'HEARTBEAT', 'LEASE LEFT', 'VERSION', 'PEER', 'OWNED', 'SESSIONS', 'TUNNELS', 'STREAMS', 'HELD', 'PENDING', 'POLICY', 'SHADOWS OUT/IN']];
   for (const r of st.replicas) {
