@@ -145,9 +145,10 @@ class StreamForward implements ForwardHandle {
     readonly upstream: http2.ClientHttp2Stream,
     private readonly opts: ForwardOptions,
   ) {
+    // One close listener per downstream stream, however often it is forwarded (after `abandon`).
+    if (forwardOf(down) === undefined) down.on('close', onDownClose);
     (down as Forwarded)[kForward] = this;
     (upstream as Forwarded)[kForward] = this;
-    down.on('close', onDownClose);
     upstream.on('error', onUpError);
     upstream.on('response', onUpResponse);
     upstream.on('trailers', onUpTrailers);
@@ -170,7 +171,6 @@ class StreamForward implements ForwardHandle {
   finish(reset: boolean): void {
     if (this.finished) return;
     this.finished = true;
-    this.down.off('close', onDownClose);
     this.opts.onDone?.({ reset, grpcStatus: this.grpcStatus });
   }
 
@@ -186,6 +186,8 @@ class StreamForward implements ForwardHandle {
 
   /** Client went away (RST_STREAM or connection loss) before upstream finished: cancel upstream. */
   downClosed(): void {
+    // Finished, or no longer this stream's live forward: its close means nothing here.
+    if (this.finished || this.abandoned || this.detached) return;
     const up = this.upstream;
     if (!up.closed && !up.destroyed) up.close(NGHTTP2_CANCEL);
     this.finish(true);
@@ -289,7 +291,6 @@ class StreamForward implements ForwardHandle {
   abandon(): Replay | null {
     this.abandoned = true;
     this.release();
-    this.down.off('close', onDownClose);
     this.down.pause();
     if (!this.upstream.destroyed) this.upstream.close(NGHTTP2_CANCEL);
     return this.recorded ? { bytes: Buffer.concat(this.recorded), ended: this.down.readableEnded } : null;
@@ -300,7 +301,6 @@ class StreamForward implements ForwardHandle {
     this.detached = true;
     const { down, upstream } = this;
     this.release();
-    down.off('close', onDownClose);
     upstream.off('drain', onUpDrain);
     // The response is read and dropped from here on (upData), until upstream closes.
     upstream.resume();
@@ -334,8 +334,19 @@ class StreamForward implements ForwardHandle {
   }
 }
 
-function onDownClose(this: http2.ServerHttp2Stream): void {
-  forwardOf(this)?.downClosed();
+/**
+ * A closed stream also lets go of its forward. Node keeps a closed Http2Stream reachable for young-
+ * generation collections until a full GC (its native handle is held weakly, which a scavenge treats
+ * as strong), so whatever still hangs off it (the forward, and through the forward's hooks the
+ * request's routing state) would survive every scavenge and be promoted. Measured in a bare Node
+ * HTTP/2 proxy: ~24 KB attached per stream raised what survives a scavenge from 1.9 to 3.9 MB and
+ * the scavenge pause p50 from 4.3 to 6.4 ms; let go on 'close', 1.2 MB and 2.9 ms. In the sidecar
+ * (routing probes, two runs each): 2.38 / 2.43 -> 2.16 / 2.19 MB, pause p50 6.4 / 7.2 -> 5.8 / 6.3 ms.
+ */
+function onDownClose(this: http2.ServerHttp2Stream & Forwarded): void {
+  const forward = forwardOf(this);
+  this[kForward] = undefined;
+  forward?.downClosed();
 }
 function onDownData(this: http2.ServerHttp2Stream, chunk: Buffer): void {
   forwardOf(this)?.downData(chunk);
@@ -368,6 +379,8 @@ function onUpEnd(this: http2.ClientHttp2Stream): void {
 function onUpDrain(this: http2.ClientHttp2Stream): void {
   forwardOf(this)?.down.resume();
 }
-function onUpClose(this: http2.ClientHttp2Stream): void {
-  forwardOf(this)?.upClosed();
+function onUpClose(this: http2.ClientHttp2Stream & Forwarded): void {
+  const forward = forwardOf(this);
+  this[kForward] = undefined;
+  forward?.upClosed();
 }
