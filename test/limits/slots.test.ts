@@ -1,3 +1,4 @@
+import net from 'node:net';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { httpStatusFor } from '../../src/errors.ts';
@@ -35,7 +36,51 @@ function granted(results: AcquireResult[]): Array<Extract<AcquireResult, { ok: t
   return results.filter((r): r is Extract<AcquireResult, { ok: true }> => r.ok);
 }
 
+/** Socket writes (write and writev calls) to the Redis port while `fn` runs, the inspector's own left out. */
+async function redisWrites(fn: () => Promise<void>): Promise<number> {
+  const port = Number(new URL(TEST_REDIS_URL).port || 6379);
+  const proto = net.Socket.prototype as unknown as Record<'_write' | '_writev', (this: net.Socket, ...a: unknown[]) => unknown>;
+  const originals = { _write: proto._write, _writev: proto._writev };
+  let n = 0;
+  for (const k of ['_write', '_writev'] as const) {
+    const original = originals[k];
+    proto[k] = function (this: net.Socket, ...a: unknown[]) {
+      if (this.remotePort === port && this !== (redis.stream as unknown)) n++;
+      return original.apply(this, a);
+    };
+  }
+  try {
+    await fn();
+  } finally {
+    proto._write = originals._write;
+    proto._writev = originals._writev;
+  }
+  return n;
+}
+
 describe('leased connection slots in redis', () => {
+  it('acquires made in one event-loop turn reach Redis in one write, and so do releases', async () => {
+    const a = limiters.open({ holderId: 'one-write', rules: [{ ...PER_SANDBOX, max: 100 }], leaseTtlMs: 60_000 });
+    // Connected and enforcing globally before counting.
+    const first = await a.acquire(ssh('one-write-t', 'one-write-sbx'));
+    expect(first.ok && a.policy()).toBe('global');
+    if (first.ok) first.release();
+    await sleep(50);
+    let held: AcquireResult[] = [];
+    const acquireWrites = await redisWrites(async () => {
+      held = await Promise.all(Array.from({ length: 40 }, (_, i) => a.acquire(ssh(`one-write-${i}`, 'one-write-sbx'))));
+    });
+    expect(granted(held)).toHaveLength(40);
+    expect(await redis.zcard(slotKey(prefix, PER_SANDBOX, 'one-write-sbx'))).toBe(40);
+    const releaseWrites = await redisWrites(async () => {
+      for (const r of granted(held)) r.release();
+      await sleep(100);
+    });
+    expect(await redis.zcard(slotKey(prefix, PER_SANDBOX, 'one-write-sbx'))).toBe(0);
+    expect({ acquireWrites, releaseWrites }).toEqual({ acquireWrites: 1, releaseWrites: 1 });
+  });
+
+
   it('never lets two replicas exceed a limit, even with 50 concurrent acquires', async () => {
     const rules: LimitRule[] = [PER_TOKEN, { ...PER_SANDBOX, max: 5 }];
     const a = limiters.open({ holderId: 'conc-a', rules });
