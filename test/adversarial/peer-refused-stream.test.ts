@@ -12,7 +12,7 @@ import { FORWARD_TCP, connectH2, forwardInitFrame, frameData, grpcFrame } from '
 import { holdSupervisor, startBenchSidecar, waitForOwner, type BenchSidecar, type HeldSupervisor } from '../../bench/lib/sidecars.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
-import { echoAfterInit, grpcCall, startScriptedGateway, type ScriptedGateway } from './scripted-gateway.ts';
+import { answerWhenEnded, echoAfterInit, grpcCall, startScriptedGateway, type ScriptedGateway } from './scripted-gateway.ts';
 import { metric } from './support.ts';
 
 const SANDBOX = 'refused-stream-sandbox';
@@ -49,13 +49,7 @@ describe('streams a gateway refuses unprocessed (REFUSED_STREAM)', () => {
           return true;
         }
         // One event carrying the request it answers, then the end (a stop-on-terminal watch).
-        const request: Buffer[] = [];
-        stream.on('data', (d: Buffer) => request.push(d));
-        stream.on('end', () => {
-          stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-          stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-          stream.end(grpcFrame(Buffer.concat([Buffer.from('event for '), Buffer.concat(request)])));
-        });
+        answerWhenEnded(stream, (request) => Buffer.concat([Buffer.from('event for '), request]));
         return true;
       }
       if (path.endsWith('/PushSandboxLogs')) {
@@ -64,13 +58,7 @@ describe('streams a gateway refuses unprocessed (REFUSED_STREAM)', () => {
           return true;
         }
         // Client streaming: every batch it got, answered once the push ends.
-        const got: Buffer[] = [];
-        stream.on('data', (d: Buffer) => got.push(d));
-        stream.on('end', () => {
-          stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-          stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-          stream.end(grpcFrame(Buffer.concat(got)));
-        });
+        answerWhenEnded(stream, (batches) => batches);
         return true;
       }
       return false;

@@ -6,6 +6,7 @@
 import http2 from 'node:http2';
 import net, { type AddressInfo } from 'node:net';
 import { once } from 'node:events';
+import { grpcFrame } from '../../bench/lib/raw-clients.ts';
 import { withTimeout } from './support.ts';
 
 export interface ScriptedGateway {
@@ -71,6 +72,17 @@ export function echoAfterInit(stream: http2.ServerHttp2Stream): void {
     if (rest.length > 0) stream.write(rest);
   });
   stream.on('end', () => stream.end());
+}
+
+/** A gateway answer given once the request ended: one message built from the whole request, then grpc-status 0. */
+export function answerWhenEnded(stream: http2.ServerHttp2Stream, answer: (request: Buffer) => Buffer): void {
+  const request: Buffer[] = [];
+  stream.on('data', (d: Buffer) => request.push(d));
+  stream.on('end', () => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(grpcFrame(answer(Buffer.concat(request))));
+  });
 }
 
 /**
