@@ -7,21 +7,24 @@ const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR, NGHTTP2
 /** Connection-specific headers that must not cross an HTTP/2 hop (RFC 9113 §8.2.2). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']);
 
-export function copyRequestHeaders(
-  headers: http2.IncomingHttpHeaders,
-  extra: Record<string, string> = {},
-): http2.OutgoingHttpHeaders {
+/** A request's headers as sent on: without hop-by-hop headers and without our own `x-ohs-*`. */
+export function copyRequestHeaders(headers: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
+  // for…in rather than Object.entries: no array per header on every stream (Node's header objects
+  // have no prototype, so only their own names are visited).
+  for (const name in headers) {
+    const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('x-ohs-')) continue;
     out[name] = value;
   }
-  return { ...out, ...extra };
+  return out;
 }
 
+/** A response's headers (or trailers) as sent back: `:status` the only pseudo-header kept; `drop` removes more. */
 export function copyResponseHeaders(headers: http2.IncomingHttpHeaders, drop: (name: string) => boolean): http2.OutgoingHttpHeaders {
   const out: http2.OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
+  for (const name in headers) {
+    const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || drop(name)) continue;
     if (name.startsWith(':') && name !== ':status') continue;
     out[name] = value;
