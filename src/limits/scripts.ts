@@ -38,20 +38,31 @@ if out[1] == 0 then
 end
 return out`;
 
-// KEYS[i] pairs with ARGV[i + 1] (a member); ARGV[1]: leaseTtlMs. Extends each lease; a member that
-// is gone (key expired, Redis restarted empty, or reclaimed after a missed renewal) belongs to a
-// connection that is still open, so it is added back. Returns how many were added back.
+// KEYS: distinct sets. ARGV[1]: leaseTtlMs; ARGV[2]: the prefix of every member of this call; then,
+// for each key in KEYS order, the suffixes of its members, comma-separated (a member is the prefix
+// and one suffix; suffixes are base-36 counters). Extends each lease; a member that is gone (key
+// expired, Redis restarted empty, or reclaimed after a missed renewal) belongs to a connection that
+// is still open, so it is added back. Returns how many were added back (ZADD without flags updates
+// existing members and counts only the ones it added).
 const RENEW = `${PROLOGUE}
 local ttl = tonumber(ARGV[1])
+local prefix = ARGV[2]
+local score = now + ttl
 local restored = 0
+local function flush(key, zargs)
+  if #zargs > 0 then restored = restored + redis.call('ZADD', key, unpack(zargs)) end
+end
 for i, key in ipairs(KEYS) do
-  local member = ARGV[i + 1]
-  if redis.call('ZSCORE', key, member) then
-    redis.call('ZADD', key, 'XX', now + ttl, member)
-  else
-    redis.call('ZADD', key, now + ttl, member)
-    restored = restored + 1
+  local zargs = {}
+  for suffix in string.gmatch(ARGV[i + 2], '[^,]+') do
+    zargs[#zargs + 1] = score
+    zargs[#zargs + 1] = prefix .. suffix
+    if #zargs >= 2000 then
+      flush(key, zargs)
+      zargs = {}
+    end
   end
+  flush(key, zargs)
   keep(key, ttl)
 end
 return restored`;

@@ -166,6 +166,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   const metrics: LimitMetrics = createLimitMetrics(rules, opts.registry);
   // Members must never collide with those of an earlier run of the same replica still in Redis.
   const incarnation = randomBytes(4).toString('hex');
+  /** What every member of this limiter starts with; renewals send only the rest. */
+  const memberPrefix = `${opts.holderId}:${incarnation}.`;
   let seq = 0;
 
   const slots = new Map<string, Slot>();
@@ -268,27 +270,55 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     }
   }
 
-  /** Renews (or adds back) `list` in batches; returns how many had to be added back. */
+  /**
+   * Renews (or adds back) `list` in batches of at most `batchSize` key/member pairs; returns how many
+   * had to be added back. Each call names a key once, with the slots it holds as one argument: what
+   * follows this limiter's member prefix in each member, comma-separated. With thousands of slots on
+   * a few keys, a renewal is a few bytes per slot, not the key and the whole member every time, nor an
+   * argument (and its encoding) per slot in the client.
+   */
   async function writeSlots(list: Slot[]): Promise<number> {
-    let restored = 0;
-    let i = 0;
-    while (i < list.length) {
-      const keys: string[] = [];
-      const members: string[] = [];
-      // Built just before sending: a slot released meanwhile must not be written back.
-      for (; i < list.length && keys.length < batchSize; i++) {
-        const slot = list[i];
-        if (slot === undefined || slot.released) continue;
-        slot.inRedis = true;
-        for (const claim of slot.claims) {
-          keys.push(claim.redisKey);
-          members.push(slot.member);
-        }
+    const byKey = new Map<string, Slot[]>();
+    for (const slot of list) {
+      if (slot.released) continue;
+      for (const claim of slot.claims) {
+        const group = byKey.get(claim.redisKey);
+        if (group === undefined) byKey.set(claim.redisKey, [slot]);
+        else group.push(slot);
       }
-      if (keys.length === 0) continue;
-      const reply = await track(requireScripts().ohsSlotRenew(keys.length, ...keys, leaseTtlMs, ...members));
-      restored += typeof reply === 'number' ? reply : 0;
     }
+    let restored = 0;
+    let keys: string[] = [];
+    let lists: string[] = [];
+    let suffixes: string[] = [];
+    let pairs = 0;
+    const endKey = (): void => {
+      if (suffixes.length === 0) return;
+      lists.push(suffixes.join(','));
+      suffixes = [];
+    };
+    const send = async (): Promise<void> => {
+      endKey();
+      if (pairs === 0) return;
+      const call = requireScripts().ohsSlotRenew(keys.length, ...keys, leaseTtlMs, memberPrefix, ...lists);
+      keys = [];
+      lists = [];
+      pairs = 0;
+      const reply = await track(call);
+      restored += typeof reply === 'number' ? reply : 0;
+    };
+    for (const [key, group] of byKey) {
+      for (const slot of group) {
+        // Checked as each call is built: a slot released meanwhile must not be written back.
+        if (slot.released) continue;
+        if (suffixes.length === 0) keys.push(key);
+        slot.inRedis = true;
+        suffixes.push(slot.member.slice(memberPrefix.length));
+        if (++pairs >= batchSize) await send();
+      }
+      endKey();
+    }
+    await send();
     return restored;
   }
 
@@ -361,7 +391,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
   function newMember(): string {
     seq += 1;
-    return `${opts.holderId}:${incarnation}.${seq.toString(36)}`;
+    return `${memberPrefix}${seq.toString(36)}`;
   }
 
   function hold(member: string, claims: Claim[], inRedis: boolean): AcquireResult {

@@ -208,6 +208,45 @@ describe('leased connection slots in redis', () => {
     expect(await a.held('exec-per-sandbox', 'sbx-batch-0')).toBe(0);
   });
 
+  it('renewal adds back the members Redis lost, and never a slot released meanwhile', async () => {
+    const rules: LimitRule[] = [{ ...PER_SANDBOX, max: 50 }];
+    const a = limiters.open({ holderId: 'restore-a', rules, leaseTtlMs: 600, renewIntervalMs: 200 });
+    const held = granted(await Promise.all(Array.from({ length: 6 }, (_, i) => a.acquire(ssh(`restore-${i}`, 'sbx-restore')))));
+    expect(held).toHaveLength(6);
+    const key = slotKey(prefix, PER_SANDBOX, 'sbx-restore');
+    const before = await redis.zrange(key, '0', '-1');
+    expect(before).toHaveLength(6);
+    // Redis loses the key (a restart without persistence); one connection closes meanwhile.
+    await redis.del(key);
+    held[0]?.release();
+    await waitFor('the renewal to add the open ones back', async () => (await redis.zcard(key)) > 0, 2000);
+    await sleep(300); // one more renewal: still the same five
+    const after = await redis.zrange(key, '0', '-1');
+    expect(after).toHaveLength(5);
+    expect(after.every((m) => before.includes(m))).toBe(true);
+    expect(await a.held('exec-per-sandbox', 'sbx-restore').catch(() => 'no such rule')).toBe('no such rule');
+    expect(await a.held('ssh-per-sandbox', 'sbx-restore')).toBe(5);
+    expect(a.logs.messages('warn')).toContain('limit slots missing from redis were added back (lease expired before renewal?)');
+  });
+
+  it('a renewal sends each key once and only the end of each member: a few bytes per slot', async () => {
+    const rules: LimitRule[] = [{ name: 'exec-per-sandbox', trafficClass: 'exec', key: 'sandbox', max: 1000 }];
+    const a = limiters.open({ holderId: 'renew-bytes-with-a-long-replica-name', rules, leaseTtlMs: 3000, renewIntervalMs: 1000 });
+    const held = granted(await Promise.all(Array.from({ length: 500 }, () => a.acquire({ cls: 'exec', sandboxId: 'sbx-renew-bytes-0123456789abcdef' }))));
+    expect(held).toHaveLength(500);
+    const key = slotKey(prefix, rules[0] as LimitRule, 'sbx-renew-bytes-0123456789abcdef');
+    const expiry = async (): Promise<number> => Number((await redis.zrange(key, '0', '0', 'WITHSCORES'))[1]);
+    const before = await expiry();
+    await redis.config('RESETSTAT');
+    await sleep(1150); // exactly one renewal
+    const input = Number(/total_net_input_bytes:(\d+)/.exec(await redis.info('stats'))?.[1]);
+    expect(await expiry()).toBeGreaterThan(before);
+    expect(await redis.zcard(key)).toBe(500);
+    // The key (~60 bytes) and each whole member (~50) every time would be over 50 KB.
+    expect(input / 500).toBeLessThan(12);
+    for (const r of held) r.release();
+  });
+
   it('lets connections through that no rule applies to, without touching redis', async () => {
     const a = limiters.open({ holderId: 'none-a' });
     const before = (await redis.keys(`${prefix}slots:*`)).length;
