@@ -91,6 +91,8 @@ export const DEFAULT_LEASE_TTL_MS = 15_000;
 // Failed releases are retried when Redis returns. Beyond this many, the oldest are dropped: they
 // expire on their own within one lease TTL anyway.
 const MAX_PENDING_RELEASES = 10_000;
+/** Key strings kept per rule (the sandboxes, tokens or client addresses with slots, typically). */
+const KEY_CACHE_MAX = 10_000;
 
 /**
  * The Redis key of one rule and key value. Session tokens grant access to sandboxes, so they are
@@ -134,6 +136,26 @@ function createTurnBatcher(onTurn: () => (() => void) | undefined = () => undefi
         if (done) queueMicrotask(done);
       });
     }));
+}
+
+/** Where the next renewal call of a round starts: a key's group, and a slot in it. */
+interface BatchCursor {
+  group: number;
+  slot: number;
+}
+
+/** The live slots of `list` under each key they hold a member of. */
+function groupByKey(list: Slot[]): Array<[string, Slot[]]> {
+  const byKey = new Map<string, Slot[]>();
+  for (const slot of list) {
+    if (slot.released) continue;
+    for (const claim of slot.claims) {
+      const group = byKey.get(claim.redisKey);
+      if (group === undefined) byKey.set(claim.redisKey, [slot]);
+      else group.push(slot);
+    }
+  }
+  return [...byKey];
 }
 
 interface Claim {
@@ -275,51 +297,45 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
    * had to be added back. Each call names a key once, with the slots it holds as one argument: what
    * follows this limiter's member prefix in each member, comma-separated. With thousands of slots on
    * a few keys, a renewal is a few bytes per slot, not the key and the whole member every time, nor an
-   * argument (and its encoding) per slot in the client.
+   * argument (and its encoding) per slot in the client. Each batch is built just before it is sent:
+   * a slot released meanwhile must not be written back.
    */
   async function writeSlots(list: Slot[]): Promise<number> {
-    const byKey = new Map<string, Slot[]>();
-    for (const slot of list) {
-      if (slot.released) continue;
-      for (const claim of slot.claims) {
-        const group = byKey.get(claim.redisKey);
-        if (group === undefined) byKey.set(claim.redisKey, [slot]);
-        else group.push(slot);
-      }
-    }
+    const groups = groupByKey(list);
+    const cursor: BatchCursor = { group: 0, slot: 0 };
     let restored = 0;
-    let keys: string[] = [];
-    let lists: string[] = [];
-    let suffixes: string[] = [];
-    let pairs = 0;
-    const endKey = (): void => {
-      if (suffixes.length === 0) return;
-      lists.push(suffixes.join(','));
-      suffixes = [];
-    };
-    const send = async (): Promise<void> => {
-      endKey();
-      if (pairs === 0) return;
-      const call = requireScripts().ohsSlotRenew(keys.length, ...keys, leaseTtlMs, memberPrefix, ...lists);
-      keys = [];
-      lists = [];
-      pairs = 0;
-      const reply = await track(call);
+    for (let batch = nextBatch(groups, cursor); batch !== undefined; batch = nextBatch(groups, cursor)) {
+      const reply = await track(requireScripts().ohsSlotRenew(batch.keys.length, ...batch.keys, leaseTtlMs, memberPrefix, ...batch.lists));
       restored += typeof reply === 'number' ? reply : 0;
-    };
-    for (const [key, group] of byKey) {
-      for (const slot of group) {
-        // Checked as each call is built: a slot released meanwhile must not be written back.
+    }
+    return restored;
+  }
+
+  /** The next renewal call: keys (each once) and, for each, its live slots' member suffixes. */
+  function nextBatch(groups: Array<[string, Slot[]]>, at: BatchCursor): { keys: string[]; lists: string[] } | undefined {
+    const keys: string[] = [];
+    const lists: string[] = [];
+    let pairs = 0;
+    while (at.group < groups.length && pairs < batchSize) {
+      const [key, slots] = groups[at.group] as [string, Slot[]];
+      const suffixes: string[] = [];
+      for (; at.slot < slots.length && pairs < batchSize; at.slot++) {
+        const slot = slots[at.slot] as Slot;
         if (slot.released) continue;
-        if (suffixes.length === 0) keys.push(key);
         slot.inRedis = true;
         suffixes.push(slot.member.slice(memberPrefix.length));
-        if (++pairs >= batchSize) await send();
+        pairs++;
       }
-      endKey();
+      if (suffixes.length > 0) {
+        keys.push(key);
+        lists.push(suffixes.join(','));
+      }
+      if (at.slot >= slots.length) {
+        at.group++;
+        at.slot = 0;
+      }
     }
-    await send();
-    return restored;
+    return pairs > 0 ? { keys, lists } : undefined;
   }
 
   function recover(): Promise<void> {
@@ -384,9 +400,26 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     const claims: Claim[] = [];
     for (const rule of rulesFor(limitClassOf(req.cls), rules)) {
       const value = keyValue(rule, req);
-      if (value !== undefined) claims.push({ rule, redisKey: slotKey(opts.keyPrefix, rule, value) });
+      if (value !== undefined) claims.push({ rule, redisKey: redisKeyFor(rule, value) });
     }
     return claims;
+  }
+
+  /**
+   * One string per rule and key value, shared by every slot under it: thousands of slots on one
+   * sandbox or token then hold one key string, not a copy each.
+   */
+  const keyCache = new Map<LimitRule, Map<string, string>>();
+  function redisKeyFor(rule: LimitRule, value: string): string {
+    let byValue = keyCache.get(rule);
+    if (byValue === undefined) keyCache.set(rule, (byValue = new Map()));
+    let key = byValue.get(value);
+    if (key === undefined) {
+      key = slotKey(opts.keyPrefix, rule, value);
+      if (byValue.size >= KEY_CACHE_MAX) byValue.delete(byValue.keys().next().value as string);
+      byValue.set(value, key);
+    }
+    return key;
   }
 
   function newMember(): string {
