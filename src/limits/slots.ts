@@ -96,25 +96,12 @@ const KEY_CACHE_MAX = 10_000;
 
 /**
  * The Redis key of one rule and key value. Session tokens grant access to sandboxes, so they are
- * never written to Redis: the key carries a digest of the token instead.
+ * never written to Redis: the key carries a digest of the token instead. (A limiter keeps the keys
+ * it made, so a token is hashed once, not on every connection: `redisKeyFor`.)
  */
 export function slotKey(keyPrefix: string, rule: LimitRule, value: string): string {
-  const part = rule.key === 'token' ? tokenDigest(value) : value;
+  const part = rule.key === 'token' ? `sha256-${createHash('sha256').update(value).digest('base64url').slice(0, 32)}` : value;
   return `${keyPrefix}slots:${rule.name}:${part}`;
-}
-
-/** Recent token digests: a token opens many connections, and hashing it each time is hot-path work. */
-const tokenDigests = new Map<string, string>();
-const TOKEN_DIGESTS_MAX = 10_000;
-
-function tokenDigest(token: string): string {
-  let d = tokenDigests.get(token);
-  if (d === undefined) {
-    d = `sha256-${createHash('sha256').update(token).digest('base64url').slice(0, 32)}`;
-    if (tokenDigests.size >= TOKEN_DIGESTS_MAX) tokenDigests.delete(tokenDigests.keys().next().value as string);
-    tokenDigests.set(token, d);
-  }
-  return d;
 }
 
 /**
@@ -407,7 +394,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
   /**
    * One string per rule and key value, shared by every slot under it: thousands of slots on one
-   * sandbox or token then hold one key string, not a copy each.
+   * sandbox or token then hold one key string, not a copy each, and a token is hashed once.
    */
   const keyCache = new Map<LimitRule, Map<string, string>>();
   function redisKeyFor(rule: LimitRule, value: string): string {
@@ -535,7 +522,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     async held(ruleName, key) {
       const rule = rules.find((r) => r.name === ruleName);
       if (rule === undefined) throw new OhsError('OHS_ERR_BAD_REQUEST', `unknown limit rule ${ruleName}`);
-      const redisKey = slotKey(opts.keyPrefix, rule, key);
+      const redisKey = redisKeyFor(rule, key);
       await settled;
       flushReleases();
       if (mode === 'global' && !closed) {
