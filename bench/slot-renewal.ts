@@ -2,7 +2,8 @@
 // renewIntervalMs). One limiter holds BENCH_RENEW_CONNS connections with two rules each (a slot per
 // sandbox and per token: 50 sandboxes and 50 tokens, so 2 × connections key/member pairs on 100
 // keys, the scale bench's shape) and renews every second for BENCH_RENEW_S seconds. Per renewal:
-// this process's CPU, Redis's CPU for the script calls (INFO commandstats) and the bytes Redis read.
+// this process's CPU (less what it spends in as long a window with no slot held, measured first),
+// Redis's CPU for the script calls (INFO commandstats) and the bytes Redis read.
 //
 // Its argument is the source tree whose limiter is measured (default: this one), so an earlier
 // commit is measured from a worktree of it by the same script, one after the other:
@@ -41,6 +42,12 @@ const limiter = createSlotLimiter({
 const inspector = new Redis(TEST_REDIS_URL);
 
 try {
+  // The same process over the same length of time with no slot held: what it spends on anything but
+  // renewing (timers, the loader, the client's upkeep), subtracted below.
+  await new Promise((r) => setTimeout(r, 1_000));
+  const idle0 = process.cpuUsage();
+  await new Promise((r) => setTimeout(r, SECONDS * 1_000 + 100));
+  const idle = process.cpuUsage(idle0);
   const held: AcquireResult[] = [];
   for (let i = 0; i < CONNS; i += 500) {
     const batch = Array.from({ length: Math.min(500, CONNS - i) }, (_, k) =>
@@ -64,7 +71,8 @@ try {
       pairs: 2 * CONNS,
       renewals: SECONDS,
       scriptCalls: Number(script?.[1] ?? 0),
-      clientCpuMsPerRenewal: round1((cpu.user + cpu.system) / 1_000 / SECONDS),
+      clientCpuMsPerRenewal: round1((cpu.user + cpu.system - idle.user - idle.system) / 1_000 / SECONDS),
+      clientCpuMsPerSecondIdle: round1((idle.user + idle.system) / 1_000 / SECONDS),
       redisCpuMsPerRenewal: round1(Number(script?.[2] ?? 0) / 1_000 / SECONDS),
       redisBytesInPerRenewal: Math.round(bytesIn / SECONDS),
       bytesPerPair: round1(bytesIn / SECONDS / (2 * CONNS)),

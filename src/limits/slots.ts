@@ -125,14 +125,18 @@ function createTurnBatcher(onTurn: () => (() => void) | undefined = () => undefi
     }));
 }
 
-/** Where the next renewal call of a round starts: a key's group, and a slot in it. */
+/** Slots grouped under the keys they hold a member of (a key with its slots). */
+type KeyGroups = Iterable<[string, Iterable<Slot>]>;
+
+/** Where the next renewal call of a round starts: the groups left, and the rest of the current one. */
 interface BatchCursor {
-  group: number;
-  slot: number;
+  groups: Iterator<[string, Iterable<Slot>]>;
+  key: string;
+  slots: Iterator<Slot> | undefined;
 }
 
 /** The live slots of `list` under each key they hold a member of. */
-function groupByKey(list: Slot[]): Array<[string, Slot[]]> {
+function groupByKey(list: Iterable<Slot>): Map<string, Slot[]> {
   const byKey = new Map<string, Slot[]>();
   for (const slot of list) {
     if (slot.released) continue;
@@ -142,7 +146,7 @@ function groupByKey(list: Slot[]): Array<[string, Slot[]]> {
       else group.push(slot);
     }
   }
-  return [...byKey];
+  return byKey;
 }
 
 interface Claim {
@@ -151,7 +155,8 @@ interface Claim {
 }
 
 interface Slot {
-  member: string;
+  /** What follows the limiter's member prefix in the slot's member (a base-36 counter). */
+  suffix: string;
   claims: Claim[];
   /** May be in Redis: set before any write that may add it, so that a release always removes it. */
   inRedis: boolean;
@@ -179,8 +184,13 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   const memberPrefix = `${opts.holderId}:${incarnation}.`;
   let seq = 0;
 
-  const slots = new Map<string, Slot>();
-  const localCounts = new Map<string, number>();
+  /** Every slot held. */
+  const slots = new Set<Slot>();
+  /**
+   * The slots held under each key, a key's set dropped with its last slot: the local count of a key
+   * and what a renewal round walks, so that a round regroups nothing.
+   */
+  const byKey = new Map<string, Set<Slot>>();
   const pendingReleases = new Map<string, string[]>();
   const nextTurn = createTurnBatcher(() => {
     const socket = client?.status === 'ready' ? client.stream : undefined;
@@ -270,7 +280,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     }
     renewing = true;
     try {
-      const restored = await writeSlots([...slots.values()]);
+      const restored = await writeSlots(byKey);
       if (restored > 0) log.warn({ restored }, 'limit slots missing from redis were added back (lease expired before renewal?)');
     } catch (err) {
       enterOutage(err);
@@ -280,18 +290,18 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   /**
-   * Renews (or adds back) `list` in batches of at most `batchSize` key/member pairs; returns how many
-   * had to be added back. Each call names a key once, with the slots it holds as one argument: what
+   * Renews (or adds back) the slots of `groups` in batches of at most `batchSize` key/member pairs;
+   * returns how many had to be added back. Each call names a key once, with the slots it holds as one argument: what
    * follows this limiter's member prefix in each member, comma-separated. With thousands of slots on
    * a few keys, a renewal is a few bytes per slot, not the key and the whole member every time, nor an
    * argument (and its encoding) per slot in the client. Each batch is built just before it is sent:
-   * a slot released meanwhile must not be written back.
+   * a slot released meanwhile must not be written back. `groups` may be the live `byKey`: its sets
+   * are walked as they change (a Set's iterator skips what was deleted and reaches what was added).
    */
-  async function writeSlots(list: Slot[]): Promise<number> {
-    const groups = groupByKey(list);
-    const cursor: BatchCursor = { group: 0, slot: 0 };
+  async function writeSlots(groups: KeyGroups): Promise<number> {
+    const cursor: BatchCursor = { groups: groups[Symbol.iterator](), key: '', slots: undefined };
     let restored = 0;
-    for (let batch = nextBatch(groups, cursor); batch !== undefined; batch = nextBatch(groups, cursor)) {
+    for (let batch = nextBatch(cursor); batch !== undefined; batch = nextBatch(cursor)) {
       const reply = await track(requireScripts().ohsSlotRenew(batch.keys.length, ...batch.keys, leaseTtlMs, memberPrefix, ...batch.lists));
       restored += typeof reply === 'number' ? reply : 0;
     }
@@ -299,27 +309,32 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   /** The next renewal call: keys (each once) and, for each, its live slots' member suffixes. */
-  function nextBatch(groups: Array<[string, Slot[]]>, at: BatchCursor): { keys: string[]; lists: string[] } | undefined {
+  function nextBatch(at: BatchCursor): { keys: string[]; lists: string[] } | undefined {
     const keys: string[] = [];
     const lists: string[] = [];
     let pairs = 0;
-    while (at.group < groups.length && pairs < batchSize) {
-      const [key, slots] = groups[at.group] as [string, Slot[]];
-      const suffixes: string[] = [];
-      for (; at.slot < slots.length && pairs < batchSize; at.slot++) {
-        const slot = slots[at.slot] as Slot;
+    while (pairs < batchSize) {
+      if (at.slots === undefined) {
+        const next = at.groups.next();
+        if (next.done === true) break;
+        at.key = next.value[0];
+        at.slots = next.value[1][Symbol.iterator]();
+      }
+      let list = '';
+      for (let next = at.slots.next(); ; next = at.slots.next()) {
+        if (next.done === true) {
+          at.slots = undefined;
+          break;
+        }
+        const slot = next.value;
         if (slot.released) continue;
         slot.inRedis = true;
-        suffixes.push(slot.member.slice(memberPrefix.length));
-        pairs++;
+        list = list === '' ? slot.suffix : `${list},${slot.suffix}`;
+        if (++pairs >= batchSize) break;
       }
-      if (suffixes.length > 0) {
-        keys.push(key);
-        lists.push(suffixes.join(','));
-      }
-      if (at.slot >= slots.length) {
-        at.group++;
-        at.slot = 0;
+      if (list !== '') {
+        keys.push(at.key);
+        lists.push(list);
       }
     }
     return pairs > 0 ? { keys, lists } : undefined;
@@ -332,10 +347,10 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
         await flushPendingReleases();
         // Slots taken locally during the outage (and those taken while this runs) join the global
         // count before global counting resumes. Bounded: the rest is picked up by the next renewal.
-        let todo = [...slots.values()];
+        let todo = [...slots];
         for (let pass = 0; pass < 3 && todo.length > 0; pass++) {
-          await writeSlots(todo);
-          todo = [...slots.values()].filter((s) => !s.inRedis);
+          await writeSlots(groupByKey(todo));
+          todo = [...slots].filter((s) => !s.inRedis);
         }
         if (closed || client?.status !== 'ready') return;
         clearTimeout(settleTimer);
@@ -409,16 +424,21 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return key;
   }
 
-  function newMember(): string {
-    seq += 1;
-    return `${memberPrefix}${seq.toString(36)}`;
+  function memberOf(suffix: string): string {
+    return memberPrefix + suffix;
   }
 
-  function hold(member: string, claims: Claim[], inRedis: boolean): AcquireResult {
-    const slot: Slot = { member, claims, inRedis, released: false };
-    slots.set(member, slot);
+  function countOn(redisKey: string): number {
+    return byKey.get(redisKey)?.size ?? 0;
+  }
+
+  function hold(suffix: string, claims: Claim[], inRedis: boolean): AcquireResult {
+    const slot: Slot = { suffix, claims, inRedis, released: false };
+    slots.add(slot);
     for (const c of claims) {
-      localCounts.set(c.redisKey, (localCounts.get(c.redisKey) ?? 0) + 1);
+      const group = byKey.get(c.redisKey);
+      if (group === undefined) byKey.set(c.redisKey, new Set([slot]));
+      else group.add(slot);
       metrics.slotsHeld.inc({ rule: c.rule.name });
     }
     return { ok: true, release: () => release(slot) };
@@ -427,11 +447,10 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   function release(slot: Slot): void {
     if (slot.released) return;
     slot.released = true;
-    slots.delete(slot.member);
+    slots.delete(slot);
     for (const c of slot.claims) {
-      const n = (localCounts.get(c.redisKey) ?? 1) - 1;
-      if (n > 0) localCounts.set(c.redisKey, n);
-      else localCounts.delete(c.redisKey);
+      const group = byKey.get(c.redisKey);
+      if (group !== undefined && group.delete(slot) && group.size === 0) byKey.delete(c.redisKey);
       metrics.slotsHeld.dec({ rule: c.rule.name });
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
@@ -445,12 +464,13 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     for (const slot of batch) {
       if (closed || scripts === undefined) return;
       if (client?.status !== 'ready') {
-        rememberRelease(slot.member, slot.claims);
+        rememberRelease(memberOf(slot.suffix), slot.claims);
         continue;
       }
       const keys = slot.claims.map((c) => c.redisKey);
-      track(scripts.ohsSlotRelease(keys.length, ...keys, slot.member)).catch((err: unknown) => {
-        rememberRelease(slot.member, slot.claims);
+      const member = memberOf(slot.suffix);
+      track(scripts.ohsSlotRelease(keys.length, ...keys, member)).catch((err: unknown) => {
+        rememberRelease(member, slot.claims);
         enterOutage(err);
       });
     }
@@ -461,7 +481,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return { ok: false, rule, error };
   }
 
-  function acquireLocally(claims: Claim[], member: string, inRedis: boolean): AcquireResult {
+  function acquireLocally(claims: Claim[], suffix: string, inRedis: boolean): AcquireResult {
     for (const c of claims) {
       if (mode === 'deny') {
         return refuse(
@@ -472,17 +492,17 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
         );
       }
       const max = mode === 'local-split' ? localShare(c.rule.max, opts.liveReplicas()) : c.rule.max;
-      if ((localCounts.get(c.redisKey) ?? 0) >= max) return refuse(c.rule, limitError(c.rule, max));
+      if (countOn(c.redisKey) >= max) return refuse(c.rule, limitError(c.rule, max));
     }
-    return hold(member, claims, inRedis);
+    return hold(suffix, claims, inRedis);
   }
 
-  async function acquireGlobally(claims: Claim[], member: string): Promise<AcquireResult> {
+  async function acquireGlobally(claims: Claim[], suffix: string): Promise<AcquireResult> {
     // Commands on one connection run in order: a release made before this acquire lands first.
     flushReleases();
     const keys = claims.map((c) => c.redisKey);
     const maxes = claims.map((c) => c.rule.max);
-    const reply = await track(requireScripts().ohsSlotAcquire(keys.length, ...keys, member, leaseTtlMs, ...maxes));
+    const reply = await track(requireScripts().ohsSlotAcquire(keys.length, ...keys, memberOf(suffix), leaseTtlMs, ...maxes));
     const { refusedIndex, reclaimed } = parseAcquireReply(reply, claims.length);
     reclaimed.forEach((n, i) => {
       const rule = claims[i]?.rule;
@@ -490,7 +510,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     });
     const refused = claims[refusedIndex];
     if (refused !== undefined) return refuse(refused.rule, limitError(refused.rule));
-    return hold(member, claims, true);
+    return hold(suffix, claims, true);
   }
 
   return {
@@ -499,24 +519,25 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       const claims = claimsFor(req);
       if (claims.length === 0) return { ok: true, release() {} };
       await settled;
-      const member = newMember();
+      seq += 1;
+      const suffix = seq.toString(36);
       if (mode === 'global') {
         await nextTurn();
         if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed');
       }
       if (mode === 'global') {
         try {
-          return await acquireGlobally(claims, member);
+          return await acquireGlobally(claims, suffix);
         } catch (err) {
           enterOutage(err);
           if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed', { cause: err });
           // The script may have run before the connection failed: the member may be in Redis.
-          const local = acquireLocally(claims, member, true);
-          if (!local.ok) rememberRelease(member, claims);
+          const local = acquireLocally(claims, suffix, true);
+          if (!local.ok) rememberRelease(memberOf(suffix), claims);
           return local;
         }
       }
-      return acquireLocally(claims, member, false);
+      return acquireLocally(claims, suffix, false);
     },
 
     async held(ruleName, key) {
@@ -532,7 +553,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
           enterOutage(err);
         }
       }
-      return localCounts.get(redisKey) ?? 0;
+      return countOn(redisKey);
     },
 
     policy: () => mode,

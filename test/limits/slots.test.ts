@@ -246,6 +246,29 @@ describe('leased connection slots in redis', () => {
     expect(a.logs.messages('warn')).toContain('limit slots missing from redis were added back (lease expired before renewal?)');
   });
 
+  it('a round walks the slots as they are: released during it, not written back; taken during it, kept', async () => {
+    const rules: LimitRule[] = [{ name: 'exec-per-sandbox', trafficClass: 'exec', key: 'sandbox', max: 1000 }];
+    // One pair per call and a short interval: rounds of 200 calls run nearly back to back.
+    const a = limiters.open({ holderId: 'live-round', rules, leaseTtlMs: 2000, renewIntervalMs: 50, renewBatchSize: 1 });
+    const take = async (sandboxId: string, n: number): Promise<Array<Extract<AcquireResult, { ok: true }>>> =>
+      granted(await Promise.all(Array.from({ length: n }, () => a.acquire({ cls: 'exec', sandboxId }))));
+    const onA = await take('sbx-live-a', 100);
+    const onB = await take('sbx-live-b', 100);
+    expect(onA.length + onB.length).toBe(200);
+    for (let i = 0; i < 5; i++) {
+      await sleep(15);
+      for (const r of onA.splice(0, 20)) r.release();
+      onB.push(...(await take('sbx-live-b', 10)));
+    }
+    await sleep(300); // several more rounds
+    expect(await redis.zcard(slotKey(prefix, rules[0] as LimitRule, 'sbx-live-a'))).toBe(0);
+    expect(await redis.zcard(slotKey(prefix, rules[0] as LimitRule, 'sbx-live-b'))).toBe(150);
+    expect(await a.held('exec-per-sandbox', 'sbx-live-a')).toBe(0);
+    expect(await a.held('exec-per-sandbox', 'sbx-live-b')).toBe(150);
+    expect(a.logs.messages('warn')).not.toContain('limit slots missing from redis were added back (lease expired before renewal?)');
+    for (const r of onB) r.release();
+  });
+
   it('a renewal sends each key once and only the end of each member: a few bytes per slot', async () => {
     const rules: LimitRule[] = [{ name: 'exec-per-sandbox', trafficClass: 'exec', key: 'sandbox', max: 1000 }];
     const a = limiters.open({ holderId: 'renew-bytes-with-a-long-replica-name', rules, leaseTtlMs: 3000, renewIntervalMs: 1000 });
