@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-ssh bench-scale drill drill-readiness drill-readiness-real clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-ssh bench-scale bench-burst drill drill-readiness drill-readiness-real clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -60,6 +60,12 @@ bench-lookup: install
 # bench/results/scale.json). A few minutes; not part of `make bench`.
 bench-scale: build
 	node --import tsx bench/scale.ts
+
+# A burst of 5,000 supervisors reaching one sidecar at once (a replica died and its sandboxes
+# reconnect through the Service): time until every ownership row is written, claims that outwaited
+# the Hello, claims per transaction (bench/claim-burst.ts; bench/results/claim-burst.json).
+bench-burst: build
+	node --import tsx bench/claim-burst.ts
 
 bench-ssh: build
 	node --import tsx bench/run.ts

@@ -140,6 +140,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
           lookupPoolSize: config.postgresLookupPoolSize,
           lookupQueueMax: config.postgresLookupQueueMax,
           onLookupRefused: () => metrics.protectionsTotal.inc({ reason: 'lookup_queue' }),
+          onClaimBatch: (claims) => metrics.ownerClaimBatchSize.observe(claims),
           logger: logger.child({ component: 'ownership' }),
         })
       : createMemoryOwnershipStore({ replicaId: config.replicaId, peerUrl, version: VERSION });

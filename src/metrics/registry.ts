@@ -20,6 +20,8 @@ export interface SidecarMetrics {
   readonly activeTunnels: Gauge<'target'>;
   readonly ownerLookupsTotal: Counter<'source'>;
   readonly ownerClaimsTotal: Counter;
+  /** Claims written per Postgres transaction (claims that arrive while one is written wait for the next). */
+  readonly ownerClaimBatchSize: Histogram;
   readonly ownershipChangesTotal: Counter;
   /** First-message or header classification failures, by reason (an OHS error code). */
   readonly classifyErrorsTotal: Counter<'reason'>;
@@ -129,6 +131,12 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     ownerClaimsTotal: new Counter({
       name: 'ohs_owner_claims_total',
       help: 'Sandbox ownership claims made by this replica.',
+      registers,
+    }),
+    ownerClaimBatchSize: new Histogram({
+      name: 'ohs_owner_claim_batch_size',
+      help: 'Ownership claims written per Postgres transaction (a burst of reconnecting supervisors is written in few).',
+      buckets: [1, 2, 5, 10, 50, 100, 500],
       registers,
     }),
     ownershipChangesTotal: new Counter({

@@ -55,6 +55,8 @@ export interface PostgresOwnershipStoreOptions {
   lookupQueueMax?: number;
   /** A lookup refused because the lookup queue was full. */
   onLookupRefused?: () => void;
+  /** A transaction of this many claims was committed. */
+  onClaimBatch?: (claims: number) => void;
   /**
    * How long "no such sandbox" (no owner row at all) is remembered for non-fresh lookups; a claim
    * anywhere invalidates it at once (pub/sub, NOTIFY). 0 turns the negative cache off. Default 5 s.
@@ -75,6 +77,15 @@ const DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES = 10_000;
 const REPLICA_RECHECK_MS = 1_000;
 // A claim retries when a concurrent first claim slipped in between its lock and its upsert.
 const CLAIM_ATTEMPTS = 5;
+/** Claims written in one transaction at most, and such transactions at once. */
+const CLAIM_BATCH_MAX = 500;
+const CLAIM_BATCHES = 2;
+
+interface PendingClaim {
+  sandboxId: string;
+  resolve: (result: ClaimResult) => void;
+  reject: (err: unknown) => void;
+}
 const HEALTH_TIMEOUT_MS = 1000;
 const DEFAULT_REDIS_CACHE_TTL_MS = 30_000;
 const STATEMENT_TIMEOUT_MS = 10_000;
@@ -333,50 +344,104 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     await Promise.all(pools.map((p) => p?.end()));
   }
 
-  async function claim(sandboxId: string): Promise<ClaimResult> {
-    for (let attempt = 1; ; attempt++) {
-      const result = await transaction(async (c) => {
-        // A replica that can write a claim is alive: renew its lease in the same transaction, so
-        // a claim made right after a Postgres outage is not hidden behind a lapsed heartbeat.
-        await c.query(sql.HEARTBEAT, replicaParams());
-        const prev = (await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNER, [sandboxId])).rows[0];
-        const up = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNER, [sandboxId, opts.replicaId])).rows[0];
-        if (up === undefined) throw new OhsError('OHS_ERR_INTERNAL', 'claim upsert returned no row');
-        // No row to lock, yet the upsert updated one: a concurrent first claim won the insert.
-        // Our view of "previous" is wrong, so undo and try again (the row now exists and will be locked).
-        if (prev === undefined && up.epoch !== 1) throw new ClaimRace();
-        const owner: OwnerRecord = {
-          sandboxId,
-          replicaId: opts.replicaId,
-          peerUrl: opts.peerUrl,
-          epoch: up.epoch,
-          claimedAtMs: up.claimed_at_ms,
-        };
-        if (prev !== undefined) noteReplicaUrl(prev.replica_id, prev.peer_url);
-        const previous: OwnerRecord | null =
-          prev === undefined
-            ? null
-            : {
-                sandboxId,
-                replicaId: prev.replica_id,
-                // The previous replica's row may be gone (never for a live replica); '' = unknown.
-                peerUrl: prev.peer_url ?? '',
-                epoch: prev.epoch,
-                claimedAtMs: prev.claimed_at_ms,
-              };
-        return { owner, previous };
-      }).catch((err: unknown) => {
-        if (err instanceof ClaimRace && attempt < CLAIM_ATTEMPTS) return null;
-        throw err;
-      });
-      if (result === null) {
-        log.debug({ sandbox: sandboxId, attempt }, 'claim raced with a concurrent first claim; retrying');
-        continue;
+  /**
+   * Claims wait here and are written in batches: one transaction (one commit, so one WAL flush)
+   * for every claim that arrived while the previous batch ran. One at a time, a burst of
+   * supervisors reconnecting at once (a replica died) was written at a few hundred claims per
+   * second, and most of the burst outwaited the pool (bench/claim-burst.ts). A sandbox is in at most
+   * one batch at a time, so two claims of one sandbox commit in the order they were made.
+   */
+  const claimQueue: PendingClaim[] = [];
+  const claimsInBatch = new Set<string>();
+  let claimBatches = 0;
+
+  function claim(sandboxId: string): Promise<ClaimResult> {
+    requirePool();
+    return new Promise<ClaimResult>((resolve, reject) => {
+      claimQueue.push({ sandboxId, resolve, reject });
+      startClaimBatches();
+    });
+  }
+
+  function startClaimBatches(): void {
+    while (claimBatches < CLAIM_BATCHES && claimQueue.length > 0) {
+      const batch: PendingClaim[] = [];
+      for (let i = 0; i < claimQueue.length && batch.length < CLAIM_BATCH_MAX; ) {
+        const next = claimQueue[i] as PendingClaim;
+        if (claimsInBatch.has(next.sandboxId)) {
+          i++; // that sandbox's earlier claim is still being written: this one goes in a later batch
+          continue;
+        }
+        claimQueue.splice(i, 1);
+        claimsInBatch.add(next.sandboxId);
+        batch.push(next);
       }
-      forget(sandboxId);
-      if (redis !== null) await redis.invalidate(sandboxId, true);
-      return result;
+      if (batch.length === 0) return;
+      claimBatches++;
+      void writeClaims(batch).finally(() => {
+        claimBatches--;
+        for (const c of batch) claimsInBatch.delete(c.sandboxId);
+        startClaimBatches();
+      });
     }
+  }
+
+  async function writeClaims(batch: PendingClaim[]): Promise<void> {
+    const ids = batch.map((c) => c.sandboxId);
+    let written: Map<string, ClaimResult>;
+    let beatAt: number | undefined;
+    for (let attempt = 1; ; attempt++) {
+      const now = Date.now();
+      // A replica that can write a claim is alive: when its lease as last written has run half its
+      // TTL (a heartbeat failed, or Postgres was away), the claim renews it in the same transaction,
+      // so the claim is not hidden behind a lapsed heartbeat. Not on every claim: a renewal updates
+      // this replica's one row and holds its lock until commit.
+      beatAt = lastHeartbeatAtMs === undefined || now - lastHeartbeatAtMs > opts.leaseTtlMs / 2 ? now : undefined;
+      try {
+        if (!running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
+        written = await transaction(async (c) => {
+          if (beatAt !== undefined) await c.query(sql.HEARTBEAT, replicaParams());
+          const prev = new Map((await c.query<sql.LockedOwnerRow>(sql.LOCK_OWNERS, [ids])).rows.map((r) => [r.sandbox_id, r]));
+          const ups = (await c.query<sql.UpsertOwnerRow>(sql.UPSERT_OWNERS, [ids, opts.replicaId])).rows;
+          if (ups.length !== ids.length) throw new OhsError('OHS_ERR_INTERNAL', `claim upsert returned ${ups.length} rows for ${ids.length} claims`);
+          const out = new Map<string, ClaimResult>();
+          for (const up of ups) {
+            const p = prev.get(up.sandbox_id);
+            // No row to lock, yet the upsert updated one: a concurrent first claim won the insert.
+            // Our view of "previous" is wrong, so undo and try again (the row now exists and will be locked).
+            if (p === undefined && up.epoch !== 1) throw new ClaimRace();
+            if (p !== undefined) noteReplicaUrl(p.replica_id, p.peer_url);
+            out.set(up.sandbox_id, {
+              owner: { sandboxId: up.sandbox_id, replicaId: opts.replicaId, peerUrl: opts.peerUrl, epoch: up.epoch, claimedAtMs: up.claimed_at_ms },
+              // The previous replica's row may be gone (never for a live replica); '' = unknown.
+              previous: p === undefined ? null : { sandboxId: up.sandbox_id, replicaId: p.replica_id, peerUrl: p.peer_url ?? '', epoch: p.epoch, claimedAtMs: p.claimed_at_ms },
+            });
+          }
+          return out;
+        });
+        break;
+      } catch (err) {
+        if (err instanceof ClaimRace && attempt < CLAIM_ATTEMPTS) {
+          log.debug({ claims: ids.length, attempt }, 'claim raced with a concurrent first claim; retrying');
+          continue;
+        }
+        for (const c of batch) c.reject(err);
+        return;
+      }
+    }
+    if (beatAt !== undefined && (lastHeartbeatAtMs === undefined || lastHeartbeatAtMs < beatAt)) lastHeartbeatAtMs = beatAt;
+    opts.onClaimBatch?.(batch.length);
+    await Promise.all(
+      batch.map(async (c) => {
+        try {
+          forget(c.sandboxId);
+          if (redis !== null) await redis.invalidate(c.sandboxId, true);
+          c.resolve(written.get(c.sandboxId) as ClaimResult);
+        } catch (err) {
+          c.reject(err);
+        }
+      }),
+    );
   }
 
   async function release(sandboxId: string, epoch: number): Promise<boolean> {

@@ -62,20 +62,28 @@ export const DROP_OWN_OWNERS = `
   DELETE FROM ohs_owners WHERE replica_id = $1
   RETURNING sandbox_id, pg_notify('${NOTIFY_CHANNEL}', sandbox_id)`;
 
-/** $1 sandbox_id. Locks the current row (if any) for the claim that follows in the same transaction. */
-export const LOCK_OWNER = `
-  SELECT o.replica_id, o.epoch::float8 AS epoch, ${ms('o.claimed_at')} AS claimed_at_ms, r.peer_url
+/**
+ * $1 sandbox_ids (distinct). Locks their current rows (those that exist) for the claims that follow
+ * in the same transaction, in key order, so that two replicas' batches never wait on each other in
+ * a cycle.
+ */
+export const LOCK_OWNERS = `
+  SELECT o.sandbox_id, o.replica_id, o.epoch::float8 AS epoch, ${ms('o.claimed_at')} AS claimed_at_ms, r.peer_url
   FROM ohs_owners o LEFT JOIN ohs_replicas r ON r.replica_id = o.replica_id
-  WHERE o.sandbox_id = $1
+  WHERE o.sandbox_id = ANY($1::text[])
+  ORDER BY o.sandbox_id
   FOR UPDATE OF o`;
 
-/** $1 sandbox_id, $2 replica_id. Last connect wins; the notification is sent at commit. */
-export const UPSERT_OWNER = `
+/**
+ * $1 sandbox_ids (distinct), $2 replica_id. Last connect wins; the notifications are sent at commit.
+ * Rows are written in key order, as LOCK_OWNERS locks them.
+ */
+export const UPSERT_OWNERS = `
   INSERT INTO ohs_owners AS o (sandbox_id, replica_id, epoch, claimed_at)
-  VALUES ($1, $2, 1, now())
+  SELECT id, $2, 1, now() FROM unnest($1::text[]) AS u(id) ORDER BY id
   ON CONFLICT (sandbox_id) DO UPDATE SET
     replica_id = EXCLUDED.replica_id, epoch = o.epoch + 1, claimed_at = now()
-  RETURNING o.epoch::float8 AS epoch, ${ms('o.claimed_at')} AS claimed_at_ms,
+  RETURNING o.sandbox_id, o.epoch::float8 AS epoch, ${ms('o.claimed_at')} AS claimed_at_ms,
             pg_notify('${NOTIFY_CHANNEL}', o.sandbox_id)`;
 
 /** $1 sandbox_id, $2 replica_id, $3 epoch. Conditional, so a late cleanup never deletes a newer owner. */
@@ -119,6 +127,7 @@ export const LIVE_REPLICAS = `
   ORDER BY replica_id`;
 
 export interface LockedOwnerRow {
+  sandbox_id: string;
   replica_id: string;
   epoch: number;
   claimed_at_ms: number;
@@ -126,6 +135,7 @@ export interface LockedOwnerRow {
 }
 
 export interface UpsertOwnerRow {
+  sandbox_id: string;
   epoch: number;
   claimed_at_ms: number;
 }

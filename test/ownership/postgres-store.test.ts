@@ -134,6 +134,63 @@ describe('postgres ownership store', () => {
     }
   });
 
+  it('a burst of claims is written in a few transactions; claims of one sandbox keep their order', async () => {
+    const batches: number[] = [];
+    const a = await openStore('burst-a', { onClaimBatch: (n) => batches.push(n) });
+    const ids = Array.from({ length: 300 }, () => sandbox());
+    const first = await Promise.all(ids.map((s) => a.claim(s)));
+    expect(first.map((c) => c.owner.sandboxId)).toEqual(ids);
+    expect(first.every((c) => c.owner.replicaId === 'burst-a' && c.owner.epoch === 1 && c.previous === null)).toBe(true);
+    expect(batches.reduce((x, y) => x + y, 0)).toBe(300);
+    // One claim starts at once, the next joins a second transaction, the rest wait for one of them.
+    expect(batches.length).toBeLessThanOrEqual(4);
+    // The same sandbox claimed three times in a row, in one burst with others: epochs in call order.
+    const s = ids[0] as string;
+    const again = await Promise.all([a.claim(s), a.claim(ids[1] as string), a.claim(s), a.claim(s)]);
+    expect([again[0], again[2], again[3]].map((c) => c?.owner.epoch)).toEqual([2, 3, 4]);
+    expect(again[2]?.previous).toMatchObject({ replicaId: 'burst-a', epoch: 2 });
+    expect((await a.lookup(s, { fresh: true })).owner).toMatchObject({ replicaId: 'burst-a', epoch: 4 });
+  });
+
+  it('two replicas claiming the same many sandboxes at once: no deadlock, one chain of epochs per sandbox', async () => {
+    const a = await openStore('overlap-a');
+    const b = await openStore('overlap-b');
+    const ids = Array.from({ length: 200 }, () => sandbox());
+    // Opposite orders, so that row locks taken in call order would cross.
+    const [fromA, fromB] = await Promise.all([Promise.all(ids.map((s) => a.claim(s))), Promise.all([...ids].reverse().map((s) => b.claim(s)))]);
+    const byId = new Map(fromB.map((c) => [c.owner.sandboxId, c]));
+    for (const ca of fromA) {
+      const cb = byId.get(ca.owner.sandboxId);
+      const [earlier, later] = ca.owner.epoch === 1 ? [ca, cb] : [cb, ca];
+      expect(earlier?.owner.epoch).toBe(1);
+      expect(earlier?.previous).toBeNull();
+      expect(later?.owner.epoch).toBe(2);
+      expect(later?.previous).toMatchObject({ replicaId: earlier?.owner.replicaId, epoch: 1 });
+    }
+  });
+
+  it("a claim renews the replica's lease once it has run half its TTL, and leaves it alone before", async () => {
+    const client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      const beatAge = async (): Promise<number> =>
+        Number((await client.query<{ ms: number }>("SELECT (extract(epoch FROM now() - heartbeat_at) * 1000)::float8 AS ms FROM ohs_replicas WHERE replica_id = 'lease-a'")).rows[0]?.ms);
+      // No heartbeat of its own after the start: only claims can renew the lease.
+      const a = await openStore('lease-a', { heartbeatIntervalMs: 3_600_000, leaseTtlMs: 1_000 });
+      await sleep(200);
+      await a.claim(sandbox());
+      expect(await beatAge()).toBeGreaterThanOrEqual(150); // a quarter of the TTL in: not renewed
+      await sleep(450);
+      await a.claim(sandbox());
+      expect(await beatAge()).toBeLessThan(150); // past half the TTL: renewed with the claim
+      const s = sandbox();
+      await a.claim(s);
+      expect((await a.lookup(s, { fresh: true })).owner).toMatchObject({ replicaId: 'lease-a' });
+    } finally {
+      await client.end();
+    }
+  });
+
   it('a release with a stale epoch or from another replica leaves the current owner in place', async () => {
     const a = await openStore('release-a');
     const b = await openStore('release-b');

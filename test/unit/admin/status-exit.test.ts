@@ -36,7 +36,7 @@ async function replica(id: string, ageSeconds: number, sessions = 0): Promise<vo
 }
 
 async function own(sandboxId: string, replicaId: string): Promise<void> {
-  await pool.query(sql.UPSERT_OWNER, [sandboxId, replicaId]);
+  await pool.query(sql.UPSERT_OWNERS, [[sandboxId], replicaId]);
 }
 
 beforeAll(async () => {

@@ -31,6 +31,7 @@ describe('createMetrics', () => {
         'ohs_handoffs_total',
         'ohs_held_duration_seconds',
         'ohs_held_requests',
+        'ohs_owner_claim_batch_size',
         'ohs_owner_claims_total',
         'ohs_owner_lookups_total',
         'ohs_ownership_changes_total',

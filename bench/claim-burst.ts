@@ -1,0 +1,136 @@
+// A burst of supervisors reaching one sidecar at once, as when a replica dies and its sandboxes'
+// supervisors all reconnect through the Service to the survivors. BURST_SUPERVISORS ConnectSupervisor
+// streams over BURST_CONNS HTTP/2 connections are opened together, without pacing, in front of the
+// minimal fake gateway (which answers a Hello with response headers at once). Each Hello waits for
+// its ownership claim (a Postgres transaction) before it goes to the gateway, up to a bound.
+//
+// Reports: how long until each supervisor's answer came (p50/p99/max, as this client saw it), how
+// long until every ownership row was written, how many claims did not complete within the Hello's
+// wait (`ohs_pending_store_writes` at its highest: those are retried in the background) and in how
+// many transactions the claims were written.
+// Real Postgres (TEST_DATABASE_URL) and Redis (TEST_REDIS_URL). Prints one JSON line and writes
+// bench/results/claim-burst.json (BURST_RESULTS_NAME); asserts nothing. Bounded: every wait has a deadline.
+import { writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type http2 from 'node:http2';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
+import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
+import { createCleanups } from './lib/cleanup.ts';
+import { CONNECT_SUPERVISOR, connectH2, helloFrame } from './lib/raw-clients.ts';
+import { machineMeta } from './lib/results.ts';
+import { sidecarEntry, startBenchSidecar } from './lib/sidecars.ts';
+import { envInt, percentile, round1 } from './lib/stats.ts';
+
+const SUPERVISORS = envInt('BURST_SUPERVISORS', 5_000);
+const CONNS = envInt('BURST_CONNS', 100);
+const here = dirname(fileURLToPath(import.meta.url));
+const t0 = Date.now();
+const log = (msg: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function metricValue(adminPort: number, name: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(body)?.[1] ?? NaN)));
+    });
+    req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
+    req.on('error', reject);
+  });
+}
+
+async function main(): Promise<void> {
+  const cleanups = createCleanups({ onSignalExitCode: 130 });
+  try {
+    const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts')]);
+    cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
+    const db = await createTestDatabase('bench_burst');
+    cleanups.push({ what: 'database', run: () => db.drop() });
+    const owner = await startBenchSidecar('owner', {
+      gatewayPort: (gw.ready.ports as number[])[0] as number,
+      databaseUrl: db.url,
+      redisUrl: TEST_REDIS_URL,
+      redisKeyPrefix: testRedisPrefix('bench-burst'),
+      peerSecret: 'bench-burst-peer-secret-0123456789',
+      noFile: 20_000,
+      extraArgs: ['--h2-max-concurrent-streams', '10000'],
+    });
+    cleanups.push({ what: 'sidecar', run: () => owner.stop() });
+    const probeDb = new pg.Client({ connectionString: db.url });
+    await probeDb.connect();
+    cleanups.push({ what: 'probe client', run: () => probeDb.end() });
+    const owned = async (): Promise<number> => (await probeDb.query<{ n: number }>("SELECT count(*)::int AS n FROM ohs_owners WHERE replica_id = 'owner'")).rows[0]?.n ?? 0;
+    log(`up: sidecar ${sidecarEntry().what} (:${owner.publicPort}); ${SUPERVISORS} supervisors over ${CONNS} connections, all at once`);
+
+    const sessions: http2.ClientHttp2Session[] = await Promise.all(Array.from({ length: CONNS }, () => connectH2(owner.publicPort)));
+    cleanups.push({ what: 'supervisor connections', run: async () => sessions.forEach((s) => s.destroy()) });
+    const answerMs: number[] = [];
+    let refused = 0;
+    const burstT0 = performance.now();
+    const answered = Array.from({ length: SUPERVISORS }, (_, i) => {
+      const stream = (sessions[i % CONNS] as http2.ClientHttp2Session).request(
+        { ':method': 'POST', ':path': CONNECT_SUPERVISOR, 'content-type': 'application/grpc', te: 'trailers' },
+        { endStream: false },
+      );
+      stream.on('error', () => undefined);
+      stream.write(helloFrame(`burst-sandbox-${String(i).padStart(5, '0')}`, `burst-${i}`));
+      stream.resume();
+      return new Promise<void>((resolve) => {
+        stream.once('response', (h) => {
+          if (h['grpc-status'] !== undefined && h['grpc-status'] !== '0') refused++;
+          else answerMs.push(performance.now() - burstT0);
+          resolve();
+        });
+        stream.once('close', () => resolve());
+      });
+    });
+    // While answers come in: the most claims the sidecar had left to write at once.
+    let pendingPeak = 0;
+    let allAnswered = false;
+    const watching = (async () => {
+      while (!allAnswered) {
+        pendingPeak = Math.max(pendingPeak, (await metricValue(owner.adminPort, 'ohs_pending_store_writes').catch(() => 0)) || 0);
+        await sleep(100);
+      }
+    })();
+    await Promise.race([Promise.all(answered), sleep(120_000)]);
+    const answeredSecs = (performance.now() - burstT0) / 1000;
+    let rows = 0;
+    const deadline = Date.now() + 120_000;
+    while ((rows = await owned()) < SUPERVISORS && Date.now() < deadline) {
+      pendingPeak = Math.max(pendingPeak, (await metricValue(owner.adminPort, 'ohs_pending_store_writes').catch(() => 0)) || 0);
+      await sleep(100);
+    }
+    allAnswered = true;
+    await watching;
+    const ownedSecs = (performance.now() - burstT0) / 1000;
+    // Claims per transaction (a histogram since the claims were batched; absent before).
+    const transactions = await metricValue(owner.adminPort, 'ohs_owner_claim_batch_size_count');
+    answerMs.sort((a, b) => a - b);
+    const result = {
+      _meta: { ...machineMeta(), sidecar: sidecarEntry().what, supervisors: SUPERVISORS, connections: CONNS },
+      answered: answerMs.length,
+      refused,
+      answer_ms: { p50: round1(percentile(answerMs, 0.5)), p99: round1(percentile(answerMs, 0.99)), max: round1(answerMs.at(-1) ?? NaN) },
+      all_answered_s: round1(answeredSecs),
+      owned_rows: rows,
+      all_owned_s: round1(ownedSecs),
+      claims_per_s: round1(rows / ownedSecs),
+      claim_transactions: Number.isNaN(transactions) ? null : transactions,
+      // Claims that did not complete while their Hello waited: the supervisor was accepted
+      // locally and the claim retried in the background (its ownership row meanwhile missing).
+      pending_store_writes_peak: pendingPeak,
+    };
+    log(JSON.stringify(result));
+    writeFileSync(join(here, 'results', process.env.BURST_RESULTS_NAME ?? 'claim-burst.json'), `${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    await cleanups.runAll();
+  }
+}
+
+await main();
