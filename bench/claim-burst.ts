@@ -7,7 +7,8 @@
 // Reports: how long until each supervisor's answer came (p50/p99/max, as this client saw it), how
 // long until every ownership row was written, how many claims did not complete within the Hello's
 // wait (`ohs_pending_store_writes` at its highest: those are retried in the background) and in how
-// many transactions the claims were written.
+// many transactions the claims were written. Then every supervisor connection is cut at once: how
+// long until every ownership row is released, and how many releases had to be retried.
 // Real Postgres (TEST_DATABASE_URL) and Redis (TEST_REDIS_URL). Prints one JSON line and writes
 // bench/results/claim-burst.json (BURST_RESULTS_NAME); asserts nothing. Bounded: every wait has a deadline.
 import { writeFileSync } from 'node:fs';
@@ -111,6 +112,18 @@ async function main(): Promise<void> {
     const ownedSecs = (performance.now() - burstT0) / 1000;
     // Claims per transaction (a histogram since the claims were batched; absent before).
     const transactions = await metricValue(owner.adminPort, 'ohs_owner_claim_batch_size_count');
+    // Then every supervisor goes at once (their connections cut, as when a node drops): each
+    // session's ownership row is released (a conditional delete).
+    let releasePendingPeak = 0;
+    const releaseT0 = performance.now();
+    for (const sess of sessions) sess.destroy();
+    let left = rows;
+    const releaseDeadline = Date.now() + 120_000;
+    while ((left = await owned()) > 0 && Date.now() < releaseDeadline) {
+      releasePendingPeak = Math.max(releasePendingPeak, (await metricValue(owner.adminPort, 'ohs_pending_store_writes').catch(() => 0)) || 0);
+      await sleep(100);
+    }
+    const releasedSecs = (performance.now() - releaseT0) / 1000;
     answerMs.sort((a, b) => a - b);
     const result = {
       _meta: { ...machineMeta(), sidecar: sidecarEntry().what, supervisors: SUPERVISORS, connections: CONNS },
@@ -125,6 +138,10 @@ async function main(): Promise<void> {
       // Claims that did not complete while their Hello waited: the supervisor was accepted
       // locally and the claim retried in the background (its ownership row meanwhile missing).
       pending_store_writes_peak: pendingPeak,
+      rows_left_after_release: left,
+      all_released_s: round1(releasedSecs),
+      releases_per_s: round1((rows - left) / releasedSecs),
+      release_pending_store_writes_peak: releasePendingPeak,
     };
     log(JSON.stringify(result));
     writeFileSync(join(here, 'results', process.env.BURST_RESULTS_NAME ?? 'claim-burst.json'), `${JSON.stringify(result, null, 2)}\n`);

@@ -77,9 +77,16 @@ const DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES = 10_000;
 const REPLICA_RECHECK_MS = 1_000;
 // A claim retries when a concurrent first claim slipped in between its lock and its upsert.
 const CLAIM_ATTEMPTS = 5;
-/** Claims written in one transaction at most, and such transactions at once. */
+/** Claims (or releases) written in one transaction at most, and such transactions at once. */
 const CLAIM_BATCH_MAX = 500;
 const CLAIM_BATCHES = 2;
+
+interface PendingRelease {
+  sandboxId: string;
+  epoch: number;
+  resolve: (deleted: boolean) => void;
+  reject: (err: unknown) => void;
+}
 
 interface PendingClaim {
   sandboxId: string;
@@ -444,14 +451,57 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     );
   }
 
-  async function release(sandboxId: string, epoch: number): Promise<boolean> {
-    const res = await requirePool().query(sql.RELEASE_OWNER, [sandboxId, opts.replicaId, epoch]);
-    const deleted = (res.rowCount ?? 0) > 0;
-    if (deleted) {
-      forget(sandboxId);
-      if (redis !== null) await redis.invalidate(sandboxId, true);
+  /**
+   * Releases are written in batches too, one statement for every release that arrived while the
+   * previous one ran: when a node drops, all of its supervisors' sessions end at once. Each release
+   * is conditional on its epoch, so their order against claims does not matter.
+   */
+  const releaseQueue: PendingRelease[] = [];
+  let releaseBatches = 0;
+
+  function release(sandboxId: string, epoch: number): Promise<boolean> {
+    requirePool();
+    return new Promise<boolean>((resolve, reject) => {
+      releaseQueue.push({ sandboxId, epoch, resolve, reject });
+      startReleaseBatches();
+    });
+  }
+
+  function startReleaseBatches(): void {
+    while (releaseBatches < CLAIM_BATCHES && releaseQueue.length > 0) {
+      const batch = releaseQueue.splice(0, CLAIM_BATCH_MAX);
+      releaseBatches++;
+      void writeReleases(batch).finally(() => {
+        releaseBatches--;
+        startReleaseBatches();
+      });
     }
-    return deleted;
+  }
+
+  async function writeReleases(batch: PendingRelease[]): Promise<void> {
+    const released = new Set<string>();
+    try {
+      if (!running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
+      const params = [batch.map((r) => r.sandboxId), batch.map((r) => r.epoch), opts.replicaId];
+      for (const row of (await requirePool().query<sql.ReleasedOwnerRow>(sql.RELEASE_OWNERS, params)).rows) released.add(`${row.epoch} ${row.sandbox_id}`);
+    } catch (err) {
+      for (const r of batch) r.reject(err);
+      return;
+    }
+    await Promise.all(
+      batch.map(async (r) => {
+        try {
+          const deleted = released.has(`${r.epoch} ${r.sandboxId}`);
+          if (deleted) {
+            forget(r.sandboxId);
+            if (redis !== null) await redis.invalidate(r.sandboxId, true);
+          }
+          r.resolve(deleted);
+        } catch (err) {
+          r.reject(err);
+        }
+      }),
+    );
   }
 
   const MISS: LookupResult = Object.freeze({ owner: null, source: 'miss' });

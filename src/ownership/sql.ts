@@ -86,11 +86,27 @@ export const UPSERT_OWNERS = `
   RETURNING o.sandbox_id, o.epoch::float8 AS epoch, ${ms('o.claimed_at')} AS claimed_at_ms,
             pg_notify('${NOTIFY_CHANNEL}', o.sandbox_id)`;
 
-/** $1 sandbox_id, $2 replica_id, $3 epoch. Conditional, so a late cleanup never deletes a newer owner. */
-export const RELEASE_OWNER = `
-  DELETE FROM ohs_owners
-  WHERE sandbox_id = $1 AND replica_id = $2 AND epoch = $3
-  RETURNING pg_notify('${NOTIFY_CHANNEL}', sandbox_id)`;
+/**
+ * $1 sandbox_ids, $2 their epochs, $3 replica_id. Conditional, so a late cleanup never deletes a
+ * newer owner. The rows are locked in key order first, as claims lock them (LOCK_OWNERS), so that a
+ * batch of releases and a batch of claims never wait on each other in a cycle.
+ */
+export const RELEASE_OWNERS = `
+  WITH doomed AS (
+    SELECT o.sandbox_id FROM ohs_owners o
+    JOIN unnest($1::text[], $2::bigint[]) AS r(sandbox_id, epoch) ON o.sandbox_id = r.sandbox_id AND o.epoch = r.epoch
+    WHERE o.replica_id = $3
+    ORDER BY o.sandbox_id
+    FOR UPDATE OF o
+  )
+  DELETE FROM ohs_owners o USING doomed d
+  WHERE o.sandbox_id = d.sandbox_id
+  RETURNING o.sandbox_id, o.epoch::float8 AS epoch, pg_notify('${NOTIFY_CHANNEL}', o.sandbox_id)`;
+
+export interface ReleasedOwnerRow {
+  sandbox_id: string;
+  epoch: number;
+}
 
 /**
  * $1 sandbox_id, $2 lease TTL in ms. lease_left_ms is how much longer the owner's replica counts

@@ -169,6 +169,32 @@ describe('postgres ownership store', () => {
     }
   });
 
+  it('a burst of releases, each conditional on its epoch, while another replica claims the same sandboxes', async () => {
+    const a = await openStore('rel-burst-a');
+    const b = await openStore('rel-burst-b');
+    const ids = Array.from({ length: 200 }, () => sandbox());
+    const held = await Promise.all(ids.map((s) => a.claim(s)));
+    // 50 released with an epoch that is not theirs: those rows stay.
+    const stale = await Promise.all(ids.slice(0, 50).map((s, i) => a.release(s, (held[i]?.owner.epoch ?? 0) + 7)));
+    expect(stale.every((deleted) => !deleted)).toBe(true);
+    // All 200 released by A while B claims the last 100 (in reverse order): no deadlock, and a
+    // release never deletes B's newer row.
+    const [released, taken] = await Promise.all([
+      Promise.all(held.map((c) => a.release(c.owner.sandboxId, c.owner.epoch))),
+      Promise.all(ids.slice(100).reverse().map((s) => b.claim(s))),
+    ]);
+    expect(released.slice(0, 100).every((deleted) => deleted)).toBe(true);
+    for (const c of taken) {
+      const i = ids.indexOf(c.owner.sandboxId);
+      // B's claim came after A's release (no previous owner, epoch 1 again) or before it (A's
+      // release then found B's row and left it).
+      if (c.previous === null) expect(released[i]).toBe(true);
+      else expect([released[i], c.previous.replicaId, c.owner.epoch]).toEqual([false, 'rel-burst-a', 2]);
+    }
+    for (const s of ids.slice(0, 100)) expect((await a.lookup(s, { fresh: true })).owner).toBeNull();
+    for (const s of ids.slice(100)) expect((await a.lookup(s, { fresh: true })).owner).toMatchObject({ replicaId: 'rel-burst-b' });
+  });
+
   it("a claim renews the replica's lease once it has run half its TTL, and leaves it alone before", async () => {
     const client = new pg.Client({ connectionString: db.url });
     await client.connect();
