@@ -13,6 +13,7 @@
 // bench/results/claim-burst.json (BURST_RESULTS_NAME); asserts nothing. Bounded: every wait has a deadline.
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import type http2 from 'node:http2';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,23 +27,37 @@ import { sidecarEntry, startBenchSidecar } from './lib/sidecars.ts';
 import { envInt, percentile, round1 } from './lib/stats.ts';
 
 const SUPERVISORS = envInt('BURST_SUPERVISORS', 5_000);
+/**
+ * BURST_PREVIOUS=silent: every sandbox is first owned by a replica that died without a word (its
+ * peer port accepts connections and never answers, as a pod whose address still routes somewhere),
+ * whose lease runs out BURST_LEASE_LEFT_MS after the burst starts. Each claim then fences it: the
+ * release request goes unanswered, and the new owner waits for the lease to expire.
+ */
+const PREVIOUS = process.env.BURST_PREVIOUS === 'silent' ? 'silent' : 'none';
+const LEASE_LEFT_MS = envInt('BURST_LEASE_LEFT_MS', 3_000);
+/** The sidecar's default replica lease (src/config/load.ts). */
+const LEASE_TTL_MS = 10_000;
 const CONNS = envInt('BURST_CONNS', 100);
 const here = dirname(fileURLToPath(import.meta.url));
 const t0 = Date.now();
 const log = (msg: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function metricValue(adminPort: number, name: string): Promise<number> {
+function metricsText(adminPort: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(body)?.[1] ?? NaN)));
+      res.on('end', () => resolve(body));
     });
     req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
     req.on('error', reject);
   });
+}
+
+async function metricValue(adminPort: number, name: string): Promise<number> {
+  return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(await metricsText(adminPort))?.[1] ?? NaN);
 }
 
 async function main(): Promise<void> {
@@ -66,7 +81,26 @@ async function main(): Promise<void> {
     await probeDb.connect();
     cleanups.push({ what: 'probe client', run: () => probeDb.end() });
     const owned = async (): Promise<number> => (await probeDb.query<{ n: number }>("SELECT count(*)::int AS n FROM ohs_owners WHERE replica_id = 'owner'")).rows[0]?.n ?? 0;
-    log(`up: sidecar ${sidecarEntry().what} (:${owner.publicPort}); ${SUPERVISORS} supervisors over ${CONNS} connections, all at once`);
+    if (PREVIOUS === 'silent') {
+      const held = new Set<net.Socket>();
+      const silent = net.createServer((sock) => {
+        sock.on('error', () => undefined);
+        held.add(sock);
+      });
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+      cleanups.push({ what: 'silent peer', run: async () => (held.forEach((s) => s.destroy()), silent.close()) });
+      const peerUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+      await probeDb.query(
+        `INSERT INTO ohs_replicas (replica_id, peer_url, state, heartbeat_at, sessions, started_at, version)
+         VALUES ('gone', $1, 'active', now() - $2::float8 * interval '1 millisecond', 0, now(), 'bench')`,
+        [peerUrl, LEASE_TTL_MS - LEASE_LEFT_MS],
+      );
+      await probeDb.query(
+        `INSERT INTO ohs_owners (sandbox_id, replica_id, epoch) SELECT 'burst-sandbox-' || lpad(i::text, 5, '0'), 'gone', 1 FROM generate_series(0, $1::int - 1) AS i`,
+        [SUPERVISORS],
+      );
+    }
+    log(`up: sidecar ${sidecarEntry().what} (:${owner.publicPort}); ${SUPERVISORS} supervisors over ${CONNS} connections, all at once; previous owner: ${PREVIOUS}`);
 
     const sessions: http2.ClientHttp2Session[] = await Promise.all(Array.from({ length: CONNS }, () => connectH2(owner.publicPort)));
     cleanups.push({ what: 'supervisor connections', run: async () => sessions.forEach((s) => s.destroy()) });
@@ -110,6 +144,7 @@ async function main(): Promise<void> {
     allAnswered = true;
     await watching;
     const ownedSecs = (performance.now() - burstT0) / 1000;
+    const handoffs = Object.fromEntries([...(await metricsText(owner.adminPort)).matchAll(/^ohs_handoffs_total\{reason="([^"]+)"\} ([0-9.eE+-]+)$/gm)].map((m) => [m[1], Number(m[2])]));
     // Claims per transaction (a histogram since the claims were batched; absent before).
     const transactions = await metricValue(owner.adminPort, 'ohs_owner_claim_batch_size_count');
     // Then every supervisor goes at once (their connections cut, as when a node drops): each
@@ -135,6 +170,8 @@ async function main(): Promise<void> {
       all_owned_s: round1(ownedSecs),
       claims_per_s: round1(rows / ownedSecs),
       claim_transactions: Number.isNaN(transactions) ? null : transactions,
+      previous_owner: PREVIOUS,
+      handoffs,
       // Claims that did not complete while their Hello waited: the supervisor was accepted
       // locally and the claim retried in the background (its ownership row meanwhile missing).
       pending_store_writes_peak: pendingPeak,

@@ -147,10 +147,13 @@ export class SessionPool {
         reserve(ready);
         return ready.session;
       }
-      // A connect in flight with room to spare is joined rather than racing another one.
+      // A connect in flight with room to spare is joined rather than racing another one. If it
+      // fails, it fails its joiners too: the origin cannot be reached now, and retrying it once per
+      // caller, one after the other, kept a burst of callers to a dead peer waiting for several
+      // connect timeouts (a replica that died owning thousands of sandboxes, bench/claim-burst.ts).
       const pending = list.find((e) => e.session === undefined);
       if (pending) {
-        await pending.connecting.catch(() => undefined);
+        await pending.connecting;
         continue;
       }
       await this.open(origin).connecting;
