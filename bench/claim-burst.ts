@@ -12,7 +12,6 @@
 // Real Postgres (TEST_DATABASE_URL) and Redis (TEST_REDIS_URL). Prints one JSON line and writes
 // bench/results/claim-burst.json (BURST_RESULTS_NAME); asserts nothing. Bounded: every wait has a deadline.
 import { writeFileSync } from 'node:fs';
-import http from 'node:http';
 import net from 'node:net';
 import type http2 from 'node:http2';
 import { dirname, join } from 'node:path';
@@ -20,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
+import { adminMetrics } from './lib/admin-metrics.ts';
 import { createCleanups } from './lib/cleanup.ts';
 import { CONNECT_SUPERVISOR, connectH2, helloFrame } from './lib/raw-clients.ts';
 import { machineMeta } from './lib/results.ts';
@@ -43,21 +43,8 @@ const t0 = Date.now();
 const log = (msg: string): void => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function metricsText(adminPort: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    });
-    req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
-    req.on('error', reject);
-  });
-}
-
 async function metricValue(adminPort: number, name: string): Promise<number> {
-  return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(await metricsText(adminPort))?.[1] ?? NaN);
+  return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, 'm').exec(await adminMetrics(adminPort))?.[1] ?? NaN);
 }
 
 async function main(): Promise<void> {
@@ -133,7 +120,9 @@ async function main(): Promise<void> {
         await sleep(100);
       }
     })();
-    await Promise.race([Promise.all(answered), sleep(120_000)]);
+    let answerTimer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(answered), new Promise((r) => (answerTimer = setTimeout(r, 120_000)))]);
+    clearTimeout(answerTimer);
     const answeredSecs = (performance.now() - burstT0) / 1000;
     let rows = 0;
     const deadline = Date.now() + 120_000;
@@ -144,7 +133,7 @@ async function main(): Promise<void> {
     allAnswered = true;
     await watching;
     const ownedSecs = (performance.now() - burstT0) / 1000;
-    const handoffs = Object.fromEntries([...(await metricsText(owner.adminPort)).matchAll(/^ohs_handoffs_total\{reason="([^"]+)"\} ([0-9.eE+-]+)$/gm)].map((m) => [m[1], Number(m[2])]));
+    const handoffs = Object.fromEntries([...(await adminMetrics(owner.adminPort)).matchAll(/^ohs_handoffs_total\{reason="([^"]+)"\} ([0-9.eE+-]+)$/gm)].map((m) => [m[1], Number(m[2])]));
     // Claims per transaction (a histogram since the claims were batched; absent before).
     const transactions = await metricValue(owner.adminPort, 'ohs_owner_claim_batch_size_count');
     // Then every supervisor goes at once (their connections cut, as when a node drops): each

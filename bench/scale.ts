@@ -23,7 +23,6 @@
 // SCALE_RESULTS_NAME (file name under bench/results/, default scale.json).
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import type http2 from 'node:http2';
 import { dirname, join } from 'node:path';
@@ -32,6 +31,7 @@ import pg from 'pg';
 import { repoRoot, startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
 import { GatewayStore } from '../emulator/gateway/store.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
+import { adminMetrics } from './lib/admin-metrics.ts';
 import { createCleanups } from './lib/cleanup.ts';
 import { CONNECT_SUPERVISOR, PING_BYTES, connectH2, helloFrame, openForward, type Channel, type Endpoint } from './lib/raw-clients.ts';
 import { machineMeta } from './lib/results.ts';
@@ -74,20 +74,6 @@ function procStat(pid: number): { rssBytes: number; cpuSeconds: number } {
 
 /** prom-client samples the loop with a 10 ms timer; its gauges include that interval, which is taken off. */
 const LAG_RESOLUTION_MS = 10;
-
-/** The sidecar's Prometheus text from its admin port. */
-function adminMetrics(adminPort: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve(body));
-    });
-    req.on('timeout', () => req.destroy(new Error('admin /metrics timed out')));
-    req.on('error', reject);
-  });
-}
 
 /** prom-client's event-loop lag gauges from the admin port, less the sampling interval; reading them resets the histogram. */
 async function eventLoopLag(adminPort: number): Promise<{ p50Ms: number; p99Ms: number; maxMs: number; heapUsedMb: number; heapTotalMb: number; externalMb: number }> {
