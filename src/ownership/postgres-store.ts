@@ -12,6 +12,7 @@ import type { PgNotifyListener } from './pg-notify-listener.ts';
 import { createRedisOwnerCache } from './redis-owner-cache.ts';
 import type { RedisOwnerCache } from './redis-owner-cache.ts';
 import * as sql from './sql.ts';
+import { WriteBatches } from './write-batches.ts';
 import type {
   ClaimResult,
   LookupResult,
@@ -351,6 +352,10 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
     await Promise.all(pools.map((p) => p?.end()));
   }
 
+  function rejectAll(batch: { reject: (err: unknown) => void }[], err: unknown): void {
+    for (const item of batch) item.reject(err);
+  }
+
   /**
    * Claims wait here and are written in batches: one transaction (one commit, so one WAL flush)
    * for every claim that arrived while the previous batch ran. One at a time, a burst of
@@ -358,39 +363,17 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
    * second, and most of the burst outwaited the pool (bench/claim-burst.ts). A sandbox is in at most
    * one batch at a time, so two claims of one sandbox commit in the order they were made.
    */
-  const claimQueue: PendingClaim[] = [];
-  const claimsInBatch = new Set<string>();
-  let claimBatches = 0;
+  const claims = new WriteBatches<PendingClaim>({
+    maxBatch: CLAIM_BATCH_MAX,
+    concurrent: CLAIM_BATCHES,
+    key: (c) => c.sandboxId,
+    write: (batch) => writeClaims(batch),
+    failed: rejectAll,
+  });
 
   function claim(sandboxId: string): Promise<ClaimResult> {
     requirePool();
-    return new Promise<ClaimResult>((resolve, reject) => {
-      claimQueue.push({ sandboxId, resolve, reject });
-      startClaimBatches();
-    });
-  }
-
-  function startClaimBatches(): void {
-    while (claimBatches < CLAIM_BATCHES && claimQueue.length > 0) {
-      const batch: PendingClaim[] = [];
-      for (let i = 0; i < claimQueue.length && batch.length < CLAIM_BATCH_MAX; ) {
-        const next = claimQueue[i] as PendingClaim;
-        if (claimsInBatch.has(next.sandboxId)) {
-          i++; // that sandbox's earlier claim is still being written: this one goes in a later batch
-          continue;
-        }
-        claimQueue.splice(i, 1);
-        claimsInBatch.add(next.sandboxId);
-        batch.push(next);
-      }
-      if (batch.length === 0) return;
-      claimBatches++;
-      void writeClaims(batch).finally(() => {
-        claimBatches--;
-        for (const c of batch) claimsInBatch.delete(c.sandboxId);
-        startClaimBatches();
-      });
-    }
+    return new Promise<ClaimResult>((resolve, reject) => claims.push({ sandboxId, resolve, reject }));
   }
 
   async function writeClaims(batch: PendingClaim[]): Promise<void> {
@@ -456,26 +439,16 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
    * previous one ran: when a node drops, all of its supervisors' sessions end at once. Each release
    * is conditional on its epoch, so their order against claims does not matter.
    */
-  const releaseQueue: PendingRelease[] = [];
-  let releaseBatches = 0;
+  const releases = new WriteBatches<PendingRelease>({
+    maxBatch: CLAIM_BATCH_MAX,
+    concurrent: CLAIM_BATCHES,
+    write: (batch) => writeReleases(batch),
+    failed: rejectAll,
+  });
 
   function release(sandboxId: string, epoch: number): Promise<boolean> {
     requirePool();
-    return new Promise<boolean>((resolve, reject) => {
-      releaseQueue.push({ sandboxId, epoch, resolve, reject });
-      startReleaseBatches();
-    });
-  }
-
-  function startReleaseBatches(): void {
-    while (releaseBatches < CLAIM_BATCHES && releaseQueue.length > 0) {
-      const batch = releaseQueue.splice(0, CLAIM_BATCH_MAX);
-      releaseBatches++;
-      void writeReleases(batch).finally(() => {
-        releaseBatches--;
-        startReleaseBatches();
-      });
-    }
+    return new Promise<boolean>((resolve, reject) => releases.push({ sandboxId, epoch, resolve, reject }));
   }
 
   async function writeReleases(batch: PendingRelease[]): Promise<void> {
