@@ -1,6 +1,8 @@
 // The proxy hop itself, raw, on both SSH data paths, every path side by side in one run:
 //   direct     client -> fake gateway (echo/sink/source; bench/lib/fake-gateway.ts)
 //   haproxy    client -> HAProxy -> fake gateway      (tcp mode for CONNECT, HTTP/2 for gRPC)
+//   node       client -> bare Node proxy -> gateway   (Node's own floor: the protocol work a Node
+//              proxy cannot skip, nothing else; bench/lib/node-proxy-main.ts)
 //   sidecar    client -> owner's sidecar -> gateway   (owner local)
 //   sidecar2   client -> sidecar -> owner's sidecar (peer hop) -> gateway
 // for a 2026-04 `CONNECT /connect/ssh` tunnel and a 2026-08 `ForwardTcp` gRPC stream. Metrics: RTT
@@ -40,7 +42,7 @@ import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type Ben
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
 const ALL_PROTOS = ['connect', 'grpc'] as const;
-const ALL_PATHS = ['direct', 'haproxy', 'sidecar', 'sidecar2'] as const;
+const ALL_PATHS = ['direct', 'haproxy', 'node', 'sidecar', 'sidecar2'] as const;
 const ALL_METRICS = ['rtt', 'bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const;
 type PathName = (typeof ALL_PATHS)[number];
 type MetricName = (typeof ALL_METRICS)[number];
@@ -70,6 +72,7 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 const PATH_LABEL: Record<PathName, string> = {
   direct: 'direct',
   haproxy: 'haproxy',
+  node: 'bare Node proxy',
   sidecar: 'sidecar (owner local)',
   sidecar2: 'sidecar x2 (forwarded)',
 };
@@ -258,10 +261,15 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
   const h = s.get('haproxy');
   const one = s.get('sidecar');
   const two = s.get('sidecar2');
+  const bare = s.get('node');
   for (const key of ['bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const) {
     const hv = h?.[key];
     const sv = one?.[key];
     if (hv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs haproxy`, value: round2(sv / hv), target: 0.9, met: sv / hv >= 0.9, unit: 'x' });
+    // Informational: how much of Node's own ceiling the sidecar reaches, and where that ceiling is.
+    const nv = bare?.[key];
+    if (nv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs bare Node proxy`, value: round2(sv / nv), target: NaN, met: true, unit: 'x' });
+    if (nv !== undefined && hv !== undefined) out.push({ proto, what: `bare Node proxy ${key} vs haproxy`, value: round2(nv / hv), target: NaN, met: true, unit: 'x' });
     const tv = two?.[key];
     if (sv !== undefined && tv !== undefined) out.push({ proto, what: `forwarded ${key} vs sidecar`, value: round2(tv / sv), target: 0.8, met: tv / sv >= 0.8, unit: 'x' });
   }
@@ -287,15 +295,22 @@ async function main(): Promise<number> {
   const needSidecars = runPaths.includes('sidecar') || runPaths.includes('sidecar2');
 
   // One gateway port per client of it (direct, HAProxy, owner sidecar, ingress sidecar): see fake-gateway.ts.
-  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '3']);
+  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '4']);
   cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
-  const [gatewayPort, haproxyGatewayPort, ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number, number, number];
+  const [gatewayPort, haproxyGatewayPort, ownerGatewayPort, ingressGatewayPort, nodeGatewayPort] = gw.ready.ports as [number, number, number, number, number];
 
   let haproxy: Haproxy | undefined;
   if (runPaths.includes('haproxy')) {
     const nb = process.env.BENCH_HAPROXY_NBTHREAD ? envInt('BENCH_HAPROXY_NBTHREAD', 1) : undefined;
     haproxy = await startHaproxy(haproxyGatewayPort, { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) });
     cleanups.push({ what: 'haproxy', run: () => haproxy!.close() });
+  }
+
+  let nodeProxyPorts: [number, number] | undefined;
+  if (runPaths.includes('node')) {
+    const np = await startProcess('node-proxy', [...tsEntry('bench/lib/node-proxy-main.ts'), '--gateway-port', String(nodeGatewayPort)]);
+    cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
+    nodeProxyPorts = np.ready.ports as [number, number];
   }
 
   const sandboxId = 'bench-sandbox-0001';
@@ -336,12 +351,14 @@ async function main(): Promise<number> {
   console.log(
     `[${elapsed()}] up: fake gateway :${gatewayPort}` +
       (haproxy ? `, haproxy ${haproxy.version} :${haproxy.tcpPort} (tcp) :${haproxy.h2Port} (h2)` : '') +
+      (nodeProxyPorts ? `, bare node proxy :${nodeProxyPorts[0]} (CONNECT) :${nodeProxyPorts[1]} (h2)` : '') +
       (needSidecars ? `, sidecars ${sidecarEntry().what} (owner :${sidecars.owner!.publicPort}, ingress :${sidecars.ingress!.publicPort}), sandbox owned by 'owner'` : ''),
   );
 
   const portOf = (proto: Proto, path: PathName): number => {
     if (path === 'direct') return gatewayPort;
     if (path === 'haproxy') return proto === 'connect' ? haproxy!.tcpPort : haproxy!.h2Port;
+    if (path === 'node') return nodeProxyPorts![proto === 'connect' ? 0 : 1];
     if (path === 'sidecar') return sidecars.owner!.publicPort;
     return sidecars.ingress!.publicPort;
   };

@@ -1,0 +1,106 @@
+// The least a Node proxy must do on each data path, and nothing else: the `node` path of
+// bench/proxy.ts, so that one run shows what Node itself costs next to what the sidecar adds.
+//   CONNECT: Node's HTTP/1.1 parser reads the request, its head is replayed to the gateway and
+//            the two sockets are piped (no routing, no limits, no look at the answer).
+//   gRPC:    every HTTP/2 stream is terminated and relayed on a stream of one client session to the
+//            gateway, headers, data both ways and trailers (no first-message read, no routing).
+// The windows are the sidecar's (1 MiB per stream and per session). Prints
+// {"event":"ready","ports":[connectPort, h2Port]}; SIGTERM stops it.
+//   node --import tsx bench/lib/node-proxy-main.ts --gateway-port N
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+
+const WINDOW_BYTES = 1024 * 1024;
+const gatewayPort = Number(process.argv[process.argv.indexOf('--gateway-port') + 1]);
+if (!(gatewayPort > 0)) throw new Error('--gateway-port is required');
+
+function listen(server: net.Server): Promise<number> {
+  return new Promise((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: 1024 }, () => resolve((server.address() as net.AddressInfo).port)));
+}
+
+// CONNECT: parse, replay, pipe.
+const connectServer = http.createServer((_req, res) => res.writeHead(404).end());
+connectServer.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
+  let replay = `${req.method} ${req.url} HTTP/1.1\r\n`;
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) replay += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+  const upstream = net.connect({ port: gatewayPort, host: '127.0.0.1' });
+  upstream.setNoDelay(true);
+  client.setNoDelay(true);
+  upstream.write(`${replay}\r\n`, 'latin1');
+  if (head.length > 0) upstream.write(head);
+  const destroyBoth = (): void => {
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', destroyBoth);
+  upstream.on('error', destroyBoth);
+  client.pipe(upstream);
+  upstream.pipe(client);
+});
+
+// gRPC: one client session to the gateway, every stream relayed on it.
+let gateway: http2.ClientHttp2Session | undefined;
+function gatewaySession(): http2.ClientHttp2Session {
+  if (gateway && !gateway.closed && !gateway.destroyed) return gateway;
+  const session = http2.connect(`http://127.0.0.1:${gatewayPort}`, { settings: { initialWindowSize: WINDOW_BYTES } });
+  session.on('connect', () => session.setLocalWindowSize(WINDOW_BYTES));
+  session.on('error', () => undefined);
+  gateway = session;
+  return session;
+}
+
+const h2Server = http2.createServer({ settings: { initialWindowSize: WINDOW_BYTES } });
+h2Server.on('session', (session) => {
+  session.on('error', () => undefined);
+  try {
+    session.setLocalWindowSize(WINDOW_BYTES);
+  } catch {
+    // already large enough
+  }
+});
+h2Server.on('stream', (down, headers) => {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const name in headers) if (!name.startsWith(':') || name === ':method' || name === ':path') out[name] = headers[name];
+  let up: http2.ClientHttp2Stream;
+  try {
+    up = gatewaySession().request(out, { waitForTrailers: false });
+  } catch {
+    down.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  down.on('error', () => up.close(http2.constants.NGHTTP2_CANCEL));
+  up.on('error', () => down.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+  up.on('response', (h) => {
+    const resp: http2.OutgoingHttpHeaders = {};
+    for (const name in h) if (name === ':status' || !name.startsWith(':')) resp[name] = h[name];
+    if (!down.destroyed) down.respond(resp, { waitForTrailers: true });
+  });
+  const trailers: http2.OutgoingHttpHeaders = {};
+  up.on('trailers', (t) => {
+    for (const name in t) if (!name.startsWith(':')) trailers[name] = t[name];
+  });
+  down.on('wantTrailers', () => down.sendTrailers(trailers));
+  down.pipe(up);
+  up.pipe(down);
+  // Reset by the gateway (or its session gone) before its end: the client's stream goes too.
+  up.on('close', () => {
+    if (!up.readableEnded && !down.destroyed) down.close(http2.constants.NGHTTP2_CANCEL);
+  });
+});
+
+const ports = [await listen(connectServer), await listen(h2Server as unknown as net.Server)];
+const parentPid = process.ppid;
+const stop = (): void => {
+  gateway?.destroy();
+  connectServer.close();
+  h2Server.close();
+  process.exit(0);
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+// The bench may die without signalling us; do not outlive it.
+setInterval(() => {
+  if (process.ppid !== parentPid) stop();
+}, 1000).unref();
+console.log(JSON.stringify({ event: 'ready', ports, pid: process.pid }));
