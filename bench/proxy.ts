@@ -308,7 +308,10 @@ async function main(): Promise<number> {
 
   let nodeProxyPorts: [number, number] | undefined;
   if (runPaths.includes('node')) {
-    const np = await startProcess('node-proxy', [...tsEntry('bench/lib/node-proxy-main.ts'), '--gateway-port', String(nodeGatewayPort)]);
+    const [nodeBin, ...entry] = tsEntry('bench/lib/node-proxy-main.ts');
+    // Named by Node (pid and thread): tsx's loader thread writes a profile of its own.
+    const prof = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : [];
+    const np = await startProcess('node-proxy', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)]);
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
     nodeProxyPorts = np.ready.ports as [number, number];
   }
