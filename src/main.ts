@@ -2,6 +2,7 @@
 import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
+import { missingNodeFlags } from './node-flags.ts';
 import { createLogger } from './log/logger.ts';
 import { startSidecar, VERSION } from './sidecar.ts';
 import { startConfiguredTracing } from './tracing/tracing.ts';
@@ -21,6 +22,10 @@ async function runSidecar(argv: string[]): Promise<void> {
     logger.warn('no database configured: running in embedded single-replica mode with an in-memory ownership store and local limits');
   }
   logger.info({ config: describeConfig(config) }, 'starting');
+  const missing = missingNodeFlags();
+  if (missing.length > 0) {
+    logger.info({ missing }, 'node started without the node flags of the image');
+  }
   const tracing = await startConfiguredTracing(config, VERSION);
   if (tracing) logger.info({ otlpTracesUrl: config.otlpTracesUrl }, 'tracing on: spans exported over OTLP/HTTP');
   const sidecar = await startSidecar(config, logger);

@@ -1,4 +1,4 @@
-// Sidecar processes for the raw benches: the built bundle (what the image runs) when it exists, else
+// Sidecar processes for the raw benches: the built bundle (what the image runs, with its node flags) when it exists, else
 // the sources through tsx; optionally CPU-profiled (`--cpu-prof`, written when the process exits) and
 // with a raised open-file limit. Plus the smallest supervisor that makes a sidecar a sandbox's owner.
 import { existsSync } from 'node:fs';
@@ -6,6 +6,7 @@ import type http2 from 'node:http2';
 import { join } from 'node:path';
 import pg from 'pg';
 import { repoRoot, startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { CONNECT_SUPERVISOR, connectH2, helloFrame } from './raw-clients.ts';
 
 export interface BenchSidecar {
@@ -37,8 +38,10 @@ export interface BenchSidecarOptions {
 /** How the sidecar is started: the bundle `make build` wrote, or the sources. */
 export function sidecarEntry(): { command: string[]; what: string } {
   const bundle = join(repoRoot, 'dist', 'main.js');
-  if (existsSync(bundle)) return { command: [process.execPath, bundle], what: 'dist/main.js' };
-  return { command: tsEntry('src/main.ts'), what: 'src/main.ts (tsx)' };
+  // With the image's node flags, so that a bench measures what the image runs.
+  if (existsSync(bundle)) return { command: [process.execPath, ...NODE_FLAGS, bundle], what: 'dist/main.js' };
+  const [node, ...rest] = tsEntry('src/main.ts');
+  return { command: [node as string, ...NODE_FLAGS, ...rest], what: 'src/main.ts (tsx)' };
 }
 
 export async function startBenchSidecar(name: string, opts: BenchSidecarOptions): Promise<BenchSidecar> {

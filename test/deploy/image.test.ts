@@ -7,6 +7,7 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
 import { startProcess, tsEntry } from '../../emulator/process.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { freePort } from '../helpers/own-redis.ts';
 import { repoRoot } from './support/manifests.ts';
 import { hadolint, nodeLts, skipUnless } from './support/tools.ts';
@@ -59,7 +60,7 @@ describe('Dockerfile', () => {
     const copies = runtime.lines.filter((l) => l.startsWith('COPY'));
     expect(copies).toEqual(['COPY --from=deps /src/node_modules ./node_modules', 'COPY --from=build /src/dist/main.js /src/dist/main.js.map ./dist/', 'COPY package.json ./']);
     expect(runtime.lines).toContain('USER 1000:1000');
-    expect(runtime.lines).toContain('ENTRYPOINT ["node", "dist/main.js"]');
+    expect(runtime.lines).toContain(`ENTRYPOINT ${JSON.stringify(['node', ...NODE_FLAGS, 'dist/main.js']).replace(/","/g, '", "')}`);
     expect(runtime.lines).toContain('STOPSIGNAL SIGTERM');
     expect(runtime.lines.some((l) => l.startsWith('RUN'))).toBe(false);
     const ignore = readFileSync(path.join(repoRoot, '.dockerignore'), 'utf8');
