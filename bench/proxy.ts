@@ -250,7 +250,8 @@ interface TargetCheck {
   what: string;
   value: number;
   target: number;
-  met: boolean;
+  /** null: for information, no target (written as such to the results file). */
+  met: boolean | null;
   unit: string;
 }
 
@@ -268,8 +269,8 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     if (hv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs haproxy`, value: round2(sv / hv), target: 0.9, met: sv / hv >= 0.9, unit: 'x' });
     // Informational: how much of Node's own ceiling the sidecar reaches, and where that ceiling is.
     const nv = bare?.[key];
-    if (nv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs bare Node proxy`, value: round2(sv / nv), target: NaN, met: true, unit: 'x' });
-    if (nv !== undefined && hv !== undefined) out.push({ proto, what: `bare Node proxy ${key} vs haproxy`, value: round2(nv / hv), target: NaN, met: true, unit: 'x' });
+    if (nv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs bare Node proxy`, value: round2(sv / nv), target: NaN, met: null, unit: 'x' });
+    if (nv !== undefined && hv !== undefined) out.push({ proto, what: `bare Node proxy ${key} vs haproxy`, value: round2(nv / hv), target: NaN, met: null, unit: 'x' });
     const tv = two?.[key];
     if (sv !== undefined && tv !== undefined) out.push({ proto, what: `forwarded ${key} vs sidecar`, value: round2(tv / sv), target: 0.8, met: tv / sv >= 0.8, unit: 'x' });
   }
@@ -279,7 +280,7 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     out.push({ proto, what: 'sidecar added RTT p50 minus haproxy added RTT p50', value: round1(addedS - addedH), target: 50, met: addedS - addedH <= 50, unit: 'us' });
   }
   if (one?.rtt_p50 !== undefined && two?.rtt_p50 !== undefined && d?.rtt_p50 !== undefined) {
-    out.push({ proto, what: 'forwarded added RTT p50 vs sidecar added (second hop cost)', value: round1(two.rtt_p50 - one.rtt_p50), target: NaN, met: true, unit: 'us' });
+    out.push({ proto, what: 'forwarded added RTT p50 vs sidecar added (second hop cost)', value: round1(two.rtt_p50 - one.rtt_p50), target: NaN, met: null, unit: 'us' });
   }
   return out;
 }
