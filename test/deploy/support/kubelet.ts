@@ -183,9 +183,13 @@ export function processFor(c: ResolvedContainer, ctx: PodContext): { argv: strin
   if (c.image === ctx.sidecarImage) {
     const img = imageConfig();
     const cmd = [...(c.command ?? img.entrypoint), ...c.args];
-    // `node dist/main.js` in the image is the bundle of src/main.ts: run the same code from source.
-    if (cmd[0] !== 'node' || cmd[1] !== 'dist/main.js') throw new Error(`unexpected sidecar entrypoint ${cmd.join(' ')}`);
-    return { argv: [...tsEntry('src/main.ts'), ...cmd.slice(2)], env: { ...img.env, ...mapPaths(c.env, c.mounts), ...base } };
+    // `node [node flags] dist/main.js` in the image is the bundle of src/main.ts: run the same code
+    // from source, with the same node flags.
+    const main = cmd.indexOf('dist/main.js');
+    const nodeFlags = cmd.slice(1, Math.max(1, main));
+    if (cmd[0] !== 'node' || main < 1 || !nodeFlags.every((f) => f.startsWith('--'))) throw new Error(`unexpected sidecar entrypoint ${cmd.join(' ')}`);
+    const [node, ...source] = tsEntry('src/main.ts');
+    return { argv: [node as string, ...nodeFlags, ...source, ...cmd.slice(main + 1)], env: { ...img.env, ...mapPaths(c.env, c.mounts), ...base } };
   }
   if (/\/openshell\/gateway:/.test(c.image)) {
     const args = [...c.args];
