@@ -182,7 +182,16 @@ it('the Redis primary killed under SSH and exec traffic: nothing lost, limits ex
   const killedAt = Date.now();
   const newPrimary = await waitUntil('a promotion', () => sentinel.currentPrimary(), (p) => p !== oldPrimary, { timeoutMs: 30_000, intervalMs: 50 });
   const promotedMs = Date.now() - killedAt;
-  await waitUntil('both sidecars back on global limits', async () => (await policyGlobal(0)) && (await policyGlobal(1)), (v) => v, { timeoutMs: 30_000, intervalMs: 100 });
+  await waitUntil('both sidecars back on global limits', async () => (await policyGlobal(0)) && (await policyGlobal(1)), (v) => v, { timeoutMs: 30_000, intervalMs: 100 }).catch(
+    async (err: unknown) => {
+      // Say what each limiter was doing: its policy and its redis lines since the kill.
+      for (const [i, r] of cluster.replicas.entries()) {
+        const lines = (r.sidecar?.output ?? []).filter((l) => /redis|limit/i.test(l)).slice(-12);
+        console.log(`${r.name}: policy global ${await policyGlobal(i).catch(() => 'unknown')}; last redis/limit lines:\n  ${lines.join('\n  ')}`);
+      }
+      throw err;
+    },
+  );
   const globalAgainMs = Date.now() - killedAt;
   phase = 'after';
   // Renewals put back any slot the promoted replica had not received (asynchronous replication).
