@@ -415,8 +415,7 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
           log.debug({ claims: ids.length, attempt }, 'claim raced with a concurrent first claim; retrying');
           continue;
         }
-        for (const c of batch) c.reject(err);
-        return;
+        throw err; // every claim of the batch fails with it (the batcher's `failed`)
       }
     }
     if (beatAt !== undefined && (lastHeartbeatAtMs === undefined || lastHeartbeatAtMs < beatAt)) lastHeartbeatAtMs = beatAt;
@@ -452,15 +451,11 @@ export function createPostgresOwnershipStore(opts: PostgresOwnershipStoreOptions
   }
 
   async function writeReleases(batch: PendingRelease[]): Promise<void> {
+    // A failure here fails every release of the batch (the batcher's `failed`).
+    if (!running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
+    const params = [batch.map((r) => r.sandboxId), batch.map((r) => r.epoch), opts.replicaId];
     const released = new Set<string>();
-    try {
-      if (!running) throw new OhsError('OHS_ERR_STORE_UNAVAILABLE', 'ownership store is not running');
-      const params = [batch.map((r) => r.sandboxId), batch.map((r) => r.epoch), opts.replicaId];
-      for (const row of (await requirePool().query<sql.ReleasedOwnerRow>(sql.RELEASE_OWNERS, params)).rows) released.add(`${row.epoch} ${row.sandbox_id}`);
-    } catch (err) {
-      for (const r of batch) r.reject(err);
-      return;
-    }
+    for (const row of (await requirePool().query<sql.ReleasedOwnerRow>(sql.RELEASE_OWNERS, params)).rows) released.add(`${row.epoch} ${row.sandbox_id}`);
     await Promise.all(
       batch.map(async (r) => {
         try {

@@ -5,8 +5,7 @@ import type net from 'node:net';
 import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
-import { Phase } from '../../emulator/proto.ts';
-import { waitUntil } from '../helpers/wait.ts';
+import { waitSandboxesReady } from '../helpers/wait.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, grpcCode, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
@@ -33,9 +32,7 @@ beforeAll(async () => {
   notReady = (await gw.store.createSandbox()).id;
   fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${gw.port}`, sandboxIds: [sandboxA, sandboxB] });
   await fleet.waitAllConnected(15_000);
-  // The gateway accepts a supervisor's session, then writes its sandbox Ready: connected is not yet
-  // Ready, and CreateSshSession refuses a sandbox that is not.
-  await waitUntil('sandboxes Ready', () => Promise.all([sandboxA, sandboxB].map((id) => gw.store.getSandbox(id))), (rows) => rows.every((r) => r?.phase === Phase.READY), { timeoutMs: 5_000, intervalMs: 20 });
+  await waitSandboxesReady(gw.store, [sandboxA, sandboxB]);
   client = gatewayClient(`127.0.0.1:${gw.port}`);
 });
 

@@ -7,9 +7,9 @@ import * as grpc from '@grpc/grpc-js';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
-import { waitUntil } from '../helpers/wait.ts';
+import { waitSandboxesReady } from '../helpers/wait.ts';
 import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
-import { Phase, encodeMessage, type ExecSandboxEvent } from '../../emulator/proto.ts';
+import { encodeMessage, type ExecSandboxEvent } from '../../emulator/proto.ts';
 import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../../emulator/supervisor/ssh-server.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, grpcCode, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
@@ -41,9 +41,7 @@ beforeAll(async () => {
   for (let i = 0; i < 3; i++) sandboxes.push((await gw.store.createSandbox()).id);
   fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${port}`, sandboxIds: sandboxes });
   await fleet.waitAllConnected(15_000);
-  // The gateway accepts a supervisor's session, then writes its sandbox Ready: connected is not yet
-  // Ready, and CreateSshSession refuses a sandbox that is not.
-  await waitUntil('sandboxes Ready', () => Promise.all(sandboxes.map((id) => gw.store.getSandbox(id))), (rows) => rows.every((r) => r?.phase === Phase.READY), { timeoutMs: 5_000, intervalMs: 20 });
+  await waitSandboxesReady(gw.store, sandboxes);
   client = gatewayClient(`127.0.0.1:${port}`);
 });
 
