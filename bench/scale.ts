@@ -4,7 +4,10 @@
 // gateway (bench/lib/fake-gateway.ts). First, alone, Node's own floor for that shape: a bare process
 // holding as many server + client stream pairs on as many connection pairs (bench/h2-floor.ts),
 // the baseline the sidecar's memory is read against. Then, with all of that held:
-//   1. steady state: RSS, CPU and event-loop lag of the loaded sidecar over SCALE_STEADY_S seconds;
+//   1. steady state: RSS, CPU and event-loop lag of the loaded sidecar over SCALE_STEADY_S seconds right
+//      after the sessions opened, then once more SCALE_SETTLE_S seconds later ("settled"): the burst that
+//      opened 20,000 sessions in seconds leaves garbage that V8 collects only when the process has been
+//      quiet for a while (its memory reducer), so the first window is the peak, the second the level;
 //   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), straight
 //      to the fake gateway (the baseline: this machine's own tail), on the loaded sidecar (owner local)
 //      and through a second sidecar (forwarded): p50/p99/max;
@@ -16,7 +19,8 @@
 //
 // Env: SCALE_SUPERVISORS (10000), SCALE_SUPERVISOR_CONNS (200), SCALE_IDLE (10000),
 // SCALE_IDLE_CONNS (100), SCALE_PROBES (2000), SCALE_RATE (1000), SCALE_SECONDS (30),
-// SCALE_STEADY_S (10), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
+// SCALE_STEADY_S (10), SCALE_SETTLE_S (60: the held sessions are then kept SCALE_SETTLE_S seconds more, for
+// the settled reading below), SCALE_SANDBOXES_WITH_TOKENS (50), SCALE_HEAP_SNAPSHOT=1 (heap snapshot of the
 // loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
 // (flags for the sidecars' node, e.g. '--max-old-space-size=256'), SCALE_OUTPUT_DIR (each sidecar's
 // whole output, e.g. with SCALE_SIDECAR_NODE_ARGS='--trace-gc', written there as <name>.log),
@@ -47,6 +51,7 @@ const PROBE_CONCURRENCY = envInt('SCALE_PROBE_CONCURRENCY', 1);
 const RATE = envInt('SCALE_RATE', 1_000);
 const SECONDS = envInt('SCALE_SECONDS', 30);
 const STEADY_S = envInt('SCALE_STEADY_S', 10);
+const SETTLE_S = envInt('SCALE_SETTLE_S', 60);
 const TOKEN_SANDBOXES = envInt('SCALE_SANDBOXES_WITH_TOKENS', 50);
 /** Most sustained-phase streams in flight; past it a tick's opens count as errors (never an unbounded queue). */
 const MAX_IN_FLIGHT = 4_000;
@@ -144,6 +149,12 @@ async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>):
     lagP99Ms: round2(lag.p99Ms),
     lagMaxMs: round2(lag.maxMs),
   };
+}
+
+/** Full (mark-compact) collections the sidecar has run, from its `nodejs_gc_duration_seconds_count{kind="major"}`. */
+async function majorGcCount(adminPort: number): Promise<number> {
+  const body = await adminMetrics(adminPort);
+  return Number(/^nodejs_gc_duration_seconds_count\{kind="major"\} ([0-9.eE+-]+)$/m.exec(body)?.[1] ?? NaN);
 }
 
 async function countOwned(db: pg.Client, replicaId: string): Promise<number> {
@@ -410,6 +421,15 @@ async function main(): Promise<void> {
   };
   log(`  per held session: ${perSession.rss_kb} KB RSS above the idle sidecar (node's floor ${perSession.node_floor_rss_kb} KB); steady RSS ${perSession.steady_rss_over_floor}x the floor's`);
 
+  // The same sessions, held SETTLE_S seconds more: where RSS settles once V8 has collected the burst's garbage.
+  const majorBefore = await majorGcCount(owner.adminPort);
+  await sleep(Math.max(0, SETTLE_S - 10) * 1000);
+  const settled = { ...(await observe(owner, Math.min(SETTLE_S, 10) * 1000)), majorGcs: (await majorGcCount(owner.adminPort)) - majorBefore, afterSeconds: SETTLE_S };
+  log(
+    `settled, ${SETTLE_S} s later: RSS ${settled.rssMb} MB (${round2(settled.rssMb / floor.rss_after_mb)}x the floor's; V8 heap ${settled.heapUsedMb} used / ${settled.heapTotalMb} reserved), ` +
+      `${settled.majorGcs} full collections meanwhile, CPU ${settled.cpuPercent}%, event-loop lag p99 ${settled.lagP99Ms} ms max ${settled.lagMaxMs} ms`,
+  );
+
   if (process.env.SCALE_HEAP_SNAPSHOT === '1') {
     // Written by the sidecar into its working directory (Heap.*.heapsnapshot), for a look at what each session costs.
     process.kill(ownerPid, 'SIGUSR2');
@@ -466,6 +486,7 @@ async function main(): Promise<void> {
       target: '< 300 MB',
       met: Math.max(steady.rssPeakMb, during.rssPeakMb) < 300,
       node_floor_mb: floor.rss_after_mb,
+      settled_mb: settled.rssMb,
     },
     routing_p99_under_5ms_local: { value: probeLocal.p99Ms, target: '< 5 ms', met: probeLocal.p99Ms < 5, direct_p99_ms: probeDirect.p99Ms },
     routing_p99_under_5ms_forwarded: { value: probeFwd.p99Ms, target: '< 5 ms', met: probeFwd.p99Ms < 5, direct_p99_ms: probeDirect.p99Ms },
@@ -497,6 +518,7 @@ async function main(): Promise<void> {
       idle_forward_streams: IDLE,
       idle_connections: IDLE_CONNS,
       steady_seconds: STEADY_S,
+      settle_seconds: SETTLE_S,
       probes: PROBES,
       rate_per_second: RATE,
       seconds: SECONDS,
@@ -511,6 +533,7 @@ async function main(): Promise<void> {
     fake_gateway_counts: gwCounts ? (JSON.parse(gwCounts) as unknown) : null,
     fake_gateway_counts_after_sustained: gwCountsAfter ? (JSON.parse(gwCountsAfter) as unknown) : null,
     steady,
+    settled,
     node_floor: floor,
     per_session: perSession,
     routing_probe_direct: probeDirect,
