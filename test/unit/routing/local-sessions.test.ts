@@ -37,3 +37,32 @@ describe('LocalSessions: requests a shed waits for', () => {
     expect(local.answeredWithin('gone', 300)).toBe(false);
   });
 });
+
+describe('LocalSessions: held counts sessions not being shed', () => {
+  it('follows registrations, sheds, replacements and removals', () => {
+    const local = new LocalSessions();
+    const shed = (): void => undefined;
+    const a = local.set('sb-a', 1, undefined, { shed });
+    local.set('sb-b', 1, undefined, { shed });
+    const c = local.set('sb-c', 1);
+    expect([local.size, local.held]).toEqual([3, 3]);
+
+    expect(local.shed('sb-a', 'drain')).toBe(true);
+    expect(local.shed('sb-a', 'drain')).toBe(false); // a second shed of the same session counts nothing
+    expect(local.shed('sb-c', 'drain')).toBe(false); // no shed control: not shed
+    expect([local.size, local.held]).toEqual([3, 2]);
+
+    // The supervisor reconnected here: the new session replaces the shed one and is held.
+    const a2 = local.set('sb-a', 2, undefined, { shed });
+    expect([local.size, local.held]).toEqual([3, 3]);
+    expect(local.removeSession('sb-a', a)).toBeUndefined(); // the replaced stream's removal is a no-op
+    expect([local.size, local.held]).toEqual([3, 3]);
+
+    expect(local.shed('sb-b', 'rebalance')).toBe(true);
+    expect([local.size, local.held]).toEqual([3, 2]);
+    expect(local.removeSession('sb-b', local.current('sb-b')!)).toBe(1);
+    expect(local.removeSession('sb-a', a2)).toBe(2);
+    expect(local.removeSession('sb-c', c)).toBe(1);
+    expect([local.size, local.held]).toEqual([0, 0]);
+  });
+});
