@@ -10,7 +10,8 @@
 // many transactions the claims were written. Then every supervisor connection is cut at once: how
 // long until every ownership row is released, and how many releases had to be retried.
 // Real Postgres (TEST_DATABASE_URL) and Redis (TEST_REDIS_URL). Prints one JSON line and writes
-// bench/results/claim-burst.json (BURST_RESULTS_NAME); asserts nothing. Bounded: every wait has a deadline.
+// bench/results/claim-burst.json (BURST_RESULTS_NAME); BURST_CPU_PROF=DIR writes the sidecar's CPU profile
+// there when it exits; asserts nothing. Bounded: every wait has a deadline.
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import type http2 from 'node:http2';
@@ -62,6 +63,7 @@ async function main(): Promise<void> {
       peerSecret: 'bench-burst-peer-secret-0123456789',
       noFile: 20_000,
       extraArgs: ['--h2-max-concurrent-streams', '10000'],
+      ...(process.env.BURST_CPU_PROF ? { cpuProfDir: process.env.BURST_CPU_PROF } : {}),
     });
     cleanups.push({ what: 'sidecar', run: () => owner.stop() });
     const probeDb = new pg.Client({ connectionString: db.url });

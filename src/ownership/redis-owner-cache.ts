@@ -60,6 +60,29 @@ if (v == false and ARGV[3] == '') or v == ARGV[3] then
 end
 return 0`;
 
+// KEYS: each sandbox's version key and owner key, in pairs. ARGV[1]: the version keys' TTL (ms);
+// ARGV[2]: the channel; then, for each pair, the sandbox id behind '+' (published) or '-' (not).
+// Every invalidation of one event-loop turn goes in one call: a claim or release batch writes up to
+// 500 at once, and each replica re-invalidates what a NOTIFY told it of.
+const INVALIDATE = `
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  redis.call('DEL', KEYS[i + 1])
+  local tagged = ARGV[(i + 1) / 2 + 2]
+  if string.sub(tagged, 1, 1) == '+' then redis.call('PUBLISH', ARGV[2], string.sub(tagged, 2)) end
+end
+return #KEYS / 2`;
+
+/** Sandboxes per invalidation script call (a turn with more makes several calls). */
+const INVALIDATE_BATCH_MAX = 500;
+
+interface QueuedInvalidation {
+  sandboxId: string;
+  publish: boolean;
+  done: () => void;
+}
+
 export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerCache {
   const log = opts.logger;
   const ownerKey = (id: string): string => `${opts.keyPrefix}owner:${id}`;
@@ -85,6 +108,8 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
   const cmd = createRedisClient(opts.url, { ...common, connectionName: name });
   // Subscriptions are re-issued by us on every 'ready' (see below), so that we know when they are back.
   const sub = createRedisClient(opts.url, { ...common, connectionName: `${name}-sub`, autoResubscribe: false });
+  cmd.defineCommand('ohsInvalidateOwners', { lua: INVALIDATE });
+  const invalidateOwners = (cmd as unknown as { ohsInvalidateOwners(numKeys: number, ...args: Array<string | number>): Promise<unknown> }).ohsInvalidateOwners.bind(cmd);
 
   let closing = false;
   let inOutage = false;
@@ -165,26 +190,47 @@ export function createRedisOwnerCache(opts: RedisOwnerCacheOptions): RedisOwnerC
       }
       const ids = [...pending];
       pending.clear();
-      for (const id of ids) await invalidate(id, false);
+      await Promise.all(ids.map((id) => invalidate(id, false)));
     } catch (err) {
       outage(err);
     }
   }
 
-  async function invalidate(sandboxId: string, publish: boolean): Promise<void> {
+  // Invalidations asked for in this turn, sent together once it ends (see INVALIDATE).
+  let queued: QueuedInvalidation[] = [];
+
+  function invalidate(sandboxId: string, publish: boolean): Promise<void> {
     if (cmd.status !== 'ready') {
       remember(sandboxId);
-      return;
+      return Promise.resolve();
+    }
+    return new Promise<void>((done) => {
+      queued.push({ sandboxId, publish, done });
+      if (queued.length === 1) queueMicrotask(sendQueued);
+    });
+  }
+
+  function sendQueued(): void {
+    const all = queued;
+    queued = [];
+    for (let i = 0; i < all.length; i += INVALIDATE_BATCH_MAX) void sendInvalidations(all.slice(i, i + INVALIDATE_BATCH_MAX));
+  }
+
+  async function sendInvalidations(batch: QueuedInvalidation[]): Promise<void> {
+    const keys: string[] = [];
+    const tagged: string[] = [];
+    for (const q of batch) {
+      keys.push(versionKey(q.sandboxId), ownerKey(q.sandboxId));
+      tagged.push(`${q.publish ? '+' : '-'}${q.sandboxId}`);
     }
     try {
-      const tx = cmd.multi().incr(versionKey(sandboxId)).pexpire(versionKey(sandboxId), VERSION_TTL_MS).del(ownerKey(sandboxId));
-      if (publish) tx.publish(channel, sandboxId);
-      const results = await tx.exec();
-      for (const [err] of results ?? []) if (err) throw err;
+      await invalidateOwners(keys.length, ...keys, VERSION_TTL_MS, channel, ...tagged);
       succeeded();
     } catch (err) {
-      remember(sandboxId);
+      for (const q of batch) remember(q.sandboxId);
       outage(err);
+    } finally {
+      for (const q of batch) q.done();
     }
   }
 

@@ -95,6 +95,34 @@ describe('redis owner cache', () => {
     expect([...heardA, ...heardB].includes('s10')).toBe(false);
   });
 
+  it('sends the invalidations of one turn in one script call, each with its own effect', async () => {
+    const heard: string[] = [];
+    const prefix = `roc-batch${++n}:`;
+    const cache = await openCache({ keyPrefix: prefix, onInvalidation: (id) => heard.push(id) });
+    const ids = Array.from({ length: 600 }, (_, i) => `b${i}`);
+    for (const id of ids) await cache.write(owner(id, 1), 60_000, '');
+    await cache.invalidate('warm-up', false); // loads the script, so that what follows is EVALSHA alone
+    const calls = async (): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const m of (await raw.info('commandstats')).matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)) out[m[1]!] = Number(m[2]);
+      return out;
+    };
+    const before = await calls();
+    // Even ids are published to every replica, odd ones only dropped here; 600 is more than one call takes.
+    await Promise.all(ids.map((id, i) => cache.invalidate(id, i % 2 === 0)));
+    const after = await calls();
+    expect((after.evalsha ?? 0) - (before.evalsha ?? 0)).toBe(2);
+    expect((after.exec ?? 0) - (before.exec ?? 0)).toBe(0);
+    expect(await raw.keys(`${prefix}owner:*`)).toEqual([]);
+    expect(await raw.mget(ids.map((id) => `${prefix}owner-ver:${id}`))).toEqual(ids.map(() => '1'));
+    expect(await raw.pttl(`${prefix}owner-ver:b599`)).toBeGreaterThan(60_000);
+    await waitFor('the published ones to be heard', () => heard.length >= 300, 2000);
+    expect(heard.sort()).toEqual(ids.filter((_, i) => i % 2 === 0).sort());
+    // A write of what was read before those invalidations is refused (the version moved).
+    await cache.write(owner('b1', 1), 60_000, '');
+    expect(await cache.read('b1')).toEqual({ kind: 'miss', version: '1' });
+  });
+
   it('after missing more invalidations than it can remember, recovery drops every owner entry', async () => {
     const proxy = await startCuttableProxy(redis.port);
     try {
