@@ -41,8 +41,54 @@ export interface CreateLoggerOptions {
   base?: Record<string, unknown>;
 }
 
+/**
+ * Log bytes held in memory while stdout is not taking them; past it, lines are dropped and counted.
+ * A sidecar writes a few lines per supervisor connect, so a burst of 10,000 reconnecting supervisors
+ * writes ~10 MB at once.
+ */
+export const LOG_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
+
+const dropped = { lines: 0, bytes: 0 };
+
+/** Lines dropped so far because stdout was not read fast enough (see `stdoutDestination`). */
+export function droppedLogLines(): number {
+  return dropped.lines;
+}
+
+/**
+ * stdout, written from a bounded in-memory buffer. pino's default destination writes asynchronously
+ * from a buffer without a bound: while the pipe is full (a stalled log collector, a launcher that
+ * reads late) every line is kept, and memory grows for as long as the stall lasts. Here it holds
+ * up to LOG_BUFFER_MAX_BYTES; past that, lines are dropped and counted
+ * (`ohs_log_lines_dropped_total`), and a warning a second later says how many. What is buffered
+ * is written out when the process exits.
+ */
+function stdoutDestination(logger: () => Logger | undefined): DestinationStream {
+  const dest = pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_MAX_BYTES });
+  let streak: { lines: number; bytes: number } | undefined;
+  dest.on('drop', (data: string | Buffer) => {
+    const bytes = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+    dropped.lines++;
+    dropped.bytes += bytes;
+    if (streak !== undefined) {
+      streak.lines++;
+      streak.bytes += bytes;
+      return;
+    }
+    streak = { lines: 1, bytes };
+    // Reported after a second, from the counts then: if the warning is dropped too, the streak goes on.
+    setTimeout(() => {
+      const report = streak;
+      streak = undefined;
+      logger()?.warn({ droppedLines: report?.lines, droppedBytes: report?.bytes, bufferBytes: LOG_BUFFER_MAX_BYTES }, 'log lines dropped: stdout was not read fast enough');
+    }, 1000).unref();
+  });
+  return dest;
+}
+
 export function createLogger(options: CreateLoggerOptions): Logger {
-  return pino(
+  const made: { root?: Logger } = {};
+  const root = pino(
     {
       level: options.level,
       base: { service: SERVICE_NAME, ...options.base },
@@ -52,8 +98,10 @@ export function createLogger(options: CreateLoggerOptions): Logger {
       formatters: { level: (label) => ({ level: label }) },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    options.destination,
+    options.destination ?? stdoutDestination(() => made.root),
   );
+  made.root = root;
+  return root;
 }
 
 type Bindings = Record<string, unknown>;

@@ -2,6 +2,7 @@
 // Registry (never prom-client's global one), so several sidecars can share a test process.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { droppedLogLines } from '../log/logger.ts';
 
 /** `local` for the gateway beside us, `peer` for another replica's sidecar. */
 export type ForwardTarget = 'local' | 'peer';
@@ -29,6 +30,8 @@ export interface SidecarMetrics {
   readonly protectionsTotal: Counter<'reason'>;
   /** Bugs caught by the last-resort handlers (unhandled rejections, uncaught exceptions). */
   readonly internalErrorsTotal: Counter<'kind'>;
+  /** Log lines dropped because stdout was not read fast enough (src/log/logger.ts). */
+  readonly logLinesDroppedTotal: Counter;
   readonly tunnelBytesTotal: Counter<'direction'>;
   readonly requestDurationSeconds: Histogram<'class' | 'target'>;
   /** 1 when the store answers, 0 when it does not. */
@@ -91,6 +94,21 @@ export interface CreateMetricsOptions {
 // Streams range from a unary RPC (milliseconds) to an SSH session (hours).
 const DURATION_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14_400];
 
+/** The process's count of dropped log lines, read at each scrape. */
+function logLinesDroppedCounter(registers: Registry[]): Counter {
+  let seen = 0;
+  return new Counter({
+    name: 'ohs_log_lines_dropped_total',
+    help: 'Log lines dropped because stdout was not read fast enough (up to 16 MiB of lines wait in memory first; a warning follows each streak).',
+    registers,
+    collect() {
+      const now = droppedLogLines();
+      if (now > seen) this.inc(now - seen);
+      seen = now;
+    },
+  });
+}
+
 export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetrics {
   const registry = new Registry();
   const registers = [registry];
@@ -150,6 +168,7 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
       labelNames: ['kind'] as const,
       registers,
     }),
+    logLinesDroppedTotal: logLinesDroppedCounter(registers),
     protectionsTotal: new Counter({
       name: 'ohs_protections_total',
       help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests, upstream_reset_budget, lookup_queue (an owner lookup refused because the lookup queue was full).',

@@ -26,6 +26,7 @@ describe('createMetrics', () => {
         'ohs_classify_errors_total',
         'ohs_protections_total',
         'ohs_internal_errors_total',
+        'ohs_log_lines_dropped_total',
         'ohs_forwards_total',
         'ohs_handoff_duration_seconds',
         'ohs_handoffs_total',
