@@ -63,8 +63,14 @@ async function main(): Promise<void> {
     await owner.claim(SANDBOX);
     const metrics = createMetrics({ defaultMetrics: false });
     const router = new OwnerRouter(here, new LocalSessions(), createGatewayObjects(undefined, logger), metrics, logger, 15_000);
-    // First lookup fills the cache (Redis or Postgres); everything after is a hit.
-    const first = await here.lookup(SANDBOX);
+    // First lookup fills the cache (Redis or Postgres); everything after is a hit. The claim's
+    // invalidations (pub/sub, NOTIFY) may still be on their way: one that lands during a lookup
+    // keeps that lookup's answer out of the cache, so look up again until the answer is cached.
+    let first = await here.lookup(SANDBOX);
+    for (let i = 0; i < 50 && router.resolveCached(SANDBOX)?.kind !== 'peer'; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      first = await here.lookup(SANDBOX);
+    }
     console.log(`first lookup answered by ${first.source}; owner ${first.owner?.replicaId ?? 'none'}`);
     if (router.resolveCached(SANDBOX)?.kind !== 'peer') throw new Error('resolveCached did not answer the peer owner from the cache');
 
