@@ -154,7 +154,8 @@ async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>):
 /** Full (mark-compact) collections the sidecar has run, from its `nodejs_gc_duration_seconds_count{kind="major"}`. */
 async function majorGcCount(adminPort: number): Promise<number> {
   const body = await adminMetrics(adminPort);
-  return Number(/^nodejs_gc_duration_seconds_count\{kind="major"\} ([0-9.eE+-]+)$/m.exec(body)?.[1] ?? NaN);
+  // prom-client writes the series only once there has been one.
+  return Number(/^nodejs_gc_duration_seconds_count\{kind="major"\} ([0-9.eE+-]+)$/m.exec(body)?.[1] ?? 0);
 }
 
 async function countOwned(db: pg.Client, replicaId: string): Promise<number> {
