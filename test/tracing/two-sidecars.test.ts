@@ -95,7 +95,7 @@ describe('traces', () => {
 
   it("an exec through a non-owner is one trace over both sidecars, under the client's traceparent", async () => {
     const exporter = new InMemorySpanExporter();
-    const tracing: TracingHandle = startTracing({ serviceInstanceId: 'test', version: VERSION, exporter, simple: true });
+    const tracing: TracingHandle = await startTracing({ serviceInstanceId: 'test', version: VERSION, exporter, simple: true });
     try {
       const traceId = randomBytes(16).toString('hex');
       const clientSpanId = randomBytes(8).toString('hex');
@@ -133,7 +133,7 @@ describe('traces', () => {
 
   it('a handoff between the two sidecars is traced with the sandbox id and how the previous owner was fenced', async () => {
     const exporter = new InMemorySpanExporter();
-    const tracing = startTracing({ serviceInstanceId: 'test', version: VERSION, exporter, simple: true });
+    const tracing = await startTracing({ serviceInstanceId: 'test', version: VERSION, exporter, simple: true });
     try {
       // The supervisor reconnects through B: B claims, fences A, then lets the Hello through.
       const member = fleet.supervisors.get(sandboxId)!;
