@@ -15,10 +15,11 @@ import { extractRoutingKey, type RequestKey } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 import { followOwner } from './follow-owner.ts';
 import { forwardLocal } from './local-forward.ts';
-import { copyRequestHeaders, forwardStream, respondGrpcError, type Replay } from './h2-forward.ts';
+import { copyRequestHeaders, forwardStream, respondGrpcError, type ForwardHandle, type ForwardOptions, type Replay } from './h2-forward.ts';
 import { track } from './stream-tracking.ts';
 import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnection } from './supervisor-streams.ts';
 import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, tracingEnabled, withSpan } from '../tracing/tracing.ts';
+import type { Span } from '@opentelemetry/api';
 
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
   stream.on('error', (conn.onStreamError ??= (err: Error) => conn.log.debug({ err: err.message }, 'downstream stream error')));
@@ -435,6 +436,92 @@ async function routeAffine(
 
 type Attempt = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: 'not-owner' | 'unreachable' | 'not-ready' };
 
+const NOTHING = (): void => undefined;
+
+/**
+ * One attempt's answer handling, as the options `forwardStream` calls back: the state is in fields
+ * and the callbacks are methods, so a stream held for hours keeps one object for it, not a set of
+ * closures with the routing code's scopes behind them.
+ */
+class ForwardTry implements ForwardOptions {
+  /** The attempt's outcome is known (a response relayed, a failure answered, or a retry taken). */
+  private settled = false;
+  handle: ForwardHandle | undefined;
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly stream: http2.ServerHttp2Stream,
+    private readonly cls: TrafficClass,
+    private readonly peer: PeerTarget | undefined,
+    private readonly log: Logger,
+    private readonly span: Span | undefined,
+    private readonly retryNotReady: boolean,
+    /** Ends the request a shed waits for (see LocalSessions.beginRequest); idempotent. */
+    private readonly answered: () => void,
+    private readonly done: (outcome: string) => void,
+    private readonly resolve: (attempt: Attempt) => void,
+    readonly prefix: Buffer,
+  ) {}
+
+  private retry(why: 'not-owner' | 'not-ready' | 'unreachable'): boolean {
+    const replay = (this.handle as ForwardHandle).abandon();
+    this.done(why === 'not-owner' ? 'not_owner' : why === 'not-ready' ? 'not_ready' : 'refused');
+    this.settled = true;
+    if (replay) this.resolve({ kind: 'retry', replay, why });
+    else {
+      respondGrpcError(this.stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : why === 'not-ready' ? 'sandbox is not ready' : 'upstream refused the stream; retry');
+      this.resolve({ kind: 'done' });
+    }
+    return false;
+  }
+
+  onResponse(res: http2.IncomingHttpHeaders, endStream: boolean): boolean {
+    this.answered();
+    const peer = this.peer;
+    if (peer && res[PEER_NOT_OWNER] !== undefined) {
+      this.ctx.metrics.forwardsTotal.inc({ class: this.cls, peer: peer.replicaId, outcome: 'not_owner' });
+      this.log.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
+      return this.retry('not-owner');
+    }
+    if (this.retryNotReady && endStream && isNotReady(res)) {
+      this.log.info('gateway says the sandbox is not ready while its session is live; waiting for Ready');
+      return this.retry('not-ready');
+    }
+    this.settled = true;
+    if (peer) this.ctx.metrics.forwardsTotal.inc({ class: this.cls, peer: peer.replicaId, outcome: 'ok' });
+    this.resolve({ kind: 'done' });
+    return true;
+  }
+
+  onUpstreamError(err: Error): void {
+    this.answered();
+    if (this.settled) return;
+    const peer = this.peer;
+    if ((this.handle as ForwardHandle).upstream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
+      // Refused unprocessed (a GOAWAY's last-stream-id, or the peer's stream limit): nothing
+      // reached the gateway, so the request goes again on a fresh connection.
+      this.log.info('stream refused before processing; sending it again');
+      this.retry('unreachable');
+      return;
+    }
+    this.settled = true;
+    if (peer) this.ctx.metrics.forwardsTotal.inc({ class: this.cls, peer: peer.replicaId, outcome: 'error' });
+    this.log.warn({ err: err.message }, peer ? 'peer stream failed before a response' : 'gateway stream failed before a response');
+    respondGrpcError(this.stream, 14, peer ? `owner replica ${peer.replicaId} unavailable` : `upstream failed: ${err.message}`);
+    this.resolve({ kind: 'done' });
+  }
+
+  onDone({ reset, grpcStatus }: { reset: boolean; grpcStatus: string | undefined }): void {
+    this.answered();
+    const outcome = reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`;
+    this.done(outcome);
+    if (this.span && this.settled) {
+      this.span.setAttribute('ohs.outcome', outcome);
+      endSpan(this.span);
+    }
+  }
+}
+
 /**
  * One attempt at a target: the local gateway, or the owner's sidecar over the peer protocol. Comes
  * back with what was sent when nothing reached a sandbox and another attempt makes sense: a peer that
@@ -476,7 +563,7 @@ export function forwardAttempt(
     // from the routing decision on, not from the send: a shed must not end the control stream while
     // this request waits for a gateway connection and then gets its RelayOpen lost.
     const heldEpoch = target.kind === 'local' && target.reason === 'owner' && RELAY_CLASSES.has(cls) ? ctx.localSessions.epoch(sandboxId) : undefined;
-    const answered = heldEpoch !== undefined ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
+    const answered = heldEpoch !== undefined ? ctx.localSessions.beginRequest(sandboxId) : NOTHING;
     const session = peer ? ctx.peerPool.get(peer.peerUrl) : gate ? gate.then(() => ctx.gatewayPool.get(ctx.gatewayOrigin)) : ctx.gatewayPool.get(ctx.gatewayOrigin);
     session.then(
       (session) => {
@@ -493,68 +580,14 @@ export function forwardAttempt(
           return resolve({ kind: 'retry', replay: { bytes: prefix, ended: stream.readableEnded }, why: 'not-owner' });
         }
         const done = track(ctx, cls, where);
-        let settled = false;
-        const retry = (why: 'not-owner' | 'not-ready' | 'unreachable'): boolean => {
-          const replay = handle.abandon();
-          done(why === 'not-owner' ? 'not_owner' : why === 'not-ready' ? 'not_ready' : 'refused');
-          settled = true;
-          if (replay) resolve({ kind: 'retry', replay, why });
-          else {
-            respondGrpcError(stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : why === 'not-ready' ? 'sandbox is not ready' : 'upstream refused the stream; retry');
-            resolve({ kind: 'done' });
-          }
-          return false;
-        };
         const upHeaders = peer
           ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }), ...traceHeaders(span) }
           : span
             ? { ...headers, ...traceHeaders(span) }
             : headers;
-        let handle: ReturnType<typeof forwardStream>;
+        const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, answered, done, resolve, prefix);
         try {
-          handle = forwardStream(stream, session, upHeaders, {
-            prefix,
-            onResponse: (res, endStream) => {
-              answered();
-              if (peer && res[PEER_NOT_OWNER] !== undefined) {
-                ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'not_owner' });
-                plog.info({ hint: res[PEER_OWNER_HINT] }, 'peer is not the owner');
-                return retry('not-owner');
-              }
-              if (opts.retryNotReady && endStream && isNotReady(res)) {
-                plog.info('gateway says the sandbox is not ready while its session is live; waiting for Ready');
-                return retry('not-ready');
-              }
-              settled = true;
-              if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'ok' });
-              resolve({ kind: 'done' });
-              return true;
-            },
-            onUpstreamError: (err) => {
-              answered();
-              if (settled) return;
-              if (handle.upstream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
-                // Refused unprocessed (a GOAWAY's last-stream-id, or the peer's stream limit): nothing
-                // reached the gateway, so the request goes again on a fresh connection.
-                plog.info('stream refused before processing; sending it again');
-                retry('unreachable');
-                return;
-              }
-              settled = true;
-              if (peer) ctx.metrics.forwardsTotal.inc({ class: cls, peer: peer.replicaId, outcome: 'error' });
-              plog.warn({ err: err.message }, peer ? 'peer stream failed before a response' : 'gateway stream failed before a response');
-              respondGrpcError(stream, 14, peer ? `owner replica ${peer.replicaId} unavailable` : `upstream failed: ${err.message}`);
-              resolve({ kind: 'done' });
-            },
-            onDone: ({ reset, grpcStatus }) => {
-              answered();
-              done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
-              if (span && settled) {
-                span.setAttribute('ohs.outcome', reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
-                endSpan(span);
-              }
-            },
-          });
+          forward.handle = forwardStream(stream, session, upHeaders, forward);
         } catch (err) {
           // The session began closing (GOAWAY) between get() and request(): nothing was sent.
           answered();
