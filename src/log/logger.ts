@@ -48,11 +48,11 @@ export interface CreateLoggerOptions {
  */
 export const LOG_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
 
-const dropped = { lines: 0, bytes: 0 };
+let dropped = 0;
 
 /** Lines dropped so far because stdout was not read fast enough (see `stdoutDestination`). */
 export function droppedLogLines(): number {
-  return dropped.lines;
+  return dropped;
 }
 
 /**
@@ -68,8 +68,7 @@ function stdoutDestination(logger: () => Logger | undefined): DestinationStream 
   let streak: { lines: number; bytes: number } | undefined;
   dest.on('drop', (data: string | Buffer) => {
     const bytes = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
-    dropped.lines++;
-    dropped.bytes += bytes;
+    dropped++;
     if (streak !== undefined) {
       streak.lines++;
       streak.bytes += bytes;

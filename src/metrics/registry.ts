@@ -2,7 +2,7 @@
 // Registry (never prom-client's global one), so several sidecars can share a test process.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { droppedLogLines } from '../log/logger.ts';
+import { LOG_BUFFER_MAX_BYTES, droppedLogLines } from '../log/logger.ts';
 
 /** `local` for the gateway beside us, `peer` for another replica's sidecar. */
 export type ForwardTarget = 'local' | 'peer';
@@ -99,7 +99,7 @@ function logLinesDroppedCounter(registers: Registry[]): Counter {
   let seen = 0;
   return new Counter({
     name: 'ohs_log_lines_dropped_total',
-    help: 'Log lines dropped because stdout was not read fast enough (up to 16 MiB of lines wait in memory first; a warning follows each streak).',
+    help: `Log lines dropped because stdout was not read fast enough (up to ${LOG_BUFFER_MAX_BYTES / 1048576} MiB of lines wait in memory first; a warning follows each streak).`,
     registers,
     collect() {
       const now = droppedLogLines();
