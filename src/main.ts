@@ -3,6 +3,7 @@ import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
 import { missingNodeFlags } from './node-flags.ts';
+import { applyNodePatches } from './node-patches.ts';
 import { createLogger } from './log/logger.ts';
 import { startSidecar, VERSION } from './sidecar.ts';
 import { startConfiguredTracing } from './tracing/tracing.ts';
@@ -26,6 +27,8 @@ async function runSidecar(argv: string[]): Promise<void> {
   if (missing.length > 0) {
     logger.info({ missing }, 'node started without the node flags of the image');
   }
+  const patched = applyNodePatches();
+  if (patched.length > 0) logger.info({ patched }, 'node library patched (src/node-patches.ts): upstream streams die young instead of surviving to a full collection');
   const tracing = await startConfiguredTracing(config, VERSION);
   if (tracing) logger.info({ otlpTracesUrl: config.otlpTracesUrl }, 'tracing on: spans exported over OTLP/HTTP');
   const sidecar = await startSidecar(config, logger);

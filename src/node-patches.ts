@@ -1,0 +1,58 @@
+// Changes to Node's own library that the sidecar makes at start, each for a measured reason and each
+// off when the running Node no longer needs it.
+//
+// AsyncResource.prototype.bind (Node 20 to 24 at least; nodejs/node#58618 would end it): every
+// function it returns gets an `asyncResource` accessor pair made of two fresh `util.deprecate`
+// wrappers (DEP0172). Accessors are kept in the function's hidden class, so each bound function gets
+// a hidden class of its own, and V8's scavenger keeps those alive until the next full collection:
+// the bound function, its closure and everything that closure reaches survive every scavenge and are
+// promoted. Node's ClientHttp2Session.request() binds one per stream, over a closure holding the
+// stream, so every upstream stream the sidecar opens (to the gateway, to a peer) was promoted with
+// its buffers, headers and listeners: 3.6 KB per stream in a bare Node process and ~14 KB per
+// request in the sidecar, so that each scavenge copied megabytes and paused the event loop for
+// 4-11 ms (the routing probe's p99). The replacement binds the same way (the same async scope, `this`
+// and arguments, the same `length`) and keeps `asyncResource` as a plain data property: one shared
+// hidden class, and a closed stream dies young. The only difference a caller can see is that reading
+// `asyncResource` no longer prints DEP0172's warning.
+import { AsyncResource } from 'node:async_hooks';
+
+type Bind = (this: AsyncResource, fn: (...args: never[]) => unknown, thisArg?: unknown) => (...args: unknown[]) => unknown;
+
+/** Node's own bind, kept to tell whether a patch is needed and to raise its own argument errors. */
+const nodeBind = AsyncResource.prototype.bind as unknown as Bind;
+
+/** True when this Node's bound functions carry the per-function accessor pair described above. */
+export function bindMakesAccessors(bind: Bind = AsyncResource.prototype.bind as unknown as Bind): boolean {
+  const bound = bind.call(new AsyncResource('ohs-probe', { requireManualDestroy: true }), () => undefined);
+  return typeof Object.getOwnPropertyDescriptor(bound, 'asyncResource')?.get === 'function';
+}
+
+type Fn = (...args: unknown[]) => unknown;
+
+/** Calls `fn` in `resource`'s async scope, with the caller's `this` unless `thisArg` is given. */
+function boundTo(resource: AsyncResource, fn: Fn, thisArg: unknown): Fn {
+  if (thisArg !== undefined) return (...args) => resource.runInAsyncScope(fn, thisArg, ...args);
+  return function (this: unknown, ...args: unknown[]): unknown {
+    return resource.runInAsyncScope(fn, this, ...args);
+  };
+}
+
+const bindWithDataProperty: Bind = function (this: AsyncResource, fn, thisArg) {
+  if (typeof fn !== 'function') return nodeBind.call(this, fn, thisArg); // Node's ERR_INVALID_ARG_TYPE
+  const bound = boundTo(this, fn as Fn, thisArg);
+  Object.defineProperties(bound, {
+    length: { __proto__: null, configurable: true, enumerable: false, writable: false, value: fn.length },
+    asyncResource: { __proto__: null, configurable: true, enumerable: true, writable: true, value: this },
+  } as PropertyDescriptorMap);
+  return bound;
+};
+
+/** Applies the patches this Node needs; returns the names of those applied (logged at start). */
+export function applyNodePatches(): string[] {
+  const applied: string[] = [];
+  if (AsyncResource.prototype.bind !== (bindWithDataProperty as unknown) && bindMakesAccessors()) {
+    AsyncResource.prototype.bind = bindWithDataProperty as unknown as typeof AsyncResource.prototype.bind;
+    applied.push('AsyncResource.prototype.bind');
+  }
+  return applied;
+}
