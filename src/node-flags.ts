@@ -8,7 +8,18 @@
 //   that freed nothing: about ten a second, a quarter of the relay's throughput (bench/proxy.ts,
 //   ForwardTcp bulk: 199 full collections for 6 GiB relayed, 0.74-0.78x of a bare Node proxy; with
 //   the flag 1, 0.95-0.96x). A sidecar holding thousands of sessions is far above 64 MB anyway.
-export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64'];
+//
+// --no-allocation-site-pretenuring: V8 watches which allocation sites' objects survive scavenges
+//   and, past a threshold, allocates that site's objects straight in the old generation. A sidecar
+//   holding thousands of sessions teaches it exactly that for Node's HTTP/2 stream code, so every
+//   later short stream (an exec, a port-forward open, a probe) was born old too; dead old objects
+//   keep what they point to alive through every scavenge, so each request's whole graph (its
+//   streams, buffers, our forward state) was copied and promoted, to die only at the next full
+//   collection. At 10,000 + 10,000 held sessions the owner's scavenges promoted ~3 MB each and
+//   paused it 7-11 ms every ~0.4 s: the routing probe's p99 (bench/scale.ts). Without
+//   pretenuring: 0.5-0.7 MB and 2-3.6 ms, and the loaded RSS peak fell from 561 to 420 MB.
+//   test/unit/node-flags.test.ts shows the retention with and without the flag.
+export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64', '--no-allocation-site-pretenuring'];
 
 /** The flags this process was started without (to say so at start). */
 export function missingNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
