@@ -151,11 +151,36 @@ async function observe(sc: BenchSidecar, ms: number, during?: Promise<unknown>):
   };
 }
 
-/** Full (mark-compact) collections the sidecar has run, from its `nodejs_gc_duration_seconds_count{kind="major"}`. */
-async function majorGcCount(adminPort: number): Promise<number> {
+interface GcTotals {
+  minor: number;
+  minorSeconds: number;
+  major: number;
+  majorSeconds: number;
+}
+
+/** Collections the sidecar has run and their time, from its `nodejs_gc_duration_seconds` histogram. */
+async function gcTotals(adminPort: number): Promise<GcTotals> {
   const body = await adminMetrics(adminPort);
-  // prom-client writes the series only once there has been one.
-  return Number(/^nodejs_gc_duration_seconds_count\{kind="major"\} ([0-9.eE+-]+)$/m.exec(body)?.[1] ?? 0);
+  // prom-client writes a kind's series only once there has been one.
+  const read = (what: 'count' | 'sum', kind: string): number =>
+    Number(new RegExp(`^nodejs_gc_duration_seconds_${what}\\{kind="${kind}"\\} ([0-9.eE+-]+)$`, 'm').exec(body)?.[1] ?? 0);
+  return { minor: read('count', 'minor'), minorSeconds: read('sum', 'minor'), major: read('count', 'major'), majorSeconds: read('sum', 'major') };
+}
+
+/** Full (mark-compact) collections the sidecar has run. */
+async function majorGcCount(adminPort: number): Promise<number> {
+  return (await gcTotals(adminPort)).major;
+}
+
+/** The collections between two readings: how many scavenges and full collections, and their mean pause. */
+function gcBetween(a: GcTotals, b: GcTotals): { scavenges: number; scavengeMeanMs: number; fullCollections: number; fullMeanMs: number } {
+  const mean = (s: number, n: number): number => (n > 0 ? round2((1000 * s) / n) : 0);
+  return {
+    scavenges: b.minor - a.minor,
+    scavengeMeanMs: mean(b.minorSeconds - a.minorSeconds, b.minor - a.minor),
+    fullCollections: b.major - a.major,
+    fullMeanMs: mean(b.majorSeconds - a.majorSeconds, b.major - a.major),
+  };
 }
 
 async function countOwned(db: pg.Client, replicaId: string): Promise<number> {
@@ -448,10 +473,17 @@ async function main(): Promise<void> {
   const probeFwdConns = new ClientConns(ingress.publicPort, 4);
   cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
   const ingressEps = endpoints.map((e) => ({ ...e, port: ingress.publicPort }));
+  const gcBeforeProbes = await Promise.all([gcTotals(owner.adminPort), gcTotals(ingress.adminPort)]);
   const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, PROBE_CONCURRENCY);
   log(`routing probe, owner local: ${probeLocal.n} streams (${probeLocal.errors} errors) p50 ${probeLocal.p50Ms} ms p99 ${probeLocal.p99Ms} ms max ${probeLocal.maxMs} ms`);
   const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, PROBE_CONCURRENCY);
   log(`routing probe, forwarded:   ${probeFwd.n} streams (${probeFwd.errors} errors) p50 ${probeFwd.p50Ms} ms p99 ${probeFwd.p99Ms} ms max ${probeFwd.maxMs} ms`);
+  // A probe that meets a collection waits for it: the pauses are most of the tail.
+  const gcAfterProbes = await Promise.all([gcTotals(owner.adminPort), gcTotals(ingress.adminPort)]);
+  const gcDuringProbes = { owner: gcBetween(gcBeforeProbes[0], gcAfterProbes[0]), ingress: gcBetween(gcBeforeProbes[1], gcAfterProbes[1]) };
+  for (const [who, g] of Object.entries(gcDuringProbes)) {
+    log(`  ${who} during both probes: ${g.scavenges} scavenges (mean pause ${g.scavengeMeanMs} ms), ${g.fullCollections} full collections (mean pause ${g.fullMeanMs} ms)`);
+  }
 
   // 5. Sustained forwarded opens, the loaded sidecar observed meanwhile.
   const sustainedConns = new ClientConns(ingress.publicPort, 8);
@@ -540,6 +572,7 @@ async function main(): Promise<void> {
     routing_probe_direct: probeDirect,
     routing_probe_local: probeLocal,
     routing_probe_forwarded: probeFwd,
+    gc_during_probes: gcDuringProbes,
     sustained: sus,
     sustained_loaded_sidecar: during,
     sustained_sidecar_counters: sustainedCounters,
