@@ -59,7 +59,7 @@ bench-lookup: install
 # event-loop lag, routing p99, 1,000 forwarded opens/s for 30 s (bench/scale.ts; results in
 # bench/results/scale.json). A few minutes; not part of `make bench`.
 bench-scale: build
-	node --import tsx bench/scale.ts
+	node --no-allocation-site-pretenuring --import tsx bench/scale.ts
 
 # A burst of 5,000 supervisors reaching one sidecar at once (a replica died and its sandboxes
 # reconnect through the Service): time until every ownership row is written, claims that outwaited

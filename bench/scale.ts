@@ -48,6 +48,11 @@ const IDLE = envInt('SCALE_IDLE', 10_000);
 const IDLE_CONNS = envInt('SCALE_IDLE_CONNS', 100);
 const PROBES = envInt('SCALE_PROBES', 2_000);
 const PROBE_CONCURRENCY = envInt('SCALE_PROBE_CONCURRENCY', 1);
+// The harness's own processes (this client, holding 20,000 streams, and the fake gateway) run with
+// the sidecar's pretenuring flag (src/node-flags.ts): with V8's default, each of them promotes every
+// probe's streams and pauses for it, and those pauses land in every path's tail, the direct one too.
+// `make bench-scale` starts this process with it; the gateway is started with it here.
+const HARNESS_NODE_ARGS = ['--no-allocation-site-pretenuring'];
 const RATE = envInt('SCALE_RATE', 1_000);
 const SECONDS = envInt('SCALE_SECONDS', 30);
 const STEADY_S = envInt('SCALE_STEADY_S', 10);
@@ -350,6 +355,8 @@ function nodeFloor(): Promise<Floor> {
 }
 
 async function main(): Promise<void> {
+  const clientLacks = HARNESS_NODE_ARGS.filter((a) => !process.execArgv.includes(a));
+  if (clientLacks.length > 0) log(`note: this bench client runs without ${clientLacks.join(' ')}; its own pauses will add to every probe (make bench-scale gives it)`);
   // 0. Node's floor first, alone on the machine.
   const floor = await nodeFloor();
   log(
@@ -357,7 +364,8 @@ async function main(): Promise<void> {
       `RSS ${floor.rss_before_mb} -> ${floor.rss_after_mb} MB, ${floor.rss_per_held_stream_kb} KB RSS and ${floor.heap_per_held_stream_kb} KB heap per held session`,
   );
 
-  const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '1', '--counts']);
+  const [gwNode, ...gwEntry] = tsEntry('bench/lib/fake-gateway-main.ts');
+  const gw: ManagedProcess = await startProcess('fake-gateway', [gwNode!, ...HARNESS_NODE_ARGS, ...gwEntry, '--extra-ports', '1', '--counts']);
   cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
   const [ownerGatewayPort, ingressGatewayPort] = gw.ready.ports as [number, number];
 
@@ -546,6 +554,7 @@ async function main(): Promise<void> {
       ...machineMeta(),
       sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info', node_args: process.env.SCALE_SIDECAR_NODE_ARGS ?? '' },
       gateway: 'bench/lib/fake-gateway.ts (separate process)',
+      harness_node_args: { client: process.execArgv.filter((a) => HARNESS_NODE_ARGS.includes(a)), gateway: HARNESS_NODE_ARGS },
       supervisors: SUPERVISORS,
       supervisor_connections: SUPERVISOR_CONNS,
       idle_forward_streams: IDLE,
