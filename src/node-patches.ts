@@ -22,8 +22,8 @@ type Bind = (this: AsyncResource, fn: (...args: never[]) => unknown, thisArg?: u
 const nodeBind = AsyncResource.prototype.bind as unknown as Bind;
 
 /** True when this Node's bound functions carry the per-function accessor pair described above. */
-export function bindMakesAccessors(bind: Bind = AsyncResource.prototype.bind as unknown as Bind): boolean {
-  const bound = bind.call(new AsyncResource('ohs-probe', { requireManualDestroy: true }), () => undefined);
+export function bindMakesAccessors(): boolean {
+  const bound = (AsyncResource.prototype.bind as unknown as Bind).call(new AsyncResource('ohs-probe', { requireManualDestroy: true }), () => undefined);
   return typeof Object.getOwnPropertyDescriptor(bound, 'asyncResource')?.get === 'function';
 }
 
@@ -50,7 +50,8 @@ const bindWithDataProperty: Bind = function (this: AsyncResource, fn, thisArg) {
 /** Applies the patches this Node needs; returns the names of those applied (logged at start). */
 export function applyNodePatches(): string[] {
   const applied: string[] = [];
-  if (AsyncResource.prototype.bind !== (bindWithDataProperty as unknown) && bindMakesAccessors()) {
+  // Once patched, bound functions carry no accessor: a second call applies nothing.
+  if (bindMakesAccessors()) {
     AsyncResource.prototype.bind = bindWithDataProperty as unknown as typeof AsyncResource.prototype.bind;
     applied.push('AsyncResource.prototype.bind');
   }
