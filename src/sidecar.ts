@@ -182,6 +182,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     logger: logger.child({ component: 'limits' }),
     registry: metrics.registry,
     fallbackPolicy: config.limitFallbackPolicy,
+    reuseMs: config.limitReuseMs,
   });
   const router = new OwnerRouter(store, localSessions, gatewayObjects, metrics, logger.child({ component: 'router' }), config.ownerWaitMs, config.maxHeldRequests);
   const gatewayOrigin = gateway.origin;

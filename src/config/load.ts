@@ -85,6 +85,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['sshTunnelsPerSandbox'], '--ssh-tunnels-per-sandbox', 'OHS_SSH_TUNNELS_PER_SANDBOX', 'int'),
   opt(['limitLeaseTtlMs'], '--limit-lease-ttl-ms', 'OHS_LIMIT_LEASE_TTL_MS', 'int'),
   opt(['limitFallbackPolicy'], '--limit-fallback-policy', 'OHS_LIMIT_FALLBACK_POLICY'),
+  opt(['limitReuseMs'], '--limit-reuse-ms', 'OHS_LIMIT_REUSE_MS', 'int'),
   opt(['peerConnectTimeoutMs'], '--peer-connect-timeout-ms', 'OHS_PEER_CONNECT_TIMEOUT_MS', 'int'),
   opt(['upstreamConnectTimeoutMs'], '--upstream-connect-timeout-ms', 'OHS_UPSTREAM_CONNECT_TIMEOUT_MS', 'int'),
   opt(['shutdownGraceMs'], '--shutdown-grace-ms', 'OHS_SHUTDOWN_GRACE_MS', 'int'),
@@ -167,6 +168,7 @@ export const CONFIG_DEFAULTS = {
   limitRules: [],
   limitLeaseTtlMs: 15_000,
   limitFallbackPolicy: 'local-split',
+  limitReuseMs: 100,
   // A little over the default replica lease (10 s): an unresponsive owner is provably gone then.
   handoffTimeoutMs: 12_000,
   // Refused peer port: the sidecar is gone and so are its upstream connections; its gateway (same

@@ -183,6 +183,11 @@ const scalarShape = {
   limitLeaseTtlMs: int(1_000, 600_000),
   /** What limits do while Redis is unavailable (DESIGN §5). Never silently unlimited. */
   limitFallbackPolicy: z.enum(['local-split', 'local-full', 'deny']),
+  /**
+   * How long a closed connection's slot stays in Redis for a new connection with the same keys
+   * (0: released at once). At most a ninth of the lease TTL (a third of the renewal interval).
+   */
+  limitReuseMs: int(0, 60_000),
   peerConnectTimeoutMs: int(50, 60_000),
   upstreamConnectTimeoutMs: int(50, 60_000),
   shutdownGraceMs: int(0, 3_600_000),
@@ -347,6 +352,7 @@ export interface SidecarConfig {
   readonly limitRules: ReadonlyArray<{ readonly name: string; readonly trafficClass: string; readonly key: 'token' | 'sandbox' | 'client-address'; readonly max: number }>;
   readonly limitLeaseTtlMs: number;
   readonly limitFallbackPolicy: 'local-split' | 'local-full' | 'deny';
+  readonly limitReuseMs: number;
   readonly peerConnectTimeoutMs: number;
   readonly upstreamConnectTimeoutMs: number;
   readonly shutdownGraceMs: number;
@@ -388,6 +394,13 @@ export const configInputSchema = z
     peerTls: z.strictObject(peerTlsShape).optional(),
   })
   .superRefine((cfg, ctx) => {
+    if (cfg.limitReuseMs * 9 > cfg.limitLeaseTtlMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['limitReuseMs'],
+        message: `limitReuseMs (${cfg.limitReuseMs}) must be at most a ninth of limitLeaseTtlMs (${cfg.limitLeaseTtlMs}): a parked slot is not renewed`,
+      });
+    }
     if (cfg.redisUrl !== undefined && cfg.databaseUrl === undefined) {
       ctx.addIssue({
         code: 'custom',

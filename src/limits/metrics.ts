@@ -16,6 +16,10 @@ export interface LimitMetrics {
   readonly refusals: Counter<'rule'>;
   /** Expired slots of crashed or stalled holders removed while counting. */
   readonly slotsReclaimed: Counter<'rule'>;
+  /** Released slots kept in Redis for a moment, for a new connection with the same keys. */
+  readonly slotsParked: Gauge;
+  /** Connections admitted by taking over a parked slot (no Redis round trip). */
+  readonly slotsReused: Counter;
   /** 1 for the policy in force, 0 for the others. */
   readonly policy: Gauge<'policy'>;
   setPolicy(policy: LimitPolicy): void;
@@ -41,6 +45,16 @@ export function createLimitMetrics(rules: readonly LimitRule[], registry: Regist
     labelNames: ['rule'] as const,
     registers,
   });
+  const slotsParked = new Gauge({
+    name: 'ohs_limit_slots_parked',
+    help: 'Released slots kept in Redis for a moment (--limit-reuse-ms), for a new connection with the same keys.',
+    registers,
+  });
+  const slotsReused = new Counter({
+    name: 'ohs_limit_slots_reused_total',
+    help: 'Connections admitted by taking over a parked slot, without a Redis round trip.',
+    registers,
+  });
   const policy = new Gauge({
     name: 'ohs_limit_policy',
     help: 'Connection-limit policy in force (1) and the others (0).',
@@ -58,6 +72,8 @@ export function createLimitMetrics(rules: readonly LimitRule[], registry: Regist
     slotsHeld,
     refusals,
     slotsReclaimed,
+    slotsParked,
+    slotsReused,
     policy,
     setPolicy(current) {
       for (const p of LIMIT_POLICIES) policy.set({ policy: p }, p === current ? 1 : 0);

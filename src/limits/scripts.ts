@@ -20,15 +20,19 @@ end
 `;
 
 // KEYS: one set per rule. ARGV: member, leaseTtlMs, then the max of each key in KEYS order.
-// Returns { refused, reclaimed_1 .. reclaimed_n }: refused is the 1-based index of the first key
-// at its max (0: granted, member added everywhere); reclaimed_i counts expired members removed.
+// Returns { refused, reclaimed_1 .. reclaimed_n, full }: refused is the 1-based index of the first
+// key at its max (0: granted, member added everywhere); reclaimed_i counts expired members removed;
+// full is 1 when the grant took the last slot of some key (0 otherwise).
 const ACQUIRE = `${PROLOGUE}
 local member = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local out = { 0 }
+local full = 0
 for i, key in ipairs(KEYS) do
   out[i + 1] = redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if out[1] == 0 and redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then out[1] = i end
+  local n = redis.call('ZCARD', key)
+  if out[1] == 0 and n >= tonumber(ARGV[i + 2]) then out[1] = i end
+  if n + 1 >= tonumber(ARGV[i + 2]) then full = 1 end
 end
 if out[1] == 0 then
   for _, key in ipairs(KEYS) do
@@ -36,6 +40,7 @@ if out[1] == 0 then
     keep(key, ttl)
   end
 end
+out[#KEYS + 2] = full
 return out`;
 
 // KEYS: distinct sets. ARGV[1]: leaseTtlMs; ARGV[2]: the prefix of every member of this call; then,
@@ -98,13 +103,13 @@ export function defineSlotScripts(client: Redis): SlotScripts {
   return client as unknown as SlotScripts;
 }
 
-/** Parses the reply of ohsSlotAcquire for `n` keys. */
-export function parseAcquireReply(reply: unknown, n: number): { refusedIndex: number; reclaimed: number[] } {
-  if (!Array.isArray(reply) || reply.length !== n + 1 || !reply.every((v) => typeof v === 'number')) {
+/** Parses the reply of ohsSlotAcquire for `n` keys (`full`: the grant took some key's last slot). */
+export function parseAcquireReply(reply: unknown, n: number): { refusedIndex: number; reclaimed: number[]; full: boolean } {
+  if (!Array.isArray(reply) || reply.length !== n + 2 || !reply.every((v) => typeof v === 'number')) {
     throw new Error(`unexpected acquire reply: ${JSON.stringify(reply)}`);
   }
-  const [refused, ...reclaimed] = reply as number[];
-  return { refusedIndex: (refused ?? 0) - 1, reclaimed };
+  const values = reply as number[];
+  return { refusedIndex: (values[0] ?? 0) - 1, reclaimed: values.slice(1, n + 1), full: values[n + 1] === 1 };
 }
 
 export function parseCountReply(reply: unknown): number {

@@ -6,6 +6,13 @@
 // the last slot. The holder renews its live slots in batches; a crashed holder stops renewing and its
 // slots expire within the lease TTL, to be removed by the next acquire on the same key.
 //
+// A released slot may stay in Redis for a moment (`reuseMs`): a new connection with exactly the same
+// keys takes it over without a Redis round trip (a forwarded port's short connections, a client
+// reconnecting). Meanwhile it still counts, so the count never falls below the connections open; a
+// connection elsewhere may be refused for that moment, never admitted past a max. A slot that took
+// the last place of some key is released at once, and so is any parked slot under a key a
+// different connection asks for.
+//
 // Redis unavailable: never silently unlimited. The configured fallback is enforced with in-process
 // counters (default: each replica allows ceil(max / live replicas)), logged once and shown in
 // `ohs_limit_policy`. Slots held meanwhile are kept in memory and written back when Redis returns, so
@@ -84,6 +91,11 @@ export interface SlotLimiterOptions {
   reconnectMaxMs?: number;
   /** Key/member pairs per renewal script call (default 500). */
   renewBatchSize?: number;
+  /**
+   * How long a released slot stays in Redis for a new connection with the same keys to take over
+   * (default 0: released at once). At most a third of the renewal interval.
+   */
+  reuseMs?: number;
 }
 
 export const DEFAULT_LEASE_TTL_MS = 15_000;
@@ -93,6 +105,9 @@ export const DEFAULT_LEASE_TTL_MS = 15_000;
 const MAX_PENDING_RELEASES = 10_000;
 /** Key strings kept per rule (the sandboxes, tokens or client addresses with slots, typically). */
 const KEY_CACHE_MAX = 10_000;
+/** Released slots kept for reuse at most; past it a release goes to Redis at once. */
+const MAX_PARKED = 10_000;
+const SWEEP_MIN_MS = 10;
 
 /**
  * The Redis key of one rule and key value. Session tokens grant access to sandboxes, so they are
@@ -125,6 +140,17 @@ function createTurnBatcher(onTurn: () => (() => void) | undefined = () => undefi
     }));
 }
 
+function addTo<V>(map: Map<string, Set<V>>, key: string, value: V): void {
+  const set = map.get(key);
+  if (set === undefined) map.set(key, new Set([value]));
+  else set.add(value);
+}
+
+function removeFrom<V>(map: Map<string, Set<V>>, key: string, value: V): void {
+  const set = map.get(key);
+  if (set !== undefined && set.delete(value) && set.size === 0) map.delete(key);
+}
+
 /** Slots grouped under the keys they hold a member of (a key with its slots). */
 type KeyGroups = Iterable<[string, Iterable<Slot>]>;
 
@@ -154,13 +180,27 @@ interface Claim {
   redisKey: string;
 }
 
-interface Slot {
+/** What a release removes from Redis: a member under its keys. */
+interface Member {
   /** What follows the limiter's member prefix in the slot's member (a base-36 counter). */
   suffix: string;
   claims: Claim[];
+}
+
+interface Slot extends Member {
   /** May be in Redis: set before any write that may add it, so that a release always removes it. */
   inRedis: boolean;
   released: boolean;
+  /** Parked on release for a connection with the same keys (`reuseMs`); false once it took a key's last slot. */
+  reusable: boolean;
+}
+
+/** A released slot still in Redis, for the next connection with the same keys. */
+interface Parked extends Member {
+  /** The claims' keys in order: what a new connection must ask for to take it over. */
+  keys: string;
+  until: number;
+  live: boolean;
 }
 
 export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
@@ -170,11 +210,16 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   const leaseTtlMs = opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
   const renewIntervalMs = opts.renewIntervalMs ?? Math.max(1, Math.floor(leaseTtlMs / 3));
   const fallback: FallbackPolicy = opts.fallbackPolicy ?? 'local-split';
+  const reuseMs = Math.max(0, opts.reuseMs ?? 0);
   const batchSize = Math.max(1, opts.renewBatchSize ?? 500);
   const connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
   const reconnectMaxMs = opts.reconnectMaxMs ?? 1000;
   if (!(leaseTtlMs > 0) || !(renewIntervalMs > 0) || renewIntervalMs >= leaseTtlMs) {
     throw new OhsError('OHS_ERR_CONFIG', `limits: renewIntervalMs (${renewIntervalMs}) must be below leaseTtlMs (${leaseTtlMs})`);
+  }
+  // A parked slot misses renewals; a third of the interval keeps its lease far from expiry.
+  if (reuseMs * 3 > renewIntervalMs) {
+    throw new OhsError('OHS_ERR_CONFIG', `limits: reuseMs (${reuseMs}) must be at most a third of renewIntervalMs (${renewIntervalMs})`);
   }
 
   const metrics: LimitMetrics = createLimitMetrics(rules, opts.registry);
@@ -199,7 +244,13 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return () => socket.uncork();
   });
   /** Releases of this turn, sent together at its end (see createTurnBatcher). */
-  let releaseBatch: Slot[] = [];
+  let releaseBatch: Member[] = [];
+  /** Released slots kept for reuse: by their keys (what reuse looks up), by each key, and by age. */
+  const parkedByKeys = new Map<string, Set<Parked>>();
+  const parkedByKey = new Map<string, Set<Parked>>();
+  let parkQueue: Parked[] = [];
+  let parkedCount = 0;
+  let parkTimer: NodeJS.Timeout | undefined;
   const inflight = new Set<Promise<unknown>>();
   let closed = false;
 
@@ -265,6 +316,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     if (closed) return;
     clearTimeout(settleTimer);
     setMode(fallback);
+    // Local counting knows only open connections: parked slots leave Redis (or wait to) now.
+    releaseParked(parkQueue);
     markSettled();
     if (outageLogged) return;
     outageLogged = true;
@@ -432,8 +485,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return byKey.get(redisKey)?.size ?? 0;
   }
 
-  function hold(suffix: string, claims: Claim[], inRedis: boolean): AcquireResult {
-    const slot: Slot = { suffix, claims, inRedis, released: false };
+  function hold(suffix: string, claims: Claim[], inRedis: boolean, reusable = false): AcquireResult {
+    const slot: Slot = { suffix, claims, inRedis, released: false, reusable };
     slots.add(slot);
     for (const c of claims) {
       const group = byKey.get(c.redisKey);
@@ -454,8 +507,68 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       metrics.slotsHeld.dec({ rule: c.rule.name });
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
-    releaseBatch.push(slot);
+    if (slot.reusable && reuseMs > 0 && mode === 'global' && parkedCount < MAX_PARKED) park(slot);
+    else queueRelease(slot);
+  }
+
+  function queueRelease(member: Member): void {
+    releaseBatch.push(member);
     if (releaseBatch.length === 1) void nextTurn().then(flushReleases);
+  }
+
+  function keysOf(claims: Claim[]): string {
+    return claims.length === 1 ? (claims[0] as Claim).redisKey : claims.map((c) => c.redisKey).join('\n');
+  }
+
+  function park(slot: Slot): void {
+    const p: Parked = { suffix: slot.suffix, claims: slot.claims, keys: keysOf(slot.claims), until: Date.now() + reuseMs, live: true };
+    addTo(parkedByKeys, p.keys, p);
+    for (const c of p.claims) addTo(parkedByKey, c.redisKey, p);
+    parkQueue.push(p);
+    parkedCount++;
+    metrics.slotsParked.inc();
+    parkTimer ??= setTimeout(sweepParked, reuseMs).unref();
+  }
+
+  function unpark(p: Parked): void {
+    p.live = false;
+    removeFrom(parkedByKeys, p.keys, p);
+    for (const c of p.claims) removeFrom(parkedByKey, c.redisKey, p);
+    parkedCount--;
+    metrics.slotsParked.dec();
+  }
+
+  /** Sends the parked slots of `list` to Redis as releases. */
+  function releaseParked(list: Iterable<Parked>): void {
+    for (const p of [...list]) {
+      if (!p.live) continue;
+      unpark(p);
+      queueRelease(p);
+    }
+    if (parkedCount === 0) parkQueue = [];
+  }
+
+  /** Releases the parked slots whose time is up; the timer runs while any is parked. */
+  function sweepParked(): void {
+    parkTimer = undefined;
+    const now = Date.now();
+    let i = 0;
+    while (i < parkQueue.length && (parkQueue[i] as Parked).until <= now) i++;
+    releaseParked(parkQueue.slice(0, i));
+    parkQueue = parkQueue.slice(i).filter((p) => p.live);
+    const next = parkQueue[0];
+    // At most one sweep per SWEEP_MIN_MS: a slot may stay parked that much longer than reuseMs.
+    if (next !== undefined) parkTimer = setTimeout(sweepParked, Math.max(SWEEP_MIN_MS, next.until - now)).unref();
+  }
+
+  /** A parked slot with exactly these keys, taken over by a new connection: no Redis call. */
+  function takeParked(claims: Claim[]): AcquireResult | undefined {
+    const set = parkedByKeys.get(keysOf(claims));
+    const p = set?.values().next().value;
+    if (p === undefined) return undefined;
+    unpark(p);
+    metrics.slotsReused.inc();
+    return hold(p.suffix, p.claims, true, true);
   }
 
   function flushReleases(): void {
@@ -498,19 +611,21 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   async function acquireGlobally(claims: Claim[], suffix: string): Promise<AcquireResult> {
+    // A parked slot under one of these keys counts against this connection: it leaves first.
+    if (parkedCount > 0) for (const c of claims) releaseParked(parkedByKey.get(c.redisKey) ?? []);
     // Commands on one connection run in order: a release made before this acquire lands first.
     flushReleases();
     const keys = claims.map((c) => c.redisKey);
     const maxes = claims.map((c) => c.rule.max);
     const reply = await track(requireScripts().ohsSlotAcquire(keys.length, ...keys, memberOf(suffix), leaseTtlMs, ...maxes));
-    const { refusedIndex, reclaimed } = parseAcquireReply(reply, claims.length);
+    const { refusedIndex, reclaimed, full } = parseAcquireReply(reply, claims.length);
     reclaimed.forEach((n, i) => {
       const rule = claims[i]?.rule;
       if (n > 0 && rule !== undefined) metrics.slotsReclaimed.inc({ rule: rule.name }, n);
     });
     const refused = claims[refusedIndex];
     if (refused !== undefined) return refuse(refused.rule, limitError(refused.rule));
-    return hold(suffix, claims, true);
+    return hold(suffix, claims, true, !full);
   }
 
   return {
@@ -519,6 +634,10 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       const claims = claimsFor(req);
       if (claims.length === 0) return { ok: true, release() {} };
       await settled;
+      if (mode === 'global' && parkedCount > 0) {
+        const reused = takeParked(claims);
+        if (reused !== undefined) return reused;
+      }
       seq += 1;
       const suffix = seq.toString(36);
       if (mode === 'global') {
@@ -545,6 +664,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       if (rule === undefined) throw new OhsError('OHS_ERR_BAD_REQUEST', `unknown limit rule ${ruleName}`);
       const redisKey = redisKeyFor(rule, key);
       await settled;
+      // Slots parked under the key are no connection's: they leave before the count.
+      releaseParked(parkedByKey.get(redisKey) ?? []);
       flushReleases();
       if (mode === 'global' && !closed) {
         try {
@@ -560,9 +681,11 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
     async close() {
       if (closed) return;
-      // Releases still waiting for the end of this turn go out before the client does.
+      // Parked slots and releases still waiting for the end of this turn go out before the client does.
+      releaseParked(parkQueue);
       flushReleases();
       closed = true;
+      clearTimeout(parkTimer);
       clearInterval(renewTimer);
       clearTimeout(settleTimer);
       markSettled();

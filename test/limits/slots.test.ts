@@ -311,6 +311,94 @@ describe('leased connection slots in redis', () => {
   });
 });
 
+describe('released slots kept for the next connection with the same keys (reuseMs)', () => {
+  const REUSE_MS = 100;
+  const tokenKey = (t: string): string => slotKey(prefix, PER_TOKEN, t);
+  const sandboxKey = (s: string): string => slotKey(prefix, PER_SANDBOX, s);
+  function must(r: AcquireResult): () => void {
+    if (!r.ok) throw new Error(`refused: ${r.error.message}`);
+    return r.release;
+  }
+
+  it('a new connection with the same keys takes over a released slot with no Redis write; unclaimed, it leaves Redis after reuseMs', async () => {
+    const a = limiters.open({ holderId: 'reuse-a', reuseMs: REUSE_MS });
+    const first = must(await a.acquire(ssh('reuse-tok', 'reuse-sbx')));
+    const [member] = await redis.zrange(tokenKey('reuse-tok'), '0', '-1');
+    first();
+    let second: AcquireResult | undefined;
+    const writes = await redisWrites(async () => {
+      second = await a.acquire(ssh('reuse-tok', 'reuse-sbx'));
+    });
+    expect(writes).toBe(0);
+    expect(second?.ok).toBe(true);
+    expect(await redis.zrange(tokenKey('reuse-tok'), '0', '-1')).toEqual([member]);
+    expect(await redis.zrange(sandboxKey('reuse-sbx'), '0', '-1')).toEqual([member]);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_reused_total', {})).toBe(1);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-token' })).toBe(1);
+
+    // The first holder's release is spent: calling it again does not free the new holder's slot.
+    first();
+    must(second as AcquireResult)();
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(1);
+    expect(await redis.zcard(tokenKey('reuse-tok'))).toBe(1);
+    await waitFor('the parked slot to leave Redis', async () => (await redis.zcard(tokenKey('reuse-tok'))) === 0, 3 * REUSE_MS + 500);
+    expect(await redis.zcard(sandboxKey('reuse-sbx'))).toBe(0);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(0);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-token' })).toBe(0);
+  });
+
+  it('a connection under one of a parked slot\'s keys, with other keys, finds the parked slot gone first', async () => {
+    const a = limiters.open({ holderId: 'reuse-mix', rules: [PER_TOKEN, { ...PER_SANDBOX, max: 1 }], reuseMs: REUSE_MS });
+    must(await a.acquire(ssh('mix-tok-1', 'mix-sbx')))();
+    // The sandbox's only place is held by the parked slot until the new connection asks for it.
+    const other = await a.acquire(ssh('mix-tok-2', 'mix-sbx'));
+    expect(other.ok).toBe(true);
+    expect(await redis.zcard(tokenKey('mix-tok-1'))).toBe(0);
+    expect(await redis.zcard(tokenKey('mix-tok-2'))).toBe(1);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_reused_total', {})).toBe(0);
+  });
+
+  it('never admits past a max: a slot that took the last place is released at once; a parked one refuses others for reuseMs at most', async () => {
+    const a = limiters.open({ holderId: 'reuse-max-a', reuseMs: REUSE_MS });
+    const b = limiters.open({ holderId: 'reuse-max-b', reuseMs: REUSE_MS });
+    const one = must(await a.acquire(ssh('max-tok')));
+    must(await a.acquire(ssh('max-tok')));
+    const last = must(await a.acquire(ssh('max-tok')));
+    expect((await b.acquire(ssh('max-tok'))).ok).toBe(false);
+    // The third took the token's last place: it is not parked, so B gets it in the next turn.
+    last();
+    await sleep(5);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(0);
+    expect((await b.acquire(ssh('max-tok'))).ok).toBe(true);
+    // The first had room when taken: parked, it still counts (3 in Redis, 2 connections open).
+    one();
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(1);
+    expect(await redis.zcard(tokenKey('max-tok'))).toBe(3);
+    expect((await b.acquire(ssh('max-tok'))).ok).toBe(false);
+    // Within reuseMs (and one sweep) it is gone, and B is admitted.
+    await waitFor('the parked slot to leave Redis', async () => (await redis.zcard(tokenKey('max-tok'))) === 2, 3 * REUSE_MS + 500);
+    expect((await b.acquire(ssh('max-tok'))).ok).toBe(true);
+    expect(await redis.zcard(tokenKey('max-tok'))).toBe(3);
+  });
+
+  it('held() counts open connections, and close() takes parked slots out of Redis', async () => {
+    const a = limiters.open({ holderId: 'reuse-close', reuseMs: REUSE_MS });
+    must(await a.acquire(ssh('close-tok', 'close-sbx')))();
+    const keep = must(await a.acquire(ssh('close-tok-2', 'close-sbx-2')));
+    keep();
+    expect(await redis.zcard(tokenKey('close-tok'))).toBe(1);
+    expect(await a.held('ssh-per-token', 'close-tok')).toBe(0);
+    expect(await redis.zcard(tokenKey('close-tok-2'))).toBe(1);
+    await a.close();
+    expect(await redis.zcard(tokenKey('close-tok-2'))).toBe(0);
+    expect(await redis.zcard(sandboxKey('close-sbx-2'))).toBe(0);
+  });
+
+  it('refuses a reuse window a parked slot\'s lease could not outlive', () => {
+    expect(() => limiters.open({ holderId: 'reuse-bad', leaseTtlMs: 600, reuseMs: 100 })).toThrow(/reuseMs \(100\) must be at most a third of renewIntervalMs \(200\)/);
+  });
+});
+
 describe('limits without redis (embedded single replica)', () => {
   const embedded = limiterFactory({ keyPrefix: prefix });
   afterEach(() => embedded.closeAll());

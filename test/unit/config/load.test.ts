@@ -256,6 +256,14 @@ describe('cluster mode', () => {
     const err = configError(() => load({ argv: ['--replica-heartbeat-interval-ms', '10000'] }));
     expect(err.message).toContain('replicaHeartbeatIntervalMs');
   });
+
+  it('keeps a closed connection\'s slot 100 ms for reuse by default, and refuses a window its lease could not outlive', () => {
+    expect(load().limitReuseMs).toBe(100);
+    expect(load({ argv: ['--limit-reuse-ms', '0'] }).limitReuseMs).toBe(0);
+    expect(load({ env: { OHS_LIMIT_REUSE_MS: '1000', OHS_LIMIT_LEASE_TTL_MS: '9000' } }).limitReuseMs).toBe(1000);
+    const err = configError(() => load({ argv: ['--limit-reuse-ms', '1001', '--limit-lease-ttl-ms', '9000'] }));
+    expect(err.message).toContain('limitReuseMs (1001) must be at most a ninth of limitLeaseTtlMs (9000)');
+  });
 });
 
 describe('gateway TLS', () => {
