@@ -24,7 +24,7 @@
 // loaded sidecar after the steady window, written to its working directory), SCALE_SIDECAR_NODE_ARGS
 // (flags for the sidecars' node, e.g. '--max-old-space-size=256'), SCALE_OUTPUT_DIR (each sidecar's
 // whole output, e.g. with SCALE_SIDECAR_NODE_ARGS='--trace-gc', written there as <name>.log),
-// SCALE_RESULTS_NAME (file name under bench/results/, default scale.json).
+// SCALE_SIDECAR_ARGS (more sidecar flags, e.g. '--limit-reuse-ms 0'), SCALE_RESULTS_NAME (file name under bench/results/, default scale.json).
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -53,6 +53,8 @@ const PROBE_CONCURRENCY = envInt('SCALE_PROBE_CONCURRENCY', 1);
 // probe's streams and pauses for it, and those pauses land in every path's tail, the direct one too.
 // `make bench-scale` starts this process with it; the gateway is started with it here.
 const HARNESS_NODE_ARGS = ['--no-allocation-site-pretenuring'];
+/** More sidecar flags for an experiment (e.g. `--limit-reuse-ms 0`), recorded in the results. */
+const SIDECAR_ARGS = process.env.SCALE_SIDECAR_ARGS?.split(' ').filter(Boolean) ?? [];
 const RATE = envInt('SCALE_RATE', 1_000);
 const SECONDS = envInt('SCALE_SECONDS', 30);
 const STEADY_S = envInt('SCALE_STEADY_S', 10);
@@ -170,6 +172,11 @@ async function gcTotals(adminPort: number): Promise<GcTotals> {
   const read = (what: 'count' | 'sum', kind: string): number =>
     Number(new RegExp(`^nodejs_gc_duration_seconds_${what}\\{kind="${kind}"\\} ([0-9.eE+-]+)$`, 'm').exec(body)?.[1] ?? 0);
   return { minor: read('count', 'minor'), minorSeconds: read('sum', 'minor'), major: read('count', 'major'), majorSeconds: read('sum', 'major') };
+}
+
+/** Connections the sidecar admitted by taking over a parked limit slot (no Redis round trip). */
+async function slotReuses(adminPort: number): Promise<number> {
+  return Number(/^ohs_limit_slots_reused_total ([0-9.eE+-]+)$/m.exec(await adminMetrics(adminPort))?.[1] ?? 0);
 }
 
 /** Full (mark-compact) collections the sidecar has run. */
@@ -388,7 +395,7 @@ async function main(): Promise<void> {
     peerSecret: PEER_SECRET,
     noFile: 20_000,
     nodeArgs: [...(process.env.SCALE_HEAP_SNAPSHOT === '1' ? ['--heapsnapshot-signal=SIGUSR2'] : []), ...(process.env.SCALE_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? [])],
-    extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', '--h2-max-concurrent-streams', '10000'],
+    extraArgs: ['--ssh-tunnels-per-token', '100000', '--ssh-tunnels-per-sandbox', '100000', '--h2-max-concurrent-streams', '10000', ...SIDECAR_ARGS],
   };
   const [owner, ingress] = await Promise.all([
     startBenchSidecar('owner', { ...common, gatewayPort: ownerGatewayPort }),
@@ -482,6 +489,7 @@ async function main(): Promise<void> {
   cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
   const ingressEps = endpoints.map((e) => ({ ...e, port: ingress.publicPort }));
   const gcBeforeProbes = await Promise.all([gcTotals(owner.adminPort), gcTotals(ingress.adminPort)]);
+  const reusesBefore = await Promise.all([slotReuses(owner.adminPort), slotReuses(ingress.adminPort)]);
   const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, PROBE_CONCURRENCY);
   log(`routing probe, owner local: ${probeLocal.n} streams (${probeLocal.errors} errors) p50 ${probeLocal.p50Ms} ms p99 ${probeLocal.p99Ms} ms max ${probeLocal.maxMs} ms`);
   const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, PROBE_CONCURRENCY);
@@ -492,6 +500,11 @@ async function main(): Promise<void> {
   for (const [who, g] of Object.entries(gcDuringProbes)) {
     log(`  ${who} during both probes: ${g.scavenges} scavenges (mean pause ${g.scavengeMeanMs} ms), ${g.fullCollections} full collections (mean pause ${g.fullMeanMs} ms)`);
   }
+  // Each probe takes a limit slot where it enters (the owner for local probes, the ingress for
+  // forwarded ones); a reused one is a slot taken with no Redis round trip.
+  const reusesAfter = await Promise.all([slotReuses(owner.adminPort), slotReuses(ingress.adminPort)]);
+  const slotReusesDuringProbes = { owner: reusesAfter[0] - reusesBefore[0], ingress: reusesAfter[1] - reusesBefore[1] };
+  log(`  limit slots reused (no Redis round trip): owner ${slotReusesDuringProbes.owner} of ${probeLocal.n}, ingress ${slotReusesDuringProbes.ingress} of ${probeFwd.n}`);
 
   // 5. Sustained forwarded opens, the loaded sidecar observed meanwhile.
   const sustainedConns = new ClientConns(ingress.publicPort, 8);
@@ -552,7 +565,7 @@ async function main(): Promise<void> {
   const out = {
     _meta: {
       ...machineMeta(),
-      sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info', node_args: process.env.SCALE_SIDECAR_NODE_ARGS ?? '' },
+      sidecar: { version: VERSION, entry: sidecarEntry().what, mode: 'cluster (Postgres + Redis), limits on, log level info', node_args: process.env.SCALE_SIDECAR_NODE_ARGS ?? '', extra_args: SIDECAR_ARGS.join(' ') },
       gateway: 'bench/lib/fake-gateway.ts (separate process)',
       harness_node_args: { client: process.execArgv.filter((a) => HARNESS_NODE_ARGS.includes(a)), gateway: HARNESS_NODE_ARGS },
       supervisors: SUPERVISORS,
@@ -582,6 +595,7 @@ async function main(): Promise<void> {
     routing_probe_local: probeLocal,
     routing_probe_forwarded: probeFwd,
     gc_during_probes: gcDuringProbes,
+    limit_slot_reuses_during_probes: slotReusesDuringProbes,
     sustained: sus,
     sustained_loaded_sidecar: during,
     sustained_sidecar_counters: sustainedCounters,
