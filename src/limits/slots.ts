@@ -611,8 +611,13 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   async function acquireGlobally(claims: Claim[], suffix: string): Promise<AcquireResult> {
-    // A parked slot under one of these keys counts against this connection: it leaves first.
-    if (parkedCount > 0) for (const c of claims) releaseParked(parkedByKey.get(c.redisKey) ?? []);
+    if (parkedCount > 0) {
+      // A slot released while this one waited for the turn may have exactly its keys.
+      const reused = takeParked(claims);
+      if (reused !== undefined) return reused;
+      // Any other parked slot under one of these keys counts against this connection: it leaves first.
+      for (const c of claims) releaseParked(parkedByKey.get(c.redisKey) ?? []);
+    }
     // Commands on one connection run in order: a release made before this acquire lands first.
     flushReleases();
     const keys = claims.map((c) => c.redisKey);

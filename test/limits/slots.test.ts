@@ -347,6 +347,24 @@ describe('released slots kept for the next connection with the same keys (reuseM
     expect(await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-token' })).toBe(0);
   });
 
+  it('acquires waiting for the turn take over the slots released meanwhile: no Redis write for either', async () => {
+    const a = limiters.open({ holderId: 'reuse-turn', rules: [{ ...PER_SANDBOX, max: 100 }], reuseMs: REUSE_MS });
+    const held = await Promise.all(Array.from({ length: 40 }, () => a.acquire(ssh('turn-tok', 'turn-sbx'))));
+    expect(await redis.zcard(sandboxKey('turn-sbx'))).toBe(40);
+    let next: AcquireResult[] = [];
+    const writes = await redisWrites(async () => {
+      const pending = Promise.all(Array.from({ length: 40 }, () => a.acquire(ssh('turn-tok', 'turn-sbx'))));
+      // The new acquires are waiting for the end of the turn when the old connections close.
+      for (let i = 0; i < 5; i++) await new Promise<void>((r) => process.nextTick(r));
+      for (const r of held) must(r)();
+      next = await pending;
+    });
+    expect(granted(next)).toHaveLength(40);
+    expect(writes).toBe(0);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_reused_total', {})).toBe(40);
+    expect(await redis.zcard(sandboxKey('turn-sbx'))).toBe(40);
+  });
+
   it('a connection under one of a parked slot\'s keys, with other keys, finds the parked slot gone first', async () => {
     const a = limiters.open({ holderId: 'reuse-mix', rules: [PER_TOKEN, { ...PER_SANDBOX, max: 1 }], reuseMs: REUSE_MS });
     must(await a.acquire(ssh('mix-tok-1', 'mix-sbx')))();
