@@ -452,7 +452,12 @@ async function main(): Promise<number> {
       label: process.env.BENCH_LABEL ?? null,
       haproxy: hv ?? 'not installed (columns skipped)',
       haproxy_config: haproxy ? { nbthread: process.env.BENCH_HAPROXY_NBTHREAD ?? 'default (one per core)', h2_initial_window_bytes: WINDOW_BYTES } : null,
-      sidecar: { version: VERSION, entry: needSidecars ? sidecarEntry().what : null, mode: 'cluster (Postgres + Redis), limits on, log level info' },
+      sidecar: {
+        version: VERSION,
+        entry: needSidecars ? sidecarEntry().what : null,
+        mode: 'cluster (Postgres + Redis), limits on, log level info',
+        extra_args: process.env.BENCH_SIDECAR_ARGS ?? '',
+      },
       rounds: ROUNDS,
       rtt_round_trips: RTT_N,
       rtt_message_bytes: { connect: PING_BYTES.connect.length, grpc: PING_BYTES.grpc.length },
