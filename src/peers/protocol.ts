@@ -18,9 +18,14 @@ export const NOT_OWNER_STATUS = 421;
 /** Constant-time comparison of a presented secret with ours (hashing equalises lengths). */
 export function peerSecretMatches(presented: string | string[] | undefined, secret: string): boolean {
   if (typeof presented !== 'string' || presented.length === 0) return false;
-  const a = createHash('sha256').update(presented).digest();
-  const b = createHash('sha256').update(secret).digest();
-  return timingSafeEqual(a, b);
+  return timingSafeEqual(createHash('sha256').update(presented).digest(), secretDigest(secret));
+}
+
+/** Our secret's digest, made once per secret rather than once per peer request. */
+let lastSecret: { secret: string; digest: Buffer } | undefined;
+function secretDigest(secret: string): Buffer {
+  if (lastSecret?.secret !== secret) lastSecret = { secret, digest: createHash('sha256').update(secret).digest() };
+  return lastSecret.digest;
 }
 
 export interface PeerRequestInfo {
@@ -33,13 +38,22 @@ export interface PeerRequestInfo {
 }
 
 export function peerHeaders(info: PeerRequestInfo): Record<string, string> {
-  return {
-    // With peer mTLS alone there is no secret: the certificate authenticates.
-    ...(info.secret === '' ? {} : { [PEER_AUTH]: info.secret }),
-    [PEER_ORIGIN]: info.origin,
-    [PEER_SANDBOX]: info.sandboxId,
-    [PEER_EPOCH]: String(info.epoch),
-    [PEER_CLASS]: info.cls,
-    [PEER_HOP]: String(info.hop),
-  };
+  return withPeerHeaders({}, info);
+}
+
+/**
+ * A copy of `headers` with the peer protocol's headers (and `extra`, e.g. trace context) set on it:
+ * one new object per peer request, `headers` untouched.
+ */
+export function withPeerHeaders<H extends Record<string, unknown>>(headers: H, info: PeerRequestInfo, extra?: Readonly<Record<string, string>>): H & Record<string, string> {
+  const out: Record<string, unknown> = { ...headers };
+  // With peer mTLS alone there is no secret: the certificate authenticates.
+  if (info.secret !== '') out[PEER_AUTH] = info.secret;
+  out[PEER_ORIGIN] = info.origin;
+  out[PEER_SANDBOX] = info.sandboxId;
+  out[PEER_EPOCH] = String(info.epoch);
+  out[PEER_CLASS] = info.cls;
+  out[PEER_HOP] = String(info.hop);
+  if (extra !== undefined) for (const k of Object.keys(extra)) out[k] = extra[k];
+  return out as H & Record<string, string>;
 }

@@ -13,7 +13,7 @@ import http2 from 'node:http2';
 import type { Logger } from 'pino';
 import type { TrafficClass } from '../classify/classify.ts';
 import type { OhsError } from '../errors.ts';
-import { PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import { PEER_NOT_OWNER, withPeerHeaders } from '../peers/protocol.ts';
 import { describe, type Target } from '../routing/router.ts';
 import { GrpcMessageSplitter } from '../wire/grpc-frame.ts';
 import { PHASE_READY, sandboxPayloadPhase, sandboxSignature, statusEventFrame, streamEventSandbox, watchRequestFlags } from '../wire/gateway-payloads.ts';
@@ -152,7 +152,7 @@ export function followOwner(
     if (finished) return undefined;
     const legHeaders =
       target.kind === 'peer'
-        ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: self, sandboxId, epoch: target.epoch, cls, hop: 1 }) }
+        ? withPeerHeaders(headers, { secret: ctx.peerSecret ?? '', origin: self, sandboxId, epoch: target.epoch, cls, hop: 1 })
         : headers;
     let up: http2.ClientHttp2Stream;
     try {

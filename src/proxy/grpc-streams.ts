@@ -7,7 +7,7 @@ import { grpcMethod, isGrpcContentType, RELAY_CLASSES, ROUTE_POLICY, type GrpcMe
 import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
 import type { LimitRule } from '../limits/rules.ts';
-import { peerHeaders, PEER_NOT_OWNER, PEER_OWNER_HINT } from '../peers/protocol.ts';
+import { PEER_NOT_OWNER, PEER_OWNER_HINT, withPeerHeaders } from '../peers/protocol.ts';
 import { describe, type PeerTarget, type Target } from '../routing/router.ts';
 import { PHASE_READY } from '../wire/gateway-payloads.ts';
 import { FirstMessageBuffer } from '../wire/grpc-frame.ts';
@@ -581,7 +581,7 @@ export function forwardAttempt(
         }
         const done = track(ctx, cls, where);
         const upHeaders = peer
-          ? { ...headers, ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }), ...traceHeaders(span) }
+          ? withPeerHeaders(headers, { secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }, traceHeaders(span))
           : span
             ? { ...headers, ...traceHeaders(span) }
             : headers;
