@@ -14,6 +14,7 @@ import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan,
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import { watchPeerTls } from './peer-auth.ts';
+import { forgetSentHeaders } from '../proxy/sent-headers.ts';
 import {
   NOT_OWNER_STATUS,
   PEER_AUTH,
@@ -268,6 +269,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
 /** A forwarded tunnel: 200 first (we are the owner), then raw bytes to the local gateway. */
 function peerTunnel(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Stream): void {
   stream.respond({ ':status': 200 });
+  forgetSentHeaders(stream);
   const upstream = ctx.gateway.connect();
   upstream.setNoDelay(true);
   upstream.once('error', (err) => log.warn({ err: err.message }, 'local gateway unreachable for peer tunnel'));

@@ -19,6 +19,7 @@ import { GrpcMessageSplitter } from '../wire/grpc-frame.ts';
 import { PHASE_READY, sandboxPayloadPhase, sandboxSignature, statusEventFrame, streamEventSandbox, watchRequestFlags } from '../wire/gateway-payloads.ts';
 import type { ProxyContext } from './context.ts';
 import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
+import { forgetSentHeaders } from './sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
 /** A watch or log push refused unprocessed is sent again at most this many times. */
@@ -157,6 +158,7 @@ export function followOwner(
     let up: http2.ClientHttp2Stream;
     try {
       up = session.request(legHeaders, { endStream: false });
+      forgetSentHeaders(up);
     } catch (err) {
       // The session began closing (GOAWAY) between get() and request().
       log.info({ target: describe(target), err: (err as Error).message }, 'owner-following stream: session closing');
@@ -237,6 +239,7 @@ export function followOwner(
       return;
     }
     down.respond(out, { waitForTrailers: true });
+    forgetSentHeaders(down);
     down.on('wantTrailers', () => {
       if (trailers && Object.keys(trailers).length > 0) down.sendTrailers(trailers);
       else down.close();

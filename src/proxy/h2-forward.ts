@@ -1,6 +1,7 @@
 // Per-stream HTTP/2 forwarding: one downstream server stream to one upstream client stream,
 // preserving headers, trailers (grpc-status), cancellation (RST_STREAM) and flow control.
 import http2 from 'node:http2';
+import { forgetSentHeaders } from './sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
 
@@ -129,7 +130,9 @@ export function forwardStream(
   headers: http2.OutgoingHttpHeaders,
   opts: ForwardOptions = {},
 ): ForwardHandle {
-  return new StreamForward(down, session.request(headers, { endStream: false }), opts);
+  const upstream = session.request(headers, { endStream: false });
+  forgetSentHeaders(upstream);
+  return new StreamForward(down, upstream, opts);
 }
 
 class StreamForward implements ForwardHandle {
@@ -233,6 +236,7 @@ class StreamForward implements ForwardHandle {
       return;
     }
     down.respond(out, { waitForTrailers: true });
+    forgetSentHeaders(down);
     down.on('wantTrailers', onDownWantTrailers);
     this.recorded = null;
     // The response body, with backpressure both ways (what `pipe` does, without its closures).

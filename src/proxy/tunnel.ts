@@ -14,6 +14,7 @@ import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 import { splice } from './splice.ts';
+import { forgetSentHeaders } from './sent-headers.ts';
 
 export { splice } from './splice.ts';
 
@@ -304,6 +305,7 @@ function tunnelToPeer(
             ':authority': 'openshell-ssh-tunnel',
             ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
           });
+          forgetSentHeaders(stream);
         } catch (err) {
           // The peer connection began closing (GOAWAY) after get(): nothing was sent.
           plog.info({ err: (err as Error).message }, 'peer connection closing');

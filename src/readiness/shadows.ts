@@ -20,6 +20,7 @@ import type { OwnershipStore, ReplicaRecord } from '../ownership/types.ts';
 import { peerHeaders, PEER_NOT_OWNER } from '../peers/protocol.ts';
 import type { SessionPool } from '../proxy/h2-sessions.ts';
 import { PHASE_PROVISIONING } from '../wire/gateway-payloads.ts';
+import { forgetSentHeaders } from '../proxy/sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
@@ -127,6 +128,7 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
             { ...entry.headers, ...peerHeaders({ secret: opts.peerSecret, origin: self, sandboxId: entry.sandboxId, epoch: entry.epoch, cls: SHADOW_CLASS, hop: 1 }) },
             { endStream: false },
           );
+          forgetSentHeaders(stream);
         } catch (err) {
           log.debug({ sandbox: entry.sandboxId, replica: shadow.replicaId, err: (err as Error).message }, 'shadow: peer session closing');
           scheduleRetry(entry, shadow);
