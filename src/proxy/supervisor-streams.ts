@@ -211,6 +211,12 @@ export async function supervisorControl(
     log.warn({ err: (err as Error).message }, 'ownership claim failed; accepting supervisor locally, claim retried until the store is back');
     retryClaimLater(ctx, sandboxId, log);
   }
+  // Handing a parked session over, and mirroring it as shadows on the other replicas' gateways
+  // (reference §10), replay the supervisor's registration (its headers and Hello): only for sessions
+  // proven by a sandbox JWT on a gateway with the lease. Kept only then: the closures below hold
+  // this, never the headers or the first-message bytes themselves, which other sessions let go.
+  const registration =
+    auth.via === 'jwt' && ctx.shadows !== undefined && epoch > 0 && !ctx.gatewayWatch.nativeHa() ? { headers, hello: helloFrame(frameBytes) } : undefined;
   // Closing the downstream connection and its 1:1 upstream is what a fence asks of us: the
   // gateway sees the disconnect and makes its Provisioning write (reference §6).
   /** The control stream's forward, set once the Hello went to the gateway. */
@@ -271,11 +277,11 @@ export async function supervisorControl(
    */
   let handingOver = false;
   const handOver = async (): Promise<boolean> => {
-    if (!conn.parked || !canHandOver) return false;
+    if (!conn.parked || registration === undefined) return false;
     clearTimeout(parkTimer);
     // From here the parked stream's end (the gateway superseding it) is part of the hand-over.
     handingOver = true;
-    const registered = await registerOnLocalGateway(ctx, sandboxId, headers, helloFrame(frameBytes), log);
+    const registered = await registerOnLocalGateway(ctx, sandboxId, registration.headers, registration.hello, log);
     if (!registered) {
       handingOver = false;
       return false;
@@ -286,9 +292,6 @@ export async function supervisorControl(
     log.info('parked session handed over to the next owner: its gateway registration was superseded, no demotion');
     return true;
   };
-  // Handing a parked session over replays the supervisor's registration on our gateway, as shadows
-  // do: only for sessions proven by a sandbox JWT on a gateway with the lease (see `mirror`).
-  const canHandOver = auth.via === 'jwt' && ctx.shadows !== undefined && epoch > 0 && !ctx.gatewayWatch.nativeHa();
   const sessionId = ctx.localSessions.set(
     sandboxId,
     epoch,
@@ -332,14 +335,13 @@ export async function supervisorControl(
     else releaseOwnership(ctx, sandboxId, held, log);
   };
   // Once the local gateway took the session, mirror it on the other replicas' gateways so that the
-  // reconciler-lease holder, wherever it is, sees it (reference §10). Only for sessions proven by a
-  // sandbox JWT: seed gateways have no lease and no such demotion.
-  const mirror =
-    auth.via === 'jwt' && ctx.shadows && epoch > 0 && !ctx.gatewayWatch.nativeHa()
-      ? () => {
-          if (ctx.localSessions.epoch(sandboxId) === epoch) ctx.shadows?.add(sandboxId, epoch, headers, helloFrame(frameBytes));
-        }
-      : undefined;
+  // reconciler-lease holder, wherever it is, sees it (reference §10). Seed gateways have no lease
+  // and no such demotion.
+  const mirror = registration
+    ? () => {
+        if (ctx.localSessions.epoch(sandboxId) === epoch) ctx.shadows?.add(sandboxId, epoch, registration.headers, registration.hello);
+      }
+    : undefined;
   if (epoch > 0) await fencePreviousOwner(ctx, sandboxId, previous, log);
   if (stream.destroyed) {
     release();
