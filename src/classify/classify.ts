@@ -52,6 +52,11 @@ export const ROUTE_POLICY: Readonly<Record<TrafficClass, RoutePolicy>> = {
 export interface GrpcMethod {
   /** Method name, e.g. `ForwardTcp`. */
   name: string;
+  /**
+   * Its `:path`, one string for every request: what a held stream keeps (its log bindings, its
+   * headers) refers to this, not to a copy per stream.
+   */
+  path: string;
   cls: Exclude<TrafficClass, 'ssh-tunnel' | 'service-http' | 'passthrough'>;
   key: KeySpec;
 }
@@ -68,7 +73,7 @@ const byName = (nameField: number, workspaceField: number, unlessTrue?: number):
 });
 
 /** Field numbers from reference §2.0 and §2.9 (proto/openshell.proto at seed and at HEAD). */
-const METHODS: readonly GrpcMethod[] = [
+const METHODS: ReadonlyArray<Omit<GrpcMethod, 'path'>> = [
   // SupervisorMessage{ oneof { hello=1 SupervisorHello{sandbox_id=1}, heartbeat=2, relay_open_result=3, relay_close=4 } }
   { name: 'ConnectSupervisor', cls: 'supervisor-control', key: { kind: 'sandbox-id', field: 1, within: { field: 1, oneof: [1, 2, 3, 4], what: 'hello' }, what: 'hello.sandbox_id' } },
   // RelayFrame{ oneof { init=1 RelayInit{channel_id=1}, data=2 } }
@@ -99,7 +104,12 @@ const METHODS: readonly GrpcMethod[] = [
   { name: 'ClearDraftChunks', cls: 'sandbox-affine', key: byName(1, 2) },
 ];
 
-const GRPC_METHODS: ReadonlyMap<string, GrpcMethod> = new Map(METHODS.map((m) => [`${OPENSHELL_SERVICE_PREFIX}${m.name}`, m]));
+const GRPC_METHODS: ReadonlyMap<string, GrpcMethod> = new Map(
+  METHODS.map((m) => {
+    const path = `${OPENSHELL_SERVICE_PREFIX}${m.name}`;
+    return [path, { ...m, path }];
+  }),
+);
 
 /**
  * The sandbox-scoped method a gRPC request's `:path` names, or undefined. Matching is exact:

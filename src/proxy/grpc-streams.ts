@@ -53,7 +53,9 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
     return;
   }
   const cls = method.cls;
-  const log = lazyChild(conn.log, { class: cls, path });
+  // The method's own path string: the request's copy is not kept by a stream held for hours.
+  upHeaders[':path'] = method.path;
+  const log = lazyChild(conn.log, { class: cls, path: method.path });
   // One trace per sandbox-scoped stream (the client's traceparent honoured); nothing while tracing is off.
   if (!tracingEnabled()) return dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log);
   const span = streamSpan('ohs.request', stream, headers, { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'rpc.method': path });
