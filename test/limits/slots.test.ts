@@ -227,7 +227,9 @@ describe('leased connection slots in redis', () => {
 
   it('renewal adds back the members Redis lost, and never a slot released meanwhile', async () => {
     const rules: LimitRule[] = [{ ...PER_SANDBOX, max: 50 }];
-    const a = limiters.open({ holderId: 'restore-a', rules, leaseTtlMs: 600, renewIntervalMs: 200 });
+    // Renewals every 200 ms; a lease long enough that a stalled event loop (a loaded CI machine)
+    // cannot let the members expire between two of them, which would make held() count fewer.
+    const a = limiters.open({ holderId: 'restore-a', rules, leaseTtlMs: 2000, renewIntervalMs: 200 });
     const held = granted(await Promise.all(Array.from({ length: 6 }, (_, i) => a.acquire(ssh(`restore-${i}`, 'sbx-restore')))));
     expect(held).toHaveLength(6);
     const key = slotKey(prefix, PER_SANDBOX, 'sbx-restore');
