@@ -17,6 +17,9 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/** How long `drop()` lets a test's own clients finish closing before it terminates what is left. */
+const DROP_GRACE_MS = 1000;
+
 /** Creates a fresh database for one test file; `drop()` removes it (terminating stray connections). */
 export async function createTestDatabase(label: string): Promise<TestDatabase> {
   const name = `ohs_${label.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}_${randomBytes(4).toString('hex')}`;
@@ -34,6 +37,13 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
       const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
       await c.connect();
       try {
+        // A client still closing (a pool just ended) gets "terminating connection due to
+        // administrator command" from a forced drop, an error nobody listens for any more: give the
+        // file's own connections a moment to go, then terminate the strays.
+        const until = Date.now() + DROP_GRACE_MS;
+        const others = async (): Promise<number> =>
+          (await c.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name])).rows[0]?.n ?? 0;
+        while ((await others()) > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
         await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       } finally {
         await c.end();
