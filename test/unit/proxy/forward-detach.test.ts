@@ -3,9 +3,9 @@
 // read and dropped), and the forward is done only when upstream ends it. A shed supervisor session
 // is parked on its gateway this way.
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forwardStream, type ForwardHandle } from '../../../src/proxy/h2-forward.ts';
+import { startH2Pair, type H2Pair } from './h2-pair.ts';
 
 interface Upstream {
   stream: http2.ServerHttp2Stream;
@@ -14,43 +14,30 @@ interface Upstream {
 }
 
 describe('forwardStream detach', () => {
-  let gateway: http2.Http2Server;
-  let proxy: http2.Http2Server;
-  let upstreamSession: http2.ClientHttp2Session;
+  let pair: H2Pair;
   let proxyOrigin: string;
   const upstreams: Upstream[] = [];
   const handles: ForwardHandle[] = [];
   const done: Array<{ reset: boolean; grpcStatus: string | undefined }> = [];
 
   beforeAll(async () => {
-    gateway = http2.createServer();
-    gateway.on('stream', (stream) => {
-      stream.on('error', () => undefined);
-      const up: Upstream = { stream, requestEnded: false, received: 0 };
-      upstreams.push(up);
-      stream.on('data', (chunk: Buffer) => (up.received += chunk.length));
-      stream.on('end', () => (up.requestEnded = true));
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
-      stream.write(Buffer.from('accepted'));
-    });
-    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
-    upstreamSession = http2.connect(`http://127.0.0.1:${(gateway.address() as AddressInfo).port}`);
-    upstreamSession.on('error', () => undefined);
-
-    proxy = http2.createServer();
-    proxy.on('stream', (stream, headers) => {
-      stream.on('error', () => undefined);
-      handles.push(forwardStream(stream, upstreamSession, { ':method': 'POST', ':path': headers[':path'] ?? '/' }, { onDone: (o) => done.push(o) }));
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-    proxyOrigin = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    pair = await startH2Pair(
+      (stream) => {
+        const up: Upstream = { stream, requestEnded: false, received: 0 };
+        upstreams.push(up);
+        stream.on('data', (chunk: Buffer) => (up.received += chunk.length));
+        stream.on('end', () => (up.requestEnded = true));
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+        stream.write(Buffer.from('accepted'));
+      },
+      (stream, headers, upstreamSession) => {
+        handles.push(forwardStream(stream, upstreamSession, { ':method': 'POST', ':path': headers[':path'] ?? '/' }, { onDone: (o) => done.push(o) }));
+      },
+    );
+    proxyOrigin = pair.proxyOrigin;
   });
 
-  afterAll(async () => {
-    upstreamSession.close();
-    await new Promise((resolve) => proxy.close(resolve));
-    await new Promise((resolve) => gateway.close(resolve));
-  });
+  afterAll(() => pair.close());
 
   const until = async (what: string, cond: () => boolean): Promise<void> => {
     for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));

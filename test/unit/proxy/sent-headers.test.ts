@@ -2,48 +2,34 @@
 // on both its streams, and nothing that crosses the hop changes: the gateway gets the request
 // headers, the client the response headers, body and trailers.
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forwardStream } from '../../../src/proxy/h2-forward.ts';
+import { startH2Pair, type H2Pair } from './h2-pair.ts';
 
 describe('headers Node keeps for a stream once sent', () => {
-  let gateway: http2.Http2Server;
-  let proxy: http2.Http2Server;
-  let upstreamSession: http2.ClientHttp2Session;
-  let proxyOrigin: string;
+  let pair: H2Pair;
   const seenByGateway: http2.IncomingHttpHeaders[] = [];
   const proxied: Array<{ down: http2.ServerHttp2Stream; up: http2.ClientHttp2Stream }> = [];
 
   beforeAll(async () => {
-    gateway = http2.createServer();
-    gateway.on('stream', (stream, headers) => {
-      seenByGateway.push(headers);
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'x-gateway': 'g1' }, { waitForTrailers: true });
-      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.on('data', (d: Buffer) => stream.end(Buffer.concat([Buffer.from('echo:'), d])));
-    });
-    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
-    upstreamSession = http2.connect(`http://127.0.0.1:${(gateway.address() as AddressInfo).port}`);
-    upstreamSession.on('error', () => undefined);
-
-    proxy = http2.createServer();
-    proxy.on('stream', (down, headers) => {
-      down.on('error', () => undefined);
-      const handle = forwardStream(down, upstreamSession, { ':method': 'POST', ':path': headers[':path'] ?? '/', 'content-type': 'application/grpc', te: 'trailers' });
-      proxied.push({ down, up: handle.upstream });
-    });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-    proxyOrigin = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    pair = await startH2Pair(
+      (stream, headers) => {
+        seenByGateway.push(headers);
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'x-gateway': 'g1' }, { waitForTrailers: true });
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+        stream.on('data', (d: Buffer) => stream.end(Buffer.concat([Buffer.from('echo:'), d])));
+      },
+      (down, headers, upstreamSession) => {
+        const handle = forwardStream(down, upstreamSession, { ':method': 'POST', ':path': headers[':path'] ?? '/', 'content-type': 'application/grpc', te: 'trailers' });
+        proxied.push({ down, up: handle.upstream });
+      },
+    );
   });
 
-  afterAll(async () => {
-    upstreamSession.close();
-    await new Promise((resolve) => proxy.close(resolve));
-    await new Promise((resolve) => gateway.close(resolve));
-  });
+  afterAll(() => pair.close());
 
   it('a plain Node stream keeps them (what the sidecar drops)', async () => {
-    const client = http2.connect(`http://127.0.0.1:${(gateway.address() as AddressInfo).port}`);
+    const client = http2.connect(pair.gatewayOrigin);
     try {
       const req = client.request({ ':method': 'POST', ':path': '/plain' });
       expect(req.sentHeaders).toMatchObject({ ':path': '/plain' });
@@ -57,7 +43,7 @@ describe('headers Node keeps for a stream once sent', () => {
   });
 
   it('a forwarded stream keeps none on either side, and the hop carries every header, the body and the trailers', async () => {
-    const client = http2.connect(proxyOrigin);
+    const client = http2.connect(pair.proxyOrigin);
     client.on('error', () => undefined);
     try {
       const call = client.request({ ':method': 'POST', ':path': '/openshell.v1.OpenShell/ForwardTcp', 'content-type': 'application/grpc', te: 'trailers' });
