@@ -2,7 +2,7 @@
 // status and explain are rare, and must not queue behind (or disturb) pooled traffic sessions.
 import http2 from 'node:http2';
 import type tls from 'node:tls';
-import { peerHeaders } from '../peers/protocol.ts';
+import { withPeerHeaders } from '../peers/protocol.ts';
 import { PEER_INSPECT_PATH, type PeerInspectAnswer } from './peer-inspect.ts';
 
 export interface PeerInspectRequest {
@@ -37,12 +37,8 @@ export function fetchPeerView(req: PeerInspectRequest): Promise<PeerInspectAnswe
     let stream: http2.ClientHttp2Stream;
     try {
       stream = session.request(
-        {
-          ':method': 'GET',
-          ':path': path,
-          // The peer listener checks these on every stream; the sandbox header is only a label here.
-          ...peerHeaders({ secret: req.secret, origin: req.origin, sandboxId: req.sandboxId ?? '-', epoch: 0, cls: 'inspect', hop: 1 }),
-        },
+        // The peer listener checks these on every stream; the sandbox header is only a label here.
+        withPeerHeaders({ ':method': 'GET', ':path': path }, { secret: req.secret, origin: req.origin, sandboxId: req.sandboxId ?? '-', epoch: 0, cls: 'inspect', hop: 1 }),
         { endStream: true },
       );
     } catch (err) {

@@ -7,7 +7,7 @@ import { PHASE_READY } from '../ownership/gateway-objects.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ProxyContext } from '../proxy/context.ts';
 import { ATTR_REPLICA, ATTR_SANDBOX, activeTraceHeaders, endSpan, startSpan, tracingEnabled, withSpan } from '../tracing/tracing.ts';
-import { PEER_EPOCH, PEER_ORIGIN, PEER_SANDBOX, peerHeaders } from './protocol.ts';
+import { PEER_EPOCH, PEER_ORIGIN, PEER_SANDBOX, withPeerHeaders } from './protocol.ts';
 
 export const RELEASE_PATH = '/ohs/v1/release';
 
@@ -25,12 +25,11 @@ function requestRelease(ctx: ProxyContext, previous: OwnerRecord, sandboxId: str
     (session) =>
       new Promise<number>((resolve, reject) => {
         const req = session.request(
-          {
-            ':method': 'POST',
-            ':path': RELEASE_PATH,
-            ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: previous.epoch, cls: 'handoff', hop: 1 }),
-            ...activeTraceHeaders(),
-          },
+          withPeerHeaders(
+            { ':method': 'POST', ':path': RELEASE_PATH },
+            { secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: previous.epoch, cls: 'handoff', hop: 1 },
+            activeTraceHeaders(),
+          ),
           { endStream: true },
         );
         const timer = setTimeout(() => {

@@ -37,10 +37,6 @@ export interface PeerRequestInfo {
   hop: number;
 }
 
-export function peerHeaders(info: PeerRequestInfo): Record<string, string> {
-  return withPeerHeaders({}, info);
-}
-
 /**
  * A copy of `headers` with the peer protocol's headers (and `extra`, e.g. trace context) set on it:
  * one new object per peer request, `headers` untouched.

@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import { createProxyServer, type ProxyTarget } from 'http-proxy-3';
 import type { Logger } from 'pino';
 import { parseServiceHost, type ServiceHost } from '../classify/service-host.ts';
-import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import { NOT_OWNER_STATUS, PEER_NOT_OWNER, withPeerHeaders } from '../peers/protocol.ts';
 import type { PeerTarget, Target } from '../routing/router.ts';
 import type { ProxyContext } from './context.ts';
 import { writeHttpError } from './tunnel.ts';
@@ -51,11 +51,12 @@ class PeerTunnelAgent extends http.Agent {
       (session) => {
         let stream: http2.ClientHttp2Stream;
         try {
-          stream = session.request({
-            ':method': 'CONNECT',
-            ':authority': 'openshell-service',
-            ...peerHeaders({ secret: this.ctx.peerSecret ?? '', origin: this.ctx.store.replicaId, sandboxId: this.sandboxId, epoch: this.target.epoch, cls: 'service-http', hop: 1 }),
-          });
+          stream = session.request(
+            withPeerHeaders(
+              { ':method': 'CONNECT', ':authority': 'openshell-service' },
+              { secret: this.ctx.peerSecret ?? '', origin: this.ctx.store.replicaId, sandboxId: this.sandboxId, epoch: this.target.epoch, cls: 'service-http', hop: 1 },
+            ),
+          );
         } catch (err) {
           done(err as Error, undefined as unknown as Duplex);
           return;

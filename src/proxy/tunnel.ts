@@ -9,7 +9,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { classifyHttp1 } from '../classify/classify.ts';
 import { httpStatusFor } from '../errors.ts';
-import { NOT_OWNER_STATUS, PEER_NOT_OWNER, peerHeaders } from '../peers/protocol.ts';
+import { NOT_OWNER_STATUS, PEER_NOT_OWNER, withPeerHeaders } from '../peers/protocol.ts';
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
@@ -300,11 +300,12 @@ function tunnelToPeer(
       new Promise<PeerTunnelResult>((resolve) => {
         let stream: http2.ClientHttp2Stream;
         try {
-          stream = session.request({
-            ':method': 'CONNECT',
-            ':authority': 'openshell-ssh-tunnel',
-            ...peerHeaders({ secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 }),
-          });
+          stream = session.request(
+            withPeerHeaders(
+              { ':method': 'CONNECT', ':authority': 'openshell-ssh-tunnel' },
+              { secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 },
+            ),
+          );
           forgetSentHeaders(stream);
         } catch (err) {
           // The peer connection began closing (GOAWAY) after get(): nothing was sent.

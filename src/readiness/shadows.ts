@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { SidecarMetrics } from '../metrics/registry.ts';
 import type { GatewayObjects } from '../ownership/gateway-objects.ts';
 import type { OwnershipStore, ReplicaRecord } from '../ownership/types.ts';
-import { peerHeaders, PEER_NOT_OWNER } from '../peers/protocol.ts';
+import { withPeerHeaders, PEER_NOT_OWNER } from '../peers/protocol.ts';
 import type { SessionPool } from '../proxy/h2-sessions.ts';
 import { PHASE_PROVISIONING } from '../wire/gateway-payloads.ts';
 import { forgetSentHeaders } from '../proxy/sent-headers.ts';
@@ -125,7 +125,7 @@ export function createShadowRegistry(opts: ShadowOptions): ShadowRegistry {
         let stream: http2.ClientHttp2Stream;
         try {
           stream = session.request(
-            { ...entry.headers, ...peerHeaders({ secret: opts.peerSecret, origin: self, sandboxId: entry.sandboxId, epoch: entry.epoch, cls: SHADOW_CLASS, hop: 1 }) },
+            withPeerHeaders(entry.headers, { secret: opts.peerSecret, origin: self, sandboxId: entry.sandboxId, epoch: entry.epoch, cls: SHADOW_CLASS, hop: 1 }),
             { endStream: false },
           );
           forgetSentHeaders(stream);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PEER_AUTH, PEER_CLASS, PEER_EPOCH, PEER_HOP, PEER_ORIGIN, PEER_SANDBOX, peerHeaders, peerSecretMatches, withPeerHeaders } from '../../../src/peers/protocol.ts';
+import { PEER_AUTH, PEER_CLASS, PEER_EPOCH, PEER_HOP, PEER_ORIGIN, PEER_SANDBOX, peerSecretMatches, withPeerHeaders } from '../../../src/peers/protocol.ts';
 
 const info = { secret: 's3cret-0123456789', origin: 'r1', sandboxId: 'sbx-1', epoch: 7, cls: 'tcp-forward', hop: 1 };
 
@@ -22,8 +22,8 @@ describe('peer protocol headers', () => {
   });
 
   it('sends no secret header with peer mTLS alone (empty secret)', () => {
-    expect(peerHeaders({ ...info, secret: '' })).not.toHaveProperty(PEER_AUTH);
-    expect(Object.keys(peerHeaders(info))).toEqual([PEER_AUTH, PEER_ORIGIN, PEER_SANDBOX, PEER_EPOCH, PEER_CLASS, PEER_HOP]);
+    expect(withPeerHeaders({}, { ...info, secret: '' })).not.toHaveProperty(PEER_AUTH);
+    expect(Object.keys(withPeerHeaders({}, info))).toEqual([PEER_AUTH, PEER_ORIGIN, PEER_SANDBOX, PEER_EPOCH, PEER_CLASS, PEER_HOP]);
   });
 
   it('matches the secret only when it is the same, and follows a changed secret', () => {
