@@ -307,6 +307,10 @@ function tunnelToPeer(
             ),
           );
           forgetSentHeaders(stream);
+          // The CONNECT head goes with the request, not after the peer's answer: one round trip to
+          // the peer fewer per tunnel. A peer that is not the owner answers before reading it (and
+          // reaches no gateway), so the head is still ours to replay to the next owner.
+          stream.write(rawHead.head);
         } catch (err) {
           // The peer connection began closing (GOAWAY) after get(): nothing was sent.
           plog.info({ err: (err as Error).message }, 'peer connection closing');
@@ -342,8 +346,6 @@ function tunnelToPeer(
           ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'ok' });
           ctx.metrics.activeTunnels.inc({ target: 'peer' });
           const start = process.hrtime.bigint();
-          // The peer answered before touching its gateway; now the replayed CONNECT goes through.
-          stream.write(rawHead.head);
           spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
             ctx.metrics.activeTunnels.dec({ target: 'peer' });
             ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
