@@ -1,6 +1,8 @@
 // The proxy hop itself, raw, on both SSH data paths, every path side by side in one run:
 //   direct     client -> fake gateway (echo/sink/source; bench/lib/fake-gateway.ts)
 //   haproxy    client -> HAProxy -> fake gateway      (tcp mode for CONNECT, HTTP/2 for gRPC)
+//   haproxy2   client -> HAProxy -> HAProxy -> gateway (two processes: the reference proxy's own
+//              second hop, the baseline for the forwarded path's ratio)
 //   node       client -> bare Node proxy -> gateway   (Node's own floor: the protocol work a Node
 //              proxy cannot skip, nothing else; bench/lib/node-proxy-main.ts)
 //   sidecar    client -> owner's sidecar -> gateway   (owner local)
@@ -12,7 +14,7 @@
 // absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
 //
 // Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
-// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,sidecar,sidecar2),
+// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,sidecar,sidecar2),
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
@@ -42,7 +44,7 @@ import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type Ben
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
 const ALL_PROTOS = ['connect', 'grpc'] as const;
-const ALL_PATHS = ['direct', 'haproxy', 'node', 'sidecar', 'sidecar2'] as const;
+const ALL_PATHS = ['direct', 'haproxy', 'haproxy2', 'node', 'sidecar', 'sidecar2'] as const;
 const ALL_METRICS = ['rtt', 'bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const;
 type PathName = (typeof ALL_PATHS)[number];
 type MetricName = (typeof ALL_METRICS)[number];
@@ -72,6 +74,7 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 const PATH_LABEL: Record<PathName, string> = {
   direct: 'direct',
   haproxy: 'haproxy',
+  haproxy2: 'haproxy x2 (chained)',
   node: 'bare Node proxy',
   sidecar: 'sidecar (owner local)',
   sidecar2: 'sidecar x2 (forwarded)',
@@ -273,6 +276,10 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     if (nv !== undefined && hv !== undefined) out.push({ proto, what: `bare Node proxy ${key} vs haproxy`, value: round2(nv / hv), target: NaN, met: null, unit: 'x' });
     const tv = two?.[key];
     if (sv !== undefined && tv !== undefined) out.push({ proto, what: `forwarded ${key} vs sidecar`, value: round2(tv / sv), target: 0.8, met: tv / sv >= 0.8, unit: 'x' });
+    // Informational: what a second hop costs the reference proxy on this machine (the baseline for
+    // the line above: four processes share the cores instead of three).
+    const h2v = s.get('haproxy2')?.[key];
+    if (hv !== undefined && h2v !== undefined) out.push({ proto, what: `haproxy x2 ${key} vs haproxy`, value: round2(h2v / hv), target: NaN, met: null, unit: 'x' });
   }
   if (d?.rtt_p50 !== undefined && h?.rtt_p50 !== undefined && one?.rtt_p50 !== undefined) {
     const addedH = h.rtt_p50 - d.rtt_p50;
@@ -289,9 +296,9 @@ async function main(): Promise<number> {
   const paths = envList('BENCH_PATHS', ALL_PATHS);
   const hv = haproxyVersion();
   let runPaths = paths;
-  if (!hv && paths.includes('haproxy')) {
+  if (!hv && (paths.includes('haproxy') || paths.includes('haproxy2'))) {
     console.log('haproxy is not on PATH: the HAProxy columns are skipped (apt-get install -y haproxy to include them)');
-    runPaths = paths.filter((p) => p !== 'haproxy');
+    runPaths = paths.filter((p) => p !== 'haproxy' && p !== 'haproxy2');
   }
   const needSidecars = runPaths.includes('sidecar') || runPaths.includes('sidecar2');
 
@@ -301,10 +308,17 @@ async function main(): Promise<number> {
   const [gatewayPort, haproxyGatewayPort, ownerGatewayPort, ingressGatewayPort, nodeGatewayPort] = gw.ready.ports as [number, number, number, number, number];
 
   let haproxy: Haproxy | undefined;
-  if (runPaths.includes('haproxy')) {
+  let haproxy2: Haproxy | undefined;
+  if (runPaths.includes('haproxy') || runPaths.includes('haproxy2')) {
     const nb = process.env.BENCH_HAPROXY_NBTHREAD ? envInt('BENCH_HAPROXY_NBTHREAD', 1) : undefined;
-    haproxy = await startHaproxy(haproxyGatewayPort, { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) });
+    const opts = { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) };
+    haproxy = await startHaproxy(haproxyGatewayPort, opts);
     cleanups.push({ what: 'haproxy', run: () => haproxy!.close() });
+    // Its own process in front of the first, as an ingress sidecar is in front of the owner's.
+    if (runPaths.includes('haproxy2')) {
+      haproxy2 = await startHaproxy(haproxy, opts);
+      cleanups.push({ what: 'haproxy x2', run: () => haproxy2!.close() });
+    }
   }
 
   let nodeProxyPorts: [number, number] | undefined;
@@ -362,6 +376,7 @@ async function main(): Promise<number> {
   const portOf = (proto: Proto, path: PathName): number => {
     if (path === 'direct') return gatewayPort;
     if (path === 'haproxy') return proto === 'connect' ? haproxy!.tcpPort : haproxy!.h2Port;
+    if (path === 'haproxy2') return proto === 'connect' ? haproxy2!.tcpPort : haproxy2!.h2Port;
     if (path === 'node') return nodeProxyPorts![proto === 'connect' ? 0 : 1];
     if (path === 'sidecar') return sidecars.owner!.publicPort;
     return sidecars.ingress!.publicPort;

@@ -51,12 +51,15 @@ async function waitListening(port: number, timeoutMs: number): Promise<void> {
 }
 
 /**
- * Starts HAProxy in front of `gatewayPort`. The HTTP/2 window is set to `windowBytes` on both sides,
- * as the sidecar's is, so the two hops are compared at the same flow-control settings.
+ * Starts HAProxy in front of `upstream`: the gateway's port, or (to chain two HAProxy hops, as two
+ * sidecars chain when one forwards to the owner) another HAProxy's tcp and h2 ports. The HTTP/2 window
+ * is set to `windowBytes` on both sides, as the sidecar's is, so the hops are compared at the same
+ * flow-control settings.
  */
-export async function startHaproxy(gatewayPort: number, opts: { windowBytes: number; nbthread?: number }): Promise<Haproxy> {
+export async function startHaproxy(upstream: number | { tcpPort: number; h2Port: number }, opts: { windowBytes: number; nbthread?: number }): Promise<Haproxy> {
   const version = haproxyVersion();
   if (!version) throw new Error('haproxy is not installed');
+  const { tcpPort: upTcp, h2Port: upH2 } = typeof upstream === 'number' ? { tcpPort: upstream, h2Port: upstream } : upstream;
   const [tcpPort, h2Port] = [await freePort(), await freePort()];
   const config = [
     'global',
@@ -74,14 +77,14 @@ export async function startHaproxy(gatewayPort: number, opts: { windowBytes: num
     '  default_backend gateway_tcp',
     'backend gateway_tcp',
     '  mode tcp',
-    `  server gw 127.0.0.1:${gatewayPort}`,
+    `  server gw 127.0.0.1:${upTcp}`,
     'frontend grpc_h2',
     '  mode http',
     `  bind 127.0.0.1:${h2Port} proto h2`,
     '  default_backend gateway_h2',
     'backend gateway_h2',
     '  mode http',
-    `  server gw 127.0.0.1:${gatewayPort} proto h2`,
+    `  server gw 127.0.0.1:${upH2} proto h2`,
     '',
   ].join('\n');
   const dir = mkdtempSync(join(tmpdir(), 'ohs-bench-haproxy-'));
