@@ -5,6 +5,9 @@
 //              second hop, the baseline for the forwarded path's ratio)
 //   node       client -> bare Node proxy -> gateway   (Node's own floor: the protocol work a Node
 //              proxy cannot skip, nothing else; bench/lib/node-proxy-main.ts)
+//   node2      client -> bare Node proxy -> bare Node proxy -> gateway (the second hop shaped as the
+//              sidecars' peer hop: HTTP/2 between the two, CONNECT tunnels as HTTP/2 CONNECT streams;
+//              Node's own floor for the forwarded path)
 //   sidecar    client -> owner's sidecar -> gateway   (owner local)
 //   sidecar2   client -> sidecar -> owner's sidecar (peer hop) -> gateway
 // for a 2026-04 `CONNECT /connect/ssh` tunnel and a 2026-08 `ForwardTcp` gRPC stream. Metrics: RTT
@@ -14,7 +17,7 @@
 // absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
 //
 // Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
-// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,sidecar,sidecar2),
+// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,node2,sidecar,sidecar2),
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
@@ -44,7 +47,7 @@ import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type Ben
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
 const ALL_PROTOS = ['connect', 'grpc'] as const;
-const ALL_PATHS = ['direct', 'haproxy', 'haproxy2', 'node', 'sidecar', 'sidecar2'] as const;
+const ALL_PATHS = ['direct', 'haproxy', 'haproxy2', 'node', 'node2', 'sidecar', 'sidecar2'] as const;
 const ALL_METRICS = ['rtt', 'bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const;
 type PathName = (typeof ALL_PATHS)[number];
 type MetricName = (typeof ALL_METRICS)[number];
@@ -76,6 +79,7 @@ const PATH_LABEL: Record<PathName, string> = {
   haproxy: 'haproxy',
   haproxy2: 'haproxy x2 (chained)',
   node: 'bare Node proxy',
+  node2: 'bare Node x2 (chained)',
   sidecar: 'sidecar (owner local)',
   sidecar2: 'sidecar x2 (forwarded)',
 };
@@ -280,6 +284,8 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     // the line above: four processes share the cores instead of three).
     const h2v = s.get('haproxy2')?.[key];
     if (hv !== undefined && h2v !== undefined) out.push({ proto, what: `haproxy x2 ${key} vs haproxy`, value: round2(h2v / hv), target: NaN, met: null, unit: 'x' });
+    const n2v = s.get('node2')?.[key];
+    if (nv !== undefined && n2v !== undefined) out.push({ proto, what: `bare Node x2 ${key} vs bare Node`, value: round2(n2v / nv), target: NaN, met: null, unit: 'x' });
   }
   if (d?.rtt_p50 !== undefined && h?.rtt_p50 !== undefined && one?.rtt_p50 !== undefined) {
     const addedH = h.rtt_p50 - d.rtt_p50;
@@ -322,13 +328,20 @@ async function main(): Promise<number> {
   }
 
   let nodeProxyPorts: [number, number] | undefined;
-  if (runPaths.includes('node')) {
+  let node2ProxyPorts: [number, number] | undefined;
+  if (runPaths.includes('node') || runPaths.includes('node2')) {
     const [nodeBin, ...entry] = tsEntry('bench/lib/node-proxy-main.ts');
     // Named by Node (pid and thread): tsx's loader thread writes a profile of its own.
     const prof = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : [];
     const np = await startProcess('node-proxy', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)]);
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
     nodeProxyPorts = np.ready.ports as [number, number];
+    if (runPaths.includes('node2')) {
+      // The first hop of two, in front of the one above as an ingress sidecar is in front of the owner's.
+      const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), '--via-port', String(nodeProxyPorts[1])]);
+      cleanups.push({ what: 'bare node proxy x2', run: () => np2.kill('SIGTERM') });
+      node2ProxyPorts = np2.ready.ports as [number, number];
+    }
   }
 
   const sandboxId = 'bench-sandbox-0001';
@@ -378,6 +391,7 @@ async function main(): Promise<number> {
     if (path === 'haproxy') return proto === 'connect' ? haproxy!.tcpPort : haproxy!.h2Port;
     if (path === 'haproxy2') return proto === 'connect' ? haproxy2!.tcpPort : haproxy2!.h2Port;
     if (path === 'node') return nodeProxyPorts![proto === 'connect' ? 0 : 1];
+    if (path === 'node2') return node2ProxyPorts![proto === 'connect' ? 0 : 1];
     if (path === 'sidecar') return sidecars.owner!.publicPort;
     return sidecars.ingress!.publicPort;
   };

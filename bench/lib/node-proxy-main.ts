@@ -6,14 +6,23 @@
 //            gateway, headers, data both ways and trailers (no first-message read, no routing).
 // The windows are the sidecar's (1 MiB per stream and per session). Prints
 // {"event":"ready","ports":[connectPort, h2Port]}; SIGTERM stops it.
-//   node --import tsx bench/lib/node-proxy-main.ts --gateway-port N
+//   node --import tsx bench/lib/node-proxy-main.ts --gateway-port N [--via-port M]
+// --via-port M makes it the first of two hops, shaped as the sidecars' forwarded path: gRPC streams
+// are relayed to M (another of these proxies) instead of the gateway, and CONNECT tunnels are carried
+// to M as HTTP/2 CONNECT streams, where that proxy joins each to a TCP connection to its gateway.
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 
 const WINDOW_BYTES = 1024 * 1024;
-const gatewayPort = Number(process.argv[process.argv.indexOf('--gateway-port') + 1]);
+const argPort = (flag: string): number | undefined => {
+  const i = process.argv.indexOf(flag);
+  return i < 0 ? undefined : Number(process.argv[i + 1]);
+};
+const gatewayPort = argPort('--gateway-port') ?? NaN;
 if (!(gatewayPort > 0)) throw new Error('--gateway-port is required');
+const viaPort = argPort('--via-port');
+const h2UpstreamPort = viaPort ?? gatewayPort;
 
 function listen(server: net.Server): Promise<number> {
   return new Promise((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: 1024 }, () => resolve((server.address() as net.AddressInfo).port)));
@@ -24,26 +33,42 @@ const connectServer = http.createServer((_req, res) => res.writeHead(404).end())
 connectServer.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
   let replay = `${req.method} ${req.url} HTTP/1.1\r\n`;
   for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) replay += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-  const upstream = net.connect({ port: gatewayPort, host: '127.0.0.1' });
-  upstream.setNoDelay(true);
   client.setNoDelay(true);
-  upstream.write(`${replay}\r\n`, 'latin1');
+  let upstream: net.Socket | http2.ClientHttp2Stream;
+  if (viaPort === undefined) {
+    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1' });
+    socket.setNoDelay(true);
+    upstream = socket;
+  } else {
+    try {
+      upstream = upstreamSession().request({ ':method': 'CONNECT', ':authority': 'tunnel' });
+    } catch {
+      client.destroy();
+      return;
+    }
+  }
+  upstream.write(Buffer.from(`${replay}\r\n`, 'latin1'));
   if (head.length > 0) upstream.write(head);
-  const destroyBoth = (): void => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', destroyBoth);
-  upstream.on('error', destroyBoth);
-  client.pipe(upstream);
-  upstream.pipe(client);
+  join(client, upstream);
 });
 
-// gRPC: one client session to the gateway, every stream relayed on it.
+/** Two byte streams piped both ways; either one's error takes both down. */
+function join(a: net.Socket | http2.Http2Stream, b: net.Socket | http2.Http2Stream): void {
+  const destroyBoth = (): void => {
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', destroyBoth);
+  b.on('error', destroyBoth);
+  a.pipe(b);
+  b.pipe(a);
+}
+
+// gRPC: one client session to the gateway (or the next hop), every stream relayed on it.
 let gateway: http2.ClientHttp2Session | undefined;
-function gatewaySession(): http2.ClientHttp2Session {
+function upstreamSession(): http2.ClientHttp2Session {
   if (gateway && !gateway.closed && !gateway.destroyed) return gateway;
-  const session = http2.connect(`http://127.0.0.1:${gatewayPort}`, { settings: { initialWindowSize: WINDOW_BYTES } });
+  const session = http2.connect(`http://127.0.0.1:${h2UpstreamPort}`, { settings: { initialWindowSize: WINDOW_BYTES } });
   session.on('connect', () => session.setLocalWindowSize(WINDOW_BYTES));
   session.on('error', () => undefined);
   gateway = session;
@@ -60,11 +85,19 @@ h2Server.on('session', (session) => {
   }
 });
 h2Server.on('stream', (down, headers) => {
+  if (headers[':method'] === 'CONNECT') {
+    // A tunnel from the first hop: its bytes (the client's CONNECT head first) go to the gateway.
+    down.respond({ ':status': 200 });
+    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1' });
+    socket.setNoDelay(true);
+    join(down, socket);
+    return;
+  }
   const out: http2.OutgoingHttpHeaders = {};
   for (const name in headers) if (!name.startsWith(':') || name === ':method' || name === ':path') out[name] = headers[name];
   let up: http2.ClientHttp2Stream;
   try {
-    up = gatewaySession().request(out, { waitForTrailers: false });
+    up = upstreamSession().request(out, { waitForTrailers: false });
   } catch {
     down.close(http2.constants.NGHTTP2_REFUSED_STREAM);
     return;
