@@ -190,6 +190,8 @@ interface Member {
 interface Slot extends Member {
   /** May be in Redis: set before any write that may add it, so that a release always removes it. */
   inRedis: boolean;
+  /** When its lease was last written (acquire, renewal): a slot whose lease is older is not parked. */
+  writtenAt: number;
   released: boolean;
   /** Parked on release for a connection with the same keys (`reuseMs`); false once it took a key's last slot. */
   reusable: boolean;
@@ -201,6 +203,7 @@ interface Parked extends Member {
   keys: string;
   until: number;
   live: boolean;
+  writtenAt: number;
 }
 
 export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
@@ -363,6 +366,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
 
   /** The next renewal call: keys (each once) and, for each, its live slots' member suffixes. */
   function nextBatch(at: BatchCursor): { keys: string[]; lists: string[] } | undefined {
+    const now = Date.now();
     const keys: string[] = [];
     const lists: string[] = [];
     let pairs = 0;
@@ -382,6 +386,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
         const slot = next.value;
         if (slot.released) continue;
         slot.inRedis = true;
+        slot.writtenAt = now;
         list = list === '' ? slot.suffix : `${list},${slot.suffix}`;
         if (++pairs >= batchSize) break;
       }
@@ -485,8 +490,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return byKey.get(redisKey)?.size ?? 0;
   }
 
-  function hold(suffix: string, claims: Claim[], inRedis: boolean, reusable = false): AcquireResult {
-    const slot: Slot = { suffix, claims, inRedis, released: false, reusable };
+  function hold(suffix: string, claims: Claim[], inRedis: boolean, reusable = false, writtenAt = Date.now()): AcquireResult {
+    const slot: Slot = { suffix, claims, inRedis, writtenAt, released: false, reusable };
     slots.add(slot);
     for (const c of claims) {
       const group = byKey.get(c.redisKey);
@@ -507,7 +512,11 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
       metrics.slotsHeld.dec({ rule: c.rule.name });
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
-    if (slot.reusable && reuseMs > 0 && mode === 'global' && parkedCount < MAX_PARKED) park(slot);
+    // A parked slot misses the renewals of its time parked, and one taken over could be parked at
+    // every round: only a slot renewed within the last interval is parked, so that no lease can run
+    // out under a connection (at most two intervals and the parking between writes, a third of the TTL
+    // to spare).
+    if (slot.reusable && reuseMs > 0 && mode === 'global' && parkedCount < MAX_PARKED && Date.now() - slot.writtenAt <= renewIntervalMs) park(slot);
     else queueRelease(slot);
   }
 
@@ -521,7 +530,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   function park(slot: Slot): void {
-    const p: Parked = { suffix: slot.suffix, claims: slot.claims, keys: keysOf(slot.claims), until: Date.now() + reuseMs, live: true };
+    const p: Parked = { suffix: slot.suffix, claims: slot.claims, keys: keysOf(slot.claims), until: Date.now() + reuseMs, live: true, writtenAt: slot.writtenAt };
     addTo(parkedByKeys, p.keys, p);
     for (const c of p.claims) addTo(parkedByKey, c.redisKey, p);
     parkQueue.push(p);
@@ -568,7 +577,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     if (p === undefined) return undefined;
     unpark(p);
     metrics.slotsReused.inc();
-    return hold(p.suffix, p.claims, true, true);
+    return hold(p.suffix, p.claims, true, true, p.writtenAt);
   }
 
   function flushReleases(): void {

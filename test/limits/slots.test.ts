@@ -414,6 +414,36 @@ describe('released slots kept for the next connection with the same keys (reuseM
     expect(await redis.zcard(sandboxKey('close-sbx-2'))).toBe(0);
   });
 
+  it('a slot taken over again and again keeps a live lease: one parked at a renewal is given back before its lease can run out', async () => {
+    // Lease 900 ms, renewed every 300 ms. Each connection lasts a moment and the next comes 60 ms
+    // later, so the slot is parked (not renewed) at nearly every round. Without the limit on parking
+    // a slot whose lease is old, the same member went on for good and its lease ran out under open
+    // connections (the scale bench's 1,000 opens/s showed it: slots "added back" by renewal).
+    const a = limiters.open({ holderId: 'reuse-chain', leaseTtlMs: 900, renewIntervalMs: 300, reuseMs: REUSE_MS });
+    const key = tokenKey('chain-tok');
+    const members = new Set<string>();
+    let checks = 0;
+    const expired: string[] = [];
+    const deadline = Date.now() + 3_000;
+    while (Date.now() < deadline) {
+      const release = must(await a.acquire(ssh('chain-tok', 'chain-sbx')));
+      const [[, time], [, entries]] = (await redis.multi().time().zrange(key, '0', '-1', 'WITHSCORES').exec()) as [[null, [string, string]], [null, string[]]];
+      const nowMs = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
+      // One connection open: Redis must count one slot whose lease has not run out.
+      const live = entries.filter((_, i) => i % 2 === 1 && Number(entries[i]) > nowMs).length;
+      if (live < 1) expired.push(`check ${checks}: ${JSON.stringify(entries)} at ${nowMs}`);
+      for (let i = 0; i < entries.length; i += 2) members.add(entries[i] as string);
+      checks++;
+      release();
+      await sleep(60);
+    }
+    expect(checks).toBeGreaterThan(20);
+    expect(expired).toEqual([]);
+    // Reuse goes on between renewals; the chain is cut at least once per lease.
+    expect(await metricValue(a.registry, 'ohs_limit_slots_reused_total', {})).toBeGreaterThan(checks / 2);
+    expect(members.size).toBeGreaterThan(3);
+  });
+
   it('refuses a reuse window a parked slot\'s lease could not outlive', () => {
     expect(() => limiters.open({ holderId: 'reuse-bad', leaseTtlMs: 600, reuseMs: 100 })).toThrow(/reuseMs \(100\) must be at most a third of renewIntervalMs \(200\)/);
   });
