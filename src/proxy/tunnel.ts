@@ -81,11 +81,13 @@ export function spliceAfterResponseHead(
   const chunks: Buffer[] = [];
   let size = 0;
   let closed = false;
+  // Nothing has reached the client yet: it is owed an answer, not a bare close (an owner's gateway
+  // that was down, or one that closed or sent a head too long to read).
   const giveUp = (): void => {
     if (closed) return;
     closed = true;
     upstream.off('data', onData);
-    client.destroy();
+    writeHttpError(client, 502, 'Bad Gateway', size > MAX_RESPONSE_HEAD_BYTES ? 'gateway response head too long' : 'gateway closed the connection before answering');
     upstream.destroy();
     onClose();
   };

@@ -1,0 +1,78 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { spliceAfterResponseHead } from '../../../src/proxy/tunnel.ts';
+
+// Both ends of loopback TCP connections, closed after each case.
+const sockets: net.Socket[] = [];
+const servers: net.Server[] = [];
+
+async function pair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer();
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const near = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const far = await accepted;
+  for (const s of [near, far]) {
+    s.on('error', () => undefined);
+    sockets.push(s);
+  }
+  return [near, far];
+}
+
+/** Everything `socket` receives until the other side closes. */
+function readAll(socket: net.Socket): Promise<string> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  return new Promise((resolve) => socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1'))));
+}
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await Promise.all(servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve))));
+});
+
+describe('a tunnel whose upstream never answers its request', () => {
+  it('gets a 502 when the upstream closes before a response head, and is counted closed once', async () => {
+    const [clientApp, client] = await pair();
+    const [upstream, gateway] = await pair();
+    let closes = 0;
+    spliceAfterResponseHead(client, upstream, (status) => status === 200, () => closes++);
+    const received = readAll(clientApp);
+    gateway.end();
+    const text = await received;
+    expect(text).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+    expect(text).toMatch(/\r\n\r\ngateway closed the connection before answering\n$/);
+    expect(closes).toBe(1);
+    expect(upstream.destroyed).toBe(true);
+  });
+
+  it('gets a 502 when the response head is longer than it reads, and the upstream is cut', async () => {
+    const [clientApp, client] = await pair();
+    const [upstream, gateway] = await pair();
+    let closes = 0;
+    spliceAfterResponseHead(client, upstream, (status) => status === 200, () => closes++);
+    const received = readAll(clientApp);
+    const gatewayClosed = new Promise((resolve) => gateway.once('close', resolve));
+    gateway.write(`HTTP/1.1 200 OK\r\nx-long: ${'a'.repeat(20 * 1024)}`);
+    const text = await received;
+    expect(text).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+    expect(text).toContain('gateway response head too long');
+    // None of the upstream's bytes reached the client.
+    expect(text).not.toContain('x-long');
+    await gatewayClosed;
+    expect(closes).toBe(1);
+  });
+
+  it('relays an answer that came: the head, then bytes both ways', async () => {
+    const [clientApp, client] = await pair();
+    const [upstream, gateway] = await pair();
+    spliceAfterResponseHead(client, upstream, (status) => status === 200, () => undefined);
+    const first = new Promise<string>((resolve) => clientApp.once('data', (c: Buffer) => resolve(c.toString('latin1'))));
+    gateway.write('HTTP/1.1 200 OK\r\n\r\n');
+    expect(await first).toBe('HTTP/1.1 200 OK\r\n\r\n');
+    const echoed = new Promise<string>((resolve) => gateway.once('data', (c: Buffer) => resolve(c.toString('latin1'))));
+    clientApp.write('ping');
+    expect(await echoed).toBe('ping');
+  });
+});
