@@ -494,9 +494,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     const slot: Slot = { suffix, claims, inRedis, writtenAt, released: false, reusable };
     slots.add(slot);
     for (const c of claims) {
-      const group = byKey.get(c.redisKey);
-      if (group === undefined) byKey.set(c.redisKey, new Set([slot]));
-      else group.add(slot);
+      addTo(byKey, c.redisKey, slot);
       metrics.slotsHeld.inc({ rule: c.rule.name });
     }
     return { ok: true, release: () => release(slot) };
@@ -507,8 +505,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     slot.released = true;
     slots.delete(slot);
     for (const c of slot.claims) {
-      const group = byKey.get(c.redisKey);
-      if (group !== undefined && group.delete(slot) && group.size === 0) byKey.delete(c.redisKey);
+      removeFrom(byKey, c.redisKey, slot);
       metrics.slotsHeld.dec({ rule: c.rule.name });
     }
     if (!slot.inRedis || closed || scripts === undefined) return;

@@ -430,7 +430,7 @@ describe('released slots kept for the next connection with the same keys (reuseM
       const [[, time], [, entries]] = (await redis.multi().time().zrange(key, '0', '-1', 'WITHSCORES').exec()) as [[null, [string, string]], [null, string[]]];
       const nowMs = Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
       // One connection open: Redis must count one slot whose lease has not run out.
-      const live = entries.filter((_, i) => i % 2 === 1 && Number(entries[i]) > nowMs).length;
+      const live = entries.filter((score, i) => i % 2 === 1 && Number(score) > nowMs).length;
       if (live < 1) expired.push(`check ${checks}: ${JSON.stringify(entries)} at ${nowMs}`);
       for (let i = 0; i < entries.length; i += 2) members.add(entries[i] as string);
       checks++;

@@ -27,6 +27,15 @@ function readAll(socket: net.Socket): Promise<string> {
   return new Promise((resolve) => socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1'))));
 }
 
+/** A client and an upstream joined by spliceAfterResponseHead, with what the client receives until its close. */
+async function tunnel(): Promise<{ received: Promise<string>; upstream: net.Socket; gateway: net.Socket; closes: () => number }> {
+  const [clientApp, client] = await pair();
+  const [upstream, gateway] = await pair();
+  let closes = 0;
+  spliceAfterResponseHead(client, upstream, (status) => status === 200, () => closes++);
+  return { received: readAll(clientApp), upstream, gateway, closes: () => closes };
+}
+
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.destroy();
   await Promise.all(servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve))));
@@ -34,25 +43,17 @@ afterEach(async () => {
 
 describe('a tunnel whose upstream never answers its request', () => {
   it('gets a 502 when the upstream closes before a response head, and is counted closed once', async () => {
-    const [clientApp, client] = await pair();
-    const [upstream, gateway] = await pair();
-    let closes = 0;
-    spliceAfterResponseHead(client, upstream, (status) => status === 200, () => closes++);
-    const received = readAll(clientApp);
+    const { received, upstream, gateway, closes } = await tunnel();
     gateway.end();
     const text = await received;
     expect(text).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
     expect(text).toMatch(/\r\n\r\ngateway closed the connection before answering\n$/);
-    expect(closes).toBe(1);
+    expect(closes()).toBe(1);
     expect(upstream.destroyed).toBe(true);
   });
 
   it('gets a 502 when the response head is longer than it reads, and the upstream is cut', async () => {
-    const [clientApp, client] = await pair();
-    const [upstream, gateway] = await pair();
-    let closes = 0;
-    spliceAfterResponseHead(client, upstream, (status) => status === 200, () => closes++);
-    const received = readAll(clientApp);
+    const { received, gateway, closes } = await tunnel();
     const gatewayClosed = new Promise((resolve) => gateway.once('close', resolve));
     gateway.write(`HTTP/1.1 200 OK\r\nx-long: ${'a'.repeat(20 * 1024)}`);
     const text = await received;
@@ -61,7 +62,7 @@ describe('a tunnel whose upstream never answers its request', () => {
     // None of the upstream's bytes reached the client.
     expect(text).not.toContain('x-long');
     await gatewayClosed;
-    expect(closes).toBe(1);
+    expect(closes()).toBe(1);
   });
 
   it('relays an answer that came: the head, then bytes both ways', async () => {
