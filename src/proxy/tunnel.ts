@@ -43,16 +43,34 @@ export function requestHead(req: IncomingMessage): Buffer {
   return Buffer.from(`${head}\r\n`, 'latin1');
 }
 
-/** The first of `names` that occurs more than once in a raw header list (any case), if any. */
-export function duplicatedHeader(rawHeaders: readonly string[], names: readonly string[]): string | undefined {
-  const seen = new Set<string>();
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = (rawHeaders[i] as string).toLowerCase();
-    if (!names.includes(name)) continue;
-    if (seen.has(name)) return name;
-    seen.add(name);
+/** The routing headers of a CONNECT, read from its raw header list (any case). */
+export interface TunnelHeaders {
+  sandboxId?: string;
+  token?: string;
+  /** The first of them that occurs more than once. */
+  duplicate?: string;
+}
+
+/**
+ * One pass over the raw headers instead of `req.headers`, which Node builds (every header
+ * lower-cased and merged) the first time it is read: a few µs of each tunnel open.
+ */
+export function tunnelHeaders(rawHeaders: readonly string[]): TunnelHeaders {
+  const found: TunnelHeaders = {};
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    // Both names are 12 and 15 characters long: most headers are passed over without a lower-case copy.
+    if (name.length !== 12 && name.length !== 15) continue;
+    const lower = name.toLowerCase();
+    const key = lower === 'x-sandbox-id' ? 'sandboxId' : lower === 'x-sandbox-token' ? 'token' : undefined;
+    if (key === undefined) continue;
+    if (found[key] !== undefined) {
+      found.duplicate ??= lower;
+      continue;
+    }
+    found[key] = rawHeaders[i + 1] as string;
   }
-  return undefined;
+  return found;
 }
 
 export function writeHttpError(socket: Duplex, status: number, reason: string, body: string): void {
@@ -166,7 +184,8 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   const cls = classifyHttp1(req.method ?? '', req.url ?? '');
   // One value each: duplicates would make the key we route and count by differ from the one the
   // gateway reads (it takes the first), so they are refused outright.
-  const dup = cls === 'ssh-tunnel' ? duplicatedHeader(req.rawHeaders, ['x-sandbox-id', 'x-sandbox-token']) : undefined;
+  const { sandboxId, token, duplicate } = tunnelHeaders(req.rawHeaders);
+  const dup = cls === 'ssh-tunnel' ? duplicate : undefined;
   if (dup) {
     connLog.info({ header: dup }, 'CONNECT with a duplicated header refused');
     ctx.metrics.classifyErrorsTotal.inc({ reason: 'OHS_ERR_BAD_REQUEST' });
@@ -176,8 +195,6 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   // The bytes after the CONNECT head (`head`) wait for the gateway's 200: after a refusal they would
   // be read as the next request on a keep-alive connection.
   const rawHead: TunnelOpening = { head: requestHead(req), early: head };
-  const sandboxHeader = req.headers['x-sandbox-id'];
-  const sandboxId = typeof sandboxHeader === 'string' ? sandboxHeader : undefined;
   const log = lazyChild(connLog, { class: cls, sandbox: sandboxId });
   // No usable routing key: the local gateway gives the client its own answer (401/400/404).
   if (cls !== 'ssh-tunnel' || !sandboxId || sandboxIdProblem(sandboxId) !== undefined || ctx.gatewayWatch.nativeHa()) {
@@ -188,7 +205,6 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
   void (async () => {
     // Limits are checked here, at the ingress, before any peer hop or gateway contact: a refused
     // attempt sends nothing anywhere (DESIGN §5).
-    const token = typeof req.headers['x-sandbox-token'] === 'string' ? req.headers['x-sandbox-token'] : undefined;
     // A slot only for a token the gateway's own table says is valid for this sandbox: junk tokens
     // consume nothing, and the gateway answers them 401 itself (reference §2.3).
     if ((await ctx.sshTokens.check(token, sandboxId)) === 'invalid') {
