@@ -74,6 +74,19 @@ describe('AsyncResource.prototype.bind, patched', () => {
     }
   });
 
+  it('keeps the length of functions of any arity, and passes every argument given', () => {
+    const resource = new AsyncResource('test-arity');
+    const fns = [() => [], (a: unknown) => [a], (a: unknown, b: unknown) => [a, b], (a: unknown, b: unknown, c: unknown) => [a, b, c], (a: unknown, b: unknown, c: unknown, d: unknown, e: unknown) => [a, b, c, d, e]];
+    for (const fn of fns) {
+      const bound = resource.bind(fn as (...args: unknown[]) => unknown);
+      expect(bound.length).toBe(fn.length);
+      expect(Object.keys(bound)).toEqual(['asyncResource']);
+    }
+    const all = resource.bind((_a: unknown, ...rest: unknown[]) => [_a, ...rest]) as (...args: unknown[]) => unknown;
+    expect(all.length).toBe(1);
+    expect(all(1, 2, 3, 4)).toEqual([1, 2, 3, 4]);
+  });
+
   it('refuses a non-function the way Node does', () => {
     expect(() => new AsyncResource('test-arg').bind(42 as unknown as () => void)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
   });
