@@ -18,7 +18,7 @@ import { describe, type Target } from '../routing/router.ts';
 import { GrpcMessageSplitter } from '../wire/grpc-frame.ts';
 import { PHASE_READY, sandboxPayloadPhase, sandboxSignature, statusEventFrame, streamEventSandbox, watchRequestFlags } from '../wire/gateway-payloads.ts';
 import type { ProxyContext } from './context.ts';
-import { copyResponseHeaders, respondGrpcError } from './h2-forward.ts';
+import { copyResponseHeaders, OPEN_STREAM, RESPOND_WITH_TRAILERS, respondGrpcError } from './h2-forward.ts';
 import { forgetSentHeaders } from './sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
@@ -157,7 +157,7 @@ export function followOwner(
         : headers;
     let up: http2.ClientHttp2Stream;
     try {
-      up = session.request(legHeaders, { endStream: false });
+      up = session.request(legHeaders, OPEN_STREAM);
       forgetSentHeaders(up);
     } catch (err) {
       // The session began closing (GOAWAY) between get() and request().
@@ -238,7 +238,7 @@ export function followOwner(
       finish(`grpc_${String(h['grpc-status'] ?? 'none')}`);
       return;
     }
-    down.respond(out, { waitForTrailers: true });
+    down.respond(out, RESPOND_WITH_TRAILERS);
     forgetSentHeaders(down);
     down.on('wantTrailers', () => {
       if (trailers && Object.keys(trailers).length > 0) down.sendTrailers(trailers);

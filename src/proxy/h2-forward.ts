@@ -5,6 +5,16 @@ import { forgetSentHeaders } from './sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
 
+/**
+ * Options for Node's `request()` and `respond()` with every key Node fills in present already (its
+ * defaults). Both copy their options with an object spread and then add what is missing (request:
+ * weight, parent, exclusive, silent; respond: endStream), and V8 (Node 20) gives a spread's copy a
+ * map of its own, so that each key added afterwards makes another: request() took 18-25 µs with
+ * `{ endStream: false }` against 13-15 µs with these (medians of 30 batches of 500 on one session).
+ */
+export const OPEN_STREAM = Object.freeze({ endStream: false, weight: http2.constants.NGHTTP2_DEFAULT_WEIGHT, parent: 0, exclusive: false, silent: false });
+export const RESPOND_WITH_TRAILERS = Object.freeze({ endStream: false, waitForTrailers: true });
+
 /** Connection-specific headers that must not cross an HTTP/2 hop (RFC 9113 §8.2.2). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']);
 
@@ -130,7 +140,7 @@ export function forwardStream(
   headers: http2.OutgoingHttpHeaders,
   opts: ForwardOptions = {},
 ): ForwardHandle {
-  const upstream = session.request(headers, { endStream: false });
+  const upstream = session.request(headers, OPEN_STREAM);
   forgetSentHeaders(upstream);
   return new StreamForward(down, upstream, opts);
 }
@@ -235,7 +245,7 @@ class StreamForward implements ForwardHandle {
       down.respond(out, { endStream: true });
       return;
     }
-    down.respond(out, { waitForTrailers: true });
+    down.respond(out, RESPOND_WITH_TRAILERS);
     forgetSentHeaders(down);
     down.on('wantTrailers', onDownWantTrailers);
     this.recorded = null;

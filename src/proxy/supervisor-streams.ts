@@ -9,7 +9,7 @@ import { fencePreviousOwner } from '../peers/handoff.ts';
 import type { OwnerRecord } from '../ownership/types.ts';
 import type { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
-import { forwardStream, respondGrpcError, type ForwardHandle, type ForwardOptions } from './h2-forward.ts';
+import { forwardStream, OPEN_STREAM, respondGrpcError, type ForwardHandle, type ForwardOptions } from './h2-forward.ts';
 import { connectSession, sessionUsable } from './h2-sessions.ts';
 import { forwardLocal } from './local-forward.ts';
 import { GRPC_FRAME_HEADER_BYTES } from '../wire/grpc-frame.ts';
@@ -408,7 +408,7 @@ function registerOnLocalGateway(ctx: ProxyContext, sandboxId: string, headers: h
       new Promise<boolean>((resolve) => {
         let stream: http2.ClientHttp2Stream;
         try {
-          stream = lease.session.request(headers, { endStream: false });
+          stream = lease.session.request(headers, OPEN_STREAM);
         } catch (err) {
           lease.release();
           log.info({ err: (err as Error).message }, 'hand-over: gateway connection closing');

@@ -13,6 +13,7 @@ import { NOT_OWNER_STATUS, PEER_NOT_OWNER, withPeerHeaders } from '../peers/prot
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
+import { OPEN_STREAM } from './h2-forward.ts';
 import { splice } from './splice.ts';
 import { forgetSentHeaders } from './sent-headers.ts';
 
@@ -323,6 +324,7 @@ function tunnelToPeer(
               { ':method': 'CONNECT', ':authority': 'openshell-ssh-tunnel' },
               { secret: ctx.peerSecret ?? '', origin: ctx.store.replicaId, sandboxId, epoch: target.epoch, cls: 'ssh-tunnel', hop: 1 },
             ),
+            OPEN_STREAM,
           );
           forgetSentHeaders(stream);
           // The CONNECT head goes with the request, not after the peer's answer: one round trip to
