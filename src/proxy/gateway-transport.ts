@@ -19,6 +19,13 @@ export interface GatewayTransport {
   connect(onConnect?: () => void): net.Socket;
 }
 
+/**
+ * What Node's Socket constructor sets on its copy of the options anyway (net.js: `{ ...options }`,
+ * then these four). Present already, they are assignments to keys the copy has; absent, V8 (Node 20)
+ * makes a new map for each key added to a spread's copy, on every tunnel to the gateway.
+ */
+const SOCKET_DEFAULTS = Object.freeze({ allowHalfOpen: false, emitClose: false, autoDestroy: true, decodeStrings: false });
+
 export function createGatewayTransport(gatewayUrl: string, gatewayTls: GatewayTlsConfig | undefined): GatewayTransport {
   const url = new URL(gatewayUrl);
   const secure = url.protocol === 'https:';
@@ -42,7 +49,7 @@ export function createGatewayTransport(gatewayUrl: string, gatewayTls: GatewayTl
     port,
     tls: options,
     connect(onConnect) {
-      if (!options) return net.connect({ host, port }, onConnect);
+      if (!options) return net.connect({ host, port, ...SOCKET_DEFAULTS }, onConnect);
       const socket = tls.connect({ ...options, host, port, ALPNProtocols: ['http/1.1'] });
       if (onConnect) socket.once('secureConnect', onConnect);
       return socket;
