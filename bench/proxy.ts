@@ -21,7 +21,8 @@
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
-// node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs).
+// node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs),
+// BENCH_NODE_TUNED=1 (the bare Node proxies run with --tuned: Node's own V8 cliffs stepped around).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
@@ -78,8 +79,8 @@ const PATH_LABEL: Record<PathName, string> = {
   direct: 'direct',
   haproxy: 'haproxy',
   haproxy2: 'haproxy x2 (chained)',
-  node: 'bare Node proxy',
-  node2: 'bare Node x2 (chained)',
+  node: process.env.BENCH_NODE_TUNED === '1' ? 'bare Node proxy, tuned' : 'bare Node proxy',
+  node2: process.env.BENCH_NODE_TUNED === '1' ? 'bare Node x2, tuned' : 'bare Node x2 (chained)',
   sidecar: 'sidecar (owner local)',
   sidecar2: 'sidecar x2 (forwarded)',
 };
@@ -330,7 +331,8 @@ async function main(): Promise<number> {
   let nodeProxyPorts: [number, number] | undefined;
   let node2ProxyPorts: [number, number] | undefined;
   if (runPaths.includes('node') || runPaths.includes('node2')) {
-    const [nodeBin, ...entry] = tsEntry('bench/lib/node-proxy-main.ts');
+    const [nodeBin, ...tsArgs] = tsEntry('bench/lib/node-proxy-main.ts');
+    const entry = process.env.BENCH_NODE_TUNED === '1' ? [...tsArgs, '--tuned'] : tsArgs;
     // Named by Node (pid and thread): tsx's loader thread writes a profile of its own.
     const prof = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : [];
     const np = await startProcess('node-proxy', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)]);

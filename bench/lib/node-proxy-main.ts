@@ -10,9 +10,15 @@
 // --via-port M makes it the first of two hops, shaped as the sidecars' forwarded path: gRPC streams
 // are relayed to M (another of these proxies) instead of the gateway, and CONNECT tunnels are carried
 // to M as HTTP/2 CONNECT streams, where that proxy joins each to a TCP connection to its gateway.
+//   --tuned: the same proxy, minus the V8 cliffs in Node's own library that the sidecar steps around
+//            (AsyncResource.bind patched as src/node-patches.ts does; request(), respond() and
+//            net.connect given options that already hold every key Node would add to its copy): what
+//            a Node proxy can reach at best (BENCH_NODE_TUNED=1 in bench/proxy.ts).
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { applyNodePatches } from '../../src/node-patches.ts';
+import { OPEN_STREAM, RESPOND_WITH_TRAILERS } from '../../src/proxy/h2-forward.ts';
 
 const WINDOW_BYTES = 1024 * 1024;
 const argPort = (flag: string): number | undefined => {
@@ -22,6 +28,11 @@ const argPort = (flag: string): number | undefined => {
 const gatewayPort = argPort('--gateway-port') ?? NaN;
 if (!(gatewayPort > 0)) throw new Error('--gateway-port is required');
 const viaPort = argPort('--via-port');
+const tuned = process.argv.includes('--tuned');
+if (tuned) applyNodePatches();
+const openOptions = tuned ? OPEN_STREAM : {};
+const respondWithTrailers = tuned ? RESPOND_WITH_TRAILERS : { waitForTrailers: true };
+const socketOptions = tuned ? { allowHalfOpen: false, emitClose: false, autoDestroy: true, decodeStrings: false } : {};
 const h2UpstreamPort = viaPort ?? gatewayPort;
 
 function listen(server: net.Server): Promise<number> {
@@ -36,12 +47,12 @@ connectServer.on('connect', (req: http.IncomingMessage, client: net.Socket, head
   client.setNoDelay(true);
   let upstream: net.Socket | http2.ClientHttp2Stream;
   if (viaPort === undefined) {
-    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1' });
+    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1', ...socketOptions });
     socket.setNoDelay(true);
     upstream = socket;
   } else {
     try {
-      upstream = upstreamSession().request({ ':method': 'CONNECT', ':authority': 'tunnel' });
+      upstream = upstreamSession().request({ ':method': 'CONNECT', ':authority': 'tunnel' }, openOptions);
     } catch {
       client.destroy();
       return;
@@ -88,7 +99,7 @@ h2Server.on('stream', (down, headers) => {
   if (headers[':method'] === 'CONNECT') {
     // A tunnel from the first hop: its bytes (the client's CONNECT head first) go to the gateway.
     down.respond({ ':status': 200 });
-    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1' });
+    const socket = net.connect({ port: gatewayPort, host: '127.0.0.1', ...socketOptions });
     socket.setNoDelay(true);
     join(down, socket);
     return;
@@ -97,7 +108,7 @@ h2Server.on('stream', (down, headers) => {
   for (const name in headers) if (!name.startsWith(':') || name === ':method' || name === ':path') out[name] = headers[name];
   let up: http2.ClientHttp2Stream;
   try {
-    up = upstreamSession().request(out, { waitForTrailers: false });
+    up = upstreamSession().request(out, openOptions);
   } catch {
     down.close(http2.constants.NGHTTP2_REFUSED_STREAM);
     return;
@@ -107,7 +118,7 @@ h2Server.on('stream', (down, headers) => {
   up.on('response', (h) => {
     const resp: http2.OutgoingHttpHeaders = {};
     for (const name in h) if (name === ':status' || !name.startsWith(':')) resp[name] = h[name];
-    if (!down.destroyed) down.respond(resp, { waitForTrailers: true });
+    if (!down.destroyed) down.respond(resp, respondWithTrailers);
   });
   const trailers: http2.OutgoingHttpHeaders = {};
   up.on('trailers', (t) => {
