@@ -18,6 +18,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { applyNodePatches } from '../../src/node-patches.ts';
+import { SOCKET_DEFAULTS } from '../../src/proxy/gateway-transport.ts';
 import { OPEN_STREAM, RESPOND_WITH_TRAILERS } from '../../src/proxy/h2-forward.ts';
 
 const WINDOW_BYTES = 1024 * 1024;
@@ -32,7 +33,7 @@ const tuned = process.argv.includes('--tuned');
 if (tuned) applyNodePatches();
 const openOptions = tuned ? OPEN_STREAM : {};
 const respondWithTrailers = tuned ? RESPOND_WITH_TRAILERS : { waitForTrailers: true };
-const socketOptions = tuned ? { allowHalfOpen: false, emitClose: false, autoDestroy: true, decodeStrings: false } : {};
+const socketOptions = tuned ? SOCKET_DEFAULTS : {};
 const h2UpstreamPort = viaPort ?? gatewayPort;
 
 function listen(server: net.Server): Promise<number> {

@@ -24,7 +24,7 @@ export interface GatewayTransport {
  * then these four). Present already, they are assignments to keys the copy has; absent, V8 (Node 20)
  * makes a new map for each key added to a spread's copy, on every tunnel to the gateway.
  */
-const SOCKET_DEFAULTS = Object.freeze({ allowHalfOpen: false, emitClose: false, autoDestroy: true, decodeStrings: false });
+export const SOCKET_DEFAULTS = Object.freeze({ allowHalfOpen: false, emitClose: false, autoDestroy: true, decodeStrings: false });
 
 export function createGatewayTransport(gatewayUrl: string, gatewayTls: GatewayTlsConfig | undefined): GatewayTransport {
   const url = new URL(gatewayUrl);
