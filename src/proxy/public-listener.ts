@@ -35,6 +35,7 @@ export interface PublicListener {
 export function createPublicListener(ctx: ProxyContext): PublicListener {
   const log = ctx.logger.child({ listener: 'public' });
   const sockets = new Set<net.Socket>();
+  const cfg = ctx.config;
   // A client that vanished without FIN or RST is found by the kernel's probes (tunnels and their
   // limit slots are released instead of renewed forever); HTTP/2 connections are PINGed as well.
   // Keepalive is turned on once a second for the connections accepted since that are still open,
@@ -42,12 +43,11 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   // that lasts under a second needs no probe. A dead peer is found at most a second later.
   const young = new Set<net.Socket>();
   const keepalive = setInterval(() => {
-    for (const socket of young) socket.setKeepAlive(true, ctx.config.tcpKeepaliveMs);
+    for (const socket of young) socket.setKeepAlive(true, cfg.tcpKeepaliveMs);
     young.clear();
   }, KEEPALIVE_AFTER_MS);
   keepalive.unref();
 
-  const cfg = ctx.config;
   const protect = (reason: string): void => ctx.metrics.protectionsTotal.inc({ reason });
   // One timer for every client connection: PING the silent ones, close the idle ones.
   const liveness = new H2Liveness({
