@@ -22,7 +22,8 @@
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
 // node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs),
-// BENCH_NODE_TUNED=1 (the bare Node proxies run with --tuned: Node's own V8 cliffs stepped around).
+// BENCH_NODE_TUNED=1 (the bare Node proxies run with --tuned: Node's own V8 cliffs stepped around),
+// BENCH_NODE_NODE_ARGS (flags for node running the bare proxy, e.g. '--trace-gc-nvp'; its output is printed).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
@@ -335,7 +336,8 @@ async function main(): Promise<number> {
     const entry = process.env.BENCH_NODE_TUNED === '1' ? [...tsArgs, '--tuned'] : tsArgs;
     // Named by Node (pid and thread): tsx's loader thread writes a profile of its own.
     const prof = CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : [];
-    const np = await startProcess('node-proxy', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)]);
+    const nodeArgs = process.env.BENCH_NODE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+    const np = await startProcess('node-proxy', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)], { echo: nodeArgs.length > 0 });
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
     nodeProxyPorts = np.ready.ports as [number, number];
     if (runPaths.includes('node2')) {

@@ -61,6 +61,8 @@ export interface SlotLimiter {
    */
   held(ruleName: string, key: string): Promise<number>;
   policy(): LimitPolicy;
+  /** Whether a rule for this traffic class is keyed by the client address (read it only then). */
+  readsClientAddress(cls: string): boolean;
   /**
    * Stops renewing and disconnects. Slots still held are not removed: like a crash, they expire
    * within the lease TTL (release them first to free them at once).
@@ -225,6 +227,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     throw new OhsError('OHS_ERR_CONFIG', `limits: reuseMs (${reuseMs}) must be at most a third of renewIntervalMs (${renewIntervalMs})`);
   }
 
+  const byClientAddress = new Set(rules.filter((r) => r.key === 'client-address').map((r) => r.trafficClass));
   const metrics: LimitMetrics = createLimitMetrics(rules, opts.registry);
   // Members must never collide with those of an earlier run of the same replica still in Redis.
   const incarnation = randomBytes(4).toString('hex');
@@ -689,6 +692,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     },
 
     policy: () => mode,
+
+    readsClientAddress: (cls) => byClientAddress.has(limitClassOf(cls)),
 
     async close() {
       if (closed) return;

@@ -8,6 +8,7 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
+import { LinkedSet } from '../linked-set.ts';
 import { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
 import { handlePublicStream } from './grpc-streams.ts';
@@ -34,14 +35,15 @@ export interface PublicListener {
 
 export function createPublicListener(ctx: ProxyContext): PublicListener {
   const log = ctx.logger.child({ listener: 'public' });
-  const sockets = new Set<net.Socket>();
+  // Linked sets, not Sets: members that come and go by the thousand a second (src/linked-set.ts).
+  const sockets = new LinkedSet<net.Socket>();
   const cfg = ctx.config;
   // A client that vanished without FIN or RST is found by the kernel's probes (tunnels and their
   // limit slots are released instead of renewed forever); HTTP/2 connections are PINGed as well.
   // Keepalive is turned on once a second for the connections accepted since that are still open,
   // not at accept: its four setsockopt calls were ~3 % of a short tunnel's CPU, and a connection
   // that lasts under a second needs no probe. A dead peer is found at most a second later.
-  const young = new Set<net.Socket>();
+  const young = new LinkedSet<net.Socket>();
   const keepalive = setInterval(() => {
     for (const socket of young) socket.setKeepAlive(true, cfg.tcpKeepaliveMs);
     young.clear();
@@ -59,12 +61,12 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     settings: { initialWindowSize: cfg.h2InitialWindowBytes, maxHeaderListSize: cfg.maxHeaderBytes, maxConcurrentStreams: cfg.h2MaxConcurrentStreams },
     maxSessionMemory: 64,
   });
-  const h2Conns = new Set<DownstreamConnection>();
+  const h2Conns = new LinkedSet<DownstreamConnection>();
   h2.on('session', (session) => {
     const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session, buffer: new ByteBudget(cfg.connectionBufferBytes) };
-    h2Conns.add(conn);
+    const member = h2Conns.add(conn);
     liveness.watch(session, cfg.connectionIdleTimeoutMs);
-    session.once('close', () => h2Conns.delete(conn));
+    session.once('close', () => h2Conns.delete(member));
     conn.log = lazyChild(log, { conn: conn.id, proto: 'h2' });
     session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
     try {
@@ -112,11 +114,11 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   });
 
   const dispatch = (socket: net.Socket): void => {
-    sockets.add(socket);
-    young.add(socket);
+    const member = sockets.add(socket);
+    const unprobed = young.add(socket);
     socket.once('close', () => {
-      sockets.delete(socket);
-      young.delete(socket);
+      sockets.delete(member);
+      young.delete(unprobed);
     });
     socket.on('error', (err) => log.debug({ err: err.message }, 'client connection error'));
     let buffered: Buffer = Buffer.alloc(0);

@@ -215,14 +215,15 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     }
     let admission;
     try {
-      // The client address is read (getpeername) only if a rule is keyed by it.
+      // The client address is read (getpeername) only if a rule is keyed by it. Not with a getter:
+      // an object literal with an accessor gets a map of its own, in the old generation, that holds
+      // the getter's closure, so every tunnel's socket, buffers and closures outlived two scavenges
+      // (5.2 KB promoted per open; docs/performance.md, twelfth session).
       admission = await ctx.limiter.acquire({
         cls,
         sandboxId,
-        get clientAddress() {
-          return socket.remoteAddress;
-        },
-        ...(token ? { token } : {}),
+        token,
+        clientAddress: ctx.limiter.readsClientAddress(cls) ? socket.remoteAddress : undefined,
       });
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'limit check failed');
