@@ -4,6 +4,7 @@
 // streams, relays and limit slots are released instead of being renewed forever). A connection with
 // no open stream for `idleTimeoutMs` is closed gracefully (GOAWAY, nothing in flight is cut).
 import type http2 from 'node:http2';
+import { LinkedSet } from '../linked-set.ts';
 
 export interface LivenessOptions {
   /** 0 disables PINGs. */
@@ -36,7 +37,8 @@ function onWatchedStreamClose(this: WatchedStream): void {
 }
 
 export class H2Liveness {
-  private readonly watched = new Set<Watched>();
+  /** A linked set: connections come and go by the thousand (src/linked-set.ts). */
+  private readonly watched = new LinkedSet<Watched>();
   private readonly timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: LivenessOptions) {
@@ -57,8 +59,8 @@ export class H2Liveness {
       openStreams: 0,
       pingSentAt: undefined,
     };
-    this.watched.add(w);
-    session.once('close', () => this.watched.delete(w));
+    const member = this.watched.add(w);
+    session.once('close', () => this.watched.delete(member));
     // One listener function for every stream (a closure per stream would cost more than the stream's count).
     const opened = (stream: WatchedStream): void => {
       w.openStreams++;
