@@ -23,7 +23,7 @@
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
 // node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs),
 // BENCH_NODE_TUNED=1 (the bare Node proxies run with --tuned: Node's own V8 cliffs stepped around),
-// BENCH_NODE_NODE_ARGS (flags for node running the bare proxy, e.g. '--trace-gc-nvp'; its output is printed).
+// BENCH_NODE_NODE_ARGS (flags for node running the bare proxies, e.g. '--trace-gc-nvp'; their output is printed).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
@@ -342,7 +342,7 @@ async function main(): Promise<number> {
     nodeProxyPorts = np.ready.ports as [number, number];
     if (runPaths.includes('node2')) {
       // The first hop of two, in front of the one above as an ingress sidecar is in front of the owner's.
-      const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), '--via-port', String(nodeProxyPorts[1])]);
+      const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), '--via-port', String(nodeProxyPorts[1])], { echo: nodeArgs.length > 0 });
       cleanups.push({ what: 'bare node proxy x2', run: () => np2.kill('SIGTERM') });
       node2ProxyPorts = np2.ready.ports as [number, number];
     }
