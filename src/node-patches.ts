@@ -83,3 +83,56 @@ export function applyNodePatches(): string[] {
   }
   return applied;
 }
+
+/**
+ * Node keeps an HTTP/2 session's open streams in a Map by id (`session[kState].streams`), for the
+ * session's whole life. A peer or gateway connection lives for hours, so that Map's table reaches
+ * the old generation, and from then on a table it leaves behind still points at the streams it held
+ * (src/linked-set.ts has why): every stream that was open when the table was replaced, with all it
+ * reaches (for a forwarded tunnel, the client's socket), survived scavenges to the next full
+ * collection. Here each stream sits in a cell of its own that is emptied when the stream leaves, so
+ * a table left behind holds empty cells. Only the methods Node's http2 calls on that Map are changed
+ * (get, set, delete, forEach); `size` and `has` are the Map's own.
+ */
+class StreamCells<K, V> extends Map<K, V> {
+  override get(id: K): V | undefined {
+    return (super.get(id) as Cell<V> | undefined)?.stream;
+  }
+
+  override set(id: K, stream: V): this {
+    return super.set(id, { stream } as Cell<V> as V);
+  }
+
+  override delete(id: K): boolean {
+    const cell = super.get(id) as Cell<V> | undefined;
+    if (cell === undefined) return false;
+    cell.stream = undefined;
+    return super.delete(id);
+  }
+
+  override forEach(fn: (stream: V, id: K, map: Map<K, V>) => void, thisArg?: unknown): void {
+    super.forEach((cell, id) => fn.call(thisArg, (cell as Cell<V>).stream as V, id, this));
+  }
+}
+
+interface Cell<V> {
+  stream: V | undefined;
+}
+
+/** Node's private key of a session's state (`Symbol('state')`), null once looked for and absent. */
+let kSessionState: symbol | null | undefined;
+
+/**
+ * Puts a new HTTP/2 session's streams in cells (StreamCells above); call it as soon as the session
+ * exists, before any stream. False when this Node keeps its streams some other way (nothing done).
+ */
+export function keepSessionStreamsYoung(session: object): boolean {
+  kSessionState ??= Object.getOwnPropertySymbols(session).find((s) => s.description === 'state') ?? null;
+  if (kSessionState === null) return false;
+  const state = (session as Record<symbol, { streams?: Partial<Map<unknown, unknown>> } | undefined>)[kSessionState];
+  const streams = state?.streams;
+  // Node's own is a SafeMap (its primordials' Map, not an instance of the global one): checked by shape.
+  if (state === undefined || streams instanceof StreamCells || typeof streams?.get !== 'function' || typeof streams.forEach !== 'function' || streams.size !== 0) return false;
+  state.streams = new StreamCells();
+  return true;
+}

@@ -14,6 +14,7 @@ import { activeTraceHeaders, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, streamSpan,
 import type { ProxyContext } from '../proxy/context.ts';
 import { splice } from '../proxy/tunnel.ts';
 import { watchPeerTls } from './peer-auth.ts';
+import { keepSessionStreamsYoung } from '../node-patches.ts';
 import { forgetSentHeaders } from '../proxy/sent-headers.ts';
 import {
   NOT_OWNER_STATUS,
@@ -60,6 +61,7 @@ export function createPeerServer(ctx: ProxyContext): http2.Http2Server | http2.H
   }
   let authFailures = 0;
   server.on('session', (session) => {
+    keepSessionStreamsYoung(session);
     session.on('error', (err) => log.debug({ err: err.message }, 'peer session error'));
     try {
       session.setLocalWindowSize(ctx.config.h2InitialWindowBytes);

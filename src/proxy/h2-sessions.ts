@@ -4,6 +4,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { OhsError } from '../errors.ts';
+import { keepSessionStreamsYoung } from '../node-patches.ts';
 import type { H2Liveness } from './liveness.ts';
 
 export interface SessionOptions {
@@ -53,6 +54,8 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
       // session's socket refuses both once it is wrapped).
       createConnection: (authority: URL) => dial(authority, opts, tlsOptions),
     });
+    // A pooled connection lives for hours: its streams must not outlive their close (node-patches.ts).
+    keepSessionStreamsYoung(session);
     let settled = false;
     const timer = setTimeout(() => {
       if (settled) return;

@@ -9,6 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { detectPreface } from '../classify/classify.ts';
 import { LinkedSet } from '../linked-set.ts';
+import { keepSessionStreamsYoung } from '../node-patches.ts';
 import { ByteBudget } from './byte-budget.ts';
 import type { ProxyContext } from './context.ts';
 import { handlePublicStream } from './grpc-streams.ts';
@@ -63,6 +64,8 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   });
   const h2Conns = new LinkedSet<DownstreamConnection>();
   h2.on('session', (session) => {
+    // Supervisor and client connections live for hours too (src/node-patches.ts).
+    keepSessionStreamsYoung(session);
     const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session, buffer: new ByteBudget(cfg.connectionBufferBytes) };
     const member = h2Conns.add(conn);
     liveness.watch(session, cfg.connectionIdleTimeoutMs);

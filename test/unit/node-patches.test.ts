@@ -6,16 +6,18 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { applyNodePatches, bindMakesAccessors } from '../../src/node-patches.ts';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import { applyNodePatches, bindMakesAccessors, keepSessionStreamsYoung } from '../../src/node-patches.ts';
 
 const FIXTURE = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'young-survivors.ts');
 const nodeHasAccessors = bindMakesAccessors();
 const originalBind = AsyncResource.prototype.bind;
 
 /** MB of what the fixture let go of that survives a scavenge, with and without the patch (see the fixture). */
-async function surviving(which: 'bind' | 'streams', patch: boolean): Promise<{ released_mb: number; survived_mb: number; patched: string[] }> {
+async function surviving(which: 'bind' | 'streams' | 'churn', patch: boolean, cells = false): Promise<{ released_mb: number; survived_mb: number; patched: string[] }> {
   const gcArgs = ['--expose-gc', '--min-semi-space-size=128', '--max-semi-space-size=128', '--no-allocation-site-pretenuring'];
-  const args = [...gcArgs, '--import', 'tsx', FIXTURE, which, ...(patch ? ['--patch'] : [])];
+  const args = [...gcArgs, '--import', 'tsx', FIXTURE, which, ...(patch ? ['--patch'] : []), ...(cells ? ['--cells'] : [])];
   const { stdout } = await promisify(execFile)(process.execPath, args, { timeout: 60_000 });
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as { released_mb: number; survived_mb: number; patched: string[] };
 }
@@ -107,5 +109,58 @@ describe('AsyncResource.prototype.bind, patched', () => {
     expect(patched.released_mb).toBeGreaterThan(40);
     expect(node.survived_mb).toBeGreaterThan(0.5 * node.released_mb);
     expect(patched.survived_mb).toBeLessThan(3);
+  });
+});
+
+describe('an HTTP/2 session’s streams in cells (keepSessionStreamsYoung)', () => {
+  it('serves concurrent streams on patched sessions, each answer on its own stream, and a destroyed session takes its open streams down', async () => {
+    const server = http2.createServer();
+    const serverSessions: boolean[] = [];
+    server.on('session', (session) => serverSessions.push(keepSessionStreamsYoung(session)));
+    server.on('stream', (stream, headers) => {
+      stream.on('error', () => undefined);
+      if (headers[':path'] === '/hold') return void stream.respond({ ':status': 200 });
+      stream.respond({ ':status': 200 });
+      stream.end(`answer to ${headers[':path']}`);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = http2.connect(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+    client.on('error', () => undefined);
+    try {
+      expect(keepSessionStreamsYoung(client)).toBe(true);
+      // Once only: the second call finds cells already there.
+      expect(keepSessionStreamsYoung(client)).toBe(false);
+      const fetch = (path: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const s = client.request({ ':path': path });
+          let body = '';
+          s.setEncoding('utf8');
+          s.on('data', (c: string) => (body += c));
+          s.on('end', () => resolve(body));
+          s.on('error', reject);
+        });
+      const paths = Array.from({ length: 50 }, (_, i) => `/p${i}`);
+      expect(await Promise.all(paths.map(fetch))).toEqual(paths.map((p) => `answer to ${p}`));
+      expect(serverSessions).toEqual([true]);
+
+      const held = [client.request({ ':path': '/hold' }), client.request({ ':path': '/hold' })];
+      await Promise.all(held.map((s) => new Promise((r) => s.once('response', r))));
+      const closed = held.map((s) => new Promise<boolean>((r) => s.once('close', () => r(s.destroyed))));
+      for (const s of held) s.on('error', () => undefined);
+      client.destroy();
+      expect(await Promise.all(closed)).toEqual([true, true]);
+    } finally {
+      client.destroy();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('lets streams that closed on a long-lived connection die young (Node’s own map keeps them to a full collection)', async () => {
+    const [node, inCells] = await Promise.all([surviving('churn', true, false), surviving('churn', true, true)]);
+    // 1,000 forwarded streams, eight at a time, each reaching a ~40 KB array, let go of.
+    expect(node.released_mb).toBeGreaterThan(30);
+    expect(inCells.released_mb).toBeGreaterThan(30);
+    expect(node.survived_mb).toBeGreaterThan(0.2 * node.released_mb);
+    expect(inCells.survived_mb).toBeLessThan(3);
   });
 });
