@@ -14,6 +14,9 @@
 // and arguments, the same `length`) and keeps `asyncResource` as a plain data property: one shared
 // hidden class, and a closed stream dies young. The only difference a caller can see is that reading
 // `asyncResource` no longer prints DEP0172's warning.
+//
+// keepSessionStreamsYoung (below) is applied per HTTP/2 session rather than at start: Node's map of a
+// session's streams is swapped for one that lets a closed stream go.
 import { AsyncResource } from 'node:async_hooks';
 
 type Bind = (this: AsyncResource, fn: (...args: never[]) => unknown, thisArg?: unknown) => (...args: unknown[]) => unknown;
