@@ -94,8 +94,8 @@ export function applyNodePatches(): string[] {
  * (src/linked-set.ts has why): every stream that was open when the table was replaced, with all it
  * reaches (for a forwarded tunnel, the client's socket), survived scavenges to the next full
  * collection. Here each stream sits in a cell of its own that is emptied when the stream leaves, so
- * a table left behind holds empty cells. Only the methods Node's http2 calls on that Map are changed
- * (get, set, delete, forEach); `size` and `has` are the Map's own.
+ * a table left behind holds empty cells. Node 20's http2 calls get, set, delete, forEach and size;
+ * the iterators are unwrapped too, for a Node that walks the map another way.
  */
 class StreamCells<K, V> extends Map<K, V> {
   override get(id: K): V | undefined {
@@ -115,6 +115,18 @@ class StreamCells<K, V> extends Map<K, V> {
 
   override forEach(fn: (stream: V, id: K, map: Map<K, V>) => void, thisArg?: unknown): void {
     super.forEach((cell, id) => fn.call(thisArg, (cell as Cell<V>).stream as V, id, this));
+  }
+
+  override *values(): MapIterator<V> {
+    for (const cell of super.values()) yield (cell as Cell<V>).stream as V;
+  }
+
+  override *entries(): MapIterator<[K, V]> {
+    for (const [id, cell] of super.entries()) yield [id, (cell as Cell<V>).stream as V];
+  }
+
+  override [Symbol.iterator](): MapIterator<[K, V]> {
+    return this.entries();
   }
 }
 

@@ -5,7 +5,7 @@ import { execFile } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import { applyNodePatches, bindMakesAccessors, keepSessionStreamsYoung } from '../../src/node-patches.ts';
@@ -153,6 +153,44 @@ describe('an HTTP/2 session’s streams in cells (keepSessionStreamsYoung)', () 
       client.destroy();
       await new Promise((r) => server.close(r));
     }
+  });
+
+  it('keeps the map’s meaning: what was set is what get, forEach and the iterators give back, until deleted', () => {
+    // A session that never connects: only its map is used here.
+    const session = http2.connect('http://127.0.0.1:9');
+    session.on('error', () => undefined);
+    onTestFinished(() => void session.destroy());
+    expect(keepSessionStreamsYoung(session)).toBe(true);
+    const kState = Object.getOwnPropertySymbols(session).find((sym) => sym.description === 'state') as symbol;
+    const streams = (session as unknown as Record<symbol, { streams: Map<number, object> }>)[kState]!.streams;
+    const [a, b, c] = [{ id: 1 }, { id: 3 }, { id: 5 }];
+    streams.set(1, a).set(3, b);
+    streams.set(5, c);
+    expect(streams.get(3)).toBe(b);
+    expect(streams.get(7)).toBeUndefined();
+    expect(streams.has(5)).toBe(true);
+    expect(streams.size).toBe(3);
+    expect(streams.delete(3)).toBe(true);
+    expect(streams.delete(3)).toBe(false);
+    expect(streams.has(3)).toBe(false);
+    const seen: Array<[number, object]> = [];
+    streams.forEach((stream, id, map) => {
+      seen.push([id, stream]);
+      expect(map).toBe(streams);
+    });
+    expect(seen).toEqual([[1, a], [5, c]]);
+    expect([...streams.values()]).toEqual([a, c]);
+    expect([...streams.entries()]).toEqual([[1, a], [5, c]]);
+    expect([...streams]).toEqual([[1, a], [5, c]]);
+    expect([...streams.keys()]).toEqual([1, 5]);
+    // Deleting while forEach walks the map (what a destroyed session does): each visited once.
+    const visited: number[] = [];
+    streams.forEach((_s, id) => {
+      visited.push(id);
+      streams.delete(id);
+    });
+    expect(visited).toEqual([1, 5]);
+    expect(streams.size).toBe(0);
   });
 
   it('lets streams that closed on a long-lived connection die young (Node’s own map keeps them to a full collection)', async () => {
