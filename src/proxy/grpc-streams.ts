@@ -462,7 +462,6 @@ class ForwardTry implements ForwardOptions {
     private readonly answered: () => void,
     private readonly done: (outcome: string) => void,
     private readonly resolve: (attempt: Attempt) => void,
-    readonly prefix: Buffer,
   ) {}
 
   private retry(why: 'not-owner' | 'not-ready' | 'unreachable'): boolean {
@@ -587,9 +586,9 @@ export function forwardAttempt(
           : span
             ? Object.assign({}, headers, traceHeaders(span))
             : headers;
-        const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, answered, done, resolve, prefix);
+        const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, answered, done, resolve);
         try {
-          forward.handle = forwardStream(stream, session, upHeaders, forward);
+          forward.handle = forwardStream(stream, session, upHeaders, forward, prefix);
         } catch (err) {
           // The session began closing (GOAWAY) between get() and request(): nothing was sent.
           answered();

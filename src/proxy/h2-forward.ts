@@ -67,8 +67,6 @@ export function respondGrpcError(stream: http2.ServerHttp2Stream, code: number, 
 }
 
 export interface ForwardOptions {
-  /** Bytes already read from downstream (the buffered first message), sent first. */
-  prefix?: Buffer;
   /**
    * Called with the upstream response headers before anything reaches downstream. Returning
    * false means "do not relay" (e.g. a peer's not-owner answer); the caller takes over.
@@ -130,19 +128,24 @@ type Forwarded = { [kForward]?: StreamForward };
 const forwardOf = (s: unknown): StreamForward | undefined => (s as Forwarded)[kForward];
 
 /**
- * Forwards `down` over `session`. Downstream input is replayed from `prefix` then streamed with
- * backpressure; the upstream response is relayed with trailers. Either side's reset cancels the
- * other. Throws, having touched nothing, when the session cannot open a stream.
+ * Forwards `down` over `session`. Downstream input is replayed from `prefix` (bytes already read
+ * from downstream: the buffered first message) then streamed with backpressure; the upstream
+ * response is relayed with trailers. Either side's reset cancels the other. Throws, having touched
+ * nothing, when the session cannot open a stream.
+ *
+ * `prefix` is an argument of its own, not one of the options: the options live as long as the
+ * stream, and the first message must not (it is kept for a replay only until upstream answers).
  */
 export function forwardStream(
   down: http2.ServerHttp2Stream,
   session: http2.ClientHttp2Session,
   headers: http2.OutgoingHttpHeaders,
   opts: ForwardOptions = {},
+  prefix?: Buffer,
 ): ForwardHandle {
   const upstream = session.request(headers, OPEN_STREAM);
   forgetSentHeaders(upstream);
-  return new StreamForward(down, upstream, opts);
+  return new StreamForward(down, upstream, opts, prefix);
 }
 
 class StreamForward implements ForwardHandle {
@@ -160,6 +163,7 @@ class StreamForward implements ForwardHandle {
     readonly down: http2.ServerHttp2Stream,
     readonly upstream: http2.ClientHttp2Stream,
     private readonly opts: ForwardOptions,
+    prefix: Buffer | undefined,
   ) {
     // One close listener per downstream stream, however often it is forwarded (after `abandon`).
     if (forwardOf(down) === undefined) down.on('close', onDownClose);
@@ -170,7 +174,6 @@ class StreamForward implements ForwardHandle {
     upstream.on('trailers', onUpTrailers);
     upstream.on('close', onUpClose);
     upstream.on('drain', onUpDrain);
-    const prefix = opts.prefix;
     if (prefix && prefix.length > 0) {
       this.record(prefix);
       opts.onRequestChunk?.(prefix);

@@ -42,18 +42,22 @@ export async function forwardLocal(
   };
   let handle: ForwardHandle;
   try {
-    handle = forwardStream(stream, session, headers, {
-      onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
-      onUpstreamError: (err) => {
-        const replay = retries > 0 && handle.upstream.rstCode === REFUSED_STREAM ? handle.abandon() : null;
-        if (replay) {
-          done('refused');
-          again(replay.bytes, 'refused stream');
-        } else respondGrpcError(stream, 14, `upstream failed: ${err.message}`);
+    handle = forwardStream(
+      stream,
+      session,
+      headers,
+      {
+        onDone: ({ reset, grpcStatus }) => done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`),
+        onUpstreamError: (err) => {
+          const replay = retries > 0 && handle.upstream.rstCode === REFUSED_STREAM ? handle.abandon() : null;
+          if (replay) {
+            done('refused');
+            again(replay.bytes, 'refused stream');
+          } else respondGrpcError(stream, 14, `upstream failed: ${err.message}`);
+        },
       },
-      // Last: keys added after a spread cost V8 a new map each (~0.5 µs a key, per stream).
-      ...(prefix ? { prefix } : {}),
-    });
+      prefix,
+    );
   } catch (err) {
     done('OHS_ERR_UPSTREAM');
     again(prefix, `connection closing: ${(err as Error).message}`);

@@ -115,23 +115,28 @@ export async function forwardOnSupervisorConnection(
   const watchers = relayWatchers(conn, cls);
   // One literal with every key, absent ones undefined: the options of every supervisor stream share
   // one shape (spread in, each one had a hidden class of its own, ~0.4 KB held per session).
-  return forwardStream(stream, up, headers, {
-    prefix,
-    onRequestChunk: watchers.onRequestChunk,
-    onResponseChunk: watchers.onResponseChunk,
-    onResponse: onAnswered
-      ? (h: http2.IncomingHttpHeaders) => {
-          // A trailers-only answer is a refusal (NOT_FOUND, PERMISSION_DENIED…): no session.
-          if (h['grpc-status'] === undefined) onAnswered();
-          return true;
-        }
-      : undefined,
-    onDone: ({ reset, grpcStatus }) => {
-      if (relay) conn.activeRelays = (conn.activeRelays ?? 1) - 1;
-      done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
-      onDone?.();
+  return forwardStream(
+    stream,
+    up,
+    headers,
+    {
+      onRequestChunk: watchers.onRequestChunk,
+      onResponseChunk: watchers.onResponseChunk,
+      onResponse: onAnswered
+        ? (h: http2.IncomingHttpHeaders) => {
+            // A trailers-only answer is a refusal (NOT_FOUND, PERMISSION_DENIED…): no session.
+            if (h['grpc-status'] === undefined) onAnswered();
+            return true;
+          }
+        : undefined,
+      onDone: ({ reset, grpcStatus }) => {
+        if (relay) conn.activeRelays = (conn.activeRelays ?? 1) - 1;
+        done(reset ? 'reset' : `grpc_${grpcStatus ?? 'none'}`);
+        onDone?.();
+      },
     },
-  });
+    prefix,
+  );
 }
 
 /**
