@@ -22,7 +22,7 @@ import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, en
 import type { Span } from '@opentelemetry/api';
 
 export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-  stream.on('error', (conn.onStreamError ??= (err: Error) => conn.log.debug({ err: err.message }, 'downstream stream error')));
+  stream.on('error', (conn.onStreamError ??= streamErrorListener(conn)));
   const path = String(headers[':path'] ?? '');
   const upHeaders = copyRequestHeaders(headers);
   if (!isGrpcContentType(headers['content-type'] as string | undefined)) {
@@ -60,6 +60,15 @@ export function handlePublicStream(ctx: ProxyContext, conn: DownstreamConnection
   if (!tracingEnabled()) return dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log);
   const span = streamSpan('ohs.request', stream, headers, { [ATTR_CLASS]: cls, [ATTR_REPLICA]: ctx.store.replicaId, 'rpc.method': path });
   withSpan(span, () => dispatchGrpc(ctx, conn, stream, headers, upHeaders, method, log));
+}
+
+/**
+ * The connection's one stream 'error' listener, made outside `handlePublicStream`: a closure made
+ * there would share that call's scope, and keep its first stream, headers and logger as long as the
+ * connection lives.
+ */
+function streamErrorListener(conn: DownstreamConnection): (err: Error) => void {
+  return (err) => conn.log.debug({ err: err.message }, 'downstream stream error');
 }
 
 function dispatchGrpc(ctx: ProxyContext, conn: DownstreamConnection, stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, upHeaders: http2.OutgoingHttpHeaders, method: GrpcMethod, log: Logger): void {

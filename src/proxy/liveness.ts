@@ -60,7 +60,9 @@ export class H2Liveness {
       pingSentAt: undefined,
     };
     const member = this.watched.add(w);
-    session.once('close', () => this.watched.delete(member));
+    // `on`, not `once`: 'close' comes once, and a `once` wrapper (a bound function and its state,
+    // ~0.2 KB) would stay with the connection for its whole life.
+    session.on('close', () => this.watched.delete(member));
     // One listener function for every stream (a closure per stream would cost more than the stream's count).
     const opened = (stream: WatchedStream): void => {
       w.openStreams++;

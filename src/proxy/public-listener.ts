@@ -69,7 +69,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     const conn: DownstreamConnection = { id: ctx.nextConnId(), log: log, session, buffer: new ByteBudget(cfg.connectionBufferBytes) };
     const member = h2Conns.add(conn);
     liveness.watch(session, cfg.connectionIdleTimeoutMs);
-    session.once('close', () => h2Conns.delete(member));
+    session.on('close', () => h2Conns.delete(member)); // `on`: see liveness.watch
     conn.log = lazyChild(log, { conn: conn.id, proto: 'h2' });
     session.on('error', (err) => conn.log.debug({ err: err.message }, 'downstream session error'));
     try {
@@ -119,11 +119,18 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   const dispatch = (socket: net.Socket): void => {
     const member = sockets.add(socket);
     const unprobed = young.add(socket);
-    socket.once('close', () => {
+    // `on`, not `once` (see liveness.watch); and made here, not beside the preface reader below,
+    // whose scope (the connection's first bytes) would then stay with the connection for its life.
+    socket.on('close', () => {
       sockets.delete(member);
       young.delete(unprobed);
     });
     socket.on('error', (err) => log.debug({ err: err.message }, 'client connection error'));
+    readPreface(socket);
+  };
+
+  /** Reads the first bytes of a connection and hands it to the HTTP/2 or HTTP/1.1 server. */
+  const readPreface = (socket: net.Socket): void => {
     let buffered: Buffer = Buffer.alloc(0);
     const timer = setTimeout(() => socket.destroy(), PREFACE_TIMEOUT_MS);
     timer.unref();

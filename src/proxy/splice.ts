@@ -37,11 +37,13 @@ export function splice(a: Duplex, b: Duplex, onClose: () => void, graceMs = SPLI
   };
   a.on('error', abort);
   b.on('error', abort);
-  a.once('close', () => {
+  // `on`, not `once`: 'close' comes once, and a held tunnel would keep each `once` wrapper (a bound
+  // function and its state, ~0.2 KB) for its whole life.
+  a.on('close', () => {
     wrapUp(b);
     finish();
   });
-  b.once('close', () => {
+  b.on('close', () => {
     wrapUp(a);
     finish();
   });

@@ -63,8 +63,9 @@ function connectSupervisorUpstream(ctx: ProxyContext, conn: DownstreamConnection
         const closeDown = (): void => {
           if (!conn.session.destroyed) conn.session.destroy();
         };
-        up.once('close', closeDown);
-        conn.session.once('close', () => {
+        // `on`, not `once`, for listeners a connection keeps for hours (see liveness.watch).
+        up.on('close', closeDown);
+        conn.session.on('close', () => {
           up.off('close', closeDown);
           if (!conn.parked && !up.destroyed) up.destroy();
         });

@@ -237,7 +237,7 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
       writeHttpError(socket, status, status === 429 ? 'Too Many Requests' : 'Service Unavailable', admission.error.message);
       return;
     }
-    socket.once('close', admission.release);
+    socket.on('close', admission.release); // `on`: see splice
     if (socket.destroyed) {
       admission.release();
       return;
