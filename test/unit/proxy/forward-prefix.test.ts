@@ -7,6 +7,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { forwardStream, type ForwardHandle } from '../../../src/proxy/h2-forward.ts';
+import { waitUntil } from '../../helpers/wait.ts';
 import { startH2Pair, type H2Pair } from './h2-pair.ts';
 
 v8.setFlagsFromString('--expose-gc');
@@ -55,10 +56,7 @@ describe('forwardStream prefix', () => {
 
   afterAll(() => pair.close());
 
-  const until = async (what: string, cond: () => boolean): Promise<void> => {
-    for (let i = 0; i < 300 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-    if (!cond()) throw new Error(`timed out waiting for ${what}`);
-  };
+  const until = (what: string, cond: () => boolean): Promise<boolean> => waitUntil(what, async () => cond(), (ok) => ok, { timeoutMs: 3_000, intervalMs: 10 });
   const bytesReceived = (): number => received.reduce((n, b) => n + b.length, 0);
 
   it('sends the prefix first and lets go of it once upstream answered, while the stream stays open', async () => {
