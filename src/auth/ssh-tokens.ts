@@ -17,6 +17,8 @@ export interface SshTokenCheckOptions {
 
 export interface SshTokenCheck {
   check(token: string | undefined, sandboxId: string): Promise<TokenVerdict>;
+  /** `check`'s verdict when it needs no query (the row was read within `cacheTtlMs`), else undefined. */
+  cachedVerdict(token: string | undefined, sandboxId: string): TokenVerdict | undefined;
 }
 
 export function createSshTokenCheck(objects: GatewayObjects, opts: SshTokenCheckOptions = {}): SshTokenCheck {
@@ -26,9 +28,15 @@ export function createSshTokenCheck(objects: GatewayObjects, opts: SshTokenCheck
   const cache = new Map<string, { row: SshSessionPayload | null; atMs: number }>();
   const inflight = new Map<string, Promise<SshSessionPayload | null | undefined>>();
 
-  const read = async (token: string): Promise<SshSessionPayload | null | undefined> => {
+  /** The row read within the last `ttl` (null: no such token), or undefined. */
+  const fresh = (token: string): { row: SshSessionPayload | null } | undefined => {
     const hit = cache.get(token);
-    if (hit && now() - hit.atMs < ttl) return hit.row;
+    return hit && now() - hit.atMs < ttl ? hit : undefined;
+  };
+
+  const read = async (token: string): Promise<SshSessionPayload | null | undefined> => {
+    const hit = fresh(token);
+    if (hit) return hit.row;
     let p = inflight.get(token);
     if (!p) {
       p = objects.sshSession(token).finally(() => inflight.delete(token));
@@ -43,15 +51,24 @@ export function createSshTokenCheck(objects: GatewayObjects, opts: SshTokenCheck
     return row;
   };
 
+  const verdictOf = (row: SshSessionPayload | null | undefined, sandboxId: string): TokenVerdict => {
+    if (row === undefined) return 'unknown';
+    if (row === null) return 'invalid';
+    return sshSessionValidFor(row, sandboxId, now()) ? 'valid' : 'invalid';
+  };
+
   return {
     async check(rawToken, sandboxId) {
       // The gateway trims the token before looking it up (upstream ForwardTcp handler).
       const token = rawToken?.trim() ?? '';
       if (token === '') return 'invalid';
-      const row = await read(token);
-      if (row === undefined) return 'unknown';
-      if (row === null) return 'invalid';
-      return sshSessionValidFor(row, sandboxId, now()) ? 'valid' : 'invalid';
+      return verdictOf(await read(token), sandboxId);
+    },
+    cachedVerdict(rawToken, sandboxId) {
+      const token = rawToken?.trim() ?? '';
+      if (token === '') return 'invalid';
+      const hit = fresh(token);
+      return hit ? verdictOf(hit.row, sandboxId) : undefined;
     },
   };
 }

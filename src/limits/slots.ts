@@ -56,6 +56,12 @@ export interface SlotLimiter {
    */
   acquire(req: SlotRequest): Promise<AcquireResult>;
   /**
+   * `acquire`'s answer when it needs no Redis round trip: no rule applies, a slot parked by a closed
+   * connection with the same keys is taken over, or limits are counted in this process. Undefined
+   * when it needs Redis or the first connection attempt has not settled: then call `acquire`.
+   */
+  acquireNow(req: SlotRequest): AcquireResult | undefined;
+  /**
    * Live slots for one rule and key value: cluster-wide while the policy is `global`, this replica's
    * otherwise.
    */
@@ -110,6 +116,8 @@ const KEY_CACHE_MAX = 10_000;
 /** Released slots kept for reuse at most; past it a release goes to Redis at once. */
 const MAX_PARKED = 10_000;
 const SWEEP_MIN_MS = 10;
+/** The grant of a request no rule applies to: nothing to give back. */
+const NO_SLOT: AcquireResult = Object.freeze({ ok: true, release() {} });
 
 /**
  * The Redis key of one rule and key value. Session tokens grant access to sandboxes, so they are
@@ -267,8 +275,12 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   let recovering: Promise<void> | undefined;
   let renewing = false;
   let markSettled: () => void = () => {};
+  let isSettled = false;
   const settled = new Promise<void>((resolve) => {
-    markSettled = resolve;
+    markSettled = () => {
+      isSettled = true;
+      resolve();
+    };
   });
   metrics.setPolicy(mode);
 
@@ -645,10 +657,19 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   return {
+    acquireNow(req) {
+      if (closed || !isSettled) return undefined;
+      const claims = claimsFor(req);
+      if (claims.length === 0) return NO_SLOT;
+      if (mode === 'global') return parkedCount > 0 ? takeParked(claims) : undefined;
+      seq += 1;
+      return acquireLocally(claims, seq.toString(36), false);
+    },
+
     async acquire(req) {
       if (closed) throw new OhsError('OHS_ERR_INTERNAL', 'slot limiter is closed');
       const claims = claimsFor(req);
-      if (claims.length === 0) return { ok: true, release() {} };
+      if (claims.length === 0) return NO_SLOT;
       await settled;
       if (mode === 'global' && parkedCount > 0) {
         const reused = takeParked(claims);

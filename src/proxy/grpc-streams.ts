@@ -7,6 +7,7 @@ import { grpcMethod, isGrpcContentType, RELAY_CLASSES, ROUTE_POLICY, type GrpcMe
 import { parseServiceHost } from '../classify/service-host.ts';
 import { OhsError, grpcStatusFor, toOhsError } from '../errors.ts';
 import type { LimitRule } from '../limits/rules.ts';
+import type { AcquireResult, SlotRequest } from '../limits/slots.ts';
 import { PEER_NOT_OWNER, PEER_OWNER_HINT, withPeerHeaders } from '../peers/protocol.ts';
 import { describe, type PeerTarget, type Target } from '../routing/router.ts';
 import { PHASE_READY } from '../wire/gateway-payloads.ts';
@@ -279,7 +280,10 @@ export async function routeKeyed(
   log: Logger,
   token?: string,
 ): Promise<void> {
-  const release = await admit(ctx, stream, cls, sandboxId, log, token);
+  // Admitted without a wait when the token's verdict and a slot are at hand (no async frame, no
+  // turn of the event loop: most opens of a busy sandbox); otherwise after the store answers.
+  const now = admitNow(ctx, stream, cls, sandboxId, log, token);
+  const release = now !== WAIT_FOR_STORE ? now : await admitFromStore(ctx, stream, cls, sandboxId, log, token);
   if (release === undefined) return;
   stream.on('close', release);
   // Past the hold bound the local gateway answers exactly as it would without us. A lookup the
@@ -379,30 +383,67 @@ function safeDecode(s: string): string {
   }
 }
 
+/** What `admitNow` answers when admission needs Postgres (the token's row) or Redis (a new slot). */
+const WAIT_FOR_STORE = Symbol('wait for the store');
+
 /**
  * Takes the connection slots the class's limit rules ask for. ForwardTcp takes slots only for a
  * token the gateway's own table says is valid for the sandbox: a junk token consumes nothing and
- * the owner's gateway refuses it as usual. Returns the release, or undefined after refusing.
+ * the owner's gateway refuses it as usual. Both return the release, or undefined after refusing;
+ * `admitNow` answers at once or WAIT_FOR_STORE, then `admitFromStore` asks the stores.
  */
-async function admit(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, sandboxId: string, log: Logger, token?: string): Promise<(() => void) | undefined> {
-  const remote = stream.session?.socket?.remoteAddress;
+function admitNow(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, sandboxId: string, log: Logger, token?: string): (() => void) | undefined | typeof WAIT_FOR_STORE {
   let slotToken: string | undefined;
   if (cls === 'tcp-forward') {
-    const verdict = await ctx.sshTokens.check(token, sandboxId);
-    if (verdict === 'invalid') {
-      ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
-      return () => undefined;
-    }
+    const verdict = ctx.sshTokens.cachedVerdict(token, sandboxId);
+    if (verdict === undefined) return WAIT_FOR_STORE;
+    if (verdict === 'invalid') return skipInvalidToken(ctx, cls);
     slotToken = token?.trim();
   }
   let admission;
   try {
-    admission = await ctx.limiter.acquire({ cls, sandboxId, ...(slotToken ? { token: slotToken } : {}), ...(remote ? { clientAddress: remote } : {}) });
+    admission = ctx.limiter.acquireNow(slotRequest(ctx, stream, cls, sandboxId, slotToken));
   } catch (err) {
-    log.warn({ err: (err as Error).message }, 'limit check failed');
-    respondGrpcError(stream, 14, 'connection limits unavailable');
-    return undefined;
+    return limitCheckFailed(stream, log, err);
   }
+  return admission === undefined ? WAIT_FOR_STORE : admitted(ctx, stream, cls, log, admission);
+}
+
+async function admitFromStore(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, sandboxId: string, log: Logger, token?: string): Promise<(() => void) | undefined> {
+  let slotToken: string | undefined;
+  if (cls === 'tcp-forward') {
+    if ((await ctx.sshTokens.check(token, sandboxId)) === 'invalid') return skipInvalidToken(ctx, cls);
+    slotToken = token?.trim();
+  }
+  let admission;
+  try {
+    admission = await ctx.limiter.acquire(slotRequest(ctx, stream, cls, sandboxId, slotToken));
+  } catch (err) {
+    return limitCheckFailed(stream, log, err);
+  }
+  return admitted(ctx, stream, cls, log, admission);
+}
+
+function limitCheckFailed(stream: http2.ServerHttp2Stream, log: Logger, err: unknown): undefined {
+  log.warn({ err: (err as Error).message }, 'limit check failed');
+  respondGrpcError(stream, 14, 'connection limits unavailable');
+  return undefined;
+}
+
+/** No slot for a token the gateway's table says is not valid here; the gateway refuses it itself. */
+function skipInvalidToken(ctx: ProxyContext, cls: TrafficClass): () => void {
+  ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
+  return NOTHING_TO_RELEASE;
+}
+
+const NOTHING_TO_RELEASE = (): void => undefined;
+
+/** The client address is read only if a rule is keyed by it. */
+function slotRequest(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, sandboxId: string, token: string | undefined): SlotRequest {
+  return { cls, sandboxId, token: token || undefined, clientAddress: ctx.limiter.readsClientAddress(cls) ? stream.session?.socket?.remoteAddress : undefined };
+}
+
+function admitted(ctx: ProxyContext, stream: http2.ServerHttp2Stream, cls: TrafficClass, log: Logger, admission: AcquireResult): (() => void) | undefined {
   if (!admission.ok) {
     ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
     log.info({ rule: admission.rule.name }, 'stream refused by limit');

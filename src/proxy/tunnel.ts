@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { classifyHttp1 } from '../classify/classify.ts';
 import { httpStatusFor } from '../errors.ts';
+import type { AcquireResult, SlotRequest } from '../limits/slots.ts';
 import { NOT_OWNER_STATUS, PEER_NOT_OWNER, withPeerHeaders } from '../peers/protocol.ts';
 import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
@@ -203,47 +204,77 @@ export function handleConnect(ctx: ProxyContext, connLog: Logger, req: IncomingM
     return;
   }
   socket.pause();
-  void (async () => {
-    // Limits are checked here, at the ingress, before any peer hop or gateway contact: a refused
-    // attempt sends nothing anywhere (DESIGN §5).
-    // A slot only for a token the gateway's own table says is valid for this sandbox: junk tokens
-    // consume nothing, and the gateway answers them 401 itself (reference §2.3).
-    if ((await ctx.sshTokens.check(token, sandboxId)) === 'invalid') {
-      ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
-      await routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
-      return;
-    }
-    let admission;
-    try {
-      // The client address is read (getpeername) only if a rule is keyed by it. Not with a getter:
-      // an object literal with an accessor gets a map of its own, in the old generation, that holds
-      // the getter's closure, so every tunnel's socket, buffers and closures outlived two scavenges
-      // (5.2 KB promoted per open; docs/performance.md, twelfth session).
-      admission = await ctx.limiter.acquire({
-        cls,
-        sandboxId,
-        token,
-        clientAddress: ctx.limiter.readsClientAddress(cls) ? socket.remoteAddress : undefined,
-      });
-    } catch (err) {
-      log.warn({ err: (err as Error).message }, 'limit check failed');
-      writeHttpError(socket, 503, 'Service Unavailable', 'connection limits unavailable');
-      return;
-    }
-    if (!admission.ok) {
-      const status = httpStatusFor(admission.error);
-      ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
-      log.info({ rule: admission.rule.name }, 'tunnel refused by limit');
-      writeHttpError(socket, status, status === 429 ? 'Too Many Requests' : 'Service Unavailable', admission.error.message);
-      return;
-    }
-    socket.on('close', admission.release); // `on`: see splice
-    if (socket.destroyed) {
-      admission.release();
-      return;
-    }
-    await routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
-  })();
+  // Limits are checked here, at the ingress, before any peer hop or gateway contact: a refused
+  // attempt sends nothing anywhere (DESIGN §5). A slot only for a token the gateway's own table says
+  // is valid for this sandbox: junk tokens consume nothing, and the gateway answers them 401 itself
+  // (reference §2.3). When the token's verdict and a slot are at hand (a busy sandbox's tunnels),
+  // admitted at once; otherwise once the store answered.
+  const verdict = ctx.sshTokens.cachedVerdict(token, sandboxId);
+  let admission: AcquireResult | undefined;
+  try {
+    if (verdict !== undefined && verdict !== 'invalid') admission = ctx.limiter.acquireNow(tunnelSlotRequest(ctx, socket, cls, sandboxId, token));
+  } catch (err) {
+    limitCheckFailed(socket, log, err);
+    return;
+  }
+  if (verdict === 'invalid') {
+    void routeWithoutSlot(ctx, log, socket, rawHead, sandboxId, cls);
+  } else if (admission !== undefined) {
+    admitTunnel(ctx, log, socket, rawHead, sandboxId, cls, admission);
+  } else {
+    void (async () => {
+      if ((await ctx.sshTokens.check(token, sandboxId)) === 'invalid') {
+        await routeWithoutSlot(ctx, log, socket, rawHead, sandboxId, cls);
+        return;
+      }
+      let fromStore;
+      try {
+        fromStore = await ctx.limiter.acquire(tunnelSlotRequest(ctx, socket, cls, sandboxId, token));
+      } catch (err) {
+        limitCheckFailed(socket, log, err);
+        return;
+      }
+      admitTunnel(ctx, log, socket, rawHead, sandboxId, cls, fromStore);
+    })();
+  }
+}
+
+/** A token the gateway's table says is not valid here takes no slot; the gateway refuses it itself. */
+function routeWithoutSlot(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, sandboxId: string, cls: string): Promise<void> {
+  ctx.metrics.limitSkipsTotal.inc({ class: cls, reason: 'invalid_token' });
+  return routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
+}
+
+function limitCheckFailed(socket: net.Socket, log: Logger, err: unknown): void {
+  log.warn({ err: (err as Error).message }, 'limit check failed');
+  writeHttpError(socket, 503, 'Service Unavailable', 'connection limits unavailable');
+}
+
+/**
+ * The client address is read (getpeername) only if a rule is keyed by it. Not with a getter: an
+ * object literal with an accessor gets a map of its own, in the old generation, that holds the
+ * getter's closure, so every tunnel's socket, buffers and closures outlived two scavenges (5.2 KB
+ * promoted per open; docs/performance.md, twelfth session).
+ */
+function tunnelSlotRequest(ctx: ProxyContext, socket: net.Socket, cls: string, sandboxId: string, token: string | undefined): SlotRequest {
+  return { cls, sandboxId, token, clientAddress: ctx.limiter.readsClientAddress(cls) ? socket.remoteAddress : undefined };
+}
+
+/** Refuses the tunnel, or routes it holding its slot until the client's socket closes. */
+function admitTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead: TunnelOpening, sandboxId: string, cls: string, admission: AcquireResult): void {
+  if (!admission.ok) {
+    const status = httpStatusFor(admission.error);
+    ctx.metrics.requestsTotal.inc({ class: cls, target: 'none', outcome: admission.error.code });
+    log.info({ rule: admission.rule.name }, 'tunnel refused by limit');
+    writeHttpError(socket, status, status === 429 ? 'Too Many Requests' : 'Service Unavailable', admission.error.message);
+    return;
+  }
+  socket.on('close', admission.release); // `on`: see splice
+  if (socket.destroyed) {
+    admission.release();
+    return;
+  }
+  void routeTunnel(ctx, log, socket, rawHead, sandboxId, cls);
 }
 
 /** Held while no owner is reachable; past the bound the local gateway answers as it would. */

@@ -1,14 +1,20 @@
 // A limit rule keyed by the client address (`limitRules`, key `client-address`) counts CONNECT
-// tunnels by the address they come from. The tunnel path reads the address only when such a rule
-// exists for its class (SlotLimiter.readsClientAddress), so this is the test that it still reads it.
+// tunnels and gRPC streams by the address they come from. Both paths read the address only when
+// such a rule exists for their class (SlotLimiter.readsClientAddress), so these are the tests that
+// they still read it.
+import { status as Status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { openConnectTunnel } from '../../emulator/ssh-client.ts';
+import { exec, gatewayClient } from '../helpers/grpc-client.ts';
 import { startLimitedSidecar, type LimitedSidecar } from '../helpers/limited-sidecar.ts';
 
 let setup: LimitedSidecar;
 
 beforeAll(async () => {
-  setup = await startLimitedSidecar('limits-client', [{ name: 'ssh-per-client', trafficClass: 'ssh-tunnel', key: 'client-address', max: 1 }]);
+  setup = await startLimitedSidecar('limits-client', [
+    { name: 'ssh-per-client', trafficClass: 'ssh-tunnel', key: 'client-address', max: 1 },
+    { name: 'exec-per-client', trafficClass: 'exec', key: 'client-address', max: 1 },
+  ]);
 });
 
 afterAll(async () => {
@@ -39,4 +45,23 @@ it('a second tunnel from the same client address is refused by the client-addres
   }
   expect(again.status).toBe(200);
   again.socket?.destroy();
+});
+
+it('a second concurrent exec from the same client address is refused by the client-address rule, and admitted once the first ended', async () => {
+  const client = gatewayClient(`127.0.0.1:${setup.port}`);
+  try {
+    const first = exec(client, setup.sandbox, ['sleep', '1']);
+    // Let the first stream take its slot.
+    await new Promise((r) => setTimeout(r, 300));
+    const second = await exec(client, setup.sandbox, ['echo', 'hi']).then(
+      () => ({ code: Status.OK, details: '' }),
+      (err: { code: number; details: string }) => ({ code: err.code, details: err.details }),
+    );
+    expect(second.code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(second.details).toContain('exec-per-client');
+    expect((await first).exitCode).toBe(0);
+    expect((await exec(client, setup.sandbox, ['echo', 'again'])).stdout).toBe('again\n');
+  } finally {
+    client.close();
+  }
 });

@@ -349,6 +349,32 @@ describe('released slots kept for the next connection with the same keys (reuseM
     expect(await metricValue(a.registry, 'ohs_limit_slots_held', { rule: 'ssh-per-token' })).toBe(0);
   });
 
+  it('acquireNow takes over a parked slot with the same keys at once, and leaves to acquire whatever needs Redis', async () => {
+    const a = limiters.open({ holderId: 'reuse-now', reuseMs: REUSE_MS });
+    // Before the first connection attempt settled, nothing is answered at once.
+    expect(a.acquireNow(ssh('now-tok', 'now-sbx'))).toBeUndefined();
+    const first = must(await a.acquire(ssh('now-tok', 'now-sbx')));
+    // Nothing parked: a new slot is a Redis write.
+    expect(a.acquireNow(ssh('now-tok-2', 'now-sbx'))).toBeUndefined();
+    first();
+    // A slot is parked, but under other keys than these.
+    expect(a.acquireNow(ssh('now-other', 'now-sbx'))).toBeUndefined();
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(1);
+    let now: AcquireResult | undefined;
+    const writes = await redisWrites(async () => {
+      now = a.acquireNow(ssh('now-tok', 'now-sbx'));
+    });
+    expect(writes).toBe(0);
+    expect(now?.ok).toBe(true);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_reused_total', {})).toBe(1);
+    expect(await metricValue(a.registry, 'ohs_limit_slots_parked', {})).toBe(0);
+    expect(await redis.zcard(tokenKey('now-tok'))).toBe(1);
+    // No rule applies: granted at once, with nothing to give back.
+    expect(a.acquireNow({ cls: 'unary', sandboxId: 'now-sbx' })?.ok).toBe(true);
+    must(now as AcquireResult)();
+    await waitFor('the parked slot to leave Redis', async () => (await redis.zcard(tokenKey('now-tok'))) === 0, 3 * REUSE_MS + 500);
+  });
+
   it('acquires waiting for the turn take over the slots released meanwhile: no Redis write for either', async () => {
     const a = limiters.open({ holderId: 'reuse-turn', rules: [{ ...PER_SANDBOX, max: 100 }], reuseMs: REUSE_MS });
     const held = await Promise.all(Array.from({ length: 40 }, () => a.acquire(ssh('turn-tok', 'turn-sbx'))));
@@ -467,5 +493,19 @@ describe('limits without redis (embedded single replica)', () => {
     expect((await a.acquire(ssh('emb-tok'))).ok).toBe(true);
     expect(await metricValue(a.registry, 'ohs_limit_policy', { policy: 'local-full' })).toBe(1);
     expect(a.logs.messages('warn')).toEqual([]);
+  });
+
+  it('acquireNow gives the same answers as acquire, at once', async () => {
+    const a = embedded.open({ holderId: 'emb-now' });
+    const held = [0, 1, 2].map(() => a.acquireNow(ssh('emb-now-tok')));
+    expect(held.map((r) => r?.ok)).toEqual([true, true, true]);
+    const refused = a.acquireNow(ssh('emb-now-tok'));
+    expect(refused?.ok === false && refused.error.message).toBe('limit ssh-per-token reached: at most 3 concurrent ssh tunnels per session token');
+    expect(await metricValue(a.registry, 'ohs_limit_refusals_total', { rule: 'ssh-per-token' })).toBe(1);
+    const first = held[0];
+    if (first?.ok === true) first.release();
+    expect(await a.held('ssh-per-token', 'emb-now-tok')).toBe(2);
+    expect(a.acquireNow(ssh('emb-now-tok'))?.ok).toBe(true);
+    expect(await a.held('ssh-per-token', 'emb-now-tok')).toBe(3);
   });
 });
