@@ -2,6 +2,7 @@
 // so that the limiter can be built on any registry, the sidecar's or a test's own.
 
 import { Counter, Gauge, Registry } from 'prom-client';
+import { CellCounter, CellGauge } from '../metrics/cells.ts';
 import type { LimitRule } from './rules.ts';
 
 /** What is enforced right now: global counting in Redis, or one of the local fallbacks. */
@@ -12,14 +13,14 @@ export const LIMIT_POLICIES: readonly LimitPolicy[] = ['global', 'local-split', 
 export interface LimitMetrics {
   readonly registry: Registry;
   /** Slots held by this replica, summed over the keys of each rule. */
-  readonly slotsHeld: Gauge<'rule'>;
+  readonly slotsHeld: CellGauge<'rule'>;
   readonly refusals: Counter<'rule'>;
   /** Expired slots of crashed or stalled holders removed while counting. */
   readonly slotsReclaimed: Counter<'rule'>;
   /** Released slots kept in Redis for a moment, for a new connection with the same keys. */
-  readonly slotsParked: Gauge;
+  readonly slotsParked: CellGauge<never>;
   /** Connections admitted by taking over a parked slot (no Redis round trip). */
-  readonly slotsReused: Counter;
+  readonly slotsReused: CellCounter<never>;
   /** 1 for the policy in force, 0 for the others. */
   readonly policy: Gauge<'policy'>;
   setPolicy(policy: LimitPolicy): void;
@@ -27,7 +28,7 @@ export interface LimitMetrics {
 
 export function createLimitMetrics(rules: readonly LimitRule[], registry: Registry = new Registry()): LimitMetrics {
   const registers = [registry];
-  const slotsHeld = new Gauge({
+  const slotsHeld = new CellGauge({
     name: 'ohs_limit_slots_held',
     help: 'Connection-limit slots held by this replica, by rule.',
     labelNames: ['rule'] as const,
@@ -45,12 +46,12 @@ export function createLimitMetrics(rules: readonly LimitRule[], registry: Regist
     labelNames: ['rule'] as const,
     registers,
   });
-  const slotsParked = new Gauge({
+  const slotsParked = new CellGauge({
     name: 'ohs_limit_slots_parked',
     help: 'Released slots kept in Redis for a moment (--limit-reuse-ms), for a new connection with the same keys.',
     registers,
   });
-  const slotsReused = new Counter({
+  const slotsReused = new CellCounter({
     name: 'ohs_limit_slots_reused_total',
     help: 'Connections admitted by taking over a parked slot, without a Redis round trip.',
     registers,
@@ -63,7 +64,7 @@ export function createLimitMetrics(rules: readonly LimitRule[], registry: Regist
   });
   // Every series exists from the start, so that dashboards and alerts see zeros rather than gaps.
   for (const r of rules) {
-    slotsHeld.set({ rule: r.name }, 0);
+    slotsHeld.cell(r.name);
     refusals.inc({ rule: r.name }, 0);
     slotsReclaimed.inc({ rule: r.name }, 0);
   }

@@ -512,7 +512,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     slots.add(slot);
     for (const c of claims) {
       addTo(byKey, c.redisKey, slot);
-      metrics.slotsHeld.inc({ rule: c.rule.name });
+      metrics.slotsHeld.cell(c.rule.name).inc();
     }
     return { ok: true, release: () => release(slot) };
   }
@@ -523,7 +523,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     slots.delete(slot);
     for (const c of slot.claims) {
       removeFrom(byKey, c.redisKey, slot);
-      metrics.slotsHeld.dec({ rule: c.rule.name });
+      metrics.slotsHeld.cell(c.rule.name).dec();
     }
     if (!slot.inRedis || closed || scripts === undefined) return;
     // A parked slot misses the renewals of its time parked, and one taken over could be parked at
@@ -549,7 +549,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     for (const c of p.claims) addTo(parkedByKey, c.redisKey, p);
     parkQueue.push(p);
     parkedCount++;
-    metrics.slotsParked.inc();
+    metrics.slotsParked.cell().inc();
     parkTimer ??= setTimeout(sweepParked, reuseMs).unref();
   }
 
@@ -558,7 +558,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     removeFrom(parkedByKeys, p.keys, p);
     for (const c of p.claims) removeFrom(parkedByKey, c.redisKey, p);
     parkedCount--;
-    metrics.slotsParked.dec();
+    metrics.slotsParked.cell().dec();
   }
 
   /** Sends the parked slots of `list` to Redis as releases. */
@@ -590,7 +590,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     const p = set?.values().next().value;
     if (p === undefined) return undefined;
     unpark(p);
-    metrics.slotsReused.inc();
+    metrics.slotsReused.cell().inc();
     return hold(p.suffix, p.claims, true, true, p.writtenAt);
   }
 

@@ -2,6 +2,7 @@
 // Registry (never prom-client's global one), so several sidecars can share a test process.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { CellCounter, CellGauge, CellHistogram } from './cells.ts';
 import { LOG_BUFFER_MAX_BYTES, droppedLogLines } from '../log/logger.ts';
 
 /** `local` for the gateway beside us, `peer` for another replica's sidecar. */
@@ -14,12 +15,12 @@ export type StoreName = 'postgres' | 'redis';
 export interface SidecarMetrics {
   readonly registry: Registry;
   /** Requests and streams accepted on the public listener, by outcome (ok, error code…). */
-  readonly requestsTotal: Counter<'class' | 'target' | 'outcome'>;
+  readonly requestsTotal: CellCounter<'class' | 'target' | 'outcome'>;
   /** Streams and tunnels sent to (or received from) a peer replica. */
-  readonly forwardsTotal: Counter<'class' | 'peer' | 'outcome'>;
-  readonly activeStreams: Gauge<'class' | 'target'>;
-  readonly activeTunnels: Gauge<'target'>;
-  readonly ownerLookupsTotal: Counter<'source'>;
+  readonly forwardsTotal: CellCounter<'class' | 'peer' | 'outcome'>;
+  readonly activeStreams: CellGauge<'class' | 'target'>;
+  readonly activeTunnels: CellGauge<'target'>;
+  readonly ownerLookupsTotal: CellCounter<'source'>;
   readonly ownerClaimsTotal: Counter;
   /** Claims written per Postgres transaction (claims that arrive while one is written wait for the next). */
   readonly ownerClaimBatchSize: Histogram;
@@ -32,8 +33,8 @@ export interface SidecarMetrics {
   readonly internalErrorsTotal: Counter<'kind'>;
   /** Log lines dropped because stdout was not read fast enough (src/log/logger.ts). */
   readonly logLinesDroppedTotal: Counter;
-  readonly tunnelBytesTotal: Counter<'direction'>;
-  readonly requestDurationSeconds: Histogram<'class' | 'target'>;
+  readonly tunnelBytesTotal: CellCounter<'direction'>;
+  readonly requestDurationSeconds: CellHistogram<'class' | 'target'>;
   /** 1 when the store answers, 0 when it does not. */
   readonly storeUp: Gauge<'store'>;
   /** Supervisor sessions whose ConnectSupervisor stream passes through this replica. */
@@ -116,31 +117,31 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
 
   return {
     registry,
-    requestsTotal: new Counter({
+    requestsTotal: new CellCounter({
       name: 'ohs_requests_total',
       help: 'Requests, streams and tunnels accepted on the public listener.',
       labelNames: ['class', 'target', 'outcome'] as const,
       registers,
     }),
-    forwardsTotal: new Counter({
+    forwardsTotal: new CellCounter({
       name: 'ohs_forwards_total',
       help: 'Streams and tunnels forwarded to another replica.',
       labelNames: ['class', 'peer', 'outcome'] as const,
       registers,
     }),
-    activeStreams: new Gauge({
+    activeStreams: new CellGauge({
       name: 'ohs_active_streams',
       help: 'HTTP/2 streams currently proxied.',
       labelNames: ['class', 'target'] as const,
       registers,
     }),
-    activeTunnels: new Gauge({
+    activeTunnels: new CellGauge({
       name: 'ohs_active_tunnels',
       help: 'SSH tunnels currently open.',
       labelNames: ['target'] as const,
       registers,
     }),
-    ownerLookupsTotal: new Counter({
+    ownerLookupsTotal: new CellCounter({
       name: 'ohs_owner_lookups_total',
       help: 'Sandbox owner lookups, by the layer that answered (miss: no owner known).',
       labelNames: ['source'] as const,
@@ -181,13 +182,13 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
       labelNames: ['reason'] as const,
       registers,
     }),
-    tunnelBytesTotal: new Counter({
+    tunnelBytesTotal: new CellCounter({
       name: 'ohs_tunnel_bytes_total',
       help: 'Bytes carried by SSH tunnels.',
       labelNames: ['direction'] as const,
       registers,
     }),
-    requestDurationSeconds: new Histogram({
+    requestDurationSeconds: new CellHistogram({
       name: 'ohs_request_duration_seconds',
       help: 'Lifetime of proxied requests, streams and tunnels.',
       labelNames: ['class', 'target'] as const,

@@ -195,7 +195,7 @@ function handleOwnedStream(ctx: ProxyContext, log: Logger, stream: http2.ServerH
     });
     return;
   }
-  ctx.metrics.forwardsTotal.inc({ class: cls, peer: 'inbound', outcome: 'accepted' });
+  ctx.metrics.forwardsTotal.cell(cls, 'inbound', 'accepted').inc();
   if (headers[':method'] === 'CONNECT') {
     peerTunnel(ctx, log, stream);
     return;
@@ -280,8 +280,9 @@ function peerTunnel(ctx: ProxyContext, log: Logger, stream: http2.ServerHttp2Str
   const upstream = ctx.gateway.connect();
   upstream.setNoDelay(true);
   upstream.once('error', (err) => log.warn({ err: err.message }, 'local gateway unreachable for peer tunnel'));
-  ctx.metrics.activeTunnels.inc({ target: 'local' });
-  splice(stream, upstream, () => ctx.metrics.activeTunnels.dec({ target: 'local' }));
+  const active = ctx.metrics.activeTunnels.cell('local');
+  active.inc();
+  splice(stream, upstream, () => active.dec());
 }
 
 /**

@@ -80,7 +80,8 @@ export function followOwner(
   let moves = 0;
   let refusedReplays = 0;
   const started = process.hrtime.bigint();
-  ctx.metrics.activeStreams.inc({ class: cls, target: 'follow' });
+  const active = ctx.metrics.activeStreams.cell(cls, 'follow');
+  active.inc();
 
   const finish = (outcome: string): void => {
     if (finished) return;
@@ -88,9 +89,9 @@ export function followOwner(
     if (refresh) clearInterval(refresh.timer);
     unsubscribe();
     for (const leg of [current, pending]) if (leg && !leg.up.closed) leg.up.close(NGHTTP2_CANCEL);
-    ctx.metrics.activeStreams.dec({ class: cls, target: 'follow' });
-    ctx.metrics.requestsTotal.inc({ class: cls, target: 'follow', outcome });
-    ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'follow' }, Number(process.hrtime.bigint() - started) / 1e9);
+    active.dec();
+    ctx.metrics.requestsTotal.cell(cls, 'follow', outcome).inc();
+    ctx.metrics.requestDurationSeconds.cell(cls, 'follow').observe(Number(process.hrtime.bigint() - started) / 1e9);
     log.debug({ outcome, moves }, 'owner-following stream ended');
   };
 

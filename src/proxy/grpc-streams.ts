@@ -539,7 +539,7 @@ class ForwardTry implements ForwardOptions {
       return this.retry('not-ready');
     }
     this.settled = true;
-    if (peer) this.ctx.metrics.forwardsTotal.inc({ class: this.cls, peer: peer.replicaId, outcome: 'ok' });
+    if (peer) this.ctx.metrics.forwardsTotal.cell(this.cls, peer.replicaId, 'ok').inc();
     this.resolve({ kind: 'done' });
     return true;
   }

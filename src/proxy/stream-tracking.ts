@@ -4,13 +4,15 @@ import type { ProxyContext } from './context.ts';
 
 export function track(ctx: ProxyContext, cls: TrafficClass, target: 'local' | 'peer'): (outcome: string) => void {
   const start = process.hrtime.bigint();
-  ctx.metrics.activeStreams.inc({ class: cls, target });
+  const { metrics } = ctx;
+  const active = metrics.activeStreams.cell(cls, target);
+  active.inc();
   let ended = false;
   return (outcome) => {
     if (ended) return;
     ended = true;
-    ctx.metrics.activeStreams.dec({ class: cls, target });
-    ctx.metrics.requestsTotal.inc({ class: cls, target, outcome });
-    ctx.metrics.requestDurationSeconds.observe({ class: cls, target }, Number(process.hrtime.bigint() - start) / 1e9);
+    active.dec();
+    metrics.requestsTotal.cell(cls, target, outcome).inc();
+    metrics.requestDurationSeconds.cell(cls, target).observe(Number(process.hrtime.bigint() - start) / 1e9);
   };
 }

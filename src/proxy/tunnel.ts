@@ -171,8 +171,8 @@ const isSuccess = (status: number): boolean => status >= 200 && status < 300;
 
 function countTunnelBytes(ctx: ProxyContext, bytes: TunnelBytes | undefined): void {
   if (!bytes) return;
-  if (bytes.toSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'to_sandbox' }, bytes.toSandbox);
-  if (bytes.fromSandbox > 0) ctx.metrics.tunnelBytesTotal.inc({ direction: 'from_sandbox' }, bytes.fromSandbox);
+  ctx.metrics.tunnelBytesTotal.cell('to_sandbox').inc(bytes.toSandbox);
+  ctx.metrics.tunnelBytesTotal.cell('from_sandbox').inc(bytes.fromSandbox);
 }
 
 /** A CONNECT to replay upstream: its head, and what the client pipelined after it. */
@@ -313,22 +313,23 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
     clearTimeout(connectTimer);
     upstream.write(rawHead.head);
     spliceAfterResponseHead(socket, upstream, isSuccess, (bytes) => {
-      ctx.metrics.activeTunnels.dec({ target: 'local' });
-      ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'closed' });
-      ctx.metrics.requestDurationSeconds.observe({ class: cls, target: 'local' }, Number(process.hrtime.bigint() - start) / 1e9);
+      active.dec();
+      ctx.metrics.requestsTotal.cell(cls, 'local', 'closed').inc();
+      ctx.metrics.requestDurationSeconds.cell(cls, 'local').observe(Number(process.hrtime.bigint() - start) / 1e9);
       countTunnelBytes(ctx, bytes);
     }, rawHead.early);
   });
   upstream.setNoDelay(true);
   socket.setNoDelay(true);
   const start = process.hrtime.bigint();
-  ctx.metrics.activeTunnels.inc({ target: 'local' });
+  const active = ctx.metrics.activeTunnels.cell('local');
+  active.inc();
   const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
   connectTimer.unref();
   upstream.once('error', (err) => {
     if (connected) return;
     clearTimeout(connectTimer);
-    ctx.metrics.activeTunnels.dec({ target: 'local' });
+    active.dec();
     ctx.metrics.requestsTotal.inc({ class: cls, target: 'local', outcome: 'OHS_ERR_UPSTREAM' });
     log.warn({ err: err.message }, 'local gateway unreachable for tunnel');
     writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable');
@@ -395,13 +396,14 @@ function tunnelToPeer(
             resolve('done');
             return;
           }
-          ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'ok' });
-          ctx.metrics.activeTunnels.inc({ target: 'peer' });
+          ctx.metrics.forwardsTotal.cell('ssh-tunnel', target.replicaId, 'ok').inc();
+          const active = ctx.metrics.activeTunnels.cell('peer');
+          active.inc();
           const start = process.hrtime.bigint();
           spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
-            ctx.metrics.activeTunnels.dec({ target: 'peer' });
-            ctx.metrics.requestsTotal.inc({ class: 'ssh-tunnel', target: 'peer', outcome: 'closed' });
-            ctx.metrics.requestDurationSeconds.observe({ class: 'ssh-tunnel', target: 'peer' }, Number(process.hrtime.bigint() - start) / 1e9);
+            active.dec();
+            ctx.metrics.requestsTotal.cell('ssh-tunnel', 'peer', 'closed').inc();
+            ctx.metrics.requestDurationSeconds.cell('ssh-tunnel', 'peer').observe(Number(process.hrtime.bigint() - start) / 1e9);
             countTunnelBytes(ctx, bytes);
           }, rawHead.early);
           resolve('done');

@@ -346,7 +346,7 @@ export class OwnerRouter {
       if (localEpoch !== undefined) return { kind: 'local', epoch: localEpoch, reason: 'owner' };
       return known ?? { kind: 'local', epoch: null, reason: 'no-owner' };
     }
-    this.metrics.ownerLookupsTotal.inc({ source: result.source });
+    this.metrics.ownerLookupsTotal.cell(result.source).inc();
     return this.targetFor(sandboxId, result, localEpoch);
   }
 
@@ -382,7 +382,7 @@ export class OwnerRouter {
     if (result.owner === null && localEpoch === undefined) return undefined;
     const target = this.targetFor(sandboxId, result, localEpoch);
     if (target.kind === 'local' && target.reason !== 'owner') return undefined;
-    this.metrics.ownerLookupsTotal.inc({ source: result.source });
+    this.metrics.ownerLookupsTotal.cell(result.source).inc();
     return target;
   }
 
