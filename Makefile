@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-ssh bench-scale bench-burst drill drill-readiness drill-readiness-real clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-cells bench-ssh bench-scale bench-burst drill drill-readiness drill-readiness-real clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -46,7 +46,7 @@ demo: build
 
 # The proxy hop itself, raw (CONNECT tunnel and ForwardTcp stream: direct, HAProxy when installed, one
 # sidecar, two sidecars), then SSH end to end as a separate, labelled section. Not part of `make test`.
-bench: bench-proxy bench-lookup bench-ssh
+bench: bench-proxy bench-lookup bench-cells bench-ssh
 
 bench-proxy: build
 	node --import tsx bench/proxy.ts
@@ -54,6 +54,10 @@ bench-proxy: build
 # Owner lookup cache hit on the hot path (issue 13 item 4), real Postgres and Redis.
 bench-lookup: install
 	node --import tsx bench/owner-lookup.ts
+
+# One stream's metric updates through prom-client and through the sidecar's cells (src/metrics/cells.ts).
+bench-cells: install
+	node --expose-gc --import tsx bench/metric-cells.ts
 
 # One sidecar holding 10,000 supervisor sessions and 10,000 idle ForwardTcp streams: RSS, CPU,
 # event-loop lag, routing p99, 1,000 forwarded opens/s for 30 s (bench/scale.ts; results in

@@ -2,11 +2,12 @@
 // active gauge up and down, outcome count, duration) and a limit slot's (held gauge up and down, a
 // take-over count), done the prom-client way (label objects, hashed on every call) and through
 // cells (src/metrics/cells.ts), alternating, in this process. Prints ns per stream, bytes allocated
-// per stream and the ratio; asserts nothing.
-//   node --expose-gc --import tsx bench/metric-cells.ts      (env BENCH_CELLS_N, default 500000)
+// per stream and the ratio, and merges them into bench/results/latest.json; asserts nothing.
+//   make bench-cells   (node --expose-gc --import tsx bench/metric-cells.ts; env BENCH_CELLS_N, default 500000)
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { CellCounter, CellGauge, CellHistogram } from '../src/metrics/cells.ts';
-import { envInt } from './lib/stats.ts';
+import { mergeResults } from './lib/results.ts';
+import { envInt, round2 } from './lib/stats.ts';
 
 const N = envInt('BENCH_CELLS_N', 500_000);
 const ROUNDS = 5;
@@ -78,7 +79,7 @@ function measure(stream: (i: number) => void): { ns: number; bytes: number } {
   return { ns, bytes: samples[Math.floor(samples.length / 2)] ?? NaN };
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const ways = { 'prom-client': promClientWay(), cells: cellsWay() };
   for (const f of Object.values(ways)) for (let i = 0; i < 50_000; i++) f(i);
   const runs: Record<string, { ns: number[]; bytes: number[] }> = { 'prom-client': { ns: [], bytes: [] }, cells: { ns: [], bytes: [] } };
@@ -95,7 +96,16 @@ function main(): void {
   }
   const pc = runs['prom-client'] as { ns: number[] };
   const cells = runs.cells as { ns: number[] };
-  console.log(`cells ÷ prom-client: ${(median(cells.ns) / median(pc.ns)).toFixed(3)} of the time (${N} streams a round, ${ROUNDS} rounds alternating)`);
+  const ratio = median(cells.ns) / median(pc.ns);
+  console.log(`cells ÷ prom-client: ${ratio.toFixed(3)} of the time (${N} streams a round, ${ROUNDS} rounds alternating)`);
+  const bytes = (r: { bytes: number[] } | undefined): number => (r === undefined ? NaN : round2(median(r.bytes)));
+  await mergeResults({
+    metric_cells_ns_per_stream: { value: round2(median(cells.ns)), unit: 'ns', baseline: 'metric_promclient_ns_per_stream' },
+    metric_promclient_ns_per_stream: { value: round2(median(pc.ns)), unit: 'ns', baseline: 'prom-client labelled inc/dec/observe, this process' },
+    metric_cells_vs_promclient_time: { value: Math.round(ratio * 1000) / 1000, unit: 'x', baseline: 'metric_promclient_ns_per_stream' },
+    metric_cells_bytes_per_stream: { value: bytes(runs.cells), unit: 'B', baseline: 'metric_promclient_bytes_per_stream' },
+    metric_promclient_bytes_per_stream: { value: bytes(runs['prom-client']), unit: 'B', baseline: 'prom-client labelled inc/dec/observe, this process' },
+  });
 }
 
-main();
+await main();

@@ -2,7 +2,7 @@
 // (a scrape). prom-client builds a string from the label values and looks it up on every inc, dec
 // and observe (0.15–0.4 µs and a few hundred bytes each, five to ten of them per stream); here a
 // stream finds its cell through one Map per label value and then adds to a number
-// (`bench/metric-cells.ts`). The classes stay prom-client metrics: registered, exported and read
+// (`make bench-cells`). The classes stay prom-client metrics: registered, exported and read
 // (`get()`) the same way, and their own `inc`/`observe` still work for paths that are not hot.
 
 import { Counter, Gauge, Histogram, type CounterConfiguration, type GaugeConfiguration, type HistogramConfiguration, type LabelValues } from 'prom-client';
