@@ -307,7 +307,8 @@ export async function routeKeyed(
   for (let attempt = 0; attempt < 6; attempt++) {
     if (stream.destroyed) return;
     const isOwner = target.kind === 'peer' || target.reason === 'owner';
-    log.debug({ target: describe(target) }, 'routing');
+    // Its argument is built only when the line is written: this runs for every stream.
+    if (ctx.logger.isLevelEnabled('debug')) log.debug({ target: describe(target) }, 'routing');
     const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, { retryNotReady: isOwner && Date.now() < notReadyUntil });
     if (outcome.kind === 'done') return;
     prefix = outcome.replay.bytes;
