@@ -58,8 +58,13 @@ class CellIndex<C> {
   }
 }
 
+/** What a counter's cell offers: counting up only. */
+export interface CounterCell {
+  inc(by?: number): void;
+}
+
 /** A count of one label set: a counter's total or a gauge's level. */
-export class CountCell {
+export class CountCell implements CounterCell {
   n = 0;
   /** What the counter has been handed so far. */
   reported = 0;
@@ -87,7 +92,7 @@ export class CellCounter<T extends string> extends Counter<T> {
   }
 
   /** The cell of these label values, in the order of `labelNames`. */
-  cell(a?: string, b?: string, c?: string): CountCell {
+  cell(a?: string, b?: string, c?: string): CounterCell {
     return this.cells.at(a, b, c);
   }
 
