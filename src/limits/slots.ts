@@ -205,6 +205,8 @@ interface Slot extends Member {
   released: boolean;
   /** Parked on release for a connection with the same keys (`reuseMs`); false once it took a key's last slot. */
   reusable: boolean;
+  /** Its claims' keys joined, when known (a slot taken over from a parked one): not joined again to park it. */
+  keys: string | undefined;
 }
 
 /** A released slot still in Redis, for the next connection with the same keys. */
@@ -507,8 +509,8 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     return byKey.get(redisKey)?.size ?? 0;
   }
 
-  function hold(suffix: string, claims: Claim[], inRedis: boolean, reusable = false, writtenAt = Date.now()): AcquireResult {
-    const slot: Slot = { suffix, claims, inRedis, writtenAt, released: false, reusable };
+  function hold(suffix: string, claims: Claim[], inRedis: boolean, reusable = false, writtenAt = Date.now(), keys?: string): AcquireResult {
+    const slot: Slot = { suffix, claims, inRedis, writtenAt, released: false, reusable, keys };
     slots.add(slot);
     for (const c of claims) {
       addTo(byKey, c.redisKey, slot);
@@ -544,7 +546,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
   }
 
   function park(slot: Slot): void {
-    const p: Parked = { suffix: slot.suffix, claims: slot.claims, keys: keysOf(slot.claims), until: Date.now() + reuseMs, live: true, writtenAt: slot.writtenAt };
+    const p: Parked = { suffix: slot.suffix, claims: slot.claims, keys: slot.keys ?? keysOf(slot.claims), until: Date.now() + reuseMs, live: true, writtenAt: slot.writtenAt };
     addTo(parkedByKeys, p.keys, p);
     for (const c of p.claims) addTo(parkedByKey, c.redisKey, p);
     parkQueue.push(p);
@@ -591,7 +593,7 @@ export function createSlotLimiter(opts: SlotLimiterOptions): SlotLimiter {
     if (p === undefined) return undefined;
     unpark(p);
     metrics.slotsReused.cell().inc();
-    return hold(p.suffix, p.claims, true, true, p.writtenAt);
+    return hold(p.suffix, p.claims, true, true, p.writtenAt, p.keys);
   }
 
   function flushReleases(): void {
