@@ -10,6 +10,7 @@ import { TEST_DATABASE_URL } from '../helpers/services.ts';
 import { sshViaGateway } from '../../emulator/ssh-client.ts';
 import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
 import { httpGet } from '../helpers/gen2.ts';
+import { metric } from '../adversarial/support.ts';
 
 interface DevClusterDoc {
   database: string;
@@ -57,6 +58,24 @@ it('dev-cluster --json (2026-08 by default) describes a working cluster and clea
   expect(host).toBe('127.0.0.1');
   const metrics = await (await fetch(`http://${doc.replicas[0]!.admin}/metrics`)).text();
   expect(metrics).toContain('ohs_requests_total');
+  // The per-stream accounting (kept in cells, handed to prom-client at a scrape) adds up across the
+  // replicas: each of the 4 ForwardTcp streams ended once on its owner's gateway, with a duration;
+  // every one that reached another replica first was forwarded once and accepted there once.
+  const admins = doc.replicas.map((r) => Number(r.admin.split(':')[1]));
+  const total = async (name: string, labels: Record<string, string>): Promise<number> => {
+    let sum = 0;
+    for (const port of admins) sum += (await metric(port, name, labels)).sum;
+    return sum;
+  };
+  const tcp = { class: 'tcp-forward' };
+  await expect.poll(() => total('ohs_active_streams', tcp), { timeout: 5_000 }).toBe(0);
+  expect(await total('ohs_requests_total', { ...tcp, target: 'local' })).toBe(4);
+  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'local' })).toBe(4);
+  const forwarded = await total('ohs_requests_total', { ...tcp, target: 'peer' });
+  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'peer' })).toBe(forwarded);
+  expect(await total('ohs_forwards_total', { ...tcp, outcome: 'ok' })).toBe(forwarded);
+  expect(await total('ohs_forwards_total', { ...tcp, peer: 'inbound', outcome: 'accepted' })).toBe(forwarded);
+  expect(await total('ohs_owner_lookups_total', {})).toBeGreaterThanOrEqual(4);
 
   child.kill('SIGTERM');
   expect(await exited).toBe(0);
