@@ -162,6 +162,8 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   private readonly links = new Set<Link>();
   private current: Link | null = null;
   private relayCount = 0;
+  /** stop() waiting for the relays it cut to finish closing. */
+  private readonly relaysGone = new Set<() => void>();
   private stopped = false;
   private loop: Promise<void> | null = null;
   /** Sleeps in progress (the reconnect backoff, the policy retries): stop() cuts them all short. */
@@ -316,6 +318,19 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     await this.loop;
     await this.policyReport;
     await this.logPusher?.stop();
+    // A cut relay is accounted for once its socket closed and its call reported a status: both are
+    // events still to come when kill() returns.
+    if (this.relayCount > 0) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.relaysGone.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, RELAY_CLOSE_GRACE_MS);
+        this.relaysGone.add(done);
+      });
+    }
   }
 
   /** Simulates a network drop: the current connection and everything on it goes; the loop reconnects. */
@@ -576,6 +591,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       // The error listeners stay: a late error from a finished stream must not become an unhandled event.
       link.relays.delete(channelId);
       this.relayCount--;
+      if (this.relayCount === 0) for (const done of [...this.relaysGone]) done();
       link.closeIfIdle();
       log.debug('relay closed');
     };

@@ -109,15 +109,18 @@ describe('2026-08 gateways serving TLS behind sidecars', () => {
       const done = new Promise<number>((resolve) => {
         call.on('data', (ev: ExecSandboxEvent) => {
           if (ev.stdout) out += ev.stdout.data.toString();
-          if (ev.exit) exit = ev.exit.exit_code;
-          // Input ends once the echo came back: ending it earlier races the relay's close against
-          // the command's exit status (the gateway then answers UNAVAILABLE, as upstream does).
-          if (out.endsWith('\n') && !call.writableEnded) call.end();
+          // Input ends on the exit status: upstream closes the SSH channel when the input ends, so
+          // ending it before the command reported its exit races that close (the gateway then
+          // answers UNAVAILABLE, as upstream does; lost even after the echo on Node 24).
+          if (ev.exit) {
+            exit = ev.exit.exit_code;
+            call.end();
+          }
         });
         call.on('error', () => undefined);
         call.on('status', (st) => resolve(st.code));
       });
-      call.write({ start: { sandbox_id: s.id, command: ['cat'] } });
+      call.write({ start: { sandbox_id: s.id, command: ['head', '-n', '1'] } });
       call.write({ stdin: Buffer.from('over tls\n') });
       expect(await done).toBe(Status.OK);
       expect(out).toBe('over tls\n');
