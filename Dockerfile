@@ -40,4 +40,4 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "const p=(process.env.OHS_ADMIN_LISTEN||':9091').split(':').pop();fetch('http://127.0.0.1:'+p+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 # The node flags are src/node-flags.ts's (a test keeps the two the same).
-ENTRYPOINT ["node", "--initial-old-space-size=64", "--no-allocation-site-pretenuring", "dist/main.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=64", "--no-allocation-site-pretenuring", "--max-semi-space-size=16", "dist/main.js"]

@@ -39,6 +39,7 @@ import { adminMetrics } from './lib/admin-metrics.ts';
 import { createCleanups } from './lib/cleanup.ts';
 import { CONNECT_SUPERVISOR, PING_BYTES, connectH2, helloFrame, openForward, type Channel, type Endpoint } from './lib/raw-clients.ts';
 import { machineMeta } from './lib/results.ts';
+import { NODE_FLAGS } from '../src/node-flags.ts';
 import { sidecarEntry, startBenchSidecar, type BenchSidecar } from './lib/sidecars.ts';
 import { envInt, percentile, round1, round2 } from './lib/stats.ts';
 
@@ -350,7 +351,8 @@ interface Floor {
  * number of server + client stream pairs on the same number of connection pairs, nothing of ours in it.
  */
 function nodeFloor(): Promise<Floor> {
-  const args = ['--expose-gc', '--import', 'tsx', join(repoRoot, 'bench/h2-floor.ts')];
+  // With the sidecar's own node flags: the young generation's size is part of what is measured.
+  const args = ['--expose-gc', ...NODE_FLAGS, '--import', 'tsx', join(repoRoot, 'bench/h2-floor.ts')];
   args.push('--supervisors', String(SUPERVISORS), '--supervisor-conns', String(SUPERVISOR_CONNS), '--idle', String(IDLE), '--idle-conns', String(IDLE_CONNS));
   return new Promise((resolve, reject) => {
     execFile(process.execPath, args, { timeout: 180_000 }, (err, stdout) => {

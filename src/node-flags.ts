@@ -1,6 +1,6 @@
 // The flags node is started with to run the sidecar (the image's ENTRYPOINT; the benches start the
-// bundle the same way). They can only be given on node's command line: NODE_OPTIONS refuses them and
-// V8 reads them once, when the heap is made.
+// bundle the same way). The first two can only be given on node's command line (NODE_OPTIONS refuses
+// them); V8 reads all three once, when the heap is made.
 //
 // --initial-old-space-size=64: V8 never sets the old generation's next collection limit below
 //   64 MB. Without it, a sidecar relaying a bulk transfer could settle in a state where every
@@ -19,7 +19,14 @@
 //   paused it 7-11 ms every ~0.4 s: the routing probe's p99 (bench/scale.ts). Without
 //   pretenuring: 0.5-0.7 MB and 2-3.6 ms, and the loaded RSS peak fell from 561 to 420 MB.
 //   test/unit/node-flags.test.ts shows the retention with and without the flag.
-export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64', '--no-allocation-site-pretenuring'];
+//
+// --max-semi-space-size=16: the young generation of Node 20 (two 16 MB semi-spaces) on every Node.
+//   Node 24's V8 sizes it from the machine's memory instead: 64 MB semi-spaces on a 24 GB machine,
+//   up to 128 MB of young generation kept resident beside the sessions. A sidecar holding 10,000 +
+//   10,000 sessions on Node 24 settled at 469 MB of RSS with it and 355 MB without it (bench/scale.ts;
+//   292 MB on Node 20, where the flag changes nothing); Node's own floor for that shape
+//   (bench/h2-floor.ts) 347-351 MB against 292 MB.
+export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64', '--no-allocation-site-pretenuring', '--max-semi-space-size=16'];
 
 /** The flags this process was started without (to say so at start). */
 export function missingNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
