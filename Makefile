@@ -19,9 +19,13 @@ lint: install
 
 # typecheck + lint + every test; writes vitest's JSON report for .ci/run's summary line.
 # test/interop runs under `make interop` only, so exported upstream binaries never turn this into a
-# minutes-long run against real programs.
+# minutes-long run against real programs. Then the Node-sensitive part of the suite again on the
+# image's Node (scripts/test-node-lts.sh; skipped when that Node is not installed); both passes run
+# whatever the first one's outcome.
 test: typecheck lint build
-	npx vitest run --exclude 'test/interop/**' --reporter=default --reporter=json --outputFile.json=.vitest-report.json
+	@npx vitest run --exclude 'test/interop/**' --reporter=default --reporter=json --outputFile.json=.vitest-report.json; main=$$?; \
+	bash scripts/test-node-lts.sh; lts=$$?; \
+	[ $$main -eq 0 ] && [ $$lts -eq 0 ]
 
 test-unit: install
 	npx vitest run test/unit
