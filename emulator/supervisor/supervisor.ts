@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { openShellClient } from '../proto.ts';
 import type { GatewayMessage, Protocol, RelayFrame, RelayOpenMessage, SupervisorMessage } from '../proto.ts';
 import { LogPusher } from './log-push.ts';
+import { wakeableSleep } from '../wakeable-sleep.ts';
 
 /** Reference §2.1 "Heartbeat": the supervisor never heartbeats faster than every 5 s. */
 const MIN_HEARTBEAT_SECS = 5;
@@ -320,17 +321,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
     await this.logPusher?.stop();
     // A cut relay is accounted for once its socket closed and its call reported a status: both are
     // events still to come when kill() returns.
-    if (this.relayCount > 0) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(timer);
-          this.relaysGone.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, RELAY_CLOSE_GRACE_MS);
-        this.relaysGone.add(done);
-      });
-    }
+    if (this.relayCount > 0) await wakeableSleep(RELAY_CLOSE_GRACE_MS, this.relaysGone);
   }
 
   /** Simulates a network drop: the current connection and everything on it goes; the loop reconnects. */
@@ -377,16 +368,7 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
   /** Backoff sleep that `stop()` cuts short. */
   private sleep(ms: number): Promise<void> {
     if (this.stopped) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.wakers.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      timer.unref();
-      this.wakers.add(done);
-    });
+    return wakeableSleep(ms, this.wakers, { unref: true });
   }
 
   /** One session attempt; resolves with why it ended. */

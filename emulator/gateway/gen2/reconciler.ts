@@ -24,6 +24,7 @@ import { Phase, type PhaseValue } from '../../proto.ts';
 import type { Gen2Context } from './context.ts';
 import { DEFAULT_LEASE_TIMINGS, ReconcilerLease, type LeaseGuard, type LeaseTimings } from './lease.ts';
 import { PHASE_NAMES, upsertReadyCondition } from './phase.ts';
+import { wakeableSleep } from '../../wakeable-sleep.ts';
 
 export const DRIVER_EVENT_CHANNEL = 'emulator_driver_events';
 /** list_by_type(sandbox, 500, 0) in reconcile_store_with_backend. */
@@ -89,15 +90,7 @@ class Sleeper {
 
   sleep(ms: number): Promise<void> {
     if (this.stopped) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.wakers.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.wakers.add(done);
-    });
+    return wakeableSleep(ms, this.wakers);
   }
 
   stop(): void {
