@@ -22,10 +22,10 @@
 //
 // --max-semi-space-size=16: the young generation of Node 20 (two 16 MB semi-spaces) on every Node.
 //   Node 24's V8 sizes it from the machine's memory instead: 64 MB semi-spaces on a 24 GB machine,
-//   up to 128 MB of young generation kept resident beside the sessions. A sidecar holding 10,000 +
-//   10,000 sessions on Node 24 settled at 469 MB of RSS with it and 355 MB without it (bench/scale.ts;
-//   292 MB on Node 20, where the flag changes nothing); Node's own floor for that shape
-//   (bench/h2-floor.ts) 347-351 MB against 292 MB.
+//   up to 128 MB of young generation kept resident beside the sessions. On Node 24 a sidecar holding
+//   10,000 + 10,000 sessions settled at 469 MB of RSS without this flag and at 353-378 MB with it
+//   (bench/scale.ts; 292 MB on Node 20, where the flag changes nothing); Node's own floor for that
+//   shape (bench/h2-floor.ts) is 347-351 MB without it and 292 MB with it.
 export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64', '--no-allocation-site-pretenuring', '--max-semi-space-size=16'];
 
 /** The flags this process was started without (to say so at start). */
