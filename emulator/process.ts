@@ -39,9 +39,20 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.once('exit', () => {
+  const killAll = (): void => {
     for (const c of live) c.kill('SIGKILL');
-  });
+  };
+  process.once('exit', killAll);
+  // A signal ends a process without 'exit': vitest ends a worker whose test hung with SIGTERM, which
+  // left that test's sidecars and gateways running. When nothing else here handles SIGTERM (a CLI's
+  // own graceful stop does), the children go first, then the signal does what it would have done.
+  const onSigterm = (): void => {
+    if (process.listenerCount('SIGTERM') > 1) return;
+    killAll();
+    process.removeListener('SIGTERM', onSigterm);
+    process.kill(process.pid, 'SIGTERM');
+  };
+  process.on('SIGTERM', onSigterm);
 }
 
 /**
