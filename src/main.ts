@@ -2,6 +2,7 @@
 import { runInject } from './cli/inject.ts';
 import { loadConfig, describeConfig } from './config/load.ts';
 import { isOhsError } from './errors.ts';
+import { registerMemorySaverMetrics, startMemorySaver } from './memory-saver.ts';
 import { missingNodeFlags } from './node-flags.ts';
 import { applyNodePatches } from './node-patches.ts';
 import { createLogger } from './log/logger.ts';
@@ -29,9 +30,17 @@ async function runSidecar(argv: string[]): Promise<void> {
   }
   const patched = applyNodePatches();
   if (patched.length > 0) logger.info({ patched }, 'node library patched (src/node-patches.ts): upstream streams die young instead of surviving to a full collection');
+  const memorySaver = startMemorySaver({
+    mode: config.memorySaverMode,
+    onSwitch: (on, utilization) => logger.debug({ on, utilization }, 'node memory saver mode switched'),
+  });
+  if (!memorySaver.supported && config.memorySaverMode === 'on') {
+    logger.warn({ v8: process.versions.v8 }, 'memory saver mode asked for, but this V8 has none (V8 13 and later)');
+  }
   const tracing = await startConfiguredTracing(config, VERSION);
   if (tracing) logger.info({ otlpTracesUrl: config.otlpTracesUrl }, 'tracing on: spans exported over OTLP/HTTP');
   const sidecar = await startSidecar(config, logger);
+  registerMemorySaverMetrics(sidecar.metrics.registry, memorySaver);
   const ready = {
     event: 'ready',
     mode: config.mode,

@@ -94,6 +94,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['serviceBaseDomains'], '--service-base-domains', 'OHS_SERVICE_BASE_DOMAINS', 'list'),
   opt(['gatewayJwtIssuer'], '--gateway-jwt-issuer', 'OHS_GATEWAY_JWT_ISSUER'),
   opt(['readinessMode'], '--readiness-mode', 'OHS_READINESS_MODE'),
+  opt(['memorySaverMode'], '--memory-saver', 'OHS_MEMORY_SAVER'),
   opt(['drainShedShare'], '--drain-shed-share', 'OHS_DRAIN_SHED_SHARE', 'number'),
   opt(['rebalanceMode'], '--rebalance', 'OHS_REBALANCE'),
   opt(['rebalanceMarginPct'], '--rebalance-margin-pct', 'OHS_REBALANCE_MARGIN_PCT', 'int'),
@@ -184,6 +185,7 @@ export const CONFIG_DEFAULTS = {
   // The gateway's default `base_domains` (reference §2.7); set it to the gateway's wildcard SANs.
   serviceBaseDomains: ['openshell.localhost'],
   readinessMode: 'shadow',
+  memorySaverMode: 'auto',
   // Sessions move within the first half of the grace period; the rest is for relays to finish.
   drainShedShare: 0.5,
   rebalanceMode: 'on',

@@ -3,6 +3,7 @@
 
 import { isIPv4, isIPv6 } from 'node:net';
 import { z } from 'zod';
+import { MEMORY_SAVER_MODES, type MemorySaverMode } from '../memory-saver.ts';
 import { sentinelOptions } from '../ownership/redis-connect.ts';
 import { formatHostPort, isWildcardHost, parseHostPort } from './host-port.ts';
 
@@ -206,6 +207,11 @@ const scalarShape = {
    * lease holder demotes sessions it does not hold); `off` leaves the gateway's behaviour as is.
    */
   readinessMode: z.enum(['shadow', 'off']),
+  /**
+   * V8's memory saver mode (src/memory-saver.ts): `auto` while the event loop is quiet, `on` always,
+   * `off` never. Only on a V8 that keeps freed heap pages until a memory-reducing collection (Node 24).
+   */
+  memorySaverMode: z.enum(MEMORY_SAVER_MODES),
   /** Share of the drain's grace period within which every owned supervisor session is shed (DESIGN §6). */
   drainShedShare: z.number().gt(0).lte(1),
   /** Paced rebalancing of supervisor sessions towards each replica's fair share. */
@@ -361,6 +367,7 @@ export interface SidecarConfig {
   readonly serviceBaseDomains: readonly string[];
   readonly gatewayJwtIssuer?: string;
   readonly readinessMode: 'shadow' | 'off';
+  readonly memorySaverMode: MemorySaverMode;
   readonly drainShedShare: number;
   readonly rebalanceMode: 'on' | 'off';
   readonly rebalanceMarginPct: number;

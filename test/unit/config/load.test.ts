@@ -264,6 +264,14 @@ describe('cluster mode', () => {
     const err = configError(() => load({ argv: ['--limit-reuse-ms', '1001', '--limit-lease-ttl-ms', '9000'] }));
     expect(err.message).toContain('limitReuseMs (1001) must be at most a ninth of limitLeaseTtlMs (9000)');
   });
+
+  it('runs V8\'s memory saver mode while quiet by default; on, off, and nothing else, are accepted', () => {
+    expect(load().memorySaverMode).toBe('auto');
+    expect(load({ argv: ['--memory-saver', 'off'] }).memorySaverMode).toBe('off');
+    expect(load({ env: { OHS_MEMORY_SAVER: 'on' } }).memorySaverMode).toBe('on');
+    const err = configError(() => load({ argv: ['--memory-saver', 'always'] }));
+    expect(err.message).toContain('memorySaverMode');
+  });
 });
 
 describe('gateway TLS', () => {
