@@ -18,7 +18,8 @@
 //
 // Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
 // BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,node2,sidecar,sidecar2),
-// BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_CPU_PROF=DIR (profile the sidecars),
+// BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_PAUSE_MS (0: a quiet spell before each
+// measurement), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
 // node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs),
@@ -63,6 +64,8 @@ function envList<T extends string>(name: string, all: readonly T[]): T[] {
 }
 
 const ROUNDS = envInt('BENCH_ROUNDS', 3);
+// A quiet spell before each measurement: what a sidecar that had nothing to do does first.
+const PAUSE_MS = envInt('BENCH_PAUSE_MS', 0);
 const RTT_N = envInt('BENCH_RTT_N', 2000);
 const RTT_WARMUP = 200;
 const BULK_BYTES = envInt('BENCH_BULK_MIB', 256) * 1024 * 1024;
@@ -419,6 +422,7 @@ async function main(): Promise<number> {
         for (const path of order) {
           const key = `${proto}/${path}`;
           let s: Sample;
+          if (PAUSE_MS > 0) await new Promise((r) => setTimeout(r, PAUSE_MS));
           try {
             s = await measure(rigs.get(key)!, metric);
           } catch (err) {

@@ -32,7 +32,7 @@ async function runSidecar(argv: string[]): Promise<void> {
   if (patched.length > 0) logger.info({ patched }, 'node library patched (src/node-patches.ts): upstream streams die young instead of surviving to a full collection');
   const memorySaver = startMemorySaver({
     mode: config.memorySaverMode,
-    onSwitch: (on, utilization) => logger.debug({ on, utilization }, 'node memory saver mode switched'),
+    onSwitch: (on, why, detail) => logger.debug({ on, why, ...detail }, 'node memory saver mode switched'),
   });
   if (!memorySaver.supported && config.memorySaverMode === 'on') {
     logger.warn({ v8: process.versions.v8 }, 'memory saver mode asked for, but this V8 has none (V8 13 and later)');

@@ -1,4 +1,4 @@
-// V8's memory saver mode while the sidecar is quiet.
+// V8's memory saver mode for a moment after a burst, so that V8 gives back the heap pages it freed.
 //
 // From V8 13 (Node 24) the heap pages a collection frees go to a pool and stay resident until a
 // collection that reduces memory, and V8 runs one only while it thinks the process is idle or in
@@ -7,11 +7,16 @@
 // holding 10,000 + 10,000 sessions on Node 24 settled at 351-390 MB against Node's floor of ~290
 // (bench/scale.ts), 163 MB of resident heap pages for a 142 MB heap. Node 20's V8 gives them back.
 //
-// Memory saver mode on all the time gets them back too (settled 298 MB), but it also makes V8
-// collect more often, which cost 5-20 % of the opens per second of a busy sidecar. So `auto` turns
-// it on only after the event loop has been quiet for a few seconds and off as soon as it is busy:
-// the memory reducer, which runs while memory saver is on, then collects once and gives the pool
-// back. V8 reads the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
+// Memory saver mode on all the time gets them back too (settled 298 MB), but V8 then also collects
+// more often: 5-20 % fewer opens per second, and a transfer that starts while it is on runs a
+// memory-reducing full collection for each few MB of buffers (~17 % of bulk throughput). So `auto`
+// turns it on only when it is worth it and nothing is happening: after a quiet spell of the event
+// loop, and only when the heap's peak size since the last time is `releaseBytes` or more above what
+// it uses now (freed pages in the pool, and free space a compacting collection gives back). The
+// memory reducer, which runs while the mode is on, then collects once (within ~8 s) and gives the
+// pool back; the mode goes off again as soon as the resident set has dropped, the loop is busy, or
+// `pulseMs` has passed, and comes back only after the heap has grown `releaseBytes` again. V8 reads
+// the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import v8 from 'node:v8';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -32,14 +37,24 @@ export interface MemorySaverOptions {
   quietUtilization?: number;
   /** Quiet intervals in a row before memory saver is turned on. */
   quietIntervals?: number;
+  /** How far the heap's peak since the last time must be above what it uses now (auto). */
+  releaseBytes?: number;
+  /** Longest time memory saver stays on in one go (auto): a memory reducer cycle and a half. */
+  pulseMs?: number;
   /** Defaults to this process's V8; false makes the controller do nothing. */
   supported?: boolean;
   /** Sets V8's flag (default `v8.setFlagsFromString`). */
   setFlag?: (on: boolean) => void;
   /** The event loop's utilization since the previous call (default from `performance.eventLoopUtilization`). */
   utilization?: () => number;
-  onSwitch?: (on: boolean, utilization: number) => void;
+  /** V8's heap size and what of it is used, and the resident set, in bytes (defaults from this process). */
+  heap?: () => { total: number; used: number };
+  residentBytes?: () => number;
+  now?: () => number;
+  onSwitch?: (on: boolean, why: SwitchReason, detail: { utilization: number; heapMb: number; residentMb: number }) => void;
 }
+
+export type SwitchReason = 'quiet' | 'released' | 'busy' | 'pulse over' | 'mode on';
 
 export interface MemorySaver {
   readonly mode: MemorySaverMode;
@@ -48,6 +63,8 @@ export interface MemorySaver {
   readonly on: boolean;
   /** Times it was turned on. */
   readonly switchesOn: number;
+  /** Bytes the resident set dropped while it was on. */
+  readonly releasedBytes: number;
   stop(): void;
 }
 
@@ -70,29 +87,62 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
   const setFlag = opts.setFlag ?? setV8Flag;
   const quietUtilization = opts.quietUtilization ?? 0.1;
   const quietIntervals = opts.quietIntervals ?? 5;
+  const releaseBytes = opts.releaseBytes ?? 32 * 1048576;
+  const pulseMs = opts.pulseMs ?? 12_000;
+  const heap =
+    opts.heap ??
+    (() => {
+      const h = v8.getHeapStatistics();
+      return { total: h.total_heap_size, used: h.used_heap_size };
+    });
+  const residentBytes = opts.residentBytes ?? (() => process.memoryUsage.rss());
+  const now = opts.now ?? Date.now;
   let on = false;
   let switchesOn = 0;
+  let releasedBytes = 0;
   let timer: NodeJS.Timeout | undefined;
 
-  const turn = (next: boolean, utilization: number): void => {
-    if (next === on) return;
+  const turn = (next: boolean, why: SwitchReason, utilization: number, heap: number, resident: number): void => {
     on = next;
     if (next) switchesOn += 1;
     setFlag(next);
-    opts.onSwitch?.(next, utilization);
+    opts.onSwitch?.(next, why, { utilization, heapMb: Math.round(heap / 1048576), residentMb: Math.round(resident / 1048576) });
   };
 
-  if (supported && opts.mode === 'on') turn(true, Number.NaN);
+  if (supported && opts.mode === 'on') turn(true, 'mode on', Number.NaN, heap().total, residentBytes());
   if (supported && opts.mode === 'auto') {
     const utilization = opts.utilization ?? loopUtilization();
     let quiet = 0;
+    let peak = 0;
+    // After a pulse, the heap must grow past this before the next one.
+    let rearmAt = 0;
+    let onSince = 0;
+    let residentAtOn = 0;
     timer = setInterval(() => {
       const u = utilization();
+      const { total, used } = heap();
+      if (total > peak) peak = total;
+      if (on) {
+        const resident = residentBytes();
+        if (u >= quietUtilization) {
+          quiet = 0;
+          turn(false, 'busy', u, total, resident);
+          return;
+        }
+        const released = residentAtOn - resident >= releaseBytes / 2;
+        if (!released && now() - onSince < pulseMs) return;
+        if (released) releasedBytes += residentAtOn - resident;
+        peak = total;
+        rearmAt = total + releaseBytes;
+        turn(false, released ? 'released' : 'pulse over', u, total, resident);
+        return;
+      }
       if (u >= quietUtilization) {
         quiet = 0;
-        turn(false, u);
-      } else if (++quiet >= quietIntervals) {
-        turn(true, u);
+      } else if (++quiet >= quietIntervals && peak >= rearmAt && peak - used >= releaseBytes) {
+        onSince = now();
+        residentAtOn = residentBytes();
+        turn(true, 'quiet', u, total, residentAtOn);
       }
     }, opts.intervalMs ?? 1000);
     timer.unref();
@@ -107,6 +157,9 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
     get switchesOn() {
       return switchesOn;
     },
+    get releasedBytes() {
+      return releasedBytes;
+    },
     stop() {
       if (timer) clearInterval(timer);
       timer = undefined;
@@ -114,7 +167,7 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
   };
 }
 
-/** `ohs_node_memory_saver` (1 while on) and `ohs_node_memory_saver_switches_total`, read at a scrape. */
+/** `ohs_node_memory_saver` (1 while on), `ohs_node_memory_saver_switches_total` and `ohs_node_memory_saver_released_bytes_total`, read at a scrape. */
 export function registerMemorySaverMetrics(registry: Registry, saver: MemorySaver): void {
   new Gauge({
     name: 'ohs_node_memory_saver',
@@ -127,11 +180,21 @@ export function registerMemorySaverMetrics(registry: Registry, saver: MemorySave
   let counted = 0;
   new Counter({
     name: 'ohs_node_memory_saver_switches_total',
-    help: 'Times memory saver mode was turned on (auto: each quiet spell after a busy one).',
+    help: 'Times memory saver mode was turned on (auto: a quiet spell after the heap shrank from its peak).',
     registers: [registry],
     collect() {
       if (saver.switchesOn > counted) this.inc(saver.switchesOn - counted);
       counted = saver.switchesOn;
+    },
+  });
+  let released = 0;
+  new Counter({
+    name: 'ohs_node_memory_saver_released_bytes_total',
+    help: 'Bytes the resident set dropped while memory saver mode was on (auto): freed heap pages V8 gave back.',
+    registers: [registry],
+    collect() {
+      if (saver.releasedBytes > released) this.inc(saver.releasedBytes - released);
+      released = saver.releasedBytes;
     },
   });
 }

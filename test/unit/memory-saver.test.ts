@@ -23,19 +23,33 @@ async function pooledPages(mode: MemorySaverMode, watchMs: number): Promise<Pool
   return JSON.parse(stdout.trim().split('\n').at(-1)!) as Pooled;
 }
 
-/** A controller on fake timers whose utilization readings come from `readings`. */
-function controller(mode: MemorySaverMode, readings: number[], supported = true) {
+const MB = 1048576;
+
+/** One controller tick: the loop's utilization, the heap's size and what of it is used, the resident set (MB). */
+type Tick = [u: number, heapMb: number, usedMb: number, residentMb: number];
+
+/** A controller on fake timers (one tick a second) fed from `ticks`; the last tick repeats. */
+function controller(mode: MemorySaverMode, ticks: Tick[], supported = true) {
   const flags: boolean[] = [];
-  const switches: Array<[boolean, number]> = [];
+  const switches: Array<[boolean, string]> = [];
+  let current: Tick = ticks[0] ?? [0, 0, 0, 0];
   const saver = startMemorySaver({
     mode,
     supported,
     intervalMs: 1000,
     quietUtilization: 0.1,
     quietIntervals: 3,
+    releaseBytes: 32 * MB,
+    pulseMs: 10_000,
     setFlag: (on) => flags.push(on),
-    utilization: () => readings.shift() ?? 0,
-    onSwitch: (on, u) => switches.push([on, u]),
+    utilization: () => {
+      current = ticks.shift() ?? current;
+      return current[0];
+    },
+    heap: () => ({ total: current[1] * MB, used: current[2] * MB }),
+    residentBytes: () => current[3] * MB,
+    now: () => Date.now(),
+    onSwitch: (on, why) => switches.push([on, why]),
   });
   return { saver, flags, switches };
 }
@@ -52,33 +66,75 @@ describe('memory saver', () => {
     expect(v8KeepsFreedPages('12.4.254.21-node.33')).toBe(false);
   });
 
-  it('auto: on after a quiet spell, off at the first busy interval, on again after the next quiet spell', () => {
+  it('auto: never while the heap has not shrunk from its peak, however quiet the loop is', () => {
     vi.useFakeTimers();
-    const { saver, flags, switches } = controller('auto', [0.02, 0.05, 0.5, 0.01, 0.02, 0.03, 0.04, 0.6, 0.01, 0.01, 0.01]);
-    vi.advanceTimersByTime(2000);
-    expect(saver.on).toBe(false); // two quiet intervals, then a busy one resets the count
-    vi.advanceTimersByTime(1000);
+    const { flags } = controller('auto', [[0.5, 100, 90, 300], [0.01, 120, 110, 310], [0.01, 110, 100, 305], [0.01, 100, 90, 300]]);
+    vi.advanceTimersByTime(30_000);
+    expect(flags).toEqual([]); // peak 120, 90 used now: less than 32 MB to give back
+  });
+
+  it('auto: on after a quiet spell once the heap\'s peak is far above what it uses, off as soon as the resident set dropped', () => {
+    vi.useFakeTimers();
+    const { saver, flags, switches } = controller('auto', [
+      [0.9, 200, 190, 400], // a burst: the heap at its peak
+      [0.01, 150, 140, 400],
+      [0.5, 150, 140, 400], // busy: the quiet count starts again
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400], // third quiet second in a row: on
+      [0.02, 150, 140, 399],
+      [0.03, 148, 138, 340], // the memory reducer gave the pool back
+      [0.01, 148, 138, 340],
+    ]);
+    vi.advanceTimersByTime(5000);
     expect(flags).toEqual([]);
-    vi.advanceTimersByTime(3000);
+    vi.advanceTimersByTime(1000);
     expect(saver.on).toBe(true);
-    expect(switches).toEqual([[true, 0.03]]);
-    vi.advanceTimersByTime(1000); // 0.04: still quiet, nothing to set
-    expect(flags).toEqual([true]);
-    vi.advanceTimersByTime(1000); // 0.6
+    vi.advanceTimersByTime(2000);
     expect(saver.on).toBe(false);
-    vi.advanceTimersByTime(3000);
-    expect(flags).toEqual([true, false, true]);
-    expect(saver.switchesOn).toBe(2);
+    expect(switches).toEqual([
+      [true, 'quiet'],
+      [false, 'released'],
+    ]);
+    expect(saver.releasedBytes).toBe(60 * MB);
+    vi.advanceTimersByTime(30_000); // quiet, but the heap has not grown again since
+    expect(flags).toEqual([true, false]);
     saver.stop();
+  });
+
+  it('auto: off at the first busy second and on again at the next quiet spell; off after a pulse that released nothing', () => {
+    vi.useFakeTimers();
+    const { saver, flags, switches } = controller('auto', [
+      [0.9, 200, 190, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400], // on
+      [0.4, 160, 150, 400], // busy: off, the peak stays
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400], // on again
+      [0.01, 150, 140, 400], // ...and nothing given back for the whole pulse
+    ]);
+    vi.advanceTimersByTime(8000);
+    expect(switches).toEqual([
+      [true, 'quiet'],
+      [false, 'busy'],
+      [true, 'quiet'],
+    ]);
     vi.advanceTimersByTime(10_000);
-    expect(flags).toEqual([true, false, true]);
+    expect(switches.at(-1)).toEqual([false, 'pulse over']);
+    vi.advanceTimersByTime(30_000); // not again before the heap has grown by 32 MB
+    expect(flags).toEqual([true, false, true, false]);
+    expect(saver.switchesOn).toBe(2);
+    expect(saver.releasedBytes).toBe(0);
+    saver.stop();
   });
 
   it('on sets the flag once at start; off and a V8 without the pool never touch it', () => {
     vi.useFakeTimers();
-    const on = controller('on', [0.9, 0.9]);
-    const off = controller('off', [0, 0, 0, 0, 0]);
-    const unsupported = controller('auto', [0, 0, 0, 0, 0], false);
+    const on = controller('on', [[0.9, 100, 90, 300]]);
+    const off = controller('off', [[0.9, 300, 290, 500], [0, 100, 90, 500]]);
+    const unsupported = controller('auto', [[0.9, 300, 290, 500], [0, 100, 90, 500]], false);
     vi.advanceTimersByTime(10_000);
     expect(on.flags).toEqual([true]);
     expect(on.saver.on).toBe(true);
@@ -90,13 +146,21 @@ describe('memory saver', () => {
   it('exports whether it is on and how often it was turned on', async () => {
     vi.useFakeTimers();
     const registry = new Registry();
-    const { saver } = controller('auto', [0, 0, 0]);
+    const { saver } = controller('auto', [[0.9, 200, 190, 400], [0, 100, 90, 400], [0, 100, 90, 400], [0, 100, 90, 400]]);
     registerMemorySaverMetrics(registry, saver);
-    vi.advanceTimersByTime(3000);
-    const text = await registry.metrics();
-    expect(text).toContain('ohs_node_memory_saver 1');
-    expect(text).toContain('ohs_node_memory_saver_switches_total 1');
+    vi.advanceTimersByTime(4000);
+    expect(await registry.metrics()).toContain('ohs_node_memory_saver 1');
     saver.stop();
+    // The same with the resident set 100 MB lower at the tick after it went on.
+    const { saver: released } = controller('auto', [[0.9, 200, 190, 400], [0, 100, 90, 400], [0, 100, 90, 400], [0, 100, 90, 400], [0, 100, 90, 300]]);
+    const registry2 = new Registry();
+    registerMemorySaverMetrics(registry2, released);
+    vi.advanceTimersByTime(5000);
+    const text = await registry2.metrics();
+    expect(text).toContain('ohs_node_memory_saver 0');
+    expect(text).toContain('ohs_node_memory_saver_switches_total 1');
+    expect(text).toContain(`ohs_node_memory_saver_released_bytes_total ${100 * MB}`);
+    released.stop();
   });
 
   it('gives back the memory of a freed heap on every Node; without it Node 24 keeps it', { timeout: 90_000 }, async () => {
