@@ -19,7 +19,8 @@
 // the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import v8 from 'node:v8';
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Gauge, type Registry } from 'prom-client';
+import { totalCounter } from './metrics/registry.ts';
 
 export const MEMORY_SAVER_MODES = ['auto', 'on', 'off'] as const;
 export type MemorySaverMode = (typeof MEMORY_SAVER_MODES)[number];
@@ -177,24 +178,11 @@ export function registerMemorySaverMetrics(registry: Registry, saver: MemorySave
       this.set(saver.on ? 1 : 0);
     },
   });
-  let counted = 0;
-  new Counter({
-    name: 'ohs_node_memory_saver_switches_total',
-    help: 'Times memory saver mode was turned on (auto: a quiet spell after the heap shrank from its peak).',
-    registers: [registry],
-    collect() {
-      if (saver.switchesOn > counted) this.inc(saver.switchesOn - counted);
-      counted = saver.switchesOn;
-    },
-  });
-  let released = 0;
-  new Counter({
-    name: 'ohs_node_memory_saver_released_bytes_total',
-    help: 'Bytes the resident set dropped while memory saver mode was on (auto): freed heap pages V8 gave back.',
-    registers: [registry],
-    collect() {
-      if (saver.releasedBytes > released) this.inc(saver.releasedBytes - released);
-      released = saver.releasedBytes;
-    },
-  });
+  totalCounter('ohs_node_memory_saver_switches_total', 'Times memory saver mode was turned on (auto: a quiet spell after a burst).', [registry], () => saver.switchesOn);
+  totalCounter(
+    'ohs_node_memory_saver_released_bytes_total',
+    'Bytes the resident set dropped while memory saver mode was on (auto): freed heap pages V8 gave back.',
+    [registry],
+    () => saver.releasedBytes,
+  );
 }

@@ -95,19 +95,29 @@ export interface CreateMetricsOptions {
 // Streams range from a unary RPC (milliseconds) to an SSH session (hours).
 const DURATION_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14_400];
 
-/** The process's count of dropped log lines, read at each scrape. */
-function logLinesDroppedCounter(registers: Registry[]): Counter {
+/** A counter that follows a running total kept elsewhere, read at each scrape. */
+export function totalCounter(name: string, help: string, registers: Registry[], total: () => number): Counter {
   let seen = 0;
   return new Counter({
-    name: 'ohs_log_lines_dropped_total',
-    help: `Log lines dropped because stdout was not read fast enough (up to ${LOG_BUFFER_MAX_BYTES / 1048576} MiB of lines wait in memory first; a warning follows each streak).`,
+    name,
+    help,
     registers,
     collect() {
-      const now = droppedLogLines();
+      const now = total();
       if (now > seen) this.inc(now - seen);
       seen = now;
     },
   });
+}
+
+/** The process's count of dropped log lines, read at each scrape. */
+function logLinesDroppedCounter(registers: Registry[]): Counter {
+  return totalCounter(
+    'ohs_log_lines_dropped_total',
+    `Log lines dropped because stdout was not read fast enough (up to ${LOG_BUFFER_MAX_BYTES / 1048576} MiB of lines wait in memory first; a warning follows each streak).`,
+    registers,
+    droppedLogLines,
+  );
 }
 
 export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetrics {
