@@ -125,17 +125,17 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
       if (total > peak) peak = total;
       if (on) {
         const resident = residentBytes();
-        if (u >= quietUtilization) {
-          quiet = 0;
-          turn(false, 'busy', u, total, resident);
-          return;
-        }
         const released = residentAtOn - resident >= releaseBytes / 2;
-        if (!released && now() - onSince < pulseMs) return;
+        const busy = u >= quietUtilization;
+        if (!released && !busy && now() - onSince < pulseMs) return;
+        if (busy) quiet = 0;
         if (released) releasedBytes += residentAtOn - resident;
-        peak = total;
-        rearmAt = total + releaseBytes;
-        turn(false, released ? 'released' : 'pulse over', u, total, resident);
+        // Busy before anything came back: the next quiet spell tries again.
+        if (released || !busy) {
+          peak = total;
+          rearmAt = total + releaseBytes;
+        }
+        turn(false, released ? 'released' : busy ? 'busy' : 'pulse over', u, total, resident);
         return;
       }
       if (u >= quietUtilization) {

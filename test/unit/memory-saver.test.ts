@@ -130,6 +130,25 @@ describe('memory saver', () => {
     saver.stop();
   });
 
+  it('auto: what came back is counted even when the collection that gave it back made the second busy', () => {
+    vi.useFakeTimers();
+    const { saver, switches } = controller('auto', [
+      [0.9, 200, 190, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400],
+      [0.01, 150, 140, 400], // on
+      [0.2, 140, 130, 330], // the memory reducer's collection: busy, and 70 MB back
+      [0.01, 140, 130, 330],
+    ]);
+    vi.advanceTimersByTime(30_000);
+    expect(switches).toEqual([
+      [true, 'quiet'],
+      [false, 'released'],
+    ]);
+    expect(saver.releasedBytes).toBe(70 * MB);
+    saver.stop();
+  });
+
   it('on sets the flag once at start; off and a V8 without the pool never touch it', () => {
     vi.useFakeTimers();
     const on = controller('on', [[0.9, 100, 90, 300]]);
