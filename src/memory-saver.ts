@@ -14,8 +14,9 @@
 // loop, and only when the heap's peak size since the last time is `releaseBytes` or more above what
 // it uses now (freed pages in the pool, and free space a compacting collection gives back). The
 // memory reducer, which runs while the mode is on, then collects once (within ~8 s) and gives the
-// pool back; the mode goes off again as soon as the resident set has dropped, the loop is busy, or
-// `pulseMs` has passed, and comes back only after the heap has grown `releaseBytes` again. V8 reads
+// pool back; the mode goes off again when the loop is busy or after `pulseMs`, and once something
+// came back (or a few pulses gave nothing) it comes back only after the heap has grown
+// `releaseBytes` again. V8 reads
 // the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import v8 from 'node:v8';
@@ -40,8 +41,10 @@ export interface MemorySaverOptions {
   quietIntervals?: number;
   /** How far the heap's peak since the last time must be above what it uses now (auto). */
   releaseBytes?: number;
-  /** Longest time memory saver stays on in one go (auto): a memory reducer cycle and a half. */
+  /** Longest time memory saver stays on in one go (auto): two and a half of the memory reducer's 8 s rounds. */
   pulseMs?: number;
+  /** Pulses that gave nothing back before the controller waits for the heap to grow again (auto). */
+  pulseTries?: number;
   /** Defaults to this process's V8; false makes the controller do nothing. */
   supported?: boolean;
   /** Sets V8's flag (default `v8.setFlagsFromString`). */
@@ -55,6 +58,7 @@ export interface MemorySaverOptions {
   onSwitch?: (on: boolean, why: SwitchReason, detail: { utilization: number; heapMb: number; residentMb: number }) => void;
 }
 
+/** Why it went on or off: `released` and `pulse over` end a pulse after `pulseMs`, with and without the resident set dropping. */
 export type SwitchReason = 'quiet' | 'released' | 'busy' | 'pulse over' | 'mode on';
 
 export interface MemorySaver {
@@ -89,7 +93,8 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
   const quietUtilization = opts.quietUtilization ?? 0.1;
   const quietIntervals = opts.quietIntervals ?? 5;
   const releaseBytes = opts.releaseBytes ?? 32 * 1048576;
-  const pulseMs = opts.pulseMs ?? 12_000;
+  const pulseMs = opts.pulseMs ?? 20_000;
+  const pulseTries = opts.pulseTries ?? 3;
   const heap =
     opts.heap ??
     (() => {
@@ -119,19 +124,25 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
     let rearmAt = 0;
     let onSince = 0;
     let residentAtOn = 0;
+    let misses = 0;
     timer = setInterval(() => {
       const u = utilization();
       const { total, used } = heap();
       if (total > peak) peak = total;
       if (on) {
+        const busy = u >= quietUtilization;
+        if (!busy && now() - onSince < pulseMs) return;
+        // The pulse ends only when traffic comes or its time is over: a resident set that drops
+        // says nothing of whether the memory reducer has run yet (the pool is often the smaller part).
         const resident = residentBytes();
         const released = residentAtOn - resident >= releaseBytes / 2;
-        const busy = u >= quietUtilization;
-        if (!released && !busy && now() - onSince < pulseMs) return;
         if (busy) quiet = 0;
         if (released) releasedBytes += residentAtOn - resident;
-        // Busy before anything came back: the next quiet spell tries again.
-        if (released || !busy) {
+        else if (!busy) misses += 1;
+        // Busy before anything came back, or a pulse in which V8 collected nothing: the next quiet
+        // spell tries again, a few times.
+        if (released || misses >= pulseTries) {
+          misses = 0;
           peak = total;
           rearmAt = total + releaseBytes;
         }
