@@ -14,9 +14,9 @@
 // loop, and only when the heap's peak size since the last time is `releaseBytes` or more above what
 // it uses now (freed pages in the pool, and free space a compacting collection gives back). The
 // memory reducer, which runs while the mode is on, then collects once (within ~8 s) and gives the
-// pool back; the mode goes off again when the loop is busy or after `pulseMs`, and once something
-// came back (or a few pulses gave nothing) it comes back only after the heap has grown
-// `releaseBytes` again. V8 reads
+// pool back; the mode goes off again when traffic comes (the loop `busyUtilization` busy) or after
+// `pulseMs`, and once something came back (or a few pulses gave nothing) it comes back only after
+// the heap has grown `releaseBytes` again. V8 reads
 // the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import v8 from 'node:v8';
@@ -37,6 +37,8 @@ export interface MemorySaverOptions {
   intervalMs?: number;
   /** Utilization below which an interval counts as quiet. */
   quietUtilization?: number;
+  /** Utilization from which an interval ends a pulse: above the quiet one, so that V8's own collection in a pulse does not end it. */
+  busyUtilization?: number;
   /** Quiet intervals in a row before memory saver is turned on. */
   quietIntervals?: number;
   /** How far the heap's peak since the last time must be above what it uses now (auto). */
@@ -92,6 +94,7 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
   const setFlag = opts.setFlag ?? setV8Flag;
   const quietUtilization = opts.quietUtilization ?? 0.1;
   const quietIntervals = opts.quietIntervals ?? 5;
+  const busyUtilization = opts.busyUtilization ?? 0.3;
   const releaseBytes = opts.releaseBytes ?? 32 * 1048576;
   const pulseMs = opts.pulseMs ?? 20_000;
   const pulseTries = opts.pulseTries ?? 3;
@@ -130,23 +133,24 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
       const { total, used } = heap();
       if (total > peak) peak = total;
       if (on) {
-        const busy = u >= quietUtilization;
+        const busy = u >= busyUtilization;
         if (!busy && now() - onSince < pulseMs) return;
-        // The pulse ends only when traffic comes or its time is over: a resident set that drops
+        // A pulse ends when traffic comes or its time is over, not when the resident set drops: that
         // says nothing of whether the memory reducer has run yet (the pool is often the smaller part).
         const resident = residentBytes();
         const released = residentAtOn - resident >= releaseBytes / 2;
-        if (busy) quiet = 0;
         if (released) releasedBytes += residentAtOn - resident;
-        else if (!busy) misses += 1;
-        // Busy before anything came back, or a pulse in which V8 collected nothing: the next quiet
-        // spell tries again, a few times.
-        if (released || misses >= pulseTries) {
+        if (busy) {
+          // Traffic came: the next quiet spell tries again.
+          quiet = 0;
+        } else if (released || ++misses >= pulseTries) {
+          // Something came back, or a few pulses in which V8 collected nothing: wait for the heap
+          // to grow again.
           misses = 0;
           peak = total;
           rearmAt = total + releaseBytes;
         }
-        turn(false, released ? 'released' : busy ? 'busy' : 'pulse over', u, total, resident);
+        turn(false, busy ? 'busy' : released ? 'released' : 'pulse over', u, total, resident);
         return;
       }
       if (u >= quietUtilization) {
