@@ -16,8 +16,8 @@
 // memory reducer, which runs while the mode is on, then collects once (within ~8 s) and gives the
 // pool back; the mode goes off again when traffic comes (the loop `busyUtilization` busy) or after
 // `pulseMs`, and once something came back (or a few pulses gave nothing) it comes back only after
-// the heap has grown `releaseBytes` again. V8 reads
-// the flag each time it decides; `v8.setFlagsFromString` changes it at run time.
+// the heap has grown `releaseBytes` again. V8 reads the flag each time it decides;
+// `v8.setFlagsFromString` changes it at run time.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import v8 from 'node:v8';
 import { Gauge, type Registry } from 'prom-client';

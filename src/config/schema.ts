@@ -208,8 +208,8 @@ const scalarShape = {
    */
   readinessMode: z.enum(['shadow', 'off']),
   /**
-   * V8's memory saver mode (src/memory-saver.ts): `auto` while the event loop is quiet, `on` always,
-   * `off` never. Only on a V8 that keeps freed heap pages until a memory-reducing collection (Node 24).
+   * V8's memory saver mode (src/memory-saver.ts): `auto` for a few quiet seconds after a burst, `on`
+   * always, `off` never. Only on a V8 that keeps freed heap pages until a memory-reducing collection (Node 24).
    */
   memorySaverMode: z.enum(MEMORY_SAVER_MODES),
   /** Share of the drain's grace period within which every owned supervisor session is shed (DESIGN §6). */
