@@ -2,7 +2,7 @@
 // sandbox id and token headers, then an SSH session to the sandbox through it.
 import http from 'node:http';
 import type { IncomingHttpHeaders } from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from './supervisor/ssh-server.ts';
@@ -195,6 +195,8 @@ export function runSshCommand(
     timer.unref();
 
     sock.on('error', () => undefined);
+    // The client's side of the same Nagle stalls as the sandbox's SSH server (ssh-server.ts).
+    if (sock instanceof net.Socket) sock.setNoDelay(true);
     client.on('error', (err) => finish(err));
     client.on('close', () => finish(new Error(`ssh connection closed before '${command}' finished`)));
     client.on('ready', () => {

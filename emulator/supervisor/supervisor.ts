@@ -502,6 +502,8 @@ export class SupervisorEmulator extends EventEmitter<SupervisorEmulatorEvents> {
       return;
     }
     const sock = dial();
+    // SSH bytes to and from the sandbox's SSH server: no Nagle stalls on this leg (see ssh-server.ts).
+    sock.setNoDelay(true);
     let sockClosed = false;
     let callDone = false;
     let finalized = false;
