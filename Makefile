@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-cells bench-ssh bench-scale bench-burst drill drill-readiness drill-readiness-real clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-cells bench-ssh bench-scale bench-burst bench-ws drill drill-readiness drill-readiness-real clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -74,6 +74,10 @@ bench-scale: build
 # the Hello, claims per transaction (bench/claim-burst.ts; bench/results/claim-burst.json).
 bench-burst: build
 	node --import tsx bench/claim-burst.ts
+
+# A /_ws_tunnel passthrough's message round trip, direct and through one sidecar (bench/ws-tunnel.ts).
+bench-ws: build
+	node --import tsx bench/ws-tunnel.ts
 
 bench-ssh: build
 	node --import tsx bench/run.ts

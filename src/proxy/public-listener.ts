@@ -162,12 +162,17 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     socket.on('data', onData);
   };
 
+  // TCP_NODELAY on every accepted connection: connections are handed to the HTTP servers by hand,
+  // so http.Server's own default never applies, and a `/_ws_tunnel` passthrough (and any HTTP/1.1
+  // answer written in parts) stalled on the peer's delayed ACK, ~40 ms a message. HTTP/2 sessions
+  // and CONNECT tunnels set it anyway; here it is one setsockopt at accept instead.
   let server: net.Server;
   const t = ctx.config.tls;
   if (t) {
     const ca = t.clientCaFile ? readFileSync(t.clientCaFile) : undefined;
     server = tls.createServer(
       {
+        noDelay: true,
         cert: readFileSync(t.certFile),
         key: readFileSync(t.keyFile),
         ALPNProtocols: ['h2', 'http/1.1'],
@@ -177,7 +182,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
     );
     server.on('tlsClientError', (err) => log.info({ err: err.message }, 'TLS handshake failed'));
   } else {
-    server = net.createServer(dispatch);
+    server = net.createServer({ noDelay: true }, dispatch);
   }
   server.on('error', (err) => log.error({ err }, 'public listener error'));
   // Past maxConnections Node closes new connections at accept ('drop'); said once a second at most.
@@ -245,5 +250,6 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
     upstream.write(requestHead(req));
     spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, head);
   });
+  upstream.setNoDelay(true);
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
 }

@@ -23,6 +23,7 @@ import { encodeMessage } from '../../emulator/proto.ts';
 import { exec, gatewayClient } from '../helpers/grpc-client.ts';
 import { grpcFrame } from '../helpers/raw.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
+import { tcpNoDelay } from '../helpers/tcp-nodelay.ts';
 import { waitUntil } from '../helpers/wait.ts';
 import { metric, rawSession, RssSampler, sleep, startAttacker, startFakeGateway, withTimeout, type FakeGateway } from './support.ts';
 
@@ -239,6 +240,33 @@ describe('fixed weaknesses: HTTP/1.1 and HTTP/2 on the public port (embedded sid
       expect(out).toMatch(/timer:\(keepalive/);
     } finally {
       c.socket.destroy();
+    }
+  });
+
+  // public-listener.ts hands accepted connections to its HTTP servers by hand, so http.Server's own
+  // TCP_NODELAY default never applied, and passthroughUpgrade's gateway socket had none either: a
+  // `/_ws_tunnel` passthrough (the CLI behind Cloudflare Access) waited on the peer's delayed ACK for
+  // each message written in parts, ~45 ms against ~1.5 ms (docs/performance.md, eighteenth session).
+  // Pass: the sidecar's sockets of a spliced `/_ws_tunnel`, the client's and the gateway's, both have
+  // Nagle's algorithm off.
+  it('both legs of a /_ws_tunnel passthrough have TCP_NODELAY', async () => {
+    const wsGw = await startFakeGateway();
+    const own = await embeddedSidecar(wsGw.port);
+    try {
+      const c = await rawSession(own.port, Buffer.from('GET /_ws_tunnel HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'latin1'));
+      expect(await firstLine(c)).toMatch(/^HTTP\/1\.1 101/);
+      c.socket.write('ping');
+      await waitUntil('the echo through the splice', async () => c.received(), (r) => r.endsWith('ping'), { timeoutMs: 5_000 });
+      const clientPort = (c.socket.address() as net.AddressInfo).port;
+      const sockets = tcpNoDelay(own.proc.child.pid as number);
+      const toGateway = sockets.filter((s) => s.remote === wsGw.port);
+      expect(sockets.find((s) => s.local === own.port && s.remote === clientPort)).toMatchObject({ nodelay: 1 });
+      expect(toGateway.length).toBeGreaterThan(0);
+      expect(toGateway.filter((s) => s.nodelay === 0)).toEqual([]);
+      c.socket.destroy();
+    } finally {
+      await own.proc.kill('SIGTERM');
+      await wsGw.close();
     }
   });
 
