@@ -248,7 +248,8 @@ export async function startSandboxSshServer(opts: SandboxSshServerOptions): Prom
   // We own the listening socket (and hand each TCP connection to ssh2) so close() can destroy stragglers.
   // Without TCP_NODELAY ssh2's small packets wait on the peer's delayed ACK (~40 ms each): an SSH
   // connect and exec on loopback took 92 ms instead of 4, and 312 ms where ssh2's native crypto
-  // binding does not load (Node 24 with node_modules built for Node 20), as OpenSSH's would not.
+  // binding does not load (Node 24 with node_modules built for Node 20). The harness would measure
+  // its own sandbox, not the hop in front of it.
   const tcp = net.createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     socket.on('error', (err) => log.debug({ err }, 'ssh socket error'));
