@@ -204,11 +204,15 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     socket.on('data', onData);
   };
 
+  // TCP_NODELAY at accept: connections reach the HTTP servers by hand (emit), so http.Server's own
+  // default never applies; without it a tunnel's small writes wait on delayed ACKs (the sidecar's
+  // public listener had the same fault, src/proxy/public-listener.ts).
   let server: net.Server;
   if (opts.tls) {
     const ca = opts.tls.clientCaFile ? readFileSync(opts.tls.clientCaFile) : undefined;
     server = tls.createServer(
       {
+        noDelay: true,
         cert: readFileSync(opts.tls.certFile),
         key: readFileSync(opts.tls.keyFile),
         ALPNProtocols: ['h2', 'http/1.1'],
@@ -218,7 +222,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     );
     server.on('tlsClientError', (err) => logger.debug({ err: err.message }, 'tls handshake failed'));
   } else {
-    server = net.createServer(dispatch);
+    server = net.createServer({ noDelay: true }, dispatch);
   }
   boundPort = await listen(server, host, opts.port ?? 0);
 
