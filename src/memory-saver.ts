@@ -111,11 +111,11 @@ export function startMemorySaver(opts: MemorySaverOptions): MemorySaver {
   let releasedBytes = 0;
   let timer: NodeJS.Timeout | undefined;
 
-  const turn = (next: boolean, why: SwitchReason, utilization: number, heap: number, resident: number): void => {
+  const turn = (next: boolean, why: SwitchReason, utilization: number, heapBytes: number, resident: number): void => {
     on = next;
     if (next) switchesOn += 1;
     setFlag(next);
-    opts.onSwitch?.(next, why, { utilization, heapMb: Math.round(heap / 1048576), residentMb: Math.round(resident / 1048576) });
+    opts.onSwitch?.(next, why, { utilization, heapMb: Math.round(heapBytes / 1048576), residentMb: Math.round(resident / 1048576) });
   };
 
   if (supported && opts.mode === 'on') turn(true, 'mode on', Number.NaN, heap().total, residentBytes());

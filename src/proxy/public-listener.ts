@@ -164,8 +164,8 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
 
   // TCP_NODELAY on every accepted connection: connections are handed to the HTTP servers by hand,
   // so http.Server's own default never applies, and a `/_ws_tunnel` passthrough (and any HTTP/1.1
-  // answer written in parts) stalled on the peer's delayed ACK, ~40 ms a message. HTTP/2 sessions
-  // and CONNECT tunnels set it anyway; here it is one setsockopt at accept instead.
+  // answer written in parts, and the client leg of a CONNECT tunnel forwarded to a peer) stalled on
+  // the peer's delayed ACK, ~40 ms a message. This is the one place the client's side is set.
   let server: net.Server;
   const t = ctx.config.tls;
   if (t) {

@@ -319,8 +319,8 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
       countTunnelBytes(ctx, bytes);
     }, rawHead.early);
   });
+  // The client's socket has TCP_NODELAY from the public listener, set at accept.
   upstream.setNoDelay(true);
-  socket.setNoDelay(true);
   const start = process.hrtime.bigint();
   const active = ctx.metrics.activeTunnels.cell('local');
   active.inc();
