@@ -5,6 +5,11 @@
 //              second hop, the baseline for the forwarded path's ratio)
 //   node       client -> bare Node proxy -> gateway   (Node's own floor: the protocol work a Node
 //              proxy cannot skip, nothing else; bench/lib/node-proxy-main.ts)
+//   nodetcp    client -> Node TCP relay -> gateway    (bytes piped, nothing parsed: what HAProxy's tcp
+//              mode does, the least any Node proxy spends on a connection; the bare Node proxy's
+//              third port. For gRPC it relays the client's whole HTTP/2 connection)
+//   nodetcp2   client -> Node TCP relay -> Node TCP relay -> gateway (a second hop that parses nothing
+//              and opens a TCP connection per tunnel: what any peer hop written in Node can reach)
 //   node2      client -> bare Node proxy -> bare Node proxy -> gateway (the second hop shaped as the
 //              sidecars' peer hop: HTTP/2 between the two, CONNECT tunnels as HTTP/2 CONNECT streams;
 //              Node's own floor for the forwarded path)
@@ -17,7 +22,7 @@
 // absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
 //
 // Env: BENCH_ROUNDS (3), BENCH_RTT_N (2000), BENCH_BULK_MIB (256), BENCH_OPEN_MS (1500),
-// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,node2,sidecar,sidecar2),
+// BENCH_OPEN_MAX (3000), BENCH_PROTOS (connect,grpc), BENCH_PATHS (direct,haproxy,haproxy2,node,nodetcp,node2,nodetcp2,sidecar,sidecar2),
 // BENCH_METRICS (rtt,bulk_up,bulk_down,opens_c1,opens_c64), BENCH_PAUSE_MS (0: a quiet spell before each
 // measurement), BENCH_CPU_PROF=DIR (profile the sidecars),
 // BENCH_HAPROXY_NBTHREAD (HAProxy's default: one thread per core), BENCH_LABEL (names the run in the file),
@@ -50,7 +55,7 @@ import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type Ben
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
 const ALL_PROTOS = ['connect', 'grpc'] as const;
-const ALL_PATHS = ['direct', 'haproxy', 'haproxy2', 'node', 'node2', 'sidecar', 'sidecar2'] as const;
+const ALL_PATHS = ['direct', 'haproxy', 'haproxy2', 'node', 'nodetcp', 'node2', 'nodetcp2', 'sidecar', 'sidecar2'] as const;
 const ALL_METRICS = ['rtt', 'bulk_up', 'bulk_down', 'opens_c1', 'opens_c64'] as const;
 type PathName = (typeof ALL_PATHS)[number];
 type MetricName = (typeof ALL_METRICS)[number];
@@ -84,6 +89,8 @@ const PATH_LABEL: Record<PathName, string> = {
   haproxy: 'haproxy',
   haproxy2: 'haproxy x2 (chained)',
   node: process.env.BENCH_NODE_TUNED === '1' ? 'bare Node proxy, tuned' : 'bare Node proxy',
+  nodetcp: 'Node TCP relay (no parsing)',
+  nodetcp2: 'Node TCP relay x2 (chained)',
   node2: process.env.BENCH_NODE_TUNED === '1' ? 'bare Node x2, tuned' : 'bare Node x2 (chained)',
   sidecar: 'sidecar (owner local)',
   sidecar2: 'sidecar x2 (forwarded)',
@@ -283,6 +290,10 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     const nv = bare?.[key];
     if (nv !== undefined && sv !== undefined) out.push({ proto, what: `sidecar ${key} vs bare Node proxy`, value: round2(sv / nv), target: NaN, met: null, unit: 'x' });
     if (nv !== undefined && hv !== undefined) out.push({ proto, what: `bare Node proxy ${key} vs haproxy`, value: round2(nv / hv), target: NaN, met: null, unit: 'x' });
+    // Informational: Node relaying bytes it never reads, against HAProxy doing the same (its tcp
+    // mode; on gRPC HAProxy terminates HTTP/2 and this does not).
+    const rv = s.get('nodetcp')?.[key];
+    if (rv !== undefined && hv !== undefined) out.push({ proto, what: `Node TCP relay ${key} vs haproxy`, value: round2(rv / hv), target: NaN, met: null, unit: 'x' });
     const tv = two?.[key];
     if (sv !== undefined && tv !== undefined) out.push({ proto, what: `forwarded ${key} vs sidecar`, value: round2(tv / sv), target: 0.8, met: tv / sv >= 0.8, unit: 'x' });
     // Informational: what a second hop costs the reference proxy on this machine (the baseline for
@@ -291,6 +302,8 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     if (hv !== undefined && h2v !== undefined) out.push({ proto, what: `haproxy x2 ${key} vs haproxy`, value: round2(h2v / hv), target: NaN, met: null, unit: 'x' });
     const n2v = s.get('node2')?.[key];
     if (nv !== undefined && n2v !== undefined) out.push({ proto, what: `bare Node x2 ${key} vs bare Node`, value: round2(n2v / nv), target: NaN, met: null, unit: 'x' });
+    const r2v = s.get('nodetcp2')?.[key];
+    if (rv !== undefined && r2v !== undefined) out.push({ proto, what: `Node TCP relay x2 ${key} vs Node TCP relay`, value: round2(r2v / rv), target: NaN, met: null, unit: 'x' });
   }
   if (d?.rtt_p50 !== undefined && h?.rtt_p50 !== undefined && one?.rtt_p50 !== undefined) {
     const addedH = h.rtt_p50 - d.rtt_p50;
@@ -332,9 +345,9 @@ async function main(): Promise<number> {
     }
   }
 
-  let nodeProxyPorts: [number, number] | undefined;
-  let node2ProxyPorts: [number, number] | undefined;
-  if (runPaths.includes('node') || runPaths.includes('node2')) {
+  let nodeProxyPorts: [number, number, number] | undefined;
+  let node2ProxyPorts: [number, number, number] | undefined;
+  if (runPaths.some((p) => p === 'node' || p === 'nodetcp' || p === 'node2' || p === 'nodetcp2')) {
     const [nodeBin, ...tsArgs] = tsEntry('bench/lib/node-proxy-main.ts');
     const entry = process.env.BENCH_NODE_TUNED === '1' ? [...tsArgs, '--tuned'] : tsArgs;
     // Named by Node (pid and thread): tsx's loader thread writes a profile of its own.
@@ -342,12 +355,13 @@ async function main(): Promise<number> {
     const nodeArgs = process.env.BENCH_NODE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
     const np = await startProcess('node-proxy', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)], { echo: nodeArgs.length > 0 });
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
-    nodeProxyPorts = np.ready.ports as [number, number];
-    if (runPaths.includes('node2')) {
+    nodeProxyPorts = np.ready.ports as [number, number, number];
+    if (runPaths.includes('node2') || runPaths.includes('nodetcp2')) {
       // The first hop of two, in front of the one above as an ingress sidecar is in front of the owner's.
-      const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), '--via-port', String(nodeProxyPorts[1])], { echo: nodeArgs.length > 0 });
+      const via = ['--via-port', String(nodeProxyPorts[1]), '--tcp-via-port', String(nodeProxyPorts[2])];
+      const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), ...via], { echo: nodeArgs.length > 0 });
       cleanups.push({ what: 'bare node proxy x2', run: () => np2.kill('SIGTERM') });
-      node2ProxyPorts = np2.ready.ports as [number, number];
+      node2ProxyPorts = np2.ready.ports as [number, number, number];
     }
   }
 
@@ -389,7 +403,7 @@ async function main(): Promise<number> {
   console.log(
     `[${elapsed()}] up: fake gateway :${gatewayPort}` +
       (haproxy ? `, haproxy ${haproxy.version} :${haproxy.tcpPort} (tcp) :${haproxy.h2Port} (h2)` : '') +
-      (nodeProxyPorts ? `, bare node proxy :${nodeProxyPorts[0]} (CONNECT) :${nodeProxyPorts[1]} (h2)` : '') +
+      (nodeProxyPorts ? `, bare node proxy :${nodeProxyPorts[0]} (CONNECT) :${nodeProxyPorts[1]} (h2) :${nodeProxyPorts[2]} (TCP relay)` : '') +
       (needSidecars ? `, sidecars ${sidecarEntry().what} (owner :${sidecars.owner!.publicPort}, ingress :${sidecars.ingress!.publicPort}), sandbox owned by 'owner'` : ''),
   );
 
@@ -398,6 +412,8 @@ async function main(): Promise<number> {
     if (path === 'haproxy') return proto === 'connect' ? haproxy!.tcpPort : haproxy!.h2Port;
     if (path === 'haproxy2') return proto === 'connect' ? haproxy2!.tcpPort : haproxy2!.h2Port;
     if (path === 'node') return nodeProxyPorts![proto === 'connect' ? 0 : 1];
+    if (path === 'nodetcp') return nodeProxyPorts![2];
+    if (path === 'nodetcp2') return node2ProxyPorts![2];
     if (path === 'node2') return node2ProxyPorts![proto === 'connect' ? 0 : 1];
     if (path === 'sidecar') return sidecars.owner!.publicPort;
     return sidecars.ingress!.publicPort;

@@ -4,8 +4,12 @@
 //            the two sockets are piped (no routing, no limits, no look at the answer).
 //   gRPC:    every HTTP/2 stream is terminated and relayed on a stream of one client session to the
 //            gateway, headers, data both ways and trailers (no first-message read, no routing).
+//   TCP:     a third port relays each connection's bytes to the gateway untouched (no parsing at all):
+//            what HAProxy's tcp mode does, and the least any Node proxy can spend on a connection
+//            (the `nodetcp` path). With --tcp-via-port M it relays to M (another of these proxies'
+//            TCP port) instead: two relays chained, the `nodetcp2` path.
 // The windows are the sidecar's (1 MiB per stream and per session). Prints
-// {"event":"ready","ports":[connectPort, h2Port]}; SIGTERM stops it.
+// {"event":"ready","ports":[connectPort, h2Port, tcpPort]}; SIGTERM stops it.
 //   node --import tsx bench/lib/node-proxy-main.ts --gateway-port N [--via-port M]
 // --via-port M makes it the first of two hops, shaped as the sidecars' forwarded path: gRPC streams
 // are relayed to M (another of these proxies) instead of the gateway, and CONNECT tunnels are carried
@@ -35,6 +39,7 @@ const openOptions = tuned ? OPEN_STREAM : {};
 const respondWithTrailers = tuned ? RESPOND_WITH_TRAILERS : { waitForTrailers: true };
 const socketOptions = tuned ? SOCKET_DEFAULTS : {};
 const h2UpstreamPort = viaPort ?? gatewayPort;
+const tcpUpstreamPort = argPort('--tcp-via-port') ?? gatewayPort;
 
 function listen(server: net.Server): Promise<number> {
   return new Promise((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: 1024 }, () => resolve((server.address() as net.AddressInfo).port)));
@@ -134,12 +139,18 @@ h2Server.on('stream', (down, headers) => {
   });
 });
 
-const ports = [await listen(connectServer), await listen(h2Server as unknown as net.Server)];
+// TCP: connect, pipe both ways, nothing read.
+const tcpServer = net.createServer({ noDelay: true }, (client) => {
+  join(client, net.connect({ port: tcpUpstreamPort, host: '127.0.0.1', noDelay: true, ...socketOptions }));
+});
+
+const ports = [await listen(connectServer), await listen(h2Server as unknown as net.Server), await listen(tcpServer)];
 const parentPid = process.ppid;
 const stop = (): void => {
   gateway?.destroy();
   connectServer.close();
   h2Server.close();
+  tcpServer.close();
   process.exit(0);
 };
 process.on('SIGTERM', stop);
