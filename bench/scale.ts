@@ -10,7 +10,8 @@
 //      quiet for a while (its memory reducer), so the first window is the peak, the second the level;
 //   2. routing probe: SCALE_PROBES new ForwardTcp streams (init + one ping, answer awaited), straight
 //      to the fake gateway (the baseline: this machine's own tail), on the loaded sidecar (owner local)
-//      and through a second sidecar (forwarded): p50/p99/max;
+//      and through a second sidecar (forwarded): p50/p99/max, how many over 5 ms and where the slowest
+//      fell; from a process of its own (a new client, bench/lib/probe-main.ts), then from this one;
 //   3. sustained: SCALE_RATE new forwarded streams per second for SCALE_SECONDS seconds through the
 //      second sidecar to the loaded one, each opened, pinged and closed; errors, achieved rate,
 //      latency, and the loaded sidecar's RSS/CPU/lag meanwhile.
@@ -28,7 +29,6 @@
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import type http2 from 'node:http2';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -37,7 +37,8 @@ import { GatewayStore } from '../emulator/gateway/store.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { adminMetrics } from './lib/admin-metrics.ts';
 import { createCleanups } from './lib/cleanup.ts';
-import { CONNECT_SUPERVISOR, PING_BYTES, connectH2, helloFrame, openForward, type Channel, type Endpoint } from './lib/raw-clients.ts';
+import { CONNECT_SUPERVISOR, helloFrame, type Channel, type Endpoint } from './lib/raw-clients.ts';
+import { ClientConns, openAndPing, probe, tailPlace, type ProbeResult } from './lib/stream-probe.ts';
 import { machineMeta } from './lib/results.ts';
 import { NODE_FLAGS } from '../src/node-flags.ts';
 import { sidecarEntry, startBenchSidecar, type BenchSidecar } from './lib/sidecars.ts';
@@ -199,86 +200,6 @@ function gcBetween(a: GcTotals, b: GcTotals): { scavenges: number; scavengeMeanM
 async function countOwned(db: pg.Client, replicaId: string): Promise<number> {
   const res = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM ohs_owners WHERE replica_id = $1', [replicaId]);
   return res.rows[0]?.n ?? 0;
-}
-
-/** A pool of client HTTP/2 connections to one port, streams spread round robin (reopened if one closed). */
-class ClientConns {
-  readonly #sessions: http2.ClientHttp2Session[] = [];
-  #next = 0;
-  constructor(
-    private readonly port: number,
-    private readonly count: number,
-  ) {}
-  async get(): Promise<http2.ClientHttp2Session> {
-    const i = this.#next++ % this.count;
-    let s = this.#sessions[i];
-    if (!s || s.closed || s.destroyed) {
-      s = await connectH2(this.port);
-      this.#sessions[i] = s;
-    }
-    return s;
-  }
-  close(): void {
-    for (const s of this.#sessions) s.destroy();
-  }
-}
-
-/** Opens a ForwardTcp stream, sends init + one ping and waits for the echo; resolves with the ms it took. */
-async function openAndPing(conns: ClientConns, ep: Endpoint): Promise<{ ms: number; ch: Channel }> {
-  const t0 = process.hrtime.bigint();
-  const ping = PING_BYTES.grpc;
-  const ch = openForward(await conns.get(), ep, 'echo', ping);
-  const s = ch.out as http2.ClientHttp2Stream;
-  let answered = false;
-  let grpcStatus: string | undefined;
-  s.once('response', (h) => {
-    answered = true;
-    if (h['grpc-status'] !== undefined) grpcStatus = `${String(h['grpc-status'])} ${decodeURIComponent(String(h['grpc-message'] ?? ''))}`;
-  });
-  // An answer that ends before the echo (a refusal) fails the stream at once, with its status.
-  const ended = new Promise<never>((_, reject) => s.once('end', () => reject(new Error(`ended before the echo: grpc-status ${grpcStatus ?? 'none'}`))));
-  ended.catch(() => undefined);
-  try {
-    await Promise.race([ch.counter.until(ping.length, STEP_TIMEOUT_MS), ended]);
-  } catch (err) {
-    // Where it stopped: never sent (no stream id: the client connection's stream limit), sent but
-    // unanswered, or answered without the echo.
-    const where = s.pending ? 'never sent' : answered ? 'answered' : `sent as stream ${s.id}, no answer`;
-    await ch.close();
-    throw new Error(`${(err as Error).message} (${where})`);
-  }
-  return { ms: Number(process.hrtime.bigint() - t0) / 1e6, ch };
-}
-
-interface ProbeResult {
-  n: number;
-  errors: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-}
-
-/** `n` new streams, `concurrency` at a time, each opened, pinged and closed. */
-async function probe(conns: ClientConns, ep: Endpoint, n: number, concurrency: number): Promise<ProbeResult> {
-  const ms: number[] = [];
-  let begun = 0;
-  let errors = 0;
-  const deadline = Date.now() + 120_000;
-  const worker = async (): Promise<void> => {
-    while (begun < n && Date.now() < deadline) {
-      begun++;
-      try {
-        const r = await openAndPing(conns, ep);
-        ms.push(r.ms);
-        await r.ch.close();
-      } catch {
-        errors++;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  ms.sort((a, b) => a - b);
-  return { n: ms.length, errors, p50Ms: round2(percentile(ms, 50)), p99Ms: round2(percentile(ms, 99)), maxMs: round2(ms[ms.length - 1] ?? NaN) };
 }
 
 /** RATE new streams per second for SECONDS seconds, paced in 10 ms ticks; each opened, pinged, closed. */
@@ -480,33 +401,43 @@ async function main(): Promise<void> {
     log('heap snapshot of the loaded sidecar requested (SIGUSR2)');
   }
 
-  // 4. Routing probe: new streams on the loaded sidecar, local and forwarded.
-  // The same probe straight to the fake gateway first: the floor the two below are read against.
-  const probeDirectConns = new ClientConns(ownerGatewayPort, 4);
-  cleanups.push({ what: 'direct probe connections', run: async () => probeDirectConns.close() });
-  const probeDirect = await probe(probeDirectConns, { ...ownerEps[0]!, port: ownerGatewayPort }, PROBES, PROBE_CONCURRENCY);
-  log(`routing probe, direct:      ${probeDirect.n} streams (${probeDirect.errors} errors) p50 ${probeDirect.p50Ms} ms p99 ${probeDirect.p99Ms} ms max ${probeDirect.maxMs} ms`);
-  const probeLocalConns = new ClientConns(owner.publicPort, 4);
-  const probeFwdConns = new ClientConns(ingress.publicPort, 4);
-  cleanups.push({ what: 'probe connections', run: async () => (probeLocalConns.close(), probeFwdConns.close()) });
+  // 4. Routing probe: new streams on the loaded sidecar, local and forwarded, after the same probe
+  // straight to the fake gateway (the floor they are read against). First from a process of its own
+  // (bench/lib/probe-main.ts), a new client as a real one is: the figures held against the target.
+  // Then the same from this process, which holds the 20,000 client ends of the held sessions: its own
+  // collections land in every path's tail (nineteenth session), kept to compare with earlier runs.
   const ingressEps = endpoints.map((e) => ({ ...e, port: ingress.publicPort }));
+  const sets = { direct: { ...ownerEps[0]!, port: ownerGatewayPort }, local: ownerEps[0]!, forwarded: ingressEps[0]! };
+  const describe = (name: string, r: ProbeResult): string =>
+    `${name} ${r.n} streams (${r.errors} errors) p50 ${r.p50Ms} ms p99 ${r.p99Ms} ms max ${r.maxMs} ms; ${r.over5Ms} over 5 ms; 1 % slowest at ${tailPlace(r)}`;
   const gcBeforeProbes = await Promise.all([gcTotals(owner.adminPort), gcTotals(ingress.adminPort)]);
   const reusesBefore = await Promise.all([slotReuses(owner.adminPort), slotReuses(ingress.adminPort)]);
-  const probeLocal = await probe(probeLocalConns, ownerEps[0]!, PROBES, PROBE_CONCURRENCY);
-  log(`routing probe, owner local: ${probeLocal.n} streams (${probeLocal.errors} errors) p50 ${probeLocal.p50Ms} ms p99 ${probeLocal.p99Ms} ms max ${probeLocal.maxMs} ms`);
-  const probeFwd = await probe(probeFwdConns, ingressEps[0]!, PROBES, PROBE_CONCURRENCY);
-  log(`routing probe, forwarded:   ${probeFwd.n} streams (${probeFwd.errors} errors) p50 ${probeFwd.p50Ms} ms p99 ${probeFwd.p99Ms} ms max ${probeFwd.maxMs} ms`);
-  // A probe that meets a collection waits for it: the pauses are most of the tail.
+  const [probeNode, ...probeArgs] = tsEntry('bench/lib/probe-main.ts');
+  const spec = { n: PROBES, concurrency: PROBE_CONCURRENCY, sets: Object.entries(sets).map(([name, endpoint]) => ({ name, endpoint })) };
+  const prober = await startProcess('prober', [probeNode!, ...HARNESS_NODE_ARGS, ...probeArgs, JSON.stringify(spec)], { readyTimeoutMs: 300_000 });
+  const own = (prober.ready as unknown as { results: Record<keyof typeof sets, ProbeResult> }).results;
+  const [probeDirect, probeLocal, probeFwd] = [own.direct, own.local, own.forwarded];
+  log(`routing probe from a process of its own, ${describe('direct:     ', probeDirect)}`);
+  log(`routing probe from a process of its own, ${describe('owner local:', probeLocal)}`);
+  log(`routing probe from a process of its own, ${describe('forwarded:  ', probeFwd)}`);
+  // A probe that meets a collection waits for it.
   const gcAfterProbes = await Promise.all([gcTotals(owner.adminPort), gcTotals(ingress.adminPort)]);
   const gcDuringProbes = { owner: gcBetween(gcBeforeProbes[0], gcAfterProbes[0]), ingress: gcBetween(gcBeforeProbes[1], gcAfterProbes[1]) };
   for (const [who, g] of Object.entries(gcDuringProbes)) {
-    log(`  ${who} during both probes: ${g.scavenges} scavenges (mean pause ${g.scavengeMeanMs} ms), ${g.fullCollections} full collections (mean pause ${g.fullMeanMs} ms)`);
+    log(`  ${who} during the three sets: ${g.scavenges} scavenges (mean pause ${g.scavengeMeanMs} ms), ${g.fullCollections} full collections (mean pause ${g.fullMeanMs} ms)`);
   }
   // Each probe takes a limit slot where it enters (the owner for local probes, the ingress for
   // forwarded ones); a reused one is a slot taken with no Redis round trip.
   const reusesAfter = await Promise.all([slotReuses(owner.adminPort), slotReuses(ingress.adminPort)]);
   const slotReusesDuringProbes = { owner: reusesAfter[0] - reusesBefore[0], ingress: reusesAfter[1] - reusesBefore[1] };
   log(`  limit slots reused (no Redis round trip): owner ${slotReusesDuringProbes.owner} of ${probeLocal.n}, ingress ${slotReusesDuringProbes.ingress} of ${probeFwd.n}`);
+  const fromBench: Record<string, ProbeResult> = {};
+  for (const [name, ep] of Object.entries(sets)) {
+    const conns = new ClientConns(ep.port, 4);
+    cleanups.push({ what: `${name} probe connections`, run: async () => conns.close() });
+    fromBench[name] = await probe(conns, ep, PROBES, PROBE_CONCURRENCY);
+    log(`routing probe from the bench process, ${describe(`${name}:`.padEnd(12), fromBench[name])}`);
+  }
 
   // 5. Sustained forwarded opens, the loaded sidecar observed meanwhile.
   const sustainedConns = new ClientConns(ingress.publicPort, 8);
@@ -586,6 +517,7 @@ async function main(): Promise<void> {
       steady_seconds: STEADY_S,
       settle_seconds: SETTLE_S,
       probes: PROBES,
+      probe_concurrency: PROBE_CONCURRENCY,
       rate_per_second: RATE,
       seconds: SECONDS,
       note: 'the bench client, the fake gateway, both sidecars, Postgres and Redis share the machine',
@@ -605,6 +537,8 @@ async function main(): Promise<void> {
     routing_probe_direct: probeDirect,
     routing_probe_local: probeLocal,
     routing_probe_forwarded: probeFwd,
+    routing_probe_from: 'a process of its own (bench/lib/probe-main.ts), before the same probes from the bench process below',
+    routing_probe_from_bench_process: fromBench,
     gc_during_probes: gcDuringProbes,
     limit_slot_reuses_during_probes: slotReusesDuringProbes,
     sustained: sus,
