@@ -1,7 +1,8 @@
 // The scale bench's routing probe from a process of its own: a new client holding nothing else, as
 // the client of a real new request is. The bench process holds the 20,000 client ends of the held
-// sessions, and its own collections (4–10 ms each at that size) landed on most of the probes that
-// took over 5 ms (nineteenth session, docs/performance.md), whichever path they took.
+// sessions, and its own collections (3–10 ms each at that size) overlapped half of the slow
+// forwarded probes it timed; from this process the count over 5 ms stayed the same (the nineteenth
+// session, docs/performance.md: the tail is the 2-core machine's scheduling). The bench reports both.
 //   node --import tsx bench/lib/probe-main.ts '<json>'
 // where <json> is { "n": 2000, "concurrency": 1, "sets": [{ "name": "direct", "endpoint": Endpoint }, ...] }.
 // Warms its own code up on the first set's endpoint (200 streams, not counted: the first set is the
