@@ -75,8 +75,7 @@ export function tailPlace(r: ProbeResult): string {
 
 /** `n` new streams, `concurrency` at a time, each opened, pinged and closed. */
 export async function probe(conns: ClientConns, ep: Endpoint, n: number, concurrency: number): Promise<ProbeResult> {
-  const ms: number[] = [];
-  const byOrder: { at: number; ms: number }[] = [];
+  const samples: { at: number; ms: number }[] = [];
   let begun = 0;
   let errors = 0;
   const deadline = Date.now() + 120_000;
@@ -85,8 +84,7 @@ export async function probe(conns: ClientConns, ep: Endpoint, n: number, concurr
       const at = begun++;
       try {
         const r = await openAndPing(conns, ep);
-        ms.push(r.ms);
-        byOrder.push({ at, ms: r.ms });
+        samples.push({ at, ms: r.ms });
         await r.ch.close();
       } catch {
         errors++;
@@ -94,10 +92,10 @@ export async function probe(conns: ClientConns, ep: Endpoint, n: number, concurr
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  ms.sort((a, b) => a - b);
-  const slowestAt = byOrder
-    .sort((a, b) => b.ms - a.ms)
-    .slice(0, Math.ceil(byOrder.length / 100))
+  samples.sort((a, b) => a.ms - b.ms);
+  const ms = samples.map((p) => p.ms);
+  const slowestAt = samples
+    .slice(samples.length - Math.ceil(samples.length / 100))
     .map((p) => p.at)
     .sort((a, b) => a - b);
   return {
