@@ -133,6 +133,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       syncLock: new SyncLock(),
       inflight: new Set(),
       lostSessionWrites: { ready: 0, disconnected: 0 },
+      debug: { lifecycleConflicts: 0 },
       ...(opts.debugSessionWriteDelayMs ? { debugSessionWriteDelayMs: opts.debugSessionWriteDelayMs } : {}),
     };
     // Postgres: the reconciler-lease coordinator (the emulator's 2026-08 generation has no SQLite mode).
@@ -239,6 +240,19 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
         (swept) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept })),
         (err: unknown) => res.writeHead(409, { 'content-type': 'application/json' }).end(JSON.stringify({ replicaId: reconciler.replicaId, swept: false, error: String(err) })),
       );
+    } else if (path === '/debug/lifecycle-conflicts' && gen2Ctx) {
+      // Emulator-only: POST ?count=N makes this replica's next N Stop/Start phase writes lose their
+      // compare-and-swap to a concurrent rewrite of the row; GET says how many are left.
+      const debug = gen2Ctx.debug;
+      const count = Number(new URL(req.url ?? '', 'http://x').searchParams.get('count'));
+      if (req.method === 'POST') {
+        if (!Number.isInteger(count) || count < 0) {
+          res.writeHead(400, { 'content-type': 'text/plain' }).end('count must be a whole number\n');
+          return;
+        }
+        debug.lifecycleConflicts = count;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ left: debug.lifecycleConflicts }));
     } else if (path === '/debug/sessions') {
       // Emulator-only introspection for tests and the demo.
       // 2026-08: `lease` says whether this replica holds the reconciler lease (and what it did with it).

@@ -83,6 +83,8 @@ export interface SidecarMetrics {
   readonly watchRefreshesTotal: Counter;
   /** Requests refused "not ready" for a sandbox with a live session, held for Ready and sent again. */
   readonly notReadyHoldsTotal: Counter;
+  /** Stop/Start calls the gateway refused ABORTED on a concurrent rewrite of the sandbox row, sent again (label method). */
+  readonly conflictRetriesTotal: Counter<'method'>;
   /** 1 for the gateway replica holding the reconciler lease (label holder). */
   readonly reconcilerLeaseHolder: Gauge<'holder'>;
 }
@@ -320,6 +322,12 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     notReadyHoldsTotal: new Counter({
       name: 'ohs_not_ready_holds_total',
       help: 'Requests the gateway refused "not ready" for a sandbox with a live session, held until Ready and sent again.',
+      registers,
+    }),
+    conflictRetriesTotal: new Counter({
+      name: 'ohs_conflict_retries_total',
+      help: 'StopSandbox/StartSandbox calls the gateway refused ABORTED because another write changed the sandbox row first, sent again.',
+      labelNames: ['method'],
       registers,
     }),
     reconcilerLeaseHolder: new Gauge({

@@ -153,9 +153,9 @@ async function routeByKey(
     case 'owner-rehome':
       return followOwner(ctx, stream, headers, cls, sandboxId, frameBytes, slog);
     case 'affine':
-      return routeAffine(ctx, stream, headers, cls, sandboxId, frameBytes, slog);
+      return routeAffine(ctx, stream, headers, cls, sandboxId, frameBytes, slog, conflictRetriesFor(method));
     default:
-      return routeKeyed(ctx, stream, headers, cls, sandboxId, frameBytes, slog, 'token' in key ? key.token : undefined);
+      return routeKeyed(ctx, stream, headers, cls, sandboxId, frameBytes, slog, 'token' in key ? key.token : undefined, conflictRetriesFor(method));
   }
 }
 
@@ -279,6 +279,7 @@ export async function routeKeyed(
   frameBytes: Buffer,
   log: Logger,
   token?: string,
+  conflicts?: ConflictRetries,
 ): Promise<void> {
   // Admitted without a wait when the token's verdict and a slot are at hand (no async frame, no
   // turn of the event loop: most opens of a busy sandbox); otherwise after the store answers.
@@ -303,15 +304,24 @@ export async function routeKeyed(
   let notOwnerRetried = false;
   let notReadyUntil = Date.now() + NOT_READY_WAIT_MS;
   // At most: one hop to an owner that proves unreachable, a held re-resolve, one retry after a
-  // "not owner" answer (DESIGN §4: re-resolve and retry once), and waits for Ready within one bound.
-  for (let attempt = 0; attempt < 6; attempt++) {
+  // "not owner" answer (DESIGN §4: re-resolve and retry once), waits for Ready within one bound,
+  // and a Stop's few sends again after a lost compare-and-swap.
+  for (let attempt = 0; attempt < 6 + CONFLICT_RETRY_DELAYS_MS.length; attempt++) {
     if (stream.destroyed) return;
     const isOwner = target.kind === 'peer' || target.reason === 'owner';
     // Its argument is built only when the line is written: this runs for every stream.
     if (ctx.logger.isLevelEnabled('debug')) log.debug({ target: describe(target) }, 'routing');
-    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, { retryNotReady: isOwner && Date.now() < notReadyUntil });
+    const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, {
+      retryNotReady: isOwner && Date.now() < notReadyUntil,
+      retryConflict: conflicts?.left() ?? false,
+    });
     if (outcome.kind === 'done') return;
     prefix = outcome.replay.bytes;
+    if (outcome.why === 'conflict') {
+      // The owner answered and nothing moved: the same target, after a pause.
+      await (conflicts as ConflictRetries).pause(ctx, log);
+      continue;
+    }
     if (outcome.why === 'not-ready') {
       // The owner holds a live session, yet its gateway says "not ready": a handoff's Ready write or
       // a readiness repair is moments away (reference §6, §10). The gateway refused before opening
@@ -334,6 +344,48 @@ export async function routeKeyed(
   }
   ctx.metrics.requestsTotal.inc({ class: cls, target: 'peer', outcome: 'OHS_ERR_NOT_OWNER' });
   respondGrpcError(stream, 14, 'sandbox owner moved while routing; retry');
+}
+
+/**
+ * StopSandbox and StartSandbox read the sandbox row, then write the next phase with one
+ * compare-and-swap, and answer ABORTED "concurrent modification" when another write came first
+ * (reference §10: `update_sandbox_record`, no retry). With several replicas other writes are
+ * frequent: the lease holder's sweeps and driver events, and the Ready write of every shadow
+ * registration. The handlers resume where they stopped (Stopping goes on to Stopped; Starting is
+ * answered as is), so a refused call is sent again, after these pauses; past them the gateway's
+ * ABORTED is the answer.
+ */
+const CONFLICT_RETRY_METHODS: ReadonlySet<string> = new Set(['StopSandbox', 'StartSandbox']);
+const CONFLICT_RETRY_DELAYS_MS = [20, 60, 180];
+
+/** One call's sends again after lost compare-and-swaps. */
+class ConflictRetries {
+  private used = 0;
+
+  constructor(private readonly method: string) {}
+
+  /** Whether one more conflict may be retried. */
+  left(): boolean {
+    return this.used < CONFLICT_RETRY_DELAYS_MS.length;
+  }
+
+  async pause(ctx: ProxyContext, log: Logger): Promise<void> {
+    const ms = CONFLICT_RETRY_DELAYS_MS[this.used++] as number;
+    ctx.metrics.conflictRetriesTotal.inc({ method: this.method });
+    log.info({ method: this.method, retry: this.used, inMs: ms }, 'gateway lost a compare-and-swap to another write of the sandbox; sending the call again');
+    await new Promise((r) => setTimeout(r, ms));
+  }
+}
+
+function conflictRetriesFor(method: GrpcMethod): ConflictRetries | undefined {
+  return CONFLICT_RETRY_METHODS.has(method.name) ? new ConflictRetries(method.name) : undefined;
+}
+
+/** The gateway's refusal of a phase write that lost its compare-and-swap (persistence_error_to_status). */
+function isConcurrentModification(headers: http2.IncomingHttpHeaders): boolean {
+  if (headers['grpc-status'] !== '10') return false;
+  const raw = headers['grpc-message'];
+  return typeof raw === 'string' && safeDecode(raw).includes('concurrent modification');
 }
 
 /** How long a request waits for a live sandbox to be Ready again before its refusal goes out. */
@@ -471,15 +523,23 @@ async function routeAffine(
   sandboxId: string,
   frameBytes: Buffer,
   log: Logger,
+  conflicts?: ConflictRetries,
 ): Promise<void> {
   let target = await ctx.router.resolve(sandboxId);
   let prefix = frameBytes;
   for (let attempt = 0; attempt < 2; attempt++) {
     const outcome = await forwardAttempt(ctx, stream, headers, cls, sandboxId, target, prefix, log, {
       retryNotReady: attempt === 0 && (target.kind === 'peer' || target.reason === 'owner'),
+      retryConflict: conflicts?.left() ?? false,
     });
     if (outcome.kind === 'done') return;
     prefix = outcome.replay.bytes;
+    if (outcome.why === 'conflict') {
+      // Answered by the gateway it reached, which took nothing: again there, not counted as a try.
+      await (conflicts as ConflictRetries).pause(ctx, log);
+      attempt--;
+      continue;
+    }
     if (outcome.why === 'not-ready') await waitForReady(ctx, sandboxId, log);
     // Another attempt: the owner again once Ready, else (not owner, unreachable) the local gateway.
     target = outcome.why === 'not-ready' ? await ctx.router.resolve(sandboxId, { fresh: true }) : NO_OWNER;
@@ -487,9 +547,19 @@ async function routeAffine(
   return forwardLocal(ctx, stream, headers, cls, log, prefix);
 }
 
-type Attempt = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: 'not-owner' | 'unreachable' | 'not-ready' };
+type RetryWhy = 'not-owner' | 'unreachable' | 'not-ready' | 'conflict';
+type Attempt = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: RetryWhy };
 
 const NOTHING = (): void => undefined;
+
+/** A retried attempt's outcome label, and what the client hears when the request cannot be sent again. */
+const RETRY_OUTCOME: Record<RetryWhy, string> = { 'not-owner': 'not_owner', 'not-ready': 'not_ready', unreachable: 'refused', conflict: 'conflict' };
+const RETRY_FAILED_MESSAGE: Record<RetryWhy, string> = {
+  'not-owner': 'sandbox owner moved while routing; retry',
+  'not-ready': 'sandbox is not ready',
+  unreachable: 'upstream refused the stream; retry',
+  conflict: 'concurrent modification of the sandbox; retry',
+};
 
 /**
  * One attempt's answer handling, as the options `forwardStream` calls back: the state is in fields
@@ -509,19 +579,20 @@ class ForwardTry implements ForwardOptions {
     private readonly log: Logger,
     private readonly span: Span | undefined,
     private readonly retryNotReady: boolean,
+    private readonly retryConflict: boolean,
     /** Ends the request a shed waits for (see LocalSessions.beginRequest); idempotent. */
     private readonly answered: () => void,
     private readonly done: (outcome: string) => void,
     private readonly resolve: (attempt: Attempt) => void,
   ) {}
 
-  private retry(why: 'not-owner' | 'not-ready' | 'unreachable'): boolean {
+  private retry(why: RetryWhy): boolean {
     const replay = (this.handle as ForwardHandle).abandon();
-    this.done(why === 'not-owner' ? 'not_owner' : why === 'not-ready' ? 'not_ready' : 'refused');
+    this.done(RETRY_OUTCOME[why]);
     this.settled = true;
     if (replay) this.resolve({ kind: 'retry', replay, why });
     else {
-      respondGrpcError(this.stream, 14, why === 'not-owner' ? 'sandbox owner moved while routing; retry' : why === 'not-ready' ? 'sandbox is not ready' : 'upstream refused the stream; retry');
+      respondGrpcError(this.stream, why === 'conflict' ? 10 : 14, RETRY_FAILED_MESSAGE[why]);
       this.resolve({ kind: 'done' });
     }
     return false;
@@ -539,6 +610,7 @@ class ForwardTry implements ForwardOptions {
       this.log.info('gateway says the sandbox is not ready while its session is live; waiting for Ready');
       return this.retry('not-ready');
     }
+    if (this.retryConflict && endStream && isConcurrentModification(res)) return this.retry('conflict');
     this.settled = true;
     if (peer) this.ctx.metrics.forwardsTotal.cell(this.cls, peer.replicaId, 'ok').inc();
     this.resolve({ kind: 'done' });
@@ -589,7 +661,7 @@ export function forwardAttempt(
   target: Target,
   prefix: Buffer,
   log: Logger,
-  opts: { retryNotReady: boolean },
+  opts: { retryNotReady: boolean; retryConflict?: boolean },
 ): Promise<Attempt> {
   const peer = target.kind === 'peer' ? target : undefined;
   const where = peer ? 'peer' : 'local';
@@ -637,7 +709,7 @@ export function forwardAttempt(
           : span
             ? Object.assign({}, headers, traceHeaders(span))
             : headers;
-        const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, answered, done, resolve);
+        const forward = new ForwardTry(ctx, stream, cls, peer, plog, span, opts.retryNotReady, opts.retryConflict ?? false, answered, done, resolve);
         try {
           forward.handle = forwardStream(stream, session, upHeaders, forward, prefix);
         } catch (err) {

@@ -47,6 +47,8 @@ export interface Gen2Context {
   lostSessionWrites: { ready: number; disconnected: number };
   /** Test instrumentation: a pause between a session phase write's read and its CAS (see GatewayOptions). */
   debugSessionWriteDelayMs?: number;
+  /** Test instrumentation set over the health port: lifecycle writes that will meet a concurrent rewrite of their row. */
+  debug: { lifecycleConflicts: number };
   /** The gateway's bind address and scheme (CreateSshSession, service URLs). */
   advertised: () => { host: string; port: number; scheme: 'http' | 'https' };
 }

@@ -118,6 +118,12 @@ export async function writeLifecyclePhase(
   reason: string,
   message: string,
 ): Promise<Gen2Sandbox> {
+  if (ctx.debug.lifecycleConflicts > 0) {
+    // Test instrumentation: another writer's rewrite of the row (a sweep, a shadow's connect) lands
+    // between this handler's read and its compare-and-swap.
+    ctx.debug.lifecycleConflicts--;
+    await ctx.store.updateSandboxCas(sandbox.id, sandbox.resourceVersion, () => undefined);
+  }
   const res = await casPhase(ctx, sandbox, phase, reason, (m) => upsertReadyCondition(m, 'False', reason, message));
   if (res === null) throw new GatewayError(Status.NOT_FOUND, 'sandbox not found');
   if (res === 'conflict') {

@@ -53,6 +53,7 @@ describe('createMetrics', () => {
         'ohs_rebalance_stepped_out',
         'ohs_reconciler_lease_holder',
         'ohs_not_ready_holds_total',
+        'ohs_conflict_retries_total',
         'ohs_watch_refreshes_total',
         'ohs_sessions_shed_total',
         'ohs_parked_sessions_total',
