@@ -349,11 +349,11 @@ export async function routeKeyed(
 /**
  * StopSandbox and StartSandbox read the sandbox row, then write the next phase with one
  * compare-and-swap, and answer ABORTED "concurrent modification" when another write came first
- * (reference §10: `update_sandbox_record`, no retry). With several replicas other writes are
- * frequent: the lease holder's sweeps and driver events, and the Ready write of every shadow
- * registration. The handlers resume where they stopped (Stopping goes on to Stopped; Starting is
- * answered as is), so a refused call is sent again, after these pauses; past them the gateway's
- * ABORTED is the answer.
+ * (`write_lifecycle_phase`, compute/mod.rs@v0.0.111:1377-1416, no retry; docs/interop.md U3).
+ * With several replicas other writes are frequent: the lease holder's sweeps and driver events,
+ * and the Ready write of every shadow registration. The handlers resume where they stopped
+ * (Stopping goes on to Stopped; Starting is answered as is), so a refused call is sent again,
+ * after these pauses; past them the gateway's ABORTED is the answer.
  */
 const CONFLICT_RETRY_METHODS: ReadonlySet<string> = new Set(['StopSandbox', 'StartSandbox']);
 const CONFLICT_RETRY_DELAYS_MS = [20, 60, 180];
