@@ -59,8 +59,12 @@ it('dev-cluster --json (2026-08 by default) describes a working cluster and clea
   const metrics = await (await fetch(`http://${doc.replicas[0]!.admin}/metrics`)).text();
   expect(metrics).toContain('ohs_requests_total');
   // The per-stream accounting (kept in cells, handed to prom-client at a scrape) adds up across the
-  // replicas: each of the 4 ForwardTcp streams ended once on its owner's gateway, with a duration;
-  // every one that reached another replica first was forwarded once and accepted there once.
+  // replicas: each of the 4 ForwardTcp streams ended once on its owner's gateway, as its client
+  // ended it (outcome "reset"), with a duration; every attempt that reached another replica first
+  // was forwarded and accepted there. Attempts that nothing answered for good are sent again and
+  // counted by what stopped them: a gateway's "not ready" for a live session (a readiness repair a
+  // moment away, reference §10: `not_ready` at the sender, the refusal's status at the owner), a
+  // stream refused unprocessed, a closing connection, a peer that was not the owner.
   const admins = doc.replicas.map((r) => Number(r.admin.split(':')[1]));
   const total = async (name: string, labels: Record<string, string>): Promise<number> => {
     let sum = 0;
@@ -69,12 +73,28 @@ it('dev-cluster --json (2026-08 by default) describes a working cluster and clea
   };
   const tcp = { class: 'tcp-forward' };
   await expect.poll(() => total('ohs_active_streams', tcp), { timeout: 5_000 }).toBe(0);
-  expect(await total('ohs_requests_total', { ...tcp, target: 'local' })).toBe(4);
-  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'local' })).toBe(4);
-  const forwarded = await total('ohs_requests_total', { ...tcp, target: 'peer' });
-  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'peer' })).toBe(forwarded);
-  expect(await total('ohs_forwards_total', { ...tcp, outcome: 'ok' })).toBe(forwarded);
-  expect(await total('ohs_forwards_total', { ...tcp, peer: 'inbound', outcome: 'accepted' })).toBe(forwarded);
+  const lines = (await Promise.all(admins.map(async (p) => (await (await fetch(`http://127.0.0.1:${p}/metrics`)).text()).split('\n')))).flat();
+  const series = lines.filter((l) => l.includes('class="tcp-forward"') && !l.includes('_bucket')).join('\n');
+  const outcomes = (target: string): Record<string, number> => {
+    const out: Record<string, number> = {};
+    for (const l of lines) {
+      const m = new RegExp(`^ohs_requests_total\\{class="tcp-forward",target="${target}",outcome="([^"]+)"\\} (\\S+)$`).exec(l);
+      if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+    }
+    return out;
+  };
+  const sum = (o: Record<string, number>): number => Object.values(o).reduce((a, b) => a + b, 0);
+  const SENT_AGAIN = ['not_ready', 'refused', 'OHS_ERR_UPSTREAM', 'not_owner', 'grpc_9'];
+  const local = outcomes('local');
+  const peer = outcomes('peer');
+  expect(local.reset, series).toBe(4);
+  expect(Object.keys(local).filter((k) => k !== 'reset' && !SENT_AGAIN.includes(k)), series).toEqual([]);
+  expect(Object.keys(peer).filter((k) => k !== 'reset' && !SENT_AGAIN.includes(k)), series).toEqual([]);
+  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'local' })).toBe(sum(local));
+  expect(await total('ohs_request_duration_seconds_count', { ...tcp, target: 'peer' })).toBe(sum(peer));
+  expect(await total('ohs_forwards_total', { ...tcp, outcome: 'ok' }), series).toBe(peer.reset ?? 0);
+  expect(await total('ohs_forwards_total', { ...tcp, peer: 'inbound', outcome: 'accepted' }), series).toBe(sum(peer) - (peer.not_owner ?? 0) - (peer.refused ?? 0) - (peer.OHS_ERR_UPSTREAM ?? 0));
+  if (sum(local) > 4) console.log(`dev-cluster: ForwardTcp attempts sent again: ${series}`);
   expect(await total('ohs_owner_lookups_total', {})).toBeGreaterThanOrEqual(4);
 
   child.kill('SIGTERM');
