@@ -213,8 +213,9 @@ describe('an HTTP/2 session’s streams in cells (keepSessionStreamsYoung)', () 
 
   // Node 24 keeps closed streams through a scavenge with the cells or without them (43.0 and 43.3 of
   // ~79 MB measured, also with no forwarding, nothing pre-promoted, one stream at a time, and each
-  // closed handle's owner link cut): not through the session's map, which lets go there (above). What
-  // does was not found; bench/scale.ts measures what it costs a loaded sidecar.
+  // closed handle's owner link cut): not through the session's map, which lets go there (above). It
+  // keeps plain closed TCP sockets too, though not beside thousands of open streams; what holds them
+  // was not found (docs/performance.md, twentieth session).
   it.skipIf(NODE_MAJOR >= 24)('lets streams that closed on a long-lived connection die young (Node’s own map keeps them to a full collection)', async () => {
     const [node, inCells] = await Promise.all([surviving('churn', true, false), surviving('churn', true, true)]);
     // 1,000 forwarded streams, eight at a time, each reaching a ~40 KB array, let go of.
