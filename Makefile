@@ -1,5 +1,5 @@
 # openshell-ha-sidecar — developer entry points. `make test` is what CI runs.
-.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-lookup bench-cells bench-ssh bench-scale bench-burst bench-ws drill drill-readiness drill-readiness-real clean
+.PHONY: install build typecheck lint test test-unit fuzz interop demo bench bench-proxy bench-budget bench-lookup bench-cells bench-ssh bench-scale bench-burst bench-ws drill drill-readiness drill-readiness-real clean
 
 NODE_MODULES_STAMP := node_modules/.package-lock.json
 
@@ -54,6 +54,13 @@ bench: bench-proxy bench-lookup bench-cells bench-ssh
 
 bench-proxy: build
 	node --import tsx bench/proxy.ts
+
+# The same hop with each proxy process held to BUDGET cores (default 0.5) in a cgroup of its own, as a
+# pod under resources.limits.cpu: a second hop then runs on its own CPU, as on another pod, instead of
+# taking the client's and the gateway's (Linux, root; bench/results/cpu-budget.json).
+BUDGET ?= 0.5
+bench-budget: build
+	BENCH_CPU_BUDGET=$(BUDGET) BENCH_PATHS=$${BENCH_PATHS:-direct,haproxy,haproxy2,node,node2,sidecar,sidecar2} node --import tsx bench/proxy.ts
 
 # Owner lookup cache hit on the hot path (issue 13 item 4), real Postgres and Redis.
 bench-lookup: install

@@ -29,13 +29,17 @@
 // BENCH_SIDECAR_ARGS (more sidecar flags, e.g. '--log-level debug'), BENCH_SIDECAR_NODE_ARGS (flags for
 // node itself, e.g. '--max-semi-space-size=32'), BENCH_SIDECAR_ECHO=1 (print their logs),
 // BENCH_NODE_TUNED=1 (the bare Node proxies run with --tuned: Node's own V8 cliffs stepped around),
-// BENCH_NODE_NODE_ARGS (flags for node running the bare proxies, e.g. '--trace-gc-nvp'; their output is printed).
+// BENCH_NODE_NODE_ARGS (flags for node running the bare proxies, e.g. '--trace-gc-nvp'; their output is printed),
+// BENCH_CPU_BUDGET=CORES (each proxy process, HAProxy, bare Node or sidecar, held to that much CPU in a cgroup
+// of its own, as a pod under `resources.limits.cpu`; the client and the fake gateway are not; Linux, root;
+// results go to bench/results/cpu-budget.json instead: `make bench-budget`).
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.ts';
 import { GatewayStore } from '../emulator/gateway/store.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { createCleanups } from './lib/cleanup.ts';
+import { cpuBudgets, type CpuBudget } from './lib/cpu-budget.ts';
 import { haproxyVersion, startHaproxy, type Haproxy } from './lib/haproxy.ts';
 import {
   ACK_BYTES,
@@ -50,7 +54,7 @@ import {
   type Endpoint,
   type Proto,
 } from './lib/raw-clients.ts';
-import { RESULTS_FILE, mergeResults, type BenchResult } from './lib/results.ts';
+import { RESULTS_FILE, mergeResults, resultsFile, type BenchResult } from './lib/results.ts';
 import { holdSupervisor, sidecarEntry, startBenchSidecar, waitForOwner, type BenchSidecar } from './lib/sidecars.ts';
 import { envInt, median, percentile, round1, round2 } from './lib/stats.ts';
 
@@ -79,6 +83,8 @@ const OPEN_MAX = envInt('BENCH_OPEN_MAX', 3_000);
 const PROTOS = envList('BENCH_PROTOS', ALL_PROTOS);
 const METRICS = envList('BENCH_METRICS', ALL_METRICS);
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
+const CPU_BUDGET = process.env.BENCH_CPU_BUDGET ? Number(process.env.BENCH_CPU_BUDGET) : undefined;
+const OUT_FILE = CPU_BUDGET === undefined ? RESULTS_FILE : resultsFile('cpu-budget.json');
 const WINDOW_BYTES = 1024 * 1024;
 const PEER_SECRET = 'bench-peer-secret-0123456789';
 const STEP_TIMEOUT_MS = 10_000;
@@ -326,6 +332,20 @@ async function main(): Promise<number> {
   }
   const needSidecars = runPaths.includes('sidecar') || runPaths.includes('sidecar2');
 
+  // Each proxy process in a budget of its own (BENCH_CPU_BUDGET), made before anything starts so that
+  // a machine without cgroups stops the run at once.
+  const budgets: CpuBudget[] = [];
+  let budget: ((name: string, pid: number) => void) | undefined;
+  if (CPU_BUDGET !== undefined) {
+    const groups = cpuBudgets();
+    cleanups.push({ what: 'cpu budget groups', run: async () => groups.close() });
+    budget = (name, pid) => {
+      const b = groups.make(name, CPU_BUDGET);
+      b.add(pid);
+      budgets.push(b);
+    };
+  }
+
   // One gateway port per client of it (direct, HAProxy, owner sidecar, ingress sidecar): see fake-gateway.ts.
   const gw: ManagedProcess = await startProcess('fake-gateway', [...tsEntry('bench/lib/fake-gateway-main.ts'), '--extra-ports', '4']);
   cleanups.push({ what: 'fake gateway', run: () => gw.kill('SIGTERM') });
@@ -338,10 +358,12 @@ async function main(): Promise<number> {
     const opts = { windowBytes: WINDOW_BYTES, ...(nb ? { nbthread: nb } : {}) };
     haproxy = await startHaproxy(haproxyGatewayPort, opts);
     cleanups.push({ what: 'haproxy', run: () => haproxy!.close() });
+    budget?.('haproxy', haproxy.pid);
     // Its own process in front of the first, as an ingress sidecar is in front of the owner's.
     if (runPaths.includes('haproxy2')) {
       haproxy2 = await startHaproxy(haproxy, opts);
       cleanups.push({ what: 'haproxy x2', run: () => haproxy2!.close() });
+      budget?.('haproxy2', haproxy2.pid);
     }
   }
 
@@ -355,12 +377,14 @@ async function main(): Promise<number> {
     const nodeArgs = process.env.BENCH_NODE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
     const np = await startProcess('node-proxy', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)], { echo: nodeArgs.length > 0 });
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
+    budget?.('node', np.ready.pid);
     nodeProxyPorts = np.ready.ports as [number, number, number];
     if (runPaths.includes('node2') || runPaths.includes('nodetcp2')) {
       // The first hop of two, in front of the one above as an ingress sidecar is in front of the owner's.
       const via = ['--via-port', String(nodeProxyPorts[1]), '--tcp-via-port', String(nodeProxyPorts[2])];
       const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), ...via], { echo: nodeArgs.length > 0 });
       cleanups.push({ what: 'bare node proxy x2', run: () => np2.kill('SIGTERM') });
+      budget?.('node2', np2.ready.pid);
       node2ProxyPorts = np2.ready.ports as [number, number, number];
     }
   }
@@ -394,12 +418,15 @@ async function main(): Promise<number> {
     ]);
     sidecars.owner = owner;
     sidecars.ingress = ingress;
+    budget?.('sidecar-owner', owner.proc.ready.pid);
+    budget?.('sidecar-ingress', ingress.proc.ready.pid);
     // Stopped gracefully (profiles are written on exit) before the database goes.
     cleanups.push({ what: 'sidecars', run: () => Promise.all([owner.stop(), ingress.stop()]) });
     const sup = await holdSupervisor(owner.publicPort, sandboxId);
     cleanups.push({ what: 'supervisor', run: async () => sup.close() });
     await waitForOwner(db.url, sandboxId, 'owner');
   }
+  if (CPU_BUDGET !== undefined) console.log(`[${elapsed()}] each proxy process held to ${CPU_BUDGET} core (${budgets.map((b) => b.name).join(', ')})`);
   console.log(
     `[${elapsed()}] up: fake gateway :${gatewayPort}` +
       (haproxy ? `, haproxy ${haproxy.version} :${haproxy.tcpPort} (tcp) :${haproxy.h2Port} (h2)` : '') +
@@ -493,8 +520,18 @@ async function main(): Promise<number> {
       }
     }
   }
+  const throttling = Object.fromEntries(
+    budgets.map((b) => {
+      const st = b.stats();
+      return [b.name, { cores: b.cores, periods: st.periods, throttled_periods: st.throttled, throttled_ms: Math.round(st.throttledMs) }];
+    }),
+  );
+  if (budgets.length > 0) {
+    console.log(`\nCPU budgets (${CPU_BUDGET} core each): periods that ran out of quota, whole run`);
+    for (const [name, t] of Object.entries(throttling)) console.log(`  ${name.padEnd(16)} ${t.throttled_periods} of ${t.periods} periods, ${t.throttled_ms} ms throttled`);
+  }
   if (targets.length > 0) {
-    console.log('\nissue 13 targets (this run):');
+    console.log(`\nissue 13 targets (this run${CPU_BUDGET === undefined ? '' : `, each proxy held to ${CPU_BUDGET} core`}):`);
     for (const t of targets) {
       const goal = Number.isNaN(t.target) ? '' : t.unit === 'x' ? ` (target >= ${t.target}x)` : ` (target <= ${t.target} us)`;
       console.log(`  ${Number.isNaN(t.target) ? 'info' : t.met ? 'met ' : 'MISS'}  ${t.proto.padEnd(7)} ${t.what}: ${t.value}${t.unit === 'x' ? 'x' : ' us'}${goal}`);
@@ -503,6 +540,7 @@ async function main(): Promise<number> {
   await mergeResults(results, {
     proxy_bench: {
       label: process.env.BENCH_LABEL ?? null,
+      cpu_budget: CPU_BUDGET === undefined ? null : { cores_per_proxy_process: CPU_BUDGET, throttling },
       haproxy: hv ?? 'not installed (columns skipped)',
       haproxy_config: haproxy ? { nbthread: process.env.BENCH_HAPROXY_NBTHREAD ?? 'default (one per core)', h2_initial_window_bytes: WINDOW_BYTES } : null,
       sidecar: {
@@ -522,8 +560,8 @@ async function main(): Promise<number> {
       targets,
       ...(failures.size > 0 ? { failures: Object.fromEntries(failures) } : {}),
     },
-  });
-  console.log(`\nwrote ${RESULTS_FILE} [${elapsed()}]`);
+  }, OUT_FILE);
+  console.log(`\nwrote ${OUT_FILE} [${elapsed()}]`);
   if (failures.size > 0) {
     console.error(`failed measurements: ${[...failures.keys()].join(', ')}`);
     return 1;

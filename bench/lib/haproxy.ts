@@ -12,6 +12,7 @@ export interface Haproxy {
   h2Port: number;
   /** The config it runs, for the results file. */
   config: string;
+  pid: number;
   close(): Promise<void>;
 }
 
@@ -112,5 +113,5 @@ export async function startHaproxy(upstream: number | { tcpPort: number; h2Port:
     await kill();
     throw new Error(`${(err as Error).message}\n${stderr}`);
   }
-  return { version, tcpPort, h2Port, config, close: kill };
+  return { version, tcpPort, h2Port, config, pid: child.pid!, close: kill };
 }

@@ -12,7 +12,10 @@ export interface BenchResult {
   baseline: string;
 }
 
-export const RESULTS_FILE = join(dirname(fileURLToPath(import.meta.url)), '..', 'results', 'latest.json');
+const RESULTS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'results');
+/** A results file of its own in bench/results (a bench whose runs are not `make bench`'s). */
+export const resultsFile = (name: string): string => join(RESULTS_DIR, name);
+export const RESULTS_FILE = resultsFile('latest.json');
 
 export function machineMeta(): Record<string, unknown> {
   const cpus = os.cpus();
