@@ -17,7 +17,8 @@
 //   sidecar2   client -> sidecar -> owner's sidecar (peer hop) -> gateway
 // for a 2026-04 `CONNECT /connect/ssh` tunnel and a 2026-08 `ForwardTcp` gRPC stream. Metrics: RTT
 // p50/p99 of a 32-byte ping-pong, bulk throughput both ways, and opens per second (tunnel or stream
-// set up and one ping through it) at concurrency 1 and 64. Paths are interleaved over rounds in
+// set up and one ping through it) at concurrency 1 and 64, with the CPU the path's proxy processes ran per
+// open (all their threads, user and kernel, from /proc: the hop's cost whoever shares the cores). Paths are interleaved over rounds in
 // rotating order and the median round is reported, as ratios against direct from the same run:
 // absolute numbers are noise on a shared 2-core machine. Prints numbers; asserts nothing.
 //
@@ -39,6 +40,7 @@ import { startProcess, tsEntry, type ManagedProcess } from '../emulator/process.
 import { GatewayStore } from '../emulator/gateway/store.ts';
 import { TEST_REDIS_URL, createTestDatabase, testRedisPrefix } from '../test/helpers/services.ts';
 import { createCleanups } from './lib/cleanup.ts';
+import { processesCpuNs } from './lib/proc-cpu.ts';
 import { cpuBudgets, type CpuBudget } from './lib/cpu-budget.ts';
 import { haproxyVersion, startHaproxy, type Haproxy } from './lib/haproxy.ts';
 import {
@@ -112,6 +114,8 @@ const elapsed = (): string => `${((Date.now() - started) / 1000).toFixed(1)}s`;
 
 interface PathRig {
   ep: Endpoint;
+  /** The proxy processes on the path (none for direct), whose CPU per open is measured. */
+  pids: number[];
   /** gRPC: one client connection per path, reused by every stream (reopened if it closes). */
   session?: http2.ClientHttp2Session;
 }
@@ -177,8 +181,11 @@ async function measureBulkDown(rig: PathRig): Promise<number> {
   }
 }
 
-/** Tunnels or streams opened per second: set up, one ping through to the gateway and back, closed. */
-async function measureOpens(rig: PathRig, concurrency: number): Promise<number> {
+/**
+ * Tunnels or streams opened per second: set up, one ping through to the gateway and back, closed; and
+ * the CPU µs the path's proxies ran per open in that time.
+ */
+async function measureOpens(rig: PathRig, concurrency: number): Promise<{ rate: number; cpuUs: number | undefined }> {
   const ping = PING_BYTES[rig.ep.proto];
   if (rig.ep.proto === 'grpc') await h2Session(rig);
   const deadline = Date.now() + OPEN_MS;
@@ -186,6 +193,7 @@ async function measureOpens(rig: PathRig, concurrency: number): Promise<number> 
   let done = 0;
   let errors = 0;
   let firstError: unknown;
+  const cpu0 = rig.pids.map((pid) => processesCpuNs([pid]));
   const t0 = process.hrtime.bigint();
   const worker = async (): Promise<void> => {
     while (begun < OPEN_MAX && Date.now() < deadline) {
@@ -208,11 +216,19 @@ async function measureOpens(rig: PathRig, concurrency: number): Promise<number> 
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const perProcess = rig.pids.map((pid, i) => (processesCpuNs([pid]) - cpu0[i]!) / 1000 / Math.max(1, done));
+  const cpuUs = perProcess.reduce((a, b) => a + b, 0);
   if (errors > 0) console.log(`[${elapsed()}]   ${errors} failed opens (first: ${(firstError as Error).message})`);
-  return done / secs;
+  // A chained path's share per hop, first hop first (the ingress, then the owner).
+  if (perProcess.length > 1) console.log(`[${elapsed()}]   CPU us per open by hop, first hop first: ${perProcess.map((v) => v.toFixed(1)).join(' / ')}`);
+  return { rate: done / secs, cpuUs: rig.pids.length > 0 && done > 0 && Number.isFinite(cpuUs) ? cpuUs : undefined };
 }
 
-type Sample = Partial<Record<'rtt_p50' | 'rtt_p99' | 'bulk_up' | 'bulk_down' | 'opens_c1' | 'opens_c64', number>>;
+type Sample = Partial<Record<'rtt_p50' | 'rtt_p99' | 'bulk_up' | 'bulk_down' | 'opens_c1' | 'opens_c64' | 'cpu_c1' | 'cpu_c64', number>>;
+
+function opensSample(r: { rate: number; cpuUs: number | undefined }, c: 'c1' | 'c64'): Sample {
+  return { [`opens_${c}`]: r.rate, ...(r.cpuUs === undefined ? {} : { [`cpu_${c}`]: r.cpuUs }) };
+}
 
 async function measure(rig: PathRig, metric: MetricName): Promise<Sample> {
   switch (metric) {
@@ -225,9 +241,9 @@ async function measure(rig: PathRig, metric: MetricName): Promise<Sample> {
     case 'bulk_down':
       return { bulk_down: await measureBulkDown(rig) };
     case 'opens_c1':
-      return { opens_c1: await measureOpens(rig, 1) };
+      return opensSample(await measureOpens(rig, 1), 'c1');
     case 'opens_c64':
-      return { opens_c64: await measureOpens(rig, 64) };
+      return opensSample(await measureOpens(rig, 64), 'c64');
   }
 }
 
@@ -238,6 +254,9 @@ const COLUMNS = [
   { key: 'bulk_down', head: 'bulk down MiB/s', unit: 'MiB/s', lowerIsBetter: false },
   { key: 'opens_c1', head: 'opens/s c=1', unit: '1/s', lowerIsBetter: false },
   { key: 'opens_c64', head: 'opens/s c=64', unit: '1/s', lowerIsBetter: false },
+  // The proxies' CPU per open: no direct figure (no proxy), so no ratio against it.
+  { key: 'cpu_c1', head: 'proxy CPU us/open c=1', unit: 'us', lowerIsBetter: true },
+  { key: 'cpu_c64', head: 'proxy CPU us/open c=64', unit: 'us', lowerIsBetter: true },
 ] as const;
 type ColumnKey = (typeof COLUMNS)[number]['key'];
 
@@ -311,6 +330,18 @@ function checkTargets(proto: Proto, s: Map<PathName, Sample>): TargetCheck[] {
     const r2v = s.get('nodetcp2')?.[key];
     if (rv !== undefined && r2v !== undefined) out.push({ proto, what: `Node TCP relay x2 ${key} vs Node TCP relay`, value: round2(r2v / rv), target: NaN, met: null, unit: 'x' });
   }
+  // Informational: the hop's CPU per open, whoever shares the cores: the sidecar's against HAProxy's
+  // and the bare Node proxy's, and what the forwarded path's two sidecars run against the local one.
+  for (const key of ['cpu_c1', 'cpu_c64'] as const) {
+    const sv = one?.[key];
+    if (sv === undefined) continue;
+    for (const [other, label] of [['haproxy', 'haproxy'], ['node', 'bare Node proxy']] as const) {
+      const ov = s.get(other)?.[key];
+      if (ov !== undefined) out.push({ proto, what: `sidecar ${key} per open vs ${label} (times its CPU)`, value: round2(sv / ov), target: NaN, met: null, unit: 'x' });
+    }
+    const tv = two?.[key];
+    if (tv !== undefined) out.push({ proto, what: `forwarded ${key} per open vs sidecar (both sidecars)`, value: round2(tv / sv), target: NaN, met: null, unit: 'x' });
+  }
   if (d?.rtt_p50 !== undefined && h?.rtt_p50 !== undefined && one?.rtt_p50 !== undefined) {
     const addedH = h.rtt_p50 - d.rtt_p50;
     const addedS = one.rtt_p50 - d.rtt_p50;
@@ -369,6 +400,7 @@ async function main(): Promise<number> {
 
   let nodeProxyPorts: [number, number, number] | undefined;
   let node2ProxyPorts: [number, number, number] | undefined;
+  const nodePids: { one?: number; two?: number } = {};
   if (runPaths.some((p) => p === 'node' || p === 'nodetcp' || p === 'node2' || p === 'nodetcp2')) {
     const [nodeBin, ...tsArgs] = tsEntry('bench/lib/node-proxy-main.ts');
     const entry = process.env.BENCH_NODE_TUNED === '1' ? [...tsArgs, '--tuned'] : tsArgs;
@@ -378,6 +410,7 @@ async function main(): Promise<number> {
     const np = await startProcess('node-proxy', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort)], { echo: nodeArgs.length > 0 });
     cleanups.push({ what: 'bare node proxy', run: () => np.kill('SIGTERM') });
     budget?.('node', np.ready.pid);
+    nodePids.one = np.ready.pid;
     nodeProxyPorts = np.ready.ports as [number, number, number];
     if (runPaths.includes('node2') || runPaths.includes('nodetcp2')) {
       // The first hop of two, in front of the one above as an ingress sidecar is in front of the owner's.
@@ -385,6 +418,7 @@ async function main(): Promise<number> {
       const np2 = await startProcess('node-proxy-x2', [nodeBin!, ...nodeArgs, ...prof, ...entry, '--gateway-port', String(nodeGatewayPort), ...via], { echo: nodeArgs.length > 0 });
       cleanups.push({ what: 'bare node proxy x2', run: () => np2.kill('SIGTERM') });
       budget?.('node2', np2.ready.pid);
+      nodePids.two = np2.ready.pid;
       node2ProxyPorts = np2.ready.ports as [number, number, number];
     }
   }
@@ -445,8 +479,29 @@ async function main(): Promise<number> {
     if (path === 'sidecar') return sidecars.owner!.publicPort;
     return sidecars.ingress!.publicPort;
   };
+  // Each hop of a chained path is its own process, in front of the single path's one.
+  const pidsOf = (path: PathName): number[] => {
+    switch (path) {
+      case 'direct':
+        return [];
+      case 'haproxy':
+        return [haproxy!.pid];
+      case 'haproxy2':
+        return [haproxy2!.pid, haproxy!.pid];
+      case 'node':
+      case 'nodetcp':
+        return [nodePids.one!];
+      case 'node2':
+      case 'nodetcp2':
+        return [nodePids.two!, nodePids.one!];
+      case 'sidecar':
+        return [sidecars.owner!.proc.ready.pid];
+      case 'sidecar2':
+        return [sidecars.ingress!.proc.ready.pid, sidecars.owner!.proc.ready.pid];
+    }
+  };
   const rigs = new Map<string, PathRig>();
-  for (const proto of PROTOS) for (const path of runPaths) rigs.set(`${proto}/${path}`, { ep: { proto, port: portOf(proto, path), sandboxId, token } });
+  for (const proto of PROTOS) for (const path of runPaths) rigs.set(`${proto}/${path}`, { ep: { proto, port: portOf(proto, path), sandboxId, token }, pids: pidsOf(path) });
   cleanups.push({ what: 'client sessions', run: async () => rigs.forEach((r) => r.session?.destroy()) });
 
   // Warm-up: every path once (JIT, pools, caches), results dropped.
@@ -512,7 +567,9 @@ async function main(): Promise<number> {
         const v = s[c.key as ColumnKey];
         if (v === undefined) continue;
         const base = `proxy_${proto}_${c.key}`;
-        results[`${base}_${path}`] = { value: round1(v), unit: c.unit, baseline: path === 'direct' ? 'direct' : `${base}_direct` };
+        // CPU per open has no direct figure (no proxy there): it is read against HAProxy's.
+        const baseline = path === 'direct' ? 'direct' : c.key.startsWith('cpu_') ? `${base}_haproxy` : `${base}_direct`;
+        results[`${base}_${path}`] = { value: round1(v), unit: c.unit, baseline };
         const d = direct?.[c.key as ColumnKey];
         if (path !== 'direct' && d !== undefined) {
           results[`${base}_${path}_ratio`] = { value: round2(v / d), unit: 'x', baseline: `${base}_direct` };
