@@ -34,8 +34,21 @@ export function sentinelOptions(url: string): RedisOptions | undefined {
   };
 }
 
-/** A client for `url` (plain or Sentinel) with `opts` on top. */
+/**
+ * A write refused with READONLY means the connection reached a replica: a primary demoted while the
+ * connection stayed open (REPLICAOF sent by an operator or an operator program, not by Sentinel,
+ * which closes clients as it demotes), or an address, such as a Kubernetes Service, that moved to a
+ * new primary after this connection was made. Redis keeps such a connection open and ioredis keeps
+ * it 'ready', so every write would fail for as long as the process lives. Reconnecting asks the
+ * sentinels, or the address, again; the failed command is not sent again (its caller sees the error).
+ */
+export function reconnectOnReadonly(err: Error): 1 | false {
+  return err.message.startsWith('READONLY') ? 1 : false;
+}
+
+/** A client for `url` (plain or Sentinel) with `opts` on top; it reconnects after a READONLY reply unless `opts` says otherwise. */
 export function createRedisClient(url: string, opts: RedisOptions = {}): Redis {
   const sentinel = sentinelOptions(url);
-  return sentinel ? new Redis({ ...opts, ...sentinel }) : new Redis(url, opts);
+  const withDefaults: RedisOptions = { reconnectOnError: reconnectOnReadonly, ...opts };
+  return sentinel ? new Redis({ ...withDefaults, ...sentinel }) : new Redis(url, withDefaults);
 }

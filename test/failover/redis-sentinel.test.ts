@@ -60,7 +60,8 @@ beforeAll(async () => {
     sidecars: {
       redisUrl: sentinel.url,
       redisKeyPrefix: prefix,
-      extraArgs: ['--limit-lease-ttl-ms', String(LEASE_TTL_MS)],
+      // Debug: the limiter's connection errors and recoveries are what a failure here has to show.
+      extraArgs: ['--limit-lease-ttl-ms', String(LEASE_TTL_MS), '--log-level', 'debug'],
     },
   });
   for (let i = 0; i < 2; i++) s.push((await store.createSandbox()).id);
@@ -184,12 +185,14 @@ it('the Redis primary killed under SSH and exec traffic: nothing lost, limits ex
   const promotedMs = Date.now() - killedAt;
   await waitUntil('both sidecars back on global limits', async () => (await policyGlobal(0)) && (await policyGlobal(1)), (v) => v, { timeoutMs: 30_000, intervalMs: 100 }).catch(
     async (err: unknown) => {
-      // Say what each limiter was doing: its policy and its redis lines since the kill.
+      // Say what each limiter was doing, in the error itself (a cut log or a JSON report keeps it):
+      // its policy and its last redis lines.
+      const said: string[] = [];
       for (const [i, r] of cluster.replicas.entries()) {
         const lines = (r.sidecar?.output ?? []).filter((l) => /redis|limit/i.test(l)).slice(-12);
-        console.log(`${r.name}: policy global ${await policyGlobal(i).catch(() => 'unknown')}; last redis/limit lines:\n  ${lines.join('\n  ')}`);
+        said.push(`${r.name}: policy global ${await policyGlobal(i).catch(() => 'unknown')}; last redis/limit lines:\n  ${lines.join('\n  ')}`);
       }
-      throw err;
+      throw new Error(`${(err as Error).message}; primary ${oldPrimary} killed, ${newPrimary} promoted after ${promotedMs} ms\n${said.join('\n')}`);
     },
   );
   const globalAgainMs = Date.now() - killedAt;

@@ -139,6 +139,43 @@ describe('limits while redis is unavailable', () => {
     expect(a.logs.messages('warn').filter((m) => m.startsWith('redis unavailable'))).toHaveLength(1);
   });
 
+  it('finds the new primary when the one it is connected to is demoted to a replica and its address moves on', async () => {
+    // Redis keeps a demoted primary's client connections open (only Sentinel's own demotion closes
+    // them) and answers their writes READONLY; an address such as a Kubernetes Service meanwhile
+    // sends new connections to the new primary. The proxy is that address.
+    const next = await startOwnRedis();
+    const demoted = inspector(own.url);
+    try {
+      await connected(demoted);
+      proxy = await startCuttableProxy(own.port);
+      const a = limiters.open({ holderId: 'ro-a', redisUrl: `redis://127.0.0.1:${proxy.port}`, leaseTtlMs: 3000, renewIntervalMs: 200 });
+      const held = [ok(await a.acquire(ssh('ro-tok'))), ok(await a.acquire(ssh('ro-tok')))];
+      expect(a.policy()).toBe('global');
+
+      proxy.retarget(next.port);
+      await demoted.replicaof('127.0.0.1', String(next.port));
+      // The next renewal is refused READONLY on the open connection: local counting, then a new
+      // connection through the address, to the new primary, and the open tunnels written there.
+      await waitFor('the demotion to be noticed', () => a.policy() === 'local-split', 5000);
+      await waitFor('global limits on the new primary', () => a.policy() === 'global', 5000);
+      const onNext = await connected(inspector(next.url));
+      try {
+        expect(await onNext.zcard(slotKey(prefix, PER_TOKEN, 'ro-tok'))).toBe(2);
+        ok(await a.acquire(ssh('ro-tok')));
+        expect((await a.acquire(ssh('ro-tok'))).ok).toBe(false);
+        expect(await onNext.zcard(slotKey(prefix, PER_TOKEN, 'ro-tok'))).toBe(3);
+      } finally {
+        onNext.disconnect();
+      }
+      expect(a.logs.messages('info')).toContain('redis recovered: global limits restored');
+      for (const r of held) r.release();
+    } finally {
+      await demoted.replicaof('NO', 'ONE');
+      demoted.disconnect();
+      await next.stop();
+    }
+  });
+
   it('renews all slots with one script call per batch', async () => {
     const rules: LimitRule[] = [{ name: 'exec-per-sandbox', trafficClass: 'exec', key: 'sandbox', max: 100 }];
     const a = limiters.open({ holderId: 'batch-a', rules, leaseTtlMs: 3000, renewIntervalMs: 1000, renewBatchSize: 7 });

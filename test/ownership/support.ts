@@ -72,12 +72,15 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
  */
 export interface CuttableProxy {
   port: number;
+  /** New connections go to `port` from now on; those made before stay where they are (a Service whose endpoint moved). */
+  retarget(port: number): void;
   cut(): Promise<void>;
   restore(): Promise<void>;
   close(): Promise<void>;
 }
 
-export async function startCuttableProxy(targetPort: number): Promise<CuttableProxy> {
+export async function startCuttableProxy(initialTarget: number): Promise<CuttableProxy> {
+  let targetPort = initialTarget;
   const sockets = new Set<net.Socket>();
   let server: net.Server | null = null;
   let port = 0;
@@ -121,6 +124,9 @@ export async function startCuttableProxy(targetPort: number): Promise<CuttablePr
   return {
     get port() {
       return port;
+    },
+    retarget(next: number) {
+      targetPort = next;
     },
     cut,
     restore: listen,
