@@ -156,7 +156,7 @@ describe('limits while redis is unavailable', () => {
       await demoted.replicaof('127.0.0.1', String(next.port));
       // The next renewal is refused READONLY on the open connection: local counting, then a new
       // connection through the address, to the new primary, and the open tunnels written there.
-      await waitFor('the demotion to be noticed', () => a.policy() === 'local-split', 5000);
+      await waitFor('the demotion to be noticed', () => a.logs.messages('warn').includes('redis unavailable: limits enforced locally (local-split)'), 5000);
       await waitFor('global limits on the new primary', () => a.policy() === 'global', 5000);
       const onNext = await connected(inspector(next.url));
       try {
