@@ -46,9 +46,19 @@ export function reconnectOnReadonly(err: Error): 1 | false {
   return err.message.startsWith('READONLY') ? 1 : false;
 }
 
-/** A client for `url` (plain or Sentinel) with `opts` on top; it reconnects after a READONLY reply unless `opts` says otherwise. */
+/** How long a sentinel may take to name the primary when the caller sets no command timeout. */
+const SENTINEL_COMMAND_TIMEOUT_MS = 1000;
+
+/**
+ * A client for `url` (plain or Sentinel) with `opts` on top; it reconnects after a READONLY reply
+ * unless `opts` says otherwise. With Sentinel, a sentinel that accepts the connection and never
+ * answers (a hung process, a half-dead node) is given up after the caller's command timeout and the
+ * next one asked: ioredis waits on a sentinel's answer without a bound unless told, and the client
+ * would stay connecting for good.
+ */
 export function createRedisClient(url: string, opts: RedisOptions = {}): Redis {
   const sentinel = sentinelOptions(url);
   const withDefaults: RedisOptions = { reconnectOnError: reconnectOnReadonly, ...opts };
-  return sentinel ? new Redis({ ...withDefaults, ...sentinel }) : new Redis(url, withDefaults);
+  if (!sentinel) return new Redis(url, withDefaults);
+  return new Redis({ sentinelCommandTimeout: opts.commandTimeout ?? SENTINEL_COMMAND_TIMEOUT_MS, ...withDefaults, ...sentinel });
 }
