@@ -3,7 +3,10 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 
 export interface OwnRedis {
   url: string;
@@ -16,6 +19,7 @@ export interface OwnRedis {
 
 const READY_TIMEOUT_MS = 10_000;
 const running = new Set<ChildProcess>();
+const dirs = new Set<string>();
 let exitHookInstalled = false;
 
 /** Asks the OS for a free TCP port on loopback. */
@@ -37,14 +41,19 @@ export async function startOwnRedis(): Promise<OwnRedis> {
     exitHookInstalled = true;
     process.once('exit', () => {
       for (const c of running) c.kill('SIGKILL');
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
     });
   }
+  // Its own directory: a server made a replica (REPLICAOF) writes the primary's snapshot to disk,
+  // which would otherwise land in the working directory, the checkout.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ohs-own-redis-'));
+  dirs.add(dir);
 
   async function start(): Promise<void> {
     if (child !== null) throw new Error('own redis already running');
     const c = spawn(
       'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning'],
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning', '--dir', dir],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     child = c;
