@@ -191,6 +191,11 @@ const scalarShape = {
   limitReuseMs: int(0, 60_000),
   peerConnectTimeoutMs: int(50, 60_000),
   upstreamConnectTimeoutMs: int(50, 60_000),
+  /**
+   * A tunnel (CONNECT, upgrade) whose gateway sends no response head within this long gets 504 and
+   * its upstream is cut. Above the gateway's own longest wait for a session (30 s, reference §6).
+   */
+  upstreamResponseTimeoutMs: int(1_000, 600_000),
   shutdownGraceMs: int(0, 3_600_000),
   logLevel: z.enum(LOG_LEVELS),
   // HTTP/2 caps the initial window at 2^31-1 (RFC 9113 §6.9.2); 65535 is the protocol default.
@@ -361,6 +366,7 @@ export interface SidecarConfig {
   readonly limitReuseMs: number;
   readonly peerConnectTimeoutMs: number;
   readonly upstreamConnectTimeoutMs: number;
+  readonly upstreamResponseTimeoutMs: number;
   readonly shutdownGraceMs: number;
   readonly logLevel: LogLevel;
   readonly h2InitialWindowBytes: number;

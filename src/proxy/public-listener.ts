@@ -248,7 +248,7 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
   socket.pause();
   const upstream = ctx.gateway.connect(() => {
     upstream.write(requestHead(req));
-    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, head);
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, { early: head, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
   });
   upstream.setNoDelay(true);
   upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));

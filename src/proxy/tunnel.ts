@@ -85,6 +85,19 @@ export function writeHttpError(socket: Duplex, status: number, reason: string, b
 const MAX_RESPONSE_HEAD_BYTES = 16 * 1024;
 
 /**
+ * Why a tunnel ended before its upstream answered: the client left first, or it got our 502 (the
+ * upstream closed, or sent a head too long to read) or 504 (no head in time) instead.
+ */
+export type HeadFailure = 'client-closed' | 'closed' | 'head-too-long' | 'timeout';
+
+export interface ResponseHeadOptions {
+  /** Bytes the client sent after its request head: they go upstream only once it accepted. */
+  early?: Buffer | undefined;
+  /** No complete response head within this long: 504, and the upstream is cut (absent: no bound). */
+  headTimeoutMs?: number;
+}
+
+/**
  * Opens a tunnel only once the upstream agreed: reads its response head, relays it to the client,
  * and splices the two only when `accept(status)` (200 for CONNECT, 101 for an upgrade). A refusal
  * is relayed and the connection closed: bytes the client pipelined after a refused request never
@@ -94,35 +107,42 @@ export function spliceAfterResponseHead(
   client: CountedDuplex,
   upstream: Duplex,
   accept: (status: number) => boolean,
-  onClose: (bytes?: TunnelBytes) => void,
-  /** Bytes the client sent after its request head: they go upstream only once it accepted. */
-  early?: Buffer,
+  /** Once, at the end; with `failure` when the client was answered by us, not by the upstream. */
+  onClose: (bytes?: TunnelBytes, failure?: HeadFailure) => void,
+  opts: ResponseHeadOptions = {},
 ): void {
   const chunks: Buffer[] = [];
   let size = 0;
   let closed = false;
   // Nothing has reached the client yet: it is owed an answer, not a bare close (an owner's gateway
-  // that was down, or one that closed or sent a head too long to read).
-  const giveUp = (): void => {
+  // that was down, or one that closed, stayed silent or sent a head too long to read).
+  const giveUp = (failure: HeadFailure): void => {
     if (closed) return;
     closed = true;
+    clearTimeout(timer);
     upstream.off('data', onData);
-    writeHttpError(client, 502, 'Bad Gateway', size > MAX_RESPONSE_HEAD_BYTES ? 'gateway response head too long' : 'gateway closed the connection before answering');
+    if (failure === 'client-closed') client.destroy();
+    else if (failure === 'timeout') writeHttpError(client, 504, 'Gateway Timeout', `gateway sent no response within ${opts.headTimeoutMs} ms`);
+    else writeHttpError(client, 502, 'Bad Gateway', failure === 'head-too-long' ? 'gateway response head too long' : 'gateway closed the connection before answering');
     upstream.destroy();
-    onClose();
+    onClose(undefined, failure);
   };
+  const upstreamClosed = (): void => giveUp('closed');
+  const timer = opts.headTimeoutMs ? setTimeout(giveUp, opts.headTimeoutMs, 'timeout') : undefined;
+  timer?.unref();
   const onData = (chunk: Buffer): void => {
     chunks.push(chunk);
     size += chunk.length;
     const all = chunks.length === 1 ? chunk : Buffer.concat(chunks, size);
     const end = all.indexOf('\r\n\r\n');
     if (end < 0) {
-      if (size > MAX_RESPONSE_HEAD_BYTES) giveUp();
+      if (size > MAX_RESPONSE_HEAD_BYTES) giveUp('head-too-long');
       return;
     }
+    clearTimeout(timer);
     upstream.off('data', onData);
-    upstream.off('end', giveUp);
-    upstream.off('close', giveUp);
+    upstream.off('end', upstreamClosed);
+    upstream.off('close', upstreamClosed);
     upstream.pause();
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(all.subarray(0, Math.min(end, 64)).toString('latin1'))?.[1] ?? 0);
     if (accept(status)) {
@@ -132,6 +152,7 @@ export function spliceAfterResponseHead(
       client.write(all);
       const read0 = client.bytesRead ?? 0;
       const written0 = client.bytesWritten ?? 0;
+      const early = opts.early;
       const earlyBytes = early?.length ?? 0;
       if (early && earlyBytes > 0) upstream.write(early);
       splice(client, upstream, () =>
@@ -158,16 +179,31 @@ export function spliceAfterResponseHead(
     upstream.resume();
   };
   upstream.on('data', onData);
-  upstream.once('end', giveUp);
-  upstream.once('close', giveUp);
+  upstream.once('end', upstreamClosed);
+  upstream.once('close', upstreamClosed);
   upstream.on('error', () => undefined);
   client.on('error', () => undefined);
   client.once('close', () => {
-    if (!closed) giveUp();
+    if (!closed) giveUp('client-closed');
   });
 }
 
 const isSuccess = (status: number): boolean => status >= 200 && status < 300;
+
+/**
+ * A tunnel's end in the metrics: closed (after the gateway's answer, or the client leaving before
+ * it), or the error the client got from us because the gateway never answered.
+ */
+function tunnelEnded(ctx: ProxyContext, log: Logger, cls: string, target: 'local' | 'peer', start: bigint, bytes: TunnelBytes | undefined, failure: HeadFailure | undefined): void {
+  if (failure === undefined || failure === 'client-closed') {
+    ctx.metrics.requestsTotal.cell(cls, target, 'closed').inc();
+    ctx.metrics.requestDurationSeconds.cell(cls, target).observe(Number(process.hrtime.bigint() - start) / 1e9);
+    countTunnelBytes(ctx, bytes);
+    return;
+  }
+  ctx.metrics.requestsTotal.inc({ class: cls, target, outcome: failure === 'timeout' ? 'OHS_ERR_TIMEOUT' : 'OHS_ERR_UPSTREAM' });
+  log.warn({ failure, waitedMs: Math.round(Number(process.hrtime.bigint() - start) / 1e6) }, 'gateway did not answer the tunnel');
+}
 
 function countTunnelBytes(ctx: ProxyContext, bytes: TunnelBytes | undefined): void {
   if (!bytes) return;
@@ -312,12 +348,10 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(rawHead.head);
-    spliceAfterResponseHead(socket, upstream, isSuccess, (bytes) => {
+    spliceAfterResponseHead(socket, upstream, isSuccess, (bytes, failure) => {
       active.dec();
-      ctx.metrics.requestsTotal.cell(cls, 'local', 'closed').inc();
-      ctx.metrics.requestDurationSeconds.cell(cls, 'local').observe(Number(process.hrtime.bigint() - start) / 1e9);
-      countTunnelBytes(ctx, bytes);
-    }, rawHead.early);
+      tunnelEnded(ctx, log, cls, 'local', start, bytes, failure);
+    }, { early: rawHead.early, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
   });
   // The client's socket has TCP_NODELAY from the public listener, set at accept.
   upstream.setNoDelay(true);
@@ -371,7 +405,19 @@ function tunnelToPeer(
           return;
         }
         let responded = false;
+        // The owner answers at once (before its gateway does); a stuck one still gets a bound.
+        const noAnswer = setTimeout(() => {
+          if (responded) return;
+          responded = true;
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'timeout' });
+          plog.warn({ waitedMs: ctx.config.upstreamResponseTimeoutMs }, 'peer sent no response to the tunnel');
+          writeHttpError(socket, 504, 'Gateway Timeout', `owner replica ${target.replicaId} sent no response within ${ctx.config.upstreamResponseTimeoutMs} ms`);
+          resolve('done');
+        }, ctx.config.upstreamResponseTimeoutMs);
+        noAnswer.unref();
         stream.on('error', (err) => {
+          clearTimeout(noAnswer);
           if (responded) return;
           responded = true;
           ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'error' });
@@ -380,6 +426,8 @@ function tunnelToPeer(
           resolve('done');
         });
         stream.on('response', (headers) => {
+          clearTimeout(noAnswer);
+          if (responded) return;
           responded = true;
           const status = Number(headers[':status']);
           if (status === NOT_OWNER_STATUS && headers[PEER_NOT_OWNER] !== undefined) {
@@ -400,12 +448,10 @@ function tunnelToPeer(
           const active = ctx.metrics.activeTunnels.cell('peer');
           active.inc();
           const start = process.hrtime.bigint();
-          spliceAfterResponseHead(socket, stream, isSuccess, (bytes) => {
+          spliceAfterResponseHead(socket, stream, isSuccess, (bytes, failure) => {
             active.dec();
-            ctx.metrics.requestsTotal.cell('ssh-tunnel', 'peer', 'closed').inc();
-            ctx.metrics.requestDurationSeconds.cell('ssh-tunnel', 'peer').observe(Number(process.hrtime.bigint() - start) / 1e9);
-            countTunnelBytes(ctx, bytes);
-          }, rawHead.early);
+            tunnelEnded(ctx, plog, 'ssh-tunnel', 'peer', start, bytes, failure);
+          }, { early: rawHead.early, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
           resolve('done');
         });
       }),

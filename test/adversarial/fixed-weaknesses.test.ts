@@ -13,11 +13,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
 import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { CONFIG_DEFAULTS, loadConfig } from '../../src/config/load.ts';
 import { parseHostPort } from '../../src/config/host-port.ts';
-import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { requestHead } from '../../src/proxy/tunnel.ts';
 import { encodeMessage } from '../../emulator/proto.ts';
 import { exec, gatewayClient } from '../helpers/grpc-client.ts';
@@ -25,24 +23,7 @@ import { grpcFrame } from '../helpers/raw.ts';
 import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
 import { tcpNoDelay } from '../helpers/tcp-nodelay.ts';
 import { waitUntil } from '../helpers/wait.ts';
-import { metric, rawSession, RssSampler, sleep, startAttacker, startFakeGateway, withTimeout, type FakeGateway } from './support.ts';
-
-/**
- * A sidecar in embedded mode (in-memory ownership, local limits) in front of a fake gateway, started
- * with the image's node flags: the RSS bounds below are the deployed process's.
- */
-async function embeddedSidecar(gatewayPort: number, extra: string[] = []): Promise<{ proc: ManagedProcess; port: number; admin: number }> {
-  const [node, ...entry] = tsEntry('src/main.ts');
-  const proc = await startProcess('sidecar-kf', [
-    node as string,
-    ...NODE_FLAGS,
-    ...entry,
-    '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
-    '--gateway', `http://127.0.0.1:${gatewayPort}`, '--replica-id', 'kf', '--log-level', 'warn',
-    ...extra,
-  ]);
-  return { proc, port: proc.ready.listenPort as number, admin: proc.ready.adminPort as number };
-}
+import { embeddedSidecar, metric, rawSession, RssSampler, sleep, startAttacker, startFakeGateway, withTimeout, type FakeGateway } from './support.ts';
 
 function connectHead(lines: string[]): Buffer {
   return Buffer.from(`CONNECT /connect/ssh HTTP/1.1\r\nHost: gw\r\n${lines.join('\r\n')}${lines.length > 0 ? '\r\n' : ''}\r\n`, 'latin1');

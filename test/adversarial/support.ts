@@ -6,7 +6,9 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
+import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
 import { detectPreface } from '../../src/classify/classify.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 
 /** VmRSS of a process in MiB (Linux /proc). */
 export function rssMiB(pid: number): number {
@@ -147,6 +149,23 @@ export async function metric(adminPort: number, name: string, labels: Record<str
   return { sum, series };
 }
 
+/**
+ * A sidecar in embedded mode (in-memory ownership, local limits) in front of a fake gateway, started
+ * with the image's node flags: the RSS bounds below are the deployed process's.
+ */
+export async function embeddedSidecar(gatewayPort: number, extra: string[] = []): Promise<{ proc: ManagedProcess; port: number; admin: number }> {
+  const [node, ...entry] = tsEntry('src/main.ts');
+  const proc = await startProcess('sidecar-kf', [
+    node as string,
+    ...NODE_FLAGS,
+    ...entry,
+    '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
+    '--gateway', `http://127.0.0.1:${gatewayPort}`, '--replica-id', 'kf', '--log-level', 'warn',
+    ...extra,
+  ]);
+  return { proc, port: proc.ready.listenPort as number, admin: proc.ready.adminPort as number };
+}
+
 // ---- a hyper-like fake gateway ----------------------------------------------------------------
 
 export interface SeenRequest {
@@ -162,6 +181,8 @@ export interface FakeGateway {
   seen: SeenRequest[];
   /** CONNECT tunnels currently open, by the first x-sandbox-id value (what hyper's HeaderMap::get returns). */
   openTunnels: Map<string, number>;
+  /** Upgrades to `/silent…` taken and never answered, still open. */
+  silentUpgrades: Set<net.Socket>;
   close(): Promise<void>;
 }
 
@@ -169,12 +190,14 @@ export interface FakeGateway {
  * Speaks h2c and HTTP/1.1 on one port like the gateway. Header lookups take the first value, as
  * hyper's `HeaderMap::get` does. CONNECT /connect/ssh with both sandbox headers: 200 and an open
  * tunnel (echo); without them: 401 and the connection stays open (keep-alive, as hyper does for a
- * non-2xx CONNECT answer). Upgrades are answered `upgradeStatus` (101, or e.g. 400 keep-alive).
+ * non-2xx CONNECT answer); for a sandbox id `silent-…`, no answer at all. Upgrades are answered
+ * `upgradeStatus` (101, or e.g. 400 keep-alive), except upgrades to `/silent…`: no answer.
  * Every request head is recorded.
  */
 export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): Promise<FakeGateway> {
   const seen: SeenRequest[] = [];
   const openTunnels = new Map<string, number>();
+  const silentUpgrades = new Set<net.Socket>();
   const sockets = new Set<net.Socket>();
   const first = (raw: string[], name: string): string | undefined => {
     for (let i = 0; i + 1 < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1];
@@ -215,15 +238,23 @@ export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): P
       return;
     }
     openTunnels.set(id, (openTunnels.get(id) ?? 0) + 1);
+    socket.once('close', () => openTunnels.set(id, (openTunnels.get(id) ?? 1) - 1));
+    socket.on('error', () => undefined);
+    // A gateway that took the tunnel and never answers it (stuck, or a black hole in between).
+    if (id.startsWith('silent-')) return;
     socket.write('HTTP/1.1 200 OK\r\n\r\n');
     if (head.length > 0) socket.write(head);
     socket.on('data', (d: Buffer) => socket.write(d));
-    socket.on('error', () => undefined);
-    socket.once('close', () => openTunnels.set(id, (openTunnels.get(id) ?? 1) - 1));
   });
   h1.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
     seen.push({ proto: 'http1', method: req.method ?? '', path: req.url ?? '', headers: pairs(req.rawHeaders) });
     const status = opts.upgradeStatus ?? 101;
+    socket.on('error', () => undefined);
+    if (req.url?.startsWith('/silent')) {
+      silentUpgrades.add(socket);
+      socket.once('close', () => silentUpgrades.delete(socket));
+      return;
+    }
     if (status === 101) {
       socket.write('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n');
       socket.on('data', (d: Buffer) => socket.write(d));
@@ -273,6 +304,7 @@ export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): P
     port: (server.address() as net.AddressInfo).port,
     seen,
     openTunnels,
+    silentUpgrades,
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));

@@ -1,0 +1,74 @@
+// A gateway that takes a tunnel and never answers it (a stuck handler, a black hole between the pods):
+// the client gets 504 once --upstream-response-timeout-ms has passed, the gateway's side is cut, the
+// failure is counted, and other tunnels on the same sidecar are served meanwhile.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitUntil } from '../helpers/wait.ts';
+import { embeddedSidecar, metric, rawSession, startFakeGateway, type FakeGateway } from './support.ts';
+
+const RESPONSE_TIMEOUT_MS = 1500;
+
+function connectHead(sandboxId: string, token: string): Buffer {
+  return Buffer.from(`CONNECT /connect/ssh HTTP/1.1\r\nHost: gw\r\nx-sandbox-id: ${sandboxId}\r\nx-sandbox-token: ${token}\r\n\r\n`, 'latin1');
+}
+
+describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)', () => {
+  let gw: FakeGateway;
+  let sc: Awaited<ReturnType<typeof embeddedSidecar>>;
+
+  beforeAll(async () => {
+    gw = await startFakeGateway();
+    sc = await embeddedSidecar(gw.port, ['--upstream-response-timeout-ms', String(RESPONSE_TIMEOUT_MS)]);
+  });
+  afterAll(async () => {
+    await sc?.proc.kill('SIGKILL');
+    await gw?.close();
+  });
+
+  it('a CONNECT gets 504 past the bound, its gateway connection is cut, and a tunnel opened meanwhile is served', async () => {
+    const timeoutsBefore = (await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome: 'OHS_ERR_TIMEOUT' })).sum;
+    const silent = await rawSession(sc.port, connectHead('silent-1', 'T1'));
+    const sentAt = Date.now();
+    await waitUntil('the silent tunnel at the gateway', async () => gw.openTunnels.get('silent-1') ?? 0, (n) => n === 1, { timeoutMs: 5000 });
+
+    // Served while the other waits.
+    const served = await rawSession(sc.port, connectHead('sb-served', 'T2'));
+    await waitUntil('the answer to the served tunnel', async () => served.received(), (r) => r.startsWith('HTTP/1.1 200'), { timeoutMs: 5000 });
+    served.socket.write('ping');
+    await waitUntil('the echo', async () => served.received(), (r) => r.endsWith('ping'), { timeoutMs: 5000 });
+
+    await waitUntil('the silent tunnel answered by the sidecar', async () => silent.closed(), (c) => c, { timeoutMs: RESPONSE_TIMEOUT_MS + 10_000 });
+    // Not answered before the bound (a little slack for timer granularity).
+    expect(Date.now() - sentAt).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 100);
+    expect(silent.received()).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n/);
+    expect(silent.received()).toContain(`gateway sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
+    await waitUntil('the gateway side of the silent tunnel closed', async () => gw.openTunnels.get('silent-1') ?? 0, (n) => n === 0, { timeoutMs: 5000 });
+    expect((await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome: 'OHS_ERR_TIMEOUT' })).sum).toBe(timeoutsBefore + 1);
+
+    // The answered tunnel is untouched by it, and still carries bytes.
+    expect(served.closed()).toBe(false);
+    served.socket.write('pong');
+    await waitUntil('the second echo', async () => served.received(), (r) => r.endsWith('pingpong'), { timeoutMs: 5000 });
+    expect(gw.openTunnels.get('sb-served')).toBe(1);
+    served.socket.destroy();
+  }, 30_000);
+
+  it('an upgrade the gateway never answers gets 504 the same way, and its gateway connection is cut', async () => {
+    const silent = await rawSession(sc.port, Buffer.from('GET /silent HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'latin1'));
+    await waitUntil('the silent upgrade at the gateway', async () => gw.silentUpgrades.size, (n) => n === 1, { timeoutMs: 5000 });
+    await waitUntil('the upgrade answered by the sidecar', async () => silent.closed(), (c) => c, { timeoutMs: RESPONSE_TIMEOUT_MS + 10_000 });
+    expect(silent.received()).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n/);
+    await waitUntil('the gateway side of the upgrade closed', async () => gw.silentUpgrades.size, (n) => n === 0, { timeoutMs: 5000 });
+  }, 30_000);
+
+  it('a client that leaves before the gateway answers is not counted as a gateway failure', async () => {
+    const count = async (outcome: string): Promise<number> => (await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome })).sum;
+    const [timeouts, upstream, closed] = [await count('OHS_ERR_TIMEOUT'), await count('OHS_ERR_UPSTREAM'), await count('closed')];
+    const gone = await rawSession(sc.port, connectHead('silent-2', 'T3'));
+    await waitUntil('the tunnel at the gateway', async () => gw.openTunnels.get('silent-2') ?? 0, (n) => n === 1, { timeoutMs: 5000 });
+    gone.socket.destroy();
+    await waitUntil('the gateway side closed after the client left', async () => gw.openTunnels.get('silent-2') ?? 0, (n) => n === 0, { timeoutMs: 5000 });
+    await waitUntil('the tunnel counted closed', () => count('closed'), (n) => n === closed + 1, { timeoutMs: 5000 });
+    expect(await count('OHS_ERR_TIMEOUT')).toBe(timeouts);
+    expect(await count('OHS_ERR_UPSTREAM')).toBe(upstream);
+  }, 30_000);
+});
