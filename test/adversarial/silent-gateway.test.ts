@@ -1,7 +1,15 @@
 // A gateway that takes a tunnel and never answers it (a stuck handler, a black hole between the pods):
 // the client gets 504 once --upstream-response-timeout-ms has passed, the gateway's side is cut, the
-// failure is counted, and other tunnels on the same sidecar are served meanwhile.
+// failure is counted, and other tunnels on the same sidecar are served meanwhile. The same on the
+// forwarded path, with the owner's gateway or the owner's sidecar stopped (SIGSTOP: it takes
+// connections and answers nothing).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cluster } from '../../emulator/cluster.ts';
+import { GatewayStore } from '../../emulator/gateway/store.ts';
+import type { ManagedProcess } from '../../emulator/process.ts';
+import { openConnectTunnel } from '../../emulator/ssh-client.ts';
+import { startSupervisorFleet, type SupervisorFleet } from '../../emulator/supervisor/fleet.ts';
+import { createTestDatabase, TEST_REDIS_URL, testRedisPrefix, type TestDatabase } from '../helpers/services.ts';
 import { waitUntil } from '../helpers/wait.ts';
 import { embeddedSidecar, metric, rawSession, startFakeGateway, type FakeGateway } from './support.ts';
 
@@ -71,4 +79,78 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
     expect(await count('OHS_ERR_TIMEOUT')).toBe(timeouts);
     expect(await count('OHS_ERR_UPSTREAM')).toBe(upstream);
   }, 30_000);
+});
+
+describe('a forwarded tunnel whose owner never answers (two-replica cluster, seed gateway emulators)', () => {
+  let db: TestDatabase;
+  let store: GatewayStore;
+  let cluster: Cluster;
+  let fleet: SupervisorFleet | undefined;
+  let sandboxId: string;
+  let token: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase('silent_owner');
+    store = new GatewayStore(db.url);
+    await store.migrate();
+    cluster = await Cluster.start({
+      replicas: 2,
+      databaseUrl: db.url,
+      sidecars: { redisUrl: TEST_REDIS_URL, redisKeyPrefix: testRedisPrefix('silent-owner'), extraArgs: ['--upstream-response-timeout-ms', String(RESPONSE_TIMEOUT_MS)] },
+    });
+    sandboxId = (await store.createSandbox()).id;
+    // The session on r1: a tunnel through r0 is forwarded to it.
+    fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${cluster.replica(1).publicPort}`, sandboxIds: [sandboxId] });
+    await fleet.waitAllConnected(15_000);
+    token = (await store.createSshSession(sandboxId, 3600)).token;
+    await waitUntil('a tunnel through r0 answered', () => tunnelVia(0), (r) => r.status === 200, { timeoutMs: 10_000 });
+  }, 90_000);
+
+  afterAll(async () => {
+    for (const r of cluster?.replicas ?? []) for (const p of [r.gateway, r.sidecar]) if (p?.child.pid) process.kill(p.child.pid, 'SIGCONT');
+    await fleet?.stop();
+    await cluster?.close();
+    await store?.close();
+    await db?.drop();
+  });
+
+  /** A CONNECT through replica `i`: its status and body (the tunnel, if any, closed at once). */
+  async function tunnelVia(i: number): Promise<{ status: number; body: string }> {
+    const t = await openConnectTunnel({ host: '127.0.0.1', port: cluster.replica(i).publicPort, sandboxId, token, timeoutMs: RESPONSE_TIMEOUT_MS + 10_000 });
+    t.socket?.destroy();
+    return { status: t.status, body: t.body };
+  }
+
+  /** `proc` stopped (SIGSTOP) while `during` runs: it takes connections and answers nothing. */
+  async function whileStopped<T>(proc: ManagedProcess, during: () => Promise<T>): Promise<T> {
+    const pid = proc.child.pid as number;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      return await during();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+  }
+
+  it("the owner's gateway stopped: 504 from the ingress past the bound, counted; served again once it runs", async () => {
+    const ingress = cluster.replica(0).sidecarPorts?.admin as number;
+    const labels = { class: 'ssh-tunnel', target: 'peer', outcome: 'OHS_ERR_TIMEOUT' };
+    const before = (await metric(ingress, 'ohs_requests_total', labels)).sum;
+    const r = await whileStopped(cluster.replica(1).gateway, () => tunnelVia(0));
+    expect(r.status).toBe(504);
+    expect(r.body).toContain(`gateway sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
+    expect((await metric(ingress, 'ohs_requests_total', labels)).sum).toBe(before + 1);
+    await waitUntil('a tunnel through r0 answered again', () => tunnelVia(0), (a) => a.status === 200, { timeoutMs: 10_000 });
+  }, 30_000);
+
+  it("the owner's sidecar stopped: 504 naming the owner past the bound, counted; served again once it runs", async () => {
+    const ingress = cluster.replica(0).sidecarPorts?.admin as number;
+    const labels = { class: 'ssh-tunnel', peer: 'r1', outcome: 'timeout' };
+    const before = (await metric(ingress, 'ohs_forwards_total', labels)).sum;
+    const r = await whileStopped(cluster.replica(1).sidecar as ManagedProcess, () => tunnelVia(0));
+    expect(r.status).toBe(504);
+    expect(r.body).toContain(`owner replica r1 sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
+    expect((await metric(ingress, 'ohs_forwards_total', labels)).sum).toBe(before + 1);
+    await waitUntil('a tunnel through r0 answered again', () => tunnelVia(0), (a) => a.status === 200, { timeoutMs: 15_000 });
+  }, 40_000);
 });
