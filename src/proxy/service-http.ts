@@ -21,7 +21,9 @@ const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 
 /** A request to our gateway for a session held here: ended once the gateway answered (it has then sent its RelayOpen). */
 const ANSWERED = Symbol('ohs.service.answered');
-type Tracked = http.IncomingMessage & { [ANSWERED]?: () => void };
+/** Where an upgrade went: the local gateway, or the owner's through a peer tunnel. */
+const TARGET = Symbol('ohs.service.target');
+type Tracked = http.IncomingMessage & { [ANSWERED]?: () => void; [TARGET]?: 'local' | 'peer' };
 const answered = (req: http.IncomingMessage): void => (req as Tracked)[ANSWERED]?.();
 
 /**
@@ -79,6 +81,13 @@ class PeerTunnelAgent extends http.Agent {
   }
 }
 
+/** The gateway (ours or, through its sidecar, the owner's) sent no answer to an upgrade in time. */
+class NoAnswer extends Error {
+  constructor(readonly waitedMs: number) {
+    super(`gateway sent no response within ${waitedMs} ms`);
+  }
+}
+
 /** No session here and only a shadow on our gateway: answered 502 without asking the gateway. */
 class NoSessionHere extends Error {
   constructor() {
@@ -100,13 +109,25 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
   // What a shed waits for (as for gRPC relay requests): the gateway's answer, or the end.
   proxy.on('proxyRes', (_proxyRes, req) => answered(req));
   proxy.on('proxyReqWs', (proxyReq, req) => {
-    const end = (): void => answered(req);
+    // A gateway that never answers the upgrade is bounded like a tunnel's (tunnel.ts).
+    const silent = setTimeout(() => proxyReq.destroy(new NoAnswer(ctx.config.upstreamResponseTimeoutMs)), ctx.config.upstreamResponseTimeoutMs);
+    silent.unref();
+    const end = (): void => {
+      clearTimeout(silent);
+      answered(req);
+    };
     proxyReq.once('upgrade', end);
     proxyReq.once('response', end);
     proxyReq.once('close', end);
   });
   proxy.on('error', (err, req, resOrSocket) => {
     answered(req);
+    if (err instanceof NoAnswer) {
+      ctx.metrics.requestsTotal.inc({ class: 'service-http', target: (req as Tracked)[TARGET] ?? 'local', outcome: 'OHS_ERR_TIMEOUT' });
+      log.warn({ waitedMs: err.waitedMs }, 'gateway did not answer the service upgrade');
+      writeHttpError(resOrSocket as net.Socket, 504, 'Gateway Timeout', err.message);
+      return;
+    }
     log.info({ err: err.message }, 'service request failed');
     if (resOrSocket instanceof http.ServerResponse) {
       if (!resOrSocket.headersSent) resOrSocket.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
@@ -183,7 +204,9 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
       socket.on('error', () => undefined);
       route(req, host).then(
         ({ target, agent, where }) => {
-          ctx.metrics.requestsTotal.inc({ class: 'service-http', target: where === 'local' ? 'local' : 'peer', outcome: 'upgrade' });
+          const to = where === 'local' ? 'local' : 'peer';
+          (req as Tracked)[TARGET] = to;
+          ctx.metrics.requestsTotal.inc({ class: 'service-http', target: to, outcome: 'upgrade' });
           socket.once('close', () => answered(req));
           void proxy.ws(req, socket, head, { target, ...(agent ? { agent } : {}) });
         },

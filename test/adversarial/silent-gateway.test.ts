@@ -68,6 +68,22 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
     await waitUntil('the gateway side of the upgrade closed', async () => gw.silentUpgrades.size, (n) => n === 0, { timeoutMs: 5000 });
   }, 30_000);
 
+  it('a WebSocket to a sandbox service the gateway never answers gets 504 the same way', async () => {
+    const labels = { class: 'service-http', target: 'local', outcome: 'OHS_ERR_TIMEOUT' };
+    const before = (await metric(sc.admin, 'ohs_requests_total', labels)).sum;
+    // A service host (reference §2.7); unknown to this embedded sidecar, so its own gateway answers.
+    const silent = await rawSession(
+      sc.port,
+      Buffer.from('GET /silent-ws HTTP/1.1\r\nHost: ws--sb-svc--web.openshell.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', 'latin1'),
+    );
+    await waitUntil('the silent upgrade at the gateway', async () => gw.silentUpgrades.size, (n) => n === 1, { timeoutMs: 5000 });
+    await waitUntil('the upgrade answered by the sidecar', async () => silent.closed(), (c) => c, { timeoutMs: RESPONSE_TIMEOUT_MS + 10_000 });
+    expect(silent.received()).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n/);
+    expect(silent.received()).toContain(`gateway sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
+    await waitUntil('the gateway side of the upgrade closed', async () => gw.silentUpgrades.size, (n) => n === 0, { timeoutMs: 5000 });
+    expect((await metric(sc.admin, 'ohs_requests_total', labels)).sum).toBe(before + 1);
+  }, 30_000);
+
   it('a client that leaves before the gateway answers is not counted as a gateway failure', async () => {
     const count = async (outcome: string): Promise<number> => (await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome })).sum;
     const [timeouts, upstream, closed] = [await count('OHS_ERR_TIMEOUT'), await count('OHS_ERR_UPSTREAM'), await count('closed')];
