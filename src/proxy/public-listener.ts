@@ -246,10 +246,24 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
 function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', () => undefined);
   socket.pause();
+  let connected = false;
   const upstream = ctx.gateway.connect(() => {
+    connected = true;
+    clearTimeout(connectTimer);
     upstream.write(requestHead(req));
     spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, { early: head, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
   });
+  const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
+  connectTimer.unref();
   upstream.setNoDelay(true);
-  upstream.once('error', () => writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable'));
+  // Past the connect, the response head reader or the splice answers for the upstream's errors
+  // (a 502 written into an upgraded stream would reach the client as bytes of it).
+  upstream.once('error', () => {
+    clearTimeout(connectTimer);
+    if (!connected) writeHttpError(socket, 502, 'Bad Gateway', 'gateway unavailable');
+  });
+  // The client gone before the gateway took the connection: nobody is waiting for it.
+  socket.once('close', () => {
+    if (upstream.connecting) upstream.destroy();
+  });
 }

@@ -2,7 +2,8 @@
 // the client gets 504 once --upstream-response-timeout-ms has passed, the gateway's side is cut, the
 // failure is counted, and other tunnels on the same sidecar are served meanwhile. The same on the
 // forwarded path, with the owner's gateway or the owner's sidecar stopped (SIGSTOP: it takes
-// connections and answers nothing).
+// connections and answers nothing). And an upgraded stream whose gateway resets: closed, with no
+// error of ours written into it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
@@ -82,6 +83,13 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
     expect(silent.received()).toContain(`gateway sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
     await waitUntil('the gateway side of the upgrade closed', async () => gw.silentUpgrades.size, (n) => n === 0, { timeoutMs: 5000 });
     expect((await metric(sc.admin, 'ohs_requests_total', labels)).sum).toBe(before + 1);
+  }, 30_000);
+
+  it('an upgraded stream whose gateway connection resets is closed, with nothing of ours written into it', async () => {
+    const c = await rawSession(sc.port, Buffer.from('GET /reset-after-upgrade HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'latin1'));
+    await waitUntil('the stream closed', async () => c.closed(), (closed) => closed, { timeoutMs: 10_000 });
+    // The gateway's 101 and nothing after it (a 502 here would reach the client as stream bytes).
+    expect(c.received()).toBe('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n');
   }, 30_000);
 
   it('a client that leaves before the gateway answers is not counted as a gateway failure', async () => {

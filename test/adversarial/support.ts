@@ -191,7 +191,8 @@ export interface FakeGateway {
  * hyper's `HeaderMap::get` does. CONNECT /connect/ssh with both sandbox headers: 200 and an open
  * tunnel (echo); without them: 401 and the connection stays open (keep-alive, as hyper does for a
  * non-2xx CONNECT answer); for a sandbox id `silent-…`, no answer at all. Upgrades are answered
- * `upgradeStatus` (101, or e.g. 400 keep-alive), except upgrades to `/silent…`: no answer.
+ * `upgradeStatus` (101, or e.g. 400 keep-alive), except upgrades to `/silent…` (no answer) and to
+ * `/reset-after-upgrade` (101, then the connection reset).
  * Every request head is recorded.
  */
 export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): Promise<FakeGateway> {
@@ -250,6 +251,12 @@ export async function startFakeGateway(opts: { upgradeStatus?: number } = {}): P
     seen.push({ proto: 'http1', method: req.method ?? '', path: req.url ?? '', headers: pairs(req.rawHeaders) });
     const status = opts.upgradeStatus ?? 101;
     socket.on('error', () => undefined);
+    if (req.url?.startsWith('/reset-after-upgrade')) {
+      // Upgraded, then the connection reset (a gateway that crashed mid-stream).
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n');
+      setTimeout(() => socket.resetAndDestroy(), 100).unref();
+      return;
+    }
     if (req.url?.startsWith('/silent')) {
       silentUpgrades.add(socket);
       socket.once('close', () => silentUpgrades.delete(socket));
