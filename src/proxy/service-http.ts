@@ -23,7 +23,9 @@ const NO_OWNER: Target = { kind: 'local', epoch: null, reason: 'no-owner' };
 const ANSWERED = Symbol('ohs.service.answered');
 /** Where an upgrade went: the local gateway, or the owner's through a peer tunnel. */
 const TARGET = Symbol('ohs.service.target');
-type Tracked = http.IncomingMessage & { [ANSWERED]?: () => void; [TARGET]?: 'local' | 'peer' };
+/** Set once the gateway answered an upgrade: from then on the client's socket carries its bytes only. */
+const UPGRADE_ANSWERED = Symbol('ohs.service.upgradeAnswered');
+type Tracked = http.IncomingMessage & { [ANSWERED]?: () => void; [TARGET]?: 'local' | 'peer'; [UPGRADE_ANSWERED]?: boolean };
 const answered = (req: http.IncomingMessage): void => (req as Tracked)[ANSWERED]?.();
 
 /**
@@ -116,8 +118,12 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
       clearTimeout(silent);
       answered(req);
     };
-    proxyReq.once('upgrade', end);
-    proxyReq.once('response', end);
+    const gatewayAnswered = (): void => {
+      (req as Tracked)[UPGRADE_ANSWERED] = true;
+      end();
+    };
+    proxyReq.once('upgrade', gatewayAnswered);
+    proxyReq.once('response', gatewayAnswered);
     proxyReq.once('close', end);
   });
   proxy.on('error', (err, req, resOrSocket) => {
@@ -132,6 +138,9 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
     if (resOrSocket instanceof http.ServerResponse) {
       if (!resOrSocket.headersSent) resOrSocket.writeHead(502, { 'content-type': 'text/plain; charset=utf-8' }).end('sandbox service unavailable\n');
       else resOrSocket.destroy();
+    } else if ((req as Tracked)[UPGRADE_ANSWERED]) {
+      // The gateway's answer went out: an error of ours would reach the client as bytes of its stream.
+      (resOrSocket as net.Socket).destroy();
     } else {
       writeHttpError(resOrSocket as net.Socket, 502, 'Bad Gateway', 'sandbox service unavailable');
     }

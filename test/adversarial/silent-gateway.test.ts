@@ -92,6 +92,17 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
     expect(c.received()).toBe('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n');
   }, 30_000);
 
+  it('the same through the sandbox service path (http-proxy-3)', async () => {
+    const c = await rawSession(
+      sc.port,
+      Buffer.from('GET /reset-after-upgrade HTTP/1.1\r\nHost: ws--sb-svc--web.openshell.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', 'latin1'),
+    );
+    await waitUntil('the stream closed', async () => c.closed(), (closed) => closed, { timeoutMs: 10_000 });
+    expect(c.received()).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    expect(c.received()).not.toContain('502');
+    expect(c.received().endsWith('\r\n\r\n')).toBe(true);
+  }, 30_000);
+
   it('a client that leaves before the gateway answers is not counted as a gateway failure', async () => {
     const count = async (outcome: string): Promise<number> => (await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome })).sum;
     const [timeouts, upstream, closed] = [await count('OHS_ERR_TIMEOUT'), await count('OHS_ERR_UPSTREAM'), await count('closed')];
