@@ -184,7 +184,7 @@ export function createMetrics(options: CreateMetricsOptions = {}): SidecarMetric
     logLinesDroppedTotal: logLinesDroppedCounter(registers),
     protectionsTotal: new Counter({
       name: 'ohs_protections_total',
-      help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests, upstream_reset_budget, lookup_queue (an owner lookup refused because the lookup queue was full).',
+      help: 'Connections or streams cut by a protective bound: max_connections, headers_timeout, request_timeout, ping_timeout, idle, connection_buffer, total_buffer, held_requests, upstream_reset_budget, lookup_queue (an owner lookup refused because the lookup queue was full), response_timeout (a tunnel or upgrade whose gateway or owner sent no response head within --upstream-response-timeout-ms: 504).',
       labelNames: ['reason'] as const,
       registers,
     }),

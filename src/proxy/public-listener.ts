@@ -7,6 +7,7 @@ import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { Logger } from 'pino';
 import { detectPreface } from '../classify/classify.ts';
 import { LinkedSet } from '../linked-set.ts';
 import { keepSessionStreamsYoung } from '../node-patches.ts';
@@ -17,7 +18,7 @@ import { guardHttp1 } from './http1-deadlines.ts';
 import { H2Liveness } from './liveness.ts';
 import { createServiceHttp } from './service-http.ts';
 import type { DownstreamConnection } from './supervisor-streams.ts';
-import { handleConnect, requestHead, spliceAfterResponseHead, writeHttpError } from './tunnel.ts';
+import { handleConnect, requestHead, spliceAfterResponseHead, writeHttpError, type HeadFailure } from './tunnel.ts';
 
 const PREFACE_TIMEOUT_MS = 10_000;
 /** How long an accepted connection goes before its TCP keepalive is turned on (at most). */
@@ -108,7 +109,7 @@ export function createPublicListener(ctx: ProxyContext): PublicListener {
   h1.on('upgrade', (req, socket, head) => {
     const host = services.hostOf(req);
     if (host) services.upgrade(req, socket as net.Socket, head, host);
-    else passthroughUpgrade(ctx, req, socket as net.Socket, head);
+    else passthroughUpgrade(ctx, log, req, socket as net.Socket, head);
   });
   h1.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     log.info({ err: err.code ?? err.message }, 'malformed HTTP/1.1 request refused');
@@ -243,7 +244,7 @@ function passthroughRequest(ctx: ProxyContext, req: http.IncomingMessage, res: h
 }
 
 /** Upgrades (e.g. /_ws_tunnel) are passed through byte for byte to the local gateway. */
-function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+function passthroughUpgrade(ctx: ProxyContext, log: Logger, req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
   socket.on('error', () => undefined);
   socket.pause();
   let connected = false;
@@ -251,7 +252,12 @@ function passthroughUpgrade(ctx: ProxyContext, req: http.IncomingMessage, socket
     connected = true;
     clearTimeout(connectTimer);
     upstream.write(requestHead(req));
-    spliceAfterResponseHead(socket, upstream, (status) => status === 101, () => undefined, { early: head, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
+    const ended = (_bytes: unknown, failure?: HeadFailure): void => {
+      if (failure !== 'timeout') return;
+      ctx.metrics.protectionsTotal.inc({ reason: 'response_timeout' });
+      log.warn({ waitedMs: ctx.config.upstreamResponseTimeoutMs }, 'gateway did not answer the upgrade');
+    };
+    spliceAfterResponseHead(socket, upstream, (status) => status === 101, ended, { early: head, headTimeoutMs: ctx.config.upstreamResponseTimeoutMs });
   });
   const connectTimer = setTimeout(() => upstream.destroy(new Error('gateway connect timeout')), ctx.config.upstreamConnectTimeoutMs);
   connectTimer.unref();

@@ -130,6 +130,7 @@ export function createServiceHttp(ctx: ProxyContext, baseLog: Logger): ServiceHt
     answered(req);
     if (err instanceof NoAnswer) {
       ctx.metrics.requestsTotal.inc({ class: 'service-http', target: (req as Tracked)[TARGET] ?? 'local', outcome: 'OHS_ERR_TIMEOUT' });
+      ctx.metrics.protectionsTotal.inc({ reason: 'response_timeout' });
       log.warn({ waitedMs: err.waitedMs }, 'gateway did not answer the service upgrade');
       writeHttpError(resOrSocket as net.Socket, 504, 'Gateway Timeout', err.message);
       return;

@@ -202,6 +202,7 @@ function tunnelEnded(ctx: ProxyContext, log: Logger, cls: string, target: 'local
     return;
   }
   ctx.metrics.requestsTotal.inc({ class: cls, target, outcome: failure === 'timeout' ? 'OHS_ERR_TIMEOUT' : 'OHS_ERR_UPSTREAM' });
+  if (failure === 'timeout') ctx.metrics.protectionsTotal.inc({ reason: 'response_timeout' });
   log.warn({ failure, waitedMs: Math.round(Number(process.hrtime.bigint() - start) / 1e6) }, 'gateway did not answer the tunnel');
 }
 
@@ -411,6 +412,7 @@ function tunnelToPeer(
           responded = true;
           stream.close(http2.constants.NGHTTP2_CANCEL);
           ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'timeout' });
+          ctx.metrics.protectionsTotal.inc({ reason: 'response_timeout' });
           plog.warn({ waitedMs: ctx.config.upstreamResponseTimeoutMs }, 'peer sent no response to the tunnel');
           writeHttpError(socket, 504, 'Gateway Timeout', `owner replica ${target.replicaId} sent no response within ${ctx.config.upstreamResponseTimeoutMs} ms`);
           resolve('done');

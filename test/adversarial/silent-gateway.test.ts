@@ -35,6 +35,7 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
 
   it('a CONNECT gets 504 past the bound, its gateway connection is cut, and a tunnel opened meanwhile is served', async () => {
     const timeoutsBefore = (await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome: 'OHS_ERR_TIMEOUT' })).sum;
+    const cutsBefore = (await metric(sc.admin, 'ohs_protections_total', { reason: 'response_timeout' })).sum;
     const silent = await rawSession(sc.port, connectHead('silent-1', 'T1'));
     const sentAt = Date.now();
     await waitUntil('the silent tunnel at the gateway', async () => gw.openTunnels.get('silent-1') ?? 0, (n) => n === 1, { timeoutMs: 5000 });
@@ -52,6 +53,7 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
     expect(silent.received()).toContain(`gateway sent no response within ${RESPONSE_TIMEOUT_MS} ms`);
     await waitUntil('the gateway side of the silent tunnel closed', async () => gw.openTunnels.get('silent-1') ?? 0, (n) => n === 0, { timeoutMs: 5000 });
     expect((await metric(sc.admin, 'ohs_requests_total', { class: 'ssh-tunnel', target: 'local', outcome: 'OHS_ERR_TIMEOUT' })).sum).toBe(timeoutsBefore + 1);
+    expect((await metric(sc.admin, 'ohs_protections_total', { reason: 'response_timeout' })).sum).toBe(cutsBefore + 1);
 
     // The answered tunnel is untouched by it, and still carries bytes.
     expect(served.closed()).toBe(false);
@@ -62,11 +64,13 @@ describe('a gateway that never answers a tunnel (embedded sidecar, fake gateway)
   }, 30_000);
 
   it('an upgrade the gateway never answers gets 504 the same way, and its gateway connection is cut', async () => {
+    const cutsBefore = (await metric(sc.admin, 'ohs_protections_total', { reason: 'response_timeout' })).sum;
     const silent = await rawSession(sc.port, Buffer.from('GET /silent HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', 'latin1'));
     await waitUntil('the silent upgrade at the gateway', async () => gw.silentUpgrades.size, (n) => n === 1, { timeoutMs: 5000 });
     await waitUntil('the upgrade answered by the sidecar', async () => silent.closed(), (c) => c, { timeoutMs: RESPONSE_TIMEOUT_MS + 10_000 });
     expect(silent.received()).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n/);
     await waitUntil('the gateway side of the upgrade closed', async () => gw.silentUpgrades.size, (n) => n === 0, { timeoutMs: 5000 });
+    expect((await metric(sc.admin, 'ohs_protections_total', { reason: 'response_timeout' })).sum).toBe(cutsBefore + 1);
   }, 30_000);
 
   it('a WebSocket to a sandbox service the gateway never answers gets 504 the same way', async () => {
