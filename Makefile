@@ -17,12 +17,15 @@ typecheck: install
 lint: install
 	npx eslint --max-warnings 0 .
 
-# typecheck + lint + every test; writes vitest's JSON report for .ci/run's summary line.
+# typecheck and lint (side by side) + every test; writes vitest's JSON report for .ci/run's summary
+# line. The tests start the sidecar and the gateway emulator from the bundles `build` has just made
+# (emulator/process.ts: sources through tsx instead when a source is newer than its bundle).
 # test/interop runs under `make interop` only, so exported upstream binaries never turn this into a
 # minutes-long run against real programs. Then the Node-sensitive part of the suite again on the
 # image's Node (scripts/test-node-lts.sh; skipped when that Node is not installed); both passes run
 # whatever the first one's outcome.
-test: typecheck lint build
+test: build
+	@$(MAKE) --no-print-directory --output-sync=target -j2 typecheck lint
 	@npx vitest run --exclude 'test/interop/**' --reporter=default --reporter=json --outputFile.json=.vitest-report.json; main=$$?; \
 	bash scripts/test-node-lts.sh; lts=$$?; \
 	[ $$main -eq 0 ] && [ $$lts -eq 0 ]

@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { startBalancer, type Backend, type Balancer, type BalancerPick } from './balancer.ts';
 import { createJwtKeyDir } from './gateway/gen2/jwt.ts';
 import type { Protocol } from './proto.ts';
-import { startProcess, tsEntry, type ManagedProcess } from './process.ts';
+import { startProcess, sidecarCommand, gatewayEmulatorCommand, type ManagedProcess } from './process.ts';
 
 export interface SidecarOptions {
   /** Command prefix that starts the sidecar CLI (default: src/main.ts through tsx). */
@@ -115,7 +115,7 @@ export class Cluster {
     const gateway = await startProcess(
       `gateway-${name}`,
       [
-        ...(this.opts.gatewayCommand ?? tsEntry('emulator/gateway/main.ts')),
+        ...(this.opts.gatewayCommand ?? gatewayEmulatorCommand()),
         '--database-url',
         this.opts.databaseUrl,
         '--replica',
@@ -161,7 +161,7 @@ export class Cluster {
       }
       args.push(...(sc.extraArgs ?? []), ...(sc.replicaArgs?.({ index, name }) ?? []));
       try {
-        const sidecar = await startProcess(`sidecar-${name}`, [...(sc.command ?? tsEntry('src/main.ts')), ...args], {
+        const sidecar = await startProcess(`sidecar-${name}`, [...(sc.command ?? sidecarCommand()), ...args], {
           echo: this.opts.echo ?? false,
         });
         const ports = {

@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
 import { Phase } from '../../emulator/proto.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { startSandboxSshServer, type SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
 import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
 import { exec, gatewayClient, type OpenShellClient } from '../helpers/grpc-client.ts';
@@ -274,7 +274,7 @@ describe('--max-connections and the upstream pool (embedded sidecar, in-test h2c
     await once(gateway, 'listening');
     gatewayPort = (gateway.address() as AddressInfo).port;
     proc = await startProcess('sidecar-caps', [
-      ...tsEntry('src/main.ts'),
+      ...sidecarCommand(),
       '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
       '--gateway', `http://127.0.0.1:${gatewayPort}`, '--replica-id', 'caps', '--log-level', 'warn',
       '--max-connections', String(MAX_CONNECTIONS),

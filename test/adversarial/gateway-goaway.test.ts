@@ -7,7 +7,7 @@
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { encodeMessage } from '../../emulator/proto.ts';
 import { grpcFrame } from '../helpers/raw.ts';
 import { metric, sleep, withTimeout } from './support.ts';
@@ -92,7 +92,7 @@ describe('GOAWAY from the gateway mid-traffic', () => {
     gw = new GoawayGateway(1500);
     const gwPort = await gw.listen();
     sc = await startProcess('sidecar-goaway', [
-      ...tsEntry('src/main.ts'),
+      ...sidecarCommand(),
       '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
       '--gateway', `http://127.0.0.1:${gwPort}`, '--replica-id', 'goaway', '--log-level', 'warn',
       // The sandbox has no owner in embedded mode: answer from the local gateway without holding.

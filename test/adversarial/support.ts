@@ -6,7 +6,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { once } from 'node:events';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { detectPreface } from '../../src/classify/classify.ts';
 import { NODE_FLAGS } from '../../src/node-flags.ts';
 
@@ -154,7 +154,7 @@ export async function metric(adminPort: number, name: string, labels: Record<str
  * with the image's node flags: the RSS bounds below are the deployed process's.
  */
 export async function embeddedSidecar(gatewayPort: number, extra: string[] = []): Promise<{ proc: ManagedProcess; port: number; admin: number }> {
-  const [node, ...entry] = tsEntry('src/main.ts');
+  const [node, ...entry] = sidecarCommand();
   const proc = await startProcess('sidecar-kf', [
     node as string,
     ...NODE_FLAGS,

@@ -12,6 +12,7 @@ import { INJECT_DEFAULTS, type InjectMode } from '../../src/deploy/inject-option
 import { parseManifestStream } from '../../src/deploy/manifest-stream.ts';
 import { checkInvariants, containersOf, docsOf, findContainer, fixture, injectedWorkload, podSpecOf, repoRoot } from './support/manifests.ts';
 import { helm3, helm4, skipUnless } from './support/tools.ts';
+import { sidecarCommand } from '../../emulator/process.ts';
 
 type Json = Record<string, unknown>;
 const H3 = helm3();
@@ -52,7 +53,7 @@ function capture(tag: string): { dir: string; env: Record<string, string>; input
   const dir = path.join(scratch, tag);
   mkdirSync(dir, { recursive: true });
   const inner = path.join(dir, 'inject.sh');
-  const cli = `"${process.execPath}" --import tsx "${path.join(repoRoot, 'src/main.ts')}"`;
+  const cli = sidecarCommand().map((arg) => `"${arg}"`).join(' ');
   // $1 is the word `inject` the wrapper adds; the rest are Helm's --post-renderer-args.
   writeFileSync(inner, `#!/usr/bin/env bash\nset -eo pipefail\nshift\ntee "${dir}/in.yaml" | ${cli} inject "$@" | tee "${dir}/out.yaml"\n`);
   chmodSync(inner, 0o755);

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
-import { startProcess, tsEntry } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand } from '../../emulator/process.ts';
 import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { freePort } from '../helpers/own-redis.ts';
 import { repoRoot } from './support/manifests.ts';
@@ -98,7 +98,7 @@ describe('Dockerfile', () => {
     const adminPort = await freePort();
     const env = { OHS_ADMIN_LISTEN: `127.0.0.1:${adminPort}` };
     // The sidecar itself on the image's Node version (embedded mode: no database needed).
-    const sidecar = await startProcess('sidecar-node-lts', [node, '--import', 'tsx', ...tsEntry('src/main.ts').slice(3), '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0'], { env });
+    const sidecar = await startProcess('sidecar-node-lts', [node, ...sidecarCommand().slice(1), '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0'], { env });
     const check = (): Promise<number | null> =>
       new Promise((resolve) => {
         const [cmd, ...args] = healthcheckArgv();

@@ -1,14 +1,15 @@
 // `openshell-ha-sidecar inject` as Helm runs it: a process with stdin and stdout. stdout carries the
 // manifest and nothing else, remarks go to stderr, and the exit code tells Helm whether to go on.
 import { spawn } from 'node:child_process';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { fixture, repoRoot } from './support/manifests.ts';
+import { sidecarCommand } from '../../emulator/process.ts';
 
 function runInject(args: string[], stdin: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'src/main.ts'), 'inject', ...args], { cwd: repoRoot, stdio: ['pipe', 'pipe', 'pipe'] });
+    const [node, ...entry] = sidecarCommand();
+    const child = spawn(node as string, [...entry, 'inject', ...args], { cwd: repoRoot, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

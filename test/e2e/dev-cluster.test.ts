@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { afterAll, expect, it } from 'vitest';
-import { tsEntry } from '../../emulator/process.ts';
+import { emulatorCommand } from '../../emulator/process.ts';
 import { TEST_DATABASE_URL } from '../helpers/services.ts';
 import { sshViaGateway } from '../../emulator/ssh-client.ts';
 import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
@@ -20,7 +20,7 @@ interface DevClusterDoc {
   sandboxes: Array<{ id: string; name: string; workspace: string; token: string; services: string[] }>;
 }
 
-const [exe, ...args] = tsEntry('emulator/main.ts');
+const [exe, ...args] = emulatorCommand();
 const child = spawn(exe!, [...args, 'dev-cluster', '--replicas', '2', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
 const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 
@@ -114,7 +114,7 @@ it('dev-cluster --json (2026-08 by default) describes a working cluster and clea
 }, 120_000);
 
 it('dev-cluster --protocol 2026-04 runs the seed generation: CONNECT tunnels through the Service', async () => {
-  const [e, ...a] = tsEntry('emulator/main.ts');
+  const [e, ...a] = emulatorCommand();
   const proc = spawn(e!, [...a, 'dev-cluster', '--protocol', '2026-04', '--replicas', '2', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const done = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   try {
@@ -143,7 +143,7 @@ it('dev-cluster --protocol 2026-04 runs the seed generation: CONNECT tunnels thr
 }, 120_000);
 
 it('without Postgres (forced with --embedded) it runs one embedded replica that still routes SSH', async () => {
-  const [e, ...a] = tsEntry('emulator/main.ts');
+  const [e, ...a] = emulatorCommand();
   const proc = spawn(e!, [...a, 'dev-cluster', '--embedded', '--sandboxes', '2', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const done = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   try {

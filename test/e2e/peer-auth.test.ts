@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, type Replica } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
-import { startProcess, tsEntry } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand } from '../../emulator/process.ts';
 import { decodeMessage, encodeMessage, type ExecSandboxEvent } from '../../emulator/proto.ts';
 import { startSandboxSshServer, type SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
 import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
@@ -310,7 +310,7 @@ describe('peer authentication and owner fencing between sidecars', () => {
   it('the gateway never sees x-ohs-* headers sent by a public client', async () => {
     const gw = await startRecordingGateway();
     const sidecar = await startProcess('sidecar-recording', [
-      ...tsEntry('src/main.ts'),
+      ...sidecarCommand(),
       '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
       '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'recording', '--log-level', 'warn',
     ]);

@@ -11,7 +11,7 @@ import { Client as SshClient } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, type Replica } from '../../emulator/cluster.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
-import { startProcess, tsEntry } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand } from '../../emulator/process.ts';
 import { openConnectTunnel } from '../../emulator/ssh-client.ts';
 import { startSandboxSshServer, type SandboxSshServer } from '../../emulator/supervisor/ssh-server.ts';
 import { SupervisorEmulator } from '../../emulator/supervisor/supervisor.ts';
@@ -452,7 +452,7 @@ describe('peer mTLS with SAN identities', () => {
   it('warns at startup when peer traffic is cleartext on a non-loopback listener, and only then', async () => {
     const start = async (extra: string[]): Promise<string[]> => {
       const p = await startProcess('sidecar-warn', [
-        ...tsEntry('src/main.ts'),
+        ...sidecarCommand(),
         '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--gateway', `http://127.0.0.1:${r(0).gatewayPort}`,
         '--database-url', rig.db!.url, '--peer-secret', 'peer-warn-secret-0123456789', '--log-level', 'warn', ...extra,
       ]);

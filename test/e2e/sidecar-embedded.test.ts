@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
 import { waitSandboxesReady } from '../helpers/wait.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { exec, gatewayClient, pushLogs, unary, type OpenShellClient } from '../helpers/grpc-client.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/services.ts';
@@ -21,7 +21,7 @@ beforeAll(async () => {
   db = await createTestDatabase('sidecar_embedded');
   gw = await startGateway({ databaseUrl: db.url, replica: 'gw-embedded' });
   sidecar = await startProcess('sidecar', [
-    ...tsEntry('src/main.ts'),
+    ...sidecarCommand(),
     '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
     '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'solo', '--log-level', 'info',
   ]);

@@ -8,7 +8,7 @@ import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
 import { waitSandboxesReady } from '../helpers/wait.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { encodeMessage, type ExecSandboxEvent } from '../../emulator/proto.ts';
 import { SANDBOX_SSH_PASSWORD, SANDBOX_SSH_USER } from '../../emulator/supervisor/ssh-server.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
@@ -32,7 +32,7 @@ beforeAll(async () => {
   db = await createTestDatabase('sidecar_robustness');
   gw = await startGateway({ databaseUrl: db.url, replica: 'gw-robust' });
   sidecar = await startProcess('sidecar', [
-    ...tsEntry('src/main.ts'),
+    ...sidecarCommand(),
     '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
     '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'robust', '--log-level', 'info',
   ]);

@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Client as SshClient } from 'ssh2';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../emulator/process.ts';
 import { openShellClient } from '../../emulator/proto.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 import { makeTestPki, type TestPki } from '../helpers/certs.ts';
@@ -30,7 +30,7 @@ beforeAll(async () => {
   fleet = await startSupervisorFleet({ endpoint: `127.0.0.1:${gw.port}`, sandboxIds: [sandbox] });
   await fleet.waitAllConnected(15_000);
   sidecar = await startProcess('sidecar-tls', [
-    ...tsEntry('src/main.ts'),
+    ...sidecarCommand(),
     '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
     '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', 'tls',
     '--tls-cert', pki.serverCert, '--tls-key', pki.serverKey, '--tls-client-ca', pki.ca,

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startGateway, type Gateway } from '../../emulator/gateway/server.ts';
-import { startProcess, tsEntry } from '../../emulator/process.ts';
+import { startProcess, sidecarCommand } from '../../emulator/process.ts';
 import { startSupervisorFleet } from '../../emulator/supervisor/fleet.ts';
 
 export interface LimitedSidecar {
@@ -29,7 +29,7 @@ export async function startLimitedSidecar(name: string, limitRules: unknown[]): 
     stops.push(() => gw.close());
     const sandbox = (await gw.store.createSandbox()).id;
     const sidecar = await startProcess('sidecar', [
-      ...tsEntry('src/main.ts'),
+      ...sidecarCommand(),
       '--config', config,
       '--listen', '127.0.0.1:0', '--peer-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
       '--gateway', `http://127.0.0.1:${gw.port}`, '--replica-id', name,

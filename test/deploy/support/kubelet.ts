@@ -13,7 +13,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { startProcess, tsEntry, type ManagedProcess } from '../../../emulator/process.ts';
+import { startProcess, sidecarCommand, gatewayEmulatorCommand, type ManagedProcess } from '../../../emulator/process.ts';
 import { repoRoot } from './manifests.ts';
 
 type Json = Record<string, unknown>;
@@ -188,7 +188,7 @@ export function processFor(c: ResolvedContainer, ctx: PodContext): { argv: strin
     const main = cmd.indexOf('dist/main.js');
     const nodeFlags = cmd.slice(1, Math.max(1, main));
     if (cmd[0] !== 'node' || main < 1 || !nodeFlags.every((f) => f.startsWith('--'))) throw new Error(`unexpected sidecar entrypoint ${cmd.join(' ')}`);
-    const [node, ...source] = tsEntry('src/main.ts');
+    const [node, ...source] = sidecarCommand();
     return { argv: [node as string, ...nodeFlags, ...source, ...cmd.slice(main + 1)], env: { ...img.env, ...mapPaths(c.env, c.mounts), ...base } };
   }
   if (/\/openshell\/gateway:/.test(c.image)) {
@@ -204,7 +204,7 @@ export function processFor(c: ResolvedContainer, ctx: PodContext): { argv: strin
     const health = tomlValue(toml, 'health_bind_address') ?? `0.0.0.0:${flag('--health-port') ?? '8081'}`;
     const jwtPublic = tomlValue(toml, 'public_key_path');
     const argv = [
-      ...tsEntry('emulator/gateway/main.ts'),
+      ...gatewayEmulatorCommand(),
       '--protocol', '2026-08',
       '--replica', ctx.podName,
       '--host', bindHost,

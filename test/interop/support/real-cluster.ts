@@ -15,7 +15,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { startBalancer, type Balancer } from '../../../emulator/balancer.ts';
 import { startComputeDriver, type ComputeDriver, type DriverEvent } from '../../../emulator/compute-driver/driver.ts';
-import { startProcess, tsEntry, type ManagedProcess } from '../../../emulator/process.ts';
+import { startProcess, sidecarCommand, type ManagedProcess } from '../../../emulator/process.ts';
 import { sandboxPayloadPhase } from '../../../src/wire/gateway-payloads.ts';
 import { freePort } from '../../helpers/own-redis.ts';
 import { createTestDatabase, testRedisPrefix, TEST_REDIS_URL, type TestDatabase } from '../../helpers/services.ts';
@@ -332,7 +332,7 @@ export class RealCluster {
       '--peer-secret', PEER_SECRET,
       '--log-level', this.opts.sidecarLogLevel ?? 'warn',
     ];
-    const sidecar = await startProcess(`sidecar-${r.id}`, [...tsEntry('src/main.ts'), ...args], { readyTimeoutMs: 30_000 });
+    const sidecar = await startProcess(`sidecar-${r.id}`, [...sidecarCommand(), ...args], { readyTimeoutMs: 30_000 });
     // The launcher keeps a bounded tail; the whole log goes to the run directory.
     const log = createWriteStream(join(this.runDir, `sidecar-${r.id}.log`), { flags: 'a' });
     sidecar.child.stdout?.on('data', (d: Buffer) => log.write(d));
