@@ -16,7 +16,7 @@ import { extractRoutingKey, type RequestKey } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 import { followOwner } from './follow-owner.ts';
 import { forwardLocal } from './local-forward.ts';
-import { copyRequestHeaders, forwardStream, respondGrpcError, type ForwardHandle, type ForwardOptions, type Replay } from './h2-forward.ts';
+import { copyRequestHeaders, forwardStream, respondGrpcError, UpstreamCutError, type ForwardHandle, type ForwardOptions, type Replay } from './h2-forward.ts';
 import { track } from './stream-tracking.ts';
 import { forwardOnSupervisorConnection, supervisorControl, type DownstreamConnection } from './supervisor-streams.ts';
 import { annotateActive, ATTR_CLASS, ATTR_REPLICA, ATTR_SANDBOX, bindContext, endSpan, startSpan, streamSpan, traceHeaders, tracingEnabled, withSpan } from '../tracing/tracing.ts';
@@ -547,17 +547,18 @@ async function routeAffine(
   return forwardLocal(ctx, stream, headers, cls, log, prefix);
 }
 
-type RetryWhy = 'not-owner' | 'unreachable' | 'not-ready' | 'conflict';
+type RetryWhy = 'not-owner' | 'unreachable' | 'silent' | 'not-ready' | 'conflict';
 type Attempt = { kind: 'done' } | { kind: 'retry'; replay: Replay; why: RetryWhy };
 
 const NOTHING = (): void => undefined;
 
 /** A retried attempt's outcome label, and what the client hears when the request cannot be sent again. */
-const RETRY_OUTCOME: Record<RetryWhy, string> = { 'not-owner': 'not_owner', 'not-ready': 'not_ready', unreachable: 'refused', conflict: 'conflict' };
+const RETRY_OUTCOME: Record<RetryWhy, string> = { 'not-owner': 'not_owner', 'not-ready': 'not_ready', unreachable: 'refused', silent: 'silent', conflict: 'conflict' };
 const RETRY_FAILED_MESSAGE: Record<RetryWhy, string> = {
   'not-owner': 'sandbox owner moved while routing; retry',
   'not-ready': 'sandbox is not ready',
   unreachable: 'upstream refused the stream; retry',
+  silent: 'owner replica went silent; retry',
   conflict: 'concurrent modification of the sandbox; retry',
 };
 
@@ -626,6 +627,17 @@ class ForwardTry implements ForwardOptions {
       // reached the gateway, so the request goes again on a fresh connection.
       this.log.info('stream refused before processing; sending it again');
       this.retry('unreachable');
+      return;
+    }
+    if (peer && err instanceof UpstreamCutError && err.silent) {
+      // The owner's sidecar sent nothing, not even a PING's answer, for --h2-ping-timeout-ms: its
+      // node or its link is gone. The request is held for the sandbox's next owner (an ownership
+      // event: the supervisor reconnected elsewhere, so the silent replica's gateway can no longer
+      // reach the sandbox with it) and sent there; with no new owner within --owner-wait-ms the
+      // client is answered UNAVAILABLE.
+      this.ctx.metrics.forwardsTotal.inc({ class: this.cls, peer: peer.replicaId, outcome: 'silent' });
+      this.log.warn({ err: err.message }, 'owner replica went silent before a response; holding the request for the next owner');
+      this.retry('silent');
       return;
     }
     this.settled = true;

@@ -1,6 +1,7 @@
 // Per-stream HTTP/2 forwarding: one downstream server stream to one upstream client stream,
 // preserving headers, trailers (grpc-status), cancellation (RST_STREAM) and flow control.
 import http2 from 'node:http2';
+import { silentDeath } from './liveness.ts';
 import { forgetSentHeaders } from './sent-headers.ts';
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR, NGHTTP2_NO_ERROR } = http2.constants;
@@ -145,7 +146,18 @@ export function forwardStream(
 ): ForwardHandle {
   const upstream = session.request(headers, OPEN_STREAM);
   forgetSentHeaders(upstream);
-  return new StreamForward(down, upstream, opts, prefix);
+  return new StreamForward(down, session, upstream, opts, prefix);
+}
+
+/**
+ * An upstream stream whose connection was destroyed before the stream ended. `silent`: the
+ * connection was destroyed for a PING it never answered (liveness.ts), so it sent nothing at all,
+ * not even an acknowledgement, since then.
+ */
+export class UpstreamCutError extends Error {
+  constructor(readonly silent: boolean) {
+    super(silent ? 'upstream connection went silent (PING unanswered) before the stream ended' : 'upstream connection closed before the stream ended');
+  }
 }
 
 class StreamForward implements ForwardHandle {
@@ -157,10 +169,14 @@ class StreamForward implements ForwardHandle {
   private grpcStatus: string | undefined;
   /** Request bytes recorded until a response arrives, so another replica can be sent them instead. */
   private recorded: Buffer[] | null = [];
+  /** Ended with no trailers by Node as it destroyed the connection (upEnd). */
+  private cutAfterResponse = false;
   private recordedBytes = 0;
 
   constructor(
     readonly down: http2.ServerHttp2Stream,
+    /** Kept for the cause of a cut (a closed stream no longer knows its session). */
+    private readonly session: http2.ClientHttp2Session,
     readonly upstream: http2.ClientHttp2Stream,
     private readonly opts: ForwardOptions,
     prefix: Buffer | undefined,
@@ -268,7 +284,17 @@ class StreamForward implements ForwardHandle {
 
   upEnd(): void {
     if (this.abandoned || this.detached) return;
-    if (!this.down.destroyed && !this.down.writableEnded) this.down.end();
+    const down = this.down;
+    if (down.destroyed || down.writableEnded) return;
+    if (this.trailers === undefined && this.session.destroyed) {
+      // Node ends the streams of a connection it destroys (an unanswered PING, a lost socket) as if
+      // the server had: an end with no trailers on a dead connection is a cut, and passed on as an
+      // end it would look like a complete answer with no status.
+      this.cutAfterResponse = true;
+      down.close(NGHTTP2_INTERNAL_ERROR);
+      return;
+    }
+    down.end();
   }
 
   wantTrailers(): void {
@@ -285,17 +311,24 @@ class StreamForward implements ForwardHandle {
   }
 
   upClosed(): void {
-    const code = this.upstream.rstCode ?? 0;
-    const reset = code !== 0 && code !== NGHTTP2_NO_ERROR;
+    const up = this.upstream;
+    const code = up.rstCode ?? 0;
+    // Closed with no error code but never ended (or ended by Node, see upEnd): its connection was
+    // destroyed under it (a PING left unanswered, see liveness.ts), which Node reports with code 0
+    // and no 'error'. Taken for a clean end, it left the client's stream open with nothing more to
+    // come, until the client gave up.
+    const cut = code === NGHTTP2_NO_ERROR && (!up.readableEnded || this.cutAfterResponse);
+    const reset = code !== NGHTTP2_NO_ERROR || cut;
     if (this.detached) return this.finish(reset);
     if (this.abandoned) return;
     if (reset) {
-      // Upstream reset: propagate the reset downstream.
+      // Upstream reset or cut: propagate it downstream.
       const down = this.down;
       if (!this.responded && !down.headersSent) {
-        if (!this.opts.onUpstreamError) respondGrpcError(down, 14, 'upstream stream reset');
-        else this.opts.onUpstreamError(new Error(`upstream reset (code ${code})`));
-      } else if (!down.destroyed && !down.closed) down.close(code);
+        const err = cut ? new UpstreamCutError(silentDeath(this.session)) : new Error(`upstream reset (code ${code})`);
+        if (!this.opts.onUpstreamError) respondGrpcError(down, 14, cut ? err.message : 'upstream stream reset');
+        else this.opts.onUpstreamError(err);
+      } else if (!down.destroyed && !down.closed) down.close(cut ? NGHTTP2_INTERNAL_ERROR : code);
       this.finish(true);
       return;
     }

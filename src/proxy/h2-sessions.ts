@@ -158,6 +158,7 @@ export class SessionPool {
       const ready = list.find((e) => e.session !== undefined && sessionUsable(e.session) && e.active + reserved(e) < streamLimit(e.session));
       if (ready?.session) {
         reserve(ready);
+        this.opts.liveness?.probe(ready.session);
         return ready.session;
       }
       // A connect in flight with room to spare is joined rather than racing another one. If it

@@ -23,11 +23,34 @@ interface Watched {
   idleSince: number | undefined;
   openStreams: number;
   pingSentAt: number | undefined;
+  /**
+   * A stream started at `probeAt`, when the connection had read `probeFrom` bytes: unless more
+   * arrive, it is PINGed PROBE_AFTER_SILENT_MS later.
+   */
+  probeFrom: number | undefined;
+  probeAt: number;
 }
 
 /** The watched connection of a server stream, for the one shared close listener below. */
 const kWatched = Symbol('ohs liveness');
 type WatchedStream = http2.Http2Stream & { [kWatched]?: Watched };
+/** On a watched connection: its record; once destroyed for an unanswered PING: true. */
+const kWatch = Symbol('ohs liveness watch');
+const kSilent = Symbol('ohs went silent');
+type WatchedSession = http2.Http2Session & { [kWatch]?: Watched; [kSilent]?: true };
+
+/**
+ * A stream started on a pooled connection that has sent nothing for this long gets a PING behind it
+ * (`probe`; at once, or on the tick once the connection has been silent this long): a peer whose
+ * node or link vanished is found out about `pingTimeoutMs` after the first request sent to it, not
+ * `pingIntervalMs` after it fell silent plus that.
+ */
+const PROBE_AFTER_SILENT_MS = 1_000;
+
+/** Whether `session` was destroyed because a PING went unanswered: nothing came from it since. */
+export function silentDeath(session: http2.Http2Session): boolean {
+  return (session as WatchedSession)[kSilent] === true;
+}
 
 function onWatchedStreamClose(this: WatchedStream): void {
   const w = this[kWatched];
@@ -58,8 +81,11 @@ export class H2Liveness {
       idleSince: now,
       openStreams: 0,
       pingSentAt: undefined,
+      probeFrom: undefined,
+      probeAt: 0,
     };
     const member = this.watched.add(w);
+    (session as WatchedSession)[kWatch] = w;
     // `on`, not `once`: 'close' comes once, and a `once` wrapper (a bound function and its state,
     // ~0.2 KB) would stay with the connection for its whole life.
     session.on('close', () => this.watched.delete(member));
@@ -74,6 +100,45 @@ export class H2Liveness {
     session.on('stream', opened);
   }
 
+  /**
+   * A stream is about to start on `session` (a pooled upstream connection): if nothing came from it
+   * for PROBE_AFTER_SILENT_MS and no PING is out, one goes now, and the connection is destroyed if
+   * it stays unanswered for `pingTimeoutMs`. Its streams then fail with `silentDeath` true, and a
+   * request that reached nobody can be sent to the sandbox's next owner (grpc-streams, tunnel).
+   */
+  probe(session: http2.Http2Session): void {
+    const w = (session as WatchedSession)[kWatch];
+    if (w === undefined || w.pingSentAt !== undefined || this.opts.pingIntervalMs <= 0) return;
+    const now = Date.now();
+    const read = session.socket?.bytesRead ?? w.lastBytesRead;
+    if (w.probeFrom !== undefined) {
+      // A check is pending: it covers this stream too unless bytes came in since it began (they
+      // may have been the last before a partition), then it starts again from now.
+      if (read !== w.probeFrom) {
+        w.probeFrom = read;
+        w.probeAt = now;
+      }
+      return;
+    }
+    // Silent for a while already: at once. Else the tick PINGs it if nothing arrives meanwhile.
+    if (read === w.lastBytesRead && now - w.lastActivityAt >= PROBE_AFTER_SILENT_MS) return this.ping(w, now);
+    w.probeFrom = read;
+    w.probeAt = now;
+  }
+
+  private ping(w: Watched, now: number): void {
+    w.pingSentAt = now;
+    w.probeFrom = undefined;
+    try {
+      // The answer's bytes count as activity on the next tick; the callback only ends the wait.
+      w.session.ping((err) => {
+        if (!err) w.pingSentAt = undefined;
+      });
+    } catch {
+      // too many PINGs in flight or the session is closing: the next tick decides
+    }
+  }
+
   close(): void {
     if (this.timer) clearInterval(this.timer);
     this.watched.clear();
@@ -82,7 +147,7 @@ export class H2Liveness {
   private tick(): void {
     const now = Date.now();
     for (const w of this.watched) {
-      const s = w.session;
+        const s = w.session;
       if (s.destroyed || s.closed) continue;
       const read = s.socket?.bytesRead ?? w.lastBytesRead;
       if (read !== w.lastBytesRead) {
@@ -90,8 +155,11 @@ export class H2Liveness {
         w.lastActivityAt = now;
         w.pingSentAt = undefined;
       }
+      // Heard from since a stream started: that stream is not waiting on a dead connection.
+      if (w.probeFrom !== undefined && read !== w.probeFrom) w.probeFrom = undefined;
       if (w.pingSentAt !== undefined && now - w.pingSentAt >= this.opts.pingTimeoutMs) {
         this.opts.onClose?.('ping-timeout');
+        (s as WatchedSession)[kSilent] = true;
         s.destroy();
         continue;
       }
@@ -100,16 +168,9 @@ export class H2Liveness {
         s.close();
         continue;
       }
-      if (this.opts.pingIntervalMs > 0 && w.pingSentAt === undefined && now - w.lastActivityAt >= this.opts.pingIntervalMs) {
-        w.pingSentAt = now;
-        try {
-          // The answer's bytes count as activity on the next tick; the callback only ends the wait.
-          s.ping((err) => {
-            if (!err) w.pingSentAt = undefined;
-          });
-        } catch {
-          // too many PINGs in flight or the session is closing: the next tick decides
-        }
+      if (this.opts.pingIntervalMs > 0 && w.pingSentAt === undefined) {
+        const silentMs = now - w.lastActivityAt;
+        if (silentMs >= this.opts.pingIntervalMs || (w.probeFrom !== undefined && now - w.probeAt >= PROBE_AFTER_SILENT_MS)) this.ping(w, now);
       }
     }
   }

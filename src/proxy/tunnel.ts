@@ -15,6 +15,7 @@ import type { PeerTarget, Target } from '../routing/router.ts';
 import { sandboxIdProblem } from '../wire/routing-key.ts';
 import type { ProxyContext } from './context.ts';
 import { OPEN_STREAM } from './h2-forward.ts';
+import { silentDeath } from './liveness.ts';
 import { splice } from './splice.ts';
 import { forgetSentHeaders } from './sent-headers.ts';
 
@@ -331,7 +332,7 @@ async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, r
       if (notOwnerRetried) break;
       notOwnerRetried = true;
     }
-    // Unreachable, or holding no session (a stale record): hold for another owner.
+    // Unreachable or gone silent, or holding no session (a stale record): hold for another owner.
     exclude = target;
     const next: Target = (await ctx.router.resolveHeld(sandboxId, { fresh: true, ...(exclude ? { exclude } : {}) })) ?? NO_OWNER;
     log.info({ from: target.replicaId, to: next.kind === 'peer' ? next.replicaId : 'local', why: result }, 're-resolved owner');
@@ -371,7 +372,7 @@ function tunnelLocal(ctx: ProxyContext, log: Logger, socket: net.Socket, rawHead
   });
 }
 
-type PeerTunnelResult = 'done' | 'not-owner' | 'unreachable';
+type PeerTunnelResult = 'done' | 'not-owner' | 'unreachable' | 'silent';
 
 function tunnelToPeer(
   ctx: ProxyContext,
@@ -427,10 +428,31 @@ function tunnelToPeer(
           writeHttpError(socket, 502, 'Bad Gateway', `owner replica ${target.replicaId} unavailable`);
           resolve('done');
         });
+        // Closed with no answer and no error: the connection was destroyed under the stream. For a
+        // PING left unanswered (the owner's node or link is gone) the tunnel waits for the
+        // sandbox's next owner, as for a refused connect; otherwise the client hears why.
+        const onClose = (): void => {
+          clearTimeout(noAnswer);
+          if (responded) return;
+          responded = true;
+          const silent = silentDeath(session);
+          ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: silent ? 'silent' : 'error' });
+          if (silent) {
+            plog.warn('owner replica went silent before answering the tunnel; holding it for the next owner');
+            resolve('silent');
+            return;
+          }
+          plog.warn({ rstCode: stream.rstCode }, 'peer tunnel closed before a response');
+          writeHttpError(socket, 502, 'Bad Gateway', `owner replica ${target.replicaId} unavailable`);
+          resolve('done');
+        };
+        stream.on('close', onClose);
         stream.on('response', (headers) => {
           clearTimeout(noAnswer);
           if (responded) return;
           responded = true;
+          // Answered: the splice below sees the stream's end from here on.
+          stream.off('close', onClose);
           const status = Number(headers[':status']);
           if (status === NOT_OWNER_STATUS && headers[PEER_NOT_OWNER] !== undefined) {
             ctx.metrics.forwardsTotal.inc({ class: 'ssh-tunnel', peer: target.replicaId, outcome: 'not_owner' });
