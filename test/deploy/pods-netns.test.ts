@@ -7,9 +7,11 @@
 // Service. SSH (ForwardTcp) and exec reach every sandbox with peer forwarding over the pod IPs; then
 // one pod's link goes down like a dead node, and the test records what happens.
 //
-// Known gap it shows (sidecar, not deployment): pooled peer HTTP/2 sessions have no liveness check,
-// so requests forwarded to the cut pod before its sessions moved, and the handoff fence towards it,
-// hang until their own timeouts instead of being held and re-sent; the printout counts them.
+// Requests forwarded to the cut pod before its sessions moved: the ingress PINGs the peer connection
+// they went on, finds it silent and holds them for the sandbox's next owner (src/proxy/liveness.ts);
+// one still in flight with time left on its client's clock when the session moves is served there.
+// (Before, they stayed open on the dead connection until their clients gave up: 0 held and served,
+// 6 ran into the client timeout, the retry loops served at 42 s instead of 29 s.)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -376,6 +378,10 @@ describe.skipIf(!support.ok)('pods with their own addresses (network namespaces)
     expect(moved.size).toBe(affected.length);
     expect(servedAt.every((t) => t !== undefined)).toBe(true);
     expect(firstProbeOk).toBeDefined();
+    // In flight when its session moved with 5 s or more left before its client's 20 s timeout: held
+    // and served on the next owner, not lost on the dead connection.
+    const lostWithTimeLeft = lost.filter((a) => a.start + 20 - movedAt(a.sandbox) >= 5);
+    expect(lostWithTimeLeft.map((a) => `${a.kind} ${a.sandbox} started ${fmt(a.start)}: ${a.detail}`)).toEqual([]);
 
     // Afterwards everything works through the Service again, over the two remaining pods.
     let ok = 0;
