@@ -323,6 +323,14 @@ async function routeTunnel(ctx: ProxyContext, log: Logger, socket: net.Socket, r
   for (let attempt = 0; attempt < 3; attempt++) {
     if (socket.destroyed) return;
     if (target.kind === 'local') {
+      // A session claimed here a moment ago (a held tunnel released by that very claim): the gateway
+      // takes the supervisor's Hello first, else it answers 412 "sandbox is not ready". Undefined,
+      // so not waited for, once the gateway accepted it.
+      const gate = target.reason === 'owner' ? ctx.localSessions.acceptedSettled(sandboxId) : undefined;
+      if (gate) {
+        await gate;
+        if (socket.destroyed) return;
+      }
       tunnelLocal(ctx, log, socket, rawHead, cls);
       return;
     }
