@@ -140,26 +140,33 @@ async function silentOwnerThenMove(rig: Rig, cls: string, logLine: string): Prom
   expect(r0.output.some((l) => l.includes('owner appeared; releasing held request') && l.includes(rig.sandboxId))).toBe(true);
 }
 
-describe('today\'s gateway (2026-08): ForwardTcp', () => {
-  let rig: Rig | undefined;
-  beforeAll(async () => {
-    rig = await startRig('silent_owner_gen2', '2026-08');
-  }, 120_000);
-  afterAll(() => rig?.close());
+const CASES = [
+  {
+    title: "today's gateway (2026-08): ForwardTcp",
+    protocol: '2026-08',
+    cls: 'tcp-forward',
+    it: 'a ForwardTcp sent to a silent owner is held for the next owner and served there, not left open until the client gives up',
+    line: 'owner replica went silent before a response; holding the request for the next owner',
+  },
+  {
+    title: 'the 2026-04 gateway: CONNECT tunnel',
+    protocol: '2026-04',
+    cls: 'ssh-tunnel',
+    it: 'a tunnel sent to a silent owner is held for the next owner and served there',
+    line: 'owner replica went silent before answering the tunnel; holding it for the next owner',
+  },
+] as const;
 
-  it('a ForwardTcp sent to a silent owner is held for the next owner and served there, not left open until the client gives up', async () => {
-    await silentOwnerThenMove(rig!, 'tcp-forward', 'owner replica went silent before a response; holding the request for the next owner');
-  }, 90_000);
-});
+for (const c of CASES) {
+  describe(c.title, () => {
+    let rig: Rig | undefined;
+    beforeAll(async () => {
+      rig = await startRig(`silent_owner_${c.protocol.replace('-', '_')}`, c.protocol);
+    }, 120_000);
+    afterAll(() => rig?.close());
 
-describe('the 2026-04 gateway: CONNECT tunnel', () => {
-  let rig: Rig | undefined;
-  beforeAll(async () => {
-    rig = await startRig('silent_owner_seed', '2026-04');
-  }, 120_000);
-  afterAll(() => rig?.close());
-
-  it('a tunnel sent to a silent owner is held for the next owner and served there', async () => {
-    await silentOwnerThenMove(rig!, 'ssh-tunnel', 'owner replica went silent before answering the tunnel; holding it for the next owner');
-  }, 90_000);
-});
+    it(c.it, async () => {
+      await silentOwnerThenMove(rig!, c.cls, c.line);
+    }, 90_000);
+  });
+}
