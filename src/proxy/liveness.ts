@@ -147,7 +147,7 @@ export class H2Liveness {
   private tick(): void {
     const now = Date.now();
     for (const w of this.watched) {
-        const s = w.session;
+      const s = w.session;
       if (s.destroyed || s.closed) continue;
       const read = s.socket?.bytesRead ?? w.lastBytesRead;
       if (read !== w.lastBytesRead) {
