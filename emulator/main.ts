@@ -2,7 +2,7 @@
 // their own (a test double for anyone fronting an OpenShell gateway). The sidecar never imports
 // this folder, and its production build and image do not carry it.
 const USAGE = `usage: openshell-emulator gateway [--database-url url] [--port N] [--health-port N] [--replica name] [--protocol 2026-04|2026-08] [--jwt-key-dir DIR]
-           [--replica-id ID] [--lease-ttl-secs S] [--lease-renew-secs S] [--lease-acquire-secs S] [--reconcile-interval-secs S] ...
+           [--replica-id ID] [--lease-ttl-secs S] [--lease-renew-secs S] [--lease-acquire-secs S] [--reconcile-interval-secs S] [--session-wait-secs S] ...
        openshell-emulator dev-cluster [--replicas N] [--sandboxes M] [--protocol 2026-04|2026-08] [--json]
        openshell-emulator compute-driver --socket PATH --endpoint URL [--supervisor-bin PATH] ... (--help)
        openshell-emulator balancer --listen HOST:PORT --backend HOST:PORT [--backend HOST:PORT ...]`;

@@ -38,9 +38,11 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
       'lease-renew-secs': { type: 'string' },
       'lease-acquire-secs': { type: 'string' },
       'reconcile-interval-secs': { type: 'string' },
+      // How long a call waits for the sandbox's supervisor session (default upstream's 30 s).
+      'session-wait-secs': { type: 'string' },
     },
   });
-  const secs = (flag: 'lease-ttl-secs' | 'lease-renew-secs' | 'lease-acquire-secs' | 'reconcile-interval-secs'): number | undefined => {
+  const secs = (flag: 'lease-ttl-secs' | 'lease-renew-secs' | 'lease-acquire-secs' | 'reconcile-interval-secs' | 'session-wait-secs'): number | undefined => {
     const raw = values[flag];
     if (raw === undefined) return undefined;
     const n = Number(raw);
@@ -89,6 +91,7 @@ export async function runGatewayEmulator(argv: string[]): Promise<void> {
     healthPort: Number(values['health-port']),
     ...(values['health-host'] ? { healthHost: values['health-host'] } : {}),
     heartbeatIntervalSecs: Number(values['heartbeat-interval-secs']),
+    ...(secs('session-wait-secs') === undefined ? {} : { sessionWaitMs: secs('session-wait-secs') }),
     logger,
     ...(tlsOpts ? { tls: tlsOpts } : {}),
   });

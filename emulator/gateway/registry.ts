@@ -46,7 +46,12 @@ export class SessionRegistry {
   private readonly pending = new Map<string, PendingRelay>();
   private readonly reaper: NodeJS.Timeout;
 
-  constructor() {
+  /**
+   * `sessionWaitMs`: when set, how long every call waits for the sandbox's supervisor session in
+   * place of the wait its protocol path gives (upstream: 30 s for SSH, exec and relays). Tests that
+   * measure a mis-routed call's failure, not the wait, shorten it.
+   */
+  constructor(private readonly sessionWaitMs?: number) {
     // reference §6: a reaper drops relay entries older than the pending timeout every 30 s.
     this.reaper = setInterval(() => this.reap(Date.now()), 30_000);
     this.reaper.unref();
@@ -134,7 +139,7 @@ export class SessionRegistry {
     sessionWaitMs: number,
     opts: { target?: RelayTarget; serviceId?: string } = {},
   ): Promise<{ channelId: string; stream: Promise<Duplex> }> {
-    const session = await this.waitForSession(sandboxId, sessionWaitMs);
+    const session = await this.waitForSession(sandboxId, this.sessionWaitMs ?? sessionWaitMs);
     if (this.pending.size >= MAX_PENDING_RELAYS) {
       throw new GatewayError(Status.RESOURCE_EXHAUSTED, `gateway relay capacity reached (${MAX_PENDING_RELAYS} in flight)`);
     }

@@ -37,6 +37,8 @@ export interface GatewayOptions {
   healthHost?: string;
   tls?: { certFile: string; keyFile: string; clientCaFile?: string };
   heartbeatIntervalSecs?: number;
+  /** How long a call waits for the sandbox's supervisor session; default upstream's (30 s). */
+  sessionWaitMs?: number;
   logger?: Logger;
   version?: string;
   /** Protocol generation; default '2026-04' (seed). */
@@ -98,7 +100,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const gen2Store = protocol === '2026-08' && opts.databaseUrl ? new Gen2Store(opts.databaseUrl) : undefined;
   const store: GatewayPersistence = gen2Store ?? (opts.databaseUrl ? new GatewayStore(opts.databaseUrl) : new MemoryGatewayStore());
   await store.migrate();
-  const registry = new SessionRegistry();
+  const registry = new SessionRegistry(opts.sessionWaitMs);
   const logs = new LogBus();
   const watch = new WatchBus();
   const slots = new SshSlots();
