@@ -98,7 +98,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
   const sessionOpts = { ...upstreamCommon, connectTimeoutMs: config.upstreamConnectTimeoutMs, ...(gateway.tls ? { tls: gateway.tls } : {}) };
   const gatewayPool = new SessionPool(sessionOpts);
   const peerPool = new SessionPool(
-    { ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs, ...(peerTls ? { tls: (origin: string) => peerTls.clientOptions(store.replicaAtPeerUrl?.(origin)) } : {}) },
+    { ...upstreamCommon, connectTimeoutMs: config.peerConnectTimeoutMs, pingIntervalMs: config.peerPingIntervalMs, ...(peerTls ? { tls: (origin: string) => peerTls.clientOptions(store.replicaAtPeerUrl?.(origin)) } : {}) },
     (n) => metrics.peerSessions.set(n),
   );
   let connSeq = 0;

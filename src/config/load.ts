@@ -67,6 +67,7 @@ export const CONFIG_OPTIONS: readonly OptionSpec[] = [
   opt(['tcpKeepaliveMs'], '--tcp-keepalive-ms', 'OHS_TCP_KEEPALIVE_MS', 'int'),
   opt(['h2PingIntervalMs'], '--h2-ping-interval-ms', 'OHS_H2_PING_INTERVAL_MS', 'int'),
   opt(['h2PingTimeoutMs'], '--h2-ping-timeout-ms', 'OHS_H2_PING_TIMEOUT_MS', 'int'),
+  opt(['peerPingIntervalMs'], '--peer-ping-interval-ms', 'OHS_PEER_PING_INTERVAL_MS', 'int'),
   opt(['maxHeldRequests'], '--max-held-requests', 'OHS_MAX_HELD_REQUESTS', 'int'),
   opt(['upstreamResetBudget'], '--upstream-reset-budget', 'OHS_UPSTREAM_RESET_BUDGET', 'int'),
   opt(['upstreamResetRefillPerSecond'], '--upstream-reset-refill-per-second', 'OHS_UPSTREAM_RESET_REFILL_PER_SECOND', 'int'),
@@ -149,6 +150,9 @@ export const CONFIG_DEFAULTS = {
   tcpKeepaliveMs: 30_000,
   h2PingIntervalMs: 30_000,
   h2PingTimeoutMs: 10_000,
+  // Peer connections are a handful per replica and carry relays that sit idle while a user reads:
+  // a peer whose node vanished under such a relay is found within this plus the PING timeout.
+  peerPingIntervalMs: 5_000,
   maxHeldRequests: 10_000,
   // Half of nghttp2's rapid-reset allowance (1,000, refilled at 33/s) that a Node or hyper gateway
   // (and a peer sidecar) applies per connection before it answers GOAWAY to every stream on it.

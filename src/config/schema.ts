@@ -148,6 +148,7 @@ const scalarShape = {
   /** HTTP/2 PING on idle client and peer connections every this long; no answer within pingTimeoutMs closes it (0 = off). */
   h2PingIntervalMs: int(0, 3_600_000),
   h2PingTimeoutMs: int(100, 600_000),
+  peerPingIntervalMs: int(0, 3_600_000),
   /** Requests held at once while their sandbox has no reachable owner; beyond it the local gateway answers. */
   maxHeldRequests: int(0, 1_000_000),
   /** Streams one upstream connection may see reset (a token bucket) before new streams move to a fresh connection (0 = no budget). */
@@ -341,6 +342,8 @@ export interface SidecarConfig {
   readonly tcpKeepaliveMs: number;
   readonly h2PingIntervalMs: number;
   readonly h2PingTimeoutMs: number;
+  /** Silence on a connection to a peer sidecar before it is PINGed (0: never). */
+  readonly peerPingIntervalMs: number;
   readonly maxHeldRequests: number;
   readonly upstreamResetBudget: number;
   readonly upstreamResetRefillPerSecond: number;

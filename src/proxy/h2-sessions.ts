@@ -20,6 +20,8 @@ export interface SessionOptions {
   keepaliveMs?: number;
   /** PINGs the connection while it is silent and destroys it when a PING goes unanswered. */
   liveness?: H2Liveness;
+  /** The silence before a PING on these connections, in place of the liveness's own interval. */
+  pingIntervalMs?: number;
   /** SessionPool only: how many reset streams one connection may carry (see ResetBudget). */
   resetBudget?: ResetBudget;
 }
@@ -86,7 +88,7 @@ export function connectSession(origin: string, opts: SessionOptions): Promise<ht
         // window already at least this large
       }
       session.off('error', onError);
-      opts.liveness?.watch(session);
+      opts.liveness?.watch(session, 0, opts.pingIntervalMs);
       // Errors after connect surface as stream errors and 'close'; never crash the process.
       session.on('error', ignoreError);
       resolve(session);

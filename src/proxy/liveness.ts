@@ -18,6 +18,8 @@ interface Watched {
   session: http2.Http2Session;
   /** 0 = never closed for idleness. */
   idleTimeoutMs: number;
+  /** PINGed after this long without a byte; 0 = never (nor probed). */
+  pingIntervalMs: number;
   lastBytesRead: number;
   lastActivityAt: number;
   idleSince: number | undefined;
@@ -70,12 +72,17 @@ export class H2Liveness {
     this.timer.unref();
   }
 
-  /** Watches a connection until it closes. `idleTimeoutMs` 0: never closed for having no stream. */
-  watch(session: http2.Http2Session, idleTimeoutMs = 0): void {
+  /**
+   * Watches a connection until it closes. `idleTimeoutMs` 0: never closed for having no stream.
+   * `pingIntervalMs`: this connection's own silence before a PING, in place of the options' (peer
+   * connections: few, and carrying relays that may sit idle for minutes).
+   */
+  watch(session: http2.Http2Session, idleTimeoutMs = 0, pingIntervalMs = this.opts.pingIntervalMs): void {
     const now = Date.now();
     const w: Watched = {
       session,
       idleTimeoutMs,
+      pingIntervalMs,
       lastBytesRead: session.socket?.bytesRead ?? 0,
       lastActivityAt: now,
       idleSince: now,
@@ -108,7 +115,7 @@ export class H2Liveness {
    */
   probe(session: http2.Http2Session): void {
     const w = (session as WatchedSession)[kWatch];
-    if (w === undefined || w.pingSentAt !== undefined || this.opts.pingIntervalMs <= 0) return;
+    if (w === undefined || w.pingSentAt !== undefined || w.pingIntervalMs <= 0) return;
     const now = Date.now();
     const read = session.socket?.bytesRead ?? w.lastBytesRead;
     if (w.probeFrom !== undefined) {
@@ -168,9 +175,9 @@ export class H2Liveness {
         s.close();
         continue;
       }
-      if (this.opts.pingIntervalMs > 0 && w.pingSentAt === undefined) {
+      if (w.pingIntervalMs > 0 && w.pingSentAt === undefined) {
         const silentMs = now - w.lastActivityAt;
-        if (silentMs >= this.opts.pingIntervalMs || (w.probeFrom !== undefined && now - w.probeAt >= PROBE_AFTER_SILENT_MS)) this.ping(w, now);
+        if (silentMs >= w.pingIntervalMs || (w.probeFrom !== undefined && now - w.probeAt >= PROBE_AFTER_SILENT_MS)) this.ping(w, now);
       }
     }
   }

@@ -8,7 +8,7 @@
 // client timeout").
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../emulator/cluster.ts';
-import { sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
+import { forwardClient, openForwardTcp, sshViaForwardTcp } from '../../emulator/forward-tcp-client.ts';
 import { Gen2Store } from '../../emulator/gateway/gen2/store.ts';
 import { GatewayStore } from '../../emulator/gateway/store.ts';
 import type { ManagedProcess } from '../../emulator/process.ts';
@@ -21,6 +21,8 @@ import { waitUntil } from '../helpers/wait.ts';
 
 const PING_TIMEOUT_MS = 1_000;
 const CLIENT_TIMEOUT_MS = 40_000;
+/** The sidecar's default --peer-ping-interval-ms; --h2-ping-interval-ms (client connections) stays at 30 s. */
+const PEER_PING_INTERVAL_MS = 5_000;
 
 interface Rig {
   db: TestDatabase;
@@ -140,6 +142,48 @@ async function silentOwnerThenMove(rig: Rig, cls: string, logLine: string): Prom
   expect(r0.output.some((l) => l.includes('owner appeared; releasing held request') && l.includes(rig.sandboxId))).toBe(true);
 }
 
+/**
+ * An SSH relay forwarded through r0 to r1 and answered (the sandbox's banner came back), then left
+ * idle, as while a user reads; r1's sidecar stopped. No new request PINGs the peer connection, so
+ * only its silence does: the ingress must cut the client's stream within the peer PING interval plus
+ * the PING timeout, not the 30 s of client connections. r1 then resumes, and is served again.
+ */
+async function idleRelayOnSilentPeer(rig: Rig): Promise<void> {
+  const { cluster } = rig;
+  const ingressAdmin = cluster.replica(0).sidecarPorts!.admin;
+  const pingTimeouts = (): Promise<{ sum: number }> => metric(ingressAdmin, 'ohs_protections_total', { reason: 'ping_timeout' });
+  const before = (await pingTimeouts()).sum;
+  const client = forwardClient(`127.0.0.1:${cluster.replica(0).publicPort}`);
+  const owner = cluster.replica(1).sidecar as ManagedProcess;
+  try {
+    const fwd = openForwardTcp(client, { sandboxId: rig.sandboxId, token: await rig.token() });
+    const banner = await new Promise<string>((resolve, reject) => {
+      fwd.socket.once('data', (b: Buffer) => resolve(b.toString('latin1')));
+      fwd.socket.once('error', reject);
+    });
+    expect(banner.startsWith('SSH-2.0-')).toBe(true);
+    fwd.socket.on('error', () => undefined); // the cut is read from the call's status below
+
+    process.kill(owner.child.pid as number, 'SIGSTOP');
+    const stoppedAt = Date.now();
+    const status = await Promise.race([fwd.status, new Promise<undefined>((r) => setTimeout(() => r(undefined), 20_000))]);
+    const cutMs = Date.now() - stoppedAt;
+    process.kill(owner.child.pid as number, 'SIGCONT');
+    console.log(`silent peer under an idle relay: the client's stream ended ${cutMs} ms after the stop (peer PING interval ${PEER_PING_INTERVAL_MS} ms, timeout ${PING_TIMEOUT_MS} ms): ${status ? `code ${status.code} ${status.details}` : 'still open after 20 s'}`);
+    expect(status).toBeDefined();
+    expect(status!.code).not.toBe(0);
+    // Ticks are a second apart: the last bytes are seen up to a tick late, the silence and the PING's
+    // wait each end at a tick (8.1 s measured). The 30 s of --h2-ping-interval-ms is far beyond this.
+    expect(cutMs).toBeLessThan(PEER_PING_INTERVAL_MS + PING_TIMEOUT_MS + 6_000);
+    expect((await pingTimeouts()).sum).toBeGreaterThan(before);
+  } finally {
+    client.close();
+    process.kill(owner.child.pid as number, 'SIGCONT');
+  }
+  // r1 resumed: a fresh connection from r0 reaches it again.
+  await waitUntil('SSH through r0 after r1 resumed', () => rig.ssh(0), (r) => r.ok, { timeoutMs: 30_000 });
+}
+
 const CASES = [
   {
     title: "today's gateway (2026-08): ForwardTcp",
@@ -164,6 +208,12 @@ for (const c of CASES) {
       rig = await startRig(`silent_owner_${c.protocol.replace('-', '_')}`, c.protocol);
     }, 120_000);
     afterAll(() => rig?.close());
+
+    if (c.protocol === '2026-08') {
+      it('an answered relay left idle on a peer that goes silent is cut within the peer PING interval plus its timeout', async () => {
+        await idleRelayOnSilentPeer(rig!);
+      }, 90_000);
+    }
 
     it(c.it, async () => {
       await silentOwnerThenMove(rig!, c.cls, c.line);
