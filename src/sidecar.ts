@@ -74,12 +74,22 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
       : undefined;
   // Upstream connections (gateway and peers) are PINGed while silent: a peer whose pod vanished
   // without closing its connections is noticed in seconds, not after the kernel's TCP timeout.
+  const upstreamLog = logger.child({ component: 'upstream' });
   const upstreamLiveness = new H2Liveness({
     pingIntervalMs: config.h2PingIntervalMs,
     pingTimeoutMs: config.h2PingTimeoutMs,
-    onClose: (why) => metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' }),
+    onClose: (why, session) => {
+      metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' });
+      // A handful of pooled connections (and one per supervisor to the gateway): each loss is news.
+      if (why === 'ping-timeout') {
+        const socket = session.socket as { remoteAddress?: string; remotePort?: number } | undefined;
+        upstreamLog.warn(
+          { remote: `${socket?.remoteAddress ?? '?'}:${socket?.remotePort ?? '?'}`, waitedMs: config.h2PingTimeoutMs },
+          'upstream connection answered no PING; destroyed, its streams end',
+        );
+      }
+    },
   });
-  const resetLog = logger.child({ component: 'upstream' });
   const resetBudget = {
     burst: config.upstreamResetBudget,
     refillPerSecond: config.upstreamResetRefillPerSecond,
@@ -87,11 +97,11 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
       if (resets === 0) {
         // Only long-lived streams: each of them could still end in a reset, so the connection
         // takes no more; nothing abusive happened.
-        resetLog.debug({ origin, active, budget: config.upstreamResetBudget }, 'upstream connection full of long-lived streams; new streams go to a fresh connection');
+        upstreamLog.debug({ origin, active, budget: config.upstreamResetBudget }, 'upstream connection full of long-lived streams; new streams go to a fresh connection');
         return;
       }
       metrics.protectionsTotal.inc({ reason: 'upstream_reset_budget' });
-      resetLog.warn({ origin, resets, active, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
+      upstreamLog.warn({ origin, resets, active, budget: config.upstreamResetBudget }, 'upstream connection carried too many reset streams; new streams go to a fresh connection and it closes once idle');
     },
   };
   const upstreamCommon = { windowBytes: config.h2InitialWindowBytes, keepaliveMs: config.tcpKeepaliveMs, liveness: upstreamLiveness, resetBudget };

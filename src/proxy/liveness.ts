@@ -10,8 +10,8 @@ export interface LivenessOptions {
   /** 0 disables PINGs. */
   pingIntervalMs: number;
   pingTimeoutMs: number;
-  /** Called when a connection is destroyed for an unanswered PING or closed for idleness. */
-  onClose?: (why: 'ping-timeout' | 'idle') => void;
+  /** Called when a connection is destroyed for an unanswered PING or closed for idleness, before that. */
+  onClose?: (why: 'ping-timeout' | 'idle', session: http2.Http2Session) => void;
 }
 
 interface Watched {
@@ -165,13 +165,13 @@ export class H2Liveness {
       // Heard from since a stream started: that stream is not waiting on a dead connection.
       if (w.probeFrom !== undefined && read !== w.probeFrom) w.probeFrom = undefined;
       if (w.pingSentAt !== undefined && now - w.pingSentAt >= this.opts.pingTimeoutMs) {
-        this.opts.onClose?.('ping-timeout');
+        this.opts.onClose?.('ping-timeout', s);
         (s as WatchedSession)[kSilent] = true;
         s.destroy();
         continue;
       }
       if (w.idleTimeoutMs > 0 && w.idleSince !== undefined && now - w.idleSince >= w.idleTimeoutMs) {
-        this.opts.onClose?.('idle');
+        this.opts.onClose?.('idle', s);
         s.close();
         continue;
       }

@@ -176,6 +176,8 @@ async function idleRelayOnSilentPeer(rig: Rig): Promise<void> {
     // wait each end at a tick (8.1 s measured). The 30 s of --h2-ping-interval-ms is far beyond this.
     expect(cutMs).toBeLessThan(PEER_PING_INTERVAL_MS + PING_TIMEOUT_MS + 6_000);
     expect((await pingTimeouts()).sum).toBeGreaterThan(before);
+    const ingress = cluster.replica(0).sidecar as ManagedProcess;
+    expect(ingress.output.some((l) => l.includes('upstream connection answered no PING; destroyed, its streams end') && l.includes(`:${cluster.replica(1).sidecarPorts!.peer}`))).toBe(true);
   } finally {
     client.close();
     process.kill(owner.child.pid as number, 'SIGCONT');
