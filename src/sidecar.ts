@@ -80,7 +80,7 @@ export async function startSidecar(config: SidecarConfig, logger: Logger): Promi
     pingTimeoutMs: config.h2PingTimeoutMs,
     onClose: (why, session) => {
       metrics.protectionsTotal.inc({ reason: why === 'idle' ? 'idle' : 'ping_timeout' });
-      // A handful of pooled connections (and one per supervisor to the gateway): each loss is news.
+      // Pooled connections only (supervisors' own are not watched here), a handful: each loss is news.
       if (why === 'ping-timeout') {
         const socket = session.socket as { remoteAddress?: string; remotePort?: number } | undefined;
         upstreamLog.warn(
