@@ -3,6 +3,8 @@
 // stream was just started on when it stays silent, destroys it when the PING goes unanswered, and
 // the streams forwarded over it end at once with the reason instead of staying open with nothing
 // more to come: before the answer, the client hears UNAVAILABLE; after it, its stream is reset.
+// Connections given an interval of their own (the peer pool's) are PINGed after that much silence
+// even when no request comes to probe them.
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +14,7 @@ import { forwardStream, UpstreamCutError } from '../../../src/proxy/h2-forward.t
 import { H2Liveness, silentDeath } from '../../../src/proxy/liveness.ts';
 
 const PING_TIMEOUT_MS = 300;
+const QUICK_PING_INTERVAL_MS = 1_000;
 
 describe('forwarded streams over an upstream connection that goes silent', () => {
   let gateway: http2.Http2Server;
@@ -19,6 +22,8 @@ describe('forwarded streams over an upstream connection that goes silent', () =>
   let relay: SwitchableRelay;
   let liveness: H2Liveness;
   let pool: SessionPool;
+  /** Connections of their own with a 1 s PING interval (as the peer pool's --peer-ping-interval-ms). */
+  let quickPool: SessionPool;
   let proxyOrigin: string;
   const pingsAtGateway: number[] = [];
   const upstreamSessions: http2.ClientHttp2Session[] = [];
@@ -45,11 +50,12 @@ describe('forwarded streams over an upstream connection that goes silent', () =>
     relay = await startSwitchableRelay({ host: '127.0.0.1', port: (gateway.address() as AddressInfo).port });
     liveness = new H2Liveness({ pingIntervalMs: 60_000, pingTimeoutMs: PING_TIMEOUT_MS });
     pool = new SessionPool({ connectTimeoutMs: 2_000, windowBytes: 65_535, liveness });
+    quickPool = new SessionPool({ connectTimeoutMs: 2_000, windowBytes: 65_535, liveness, pingIntervalMs: QUICK_PING_INTERVAL_MS });
     const upstreamOrigin = `http://127.0.0.1:${relay.port}`;
     proxy = http2.createServer();
     proxy.on('stream', (stream, headers) => {
       stream.on('error', () => undefined);
-      void pool.get(upstreamOrigin).then((session) => {
+      void (headers['x-pool'] === 'quick' ? quickPool : pool).get(upstreamOrigin).then((session) => {
         if (!upstreamSessions.includes(session)) upstreamSessions.push(session);
         // With onUpstreamError (as the sidecar's routing passes), the cause is seen; without, answered here.
         const withHandler = headers['x-handler'] === '1';
@@ -70,6 +76,7 @@ describe('forwarded streams over an upstream connection that goes silent', () =>
 
   afterAll(async () => {
     await pool.close();
+    await quickPool.close();
     liveness.close();
     await relay.close();
     await new Promise((r) => proxy.close(r));
@@ -85,11 +92,14 @@ describe('forwarded streams over an upstream connection that goes silent', () =>
   }
 
   /** A call through the proxy; resolves when its stream closes (or after `waitMs`, unresolved). */
-  function call(client: http2.ClientHttp2Session, path: string, opts: { handler?: boolean; onStarted?: () => void } = {}): Promise<CallResult> {
+  function call(client: http2.ClientHttp2Session, path: string, opts: { handler?: boolean; quick?: boolean; onStarted?: () => void } = {}): Promise<CallResult> {
     const started = Date.now();
     return new Promise((resolve) => {
       const out: CallResult = { body: '', closedAfterMs: 0 };
-      const req = client.request({ ':method': 'POST', ':path': path, ...(opts.handler ? { 'x-handler': '1' } : {}) }, { endStream: false });
+      const req = client.request(
+        { ':method': 'POST', ':path': path, ...(opts.handler ? { 'x-handler': '1' } : {}), ...(opts.quick ? { 'x-pool': 'quick' } : {}) },
+        { endStream: false },
+      );
       req.on('error', () => undefined);
       req.on('response', (h) => {
         if (h['grpc-status'] !== undefined) {
@@ -170,6 +180,35 @@ describe('forwarded streams over an upstream connection that goes silent', () =>
       expect(r.body).toBe('started');
       expect(r.rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
       expect(Date.now() - frozeAt).toBeLessThan(1_000 + PING_TIMEOUT_MS + 1_500);
+    } finally {
+      client.destroy();
+    }
+  });
+
+  it('an answered stream left idle is reset after its connection\'s own PING interval, with no request to probe it; the pool\'s other connections keep theirs', async () => {
+    const client = await warmClient();
+    try {
+      let quickStarted = false;
+      let slowStarted = false;
+      let freeze: () => void = () => undefined;
+      const bothStarted = new Promise<void>((r) => (freeze = r));
+      const started = (): void => {
+        if (quickStarted && slowStarted) freeze();
+      };
+      const quick = call(client, '/half', { quick: true, onStarted: () => ((quickStarted = true), started()) });
+      let slowClosed = false;
+      void call(client, '/half', { onStarted: () => ((slowStarted = true), started()) }).then(() => (slowClosed = true));
+      await bothStarted;
+      relay.freeze(); // both connections at once; nothing else is sent on either
+      const frozeAt = Date.now();
+      const r = await quick;
+      const cutMs = Date.now() - frozeAt;
+      expect(r.body).toBe('started');
+      expect(r.rstCode).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      // Silent for the interval (seen up to a 1 s tick late), then the PING's wait, ending at a tick.
+      expect(cutMs).toBeLessThan(QUICK_PING_INTERVAL_MS + 1_000 + PING_TIMEOUT_MS + 1_500);
+      // The other pool's connection, with the liveness's own 60 s interval, was not PINGed: its stream is still open.
+      expect(slowClosed).toBe(false);
     } finally {
       client.destroy();
     }
