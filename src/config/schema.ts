@@ -145,9 +145,10 @@ const scalarShape = {
   connectionIdleTimeoutMs: int(0, 86_400_000),
   /** TCP keepalive on every accepted and dialled socket: first probe after this much idle time. */
   tcpKeepaliveMs: int(1000, 7_200_000),
-  /** HTTP/2 PING on idle client and peer connections every this long; no answer within pingTimeoutMs closes it (0 = off). */
+  /** HTTP/2 PING on idle client and gateway connections every this long; no answer within pingTimeoutMs closes it (0 = off). */
   h2PingIntervalMs: int(0, 3_600_000),
   h2PingTimeoutMs: int(100, 600_000),
+  /** The same for connections to peer sidecars (0 = off). */
   peerPingIntervalMs: int(0, 3_600_000),
   /** Requests held at once while their sandbox has no reachable owner; beyond it the local gateway answers. */
   maxHeldRequests: int(0, 1_000_000),
